@@ -1,0 +1,515 @@
+//! Keys and signatures, tagged by scheme so new schemes can be added (algorithmic agility).
+//!
+//! A [`PublicKey`] is a leaf key of some scheme (Ed25519 or ECDSA over P-256) or a
+//! [`CompositeKey`] (a weighted threshold tree of keys). Leaf keys are validated when built or
+//! decoded: an Ed25519 key must be a valid curve point of large order, a P-256 key a valid
+//! compressed point, so a key that exists is a key that can verify.
+//!
+//! Ed25519 signatures are checked with `verify_strict` (no malleable or small-order signatures);
+//! ECDSA signatures must be in low-S form. What a transaction signature covers is
+//! [`SignableData`]: the transaction id (or a batch root) with the signer's metadata, behind a
+//! domain-separation tag.
+
+use core::fmt;
+use core::str::FromStr;
+
+use ed25519_dalek::Signer as _;
+use p256::ecdsa::signature::Verifier as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::composite::CompositeKey;
+use crate::encoding::{self, byte_array};
+use crate::hash::SecureHash;
+use crate::merkle::PartialMerkleTree;
+
+/// The signature schemes Treaty understands. The discriminants are part of the encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SignatureScheme {
+    /// Ed25519 (RFC 8032), verified strictly.
+    Ed25519,
+    /// ECDSA over NIST P-256 with SHA-256, low-S form.
+    EcdsaP256Sha256,
+}
+
+impl SignatureScheme {
+    /// The scheme's name as shown to users and used in key strings.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignatureScheme::Ed25519 => "ed25519",
+            SignatureScheme::EcdsaP256Sha256 => "p256",
+        }
+    }
+}
+
+/// Why a key or signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// Bytes that are not a valid key of the scheme.
+    #[error("invalid {scheme:?} public key: {reason}")]
+    InvalidKey {
+        /// The scheme the key claims.
+        scheme: SignatureScheme,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A signature that does not verify.
+    #[error("signature by {key} does not verify")]
+    BadSignature {
+        /// The key that supposedly signed.
+        key: String,
+    },
+    /// A signature whose metadata or bytes do not match its key's scheme.
+    #[error("signature scheme mismatch: key is {key:?}, signature says {claimed:?}")]
+    SchemeMismatch {
+        /// The key's scheme.
+        key: SignatureScheme,
+        /// The scheme in the signature's metadata.
+        claimed: SignatureScheme,
+    },
+    /// Composite keys sign through their leaves; they cannot sign or be a signature's key.
+    #[error("a composite key cannot hold a signature; sign with its leaf keys")]
+    CompositeSigner,
+    /// A batch signature whose Merkle proof does not include the transaction.
+    #[error("batch signature proof does not include transaction {0}")]
+    BatchProofMismatch(SecureHash),
+    /// A key string that does not parse.
+    #[error("cannot parse public key {0:?}: expected 'ed25519:<64 hex>' or 'p256:<66 hex>'")]
+    Unparseable(String),
+}
+
+/// An Ed25519 public key, validated: a canonical point that is not of small order.
+#[derive(Clone)]
+pub struct Ed25519PublicKey {
+    bytes: [u8; 32],
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl Ed25519PublicKey {
+    /// Validates `bytes` as an Ed25519 public key.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, CryptoError> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| CryptoError::InvalidKey { scheme: SignatureScheme::Ed25519, reason: "not a point on the curve" })?;
+        if key.is_weak() {
+            return Err(CryptoError::InvalidKey { scheme: SignatureScheme::Ed25519, reason: "small-order point" });
+        }
+        Ok(Ed25519PublicKey { bytes, key })
+    }
+
+    /// The 32 encoded bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let Ok(sig) = <[u8; 64]>::try_from(sig) else { return false };
+        self.key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
+    }
+}
+
+/// An ECDSA P-256 public key in SEC1 compressed form, validated as a point on the curve.
+#[derive(Clone)]
+pub struct P256PublicKey {
+    bytes: [u8; 33],
+    key: p256::ecdsa::VerifyingKey,
+}
+
+impl P256PublicKey {
+    /// Validates `bytes` (SEC1 compressed) as a P-256 public key.
+    pub fn from_bytes(bytes: [u8; 33]) -> Result<Self, CryptoError> {
+        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes)
+            .map_err(|_| CryptoError::InvalidKey { scheme: SignatureScheme::EcdsaP256Sha256, reason: "not a compressed point on P-256" })?;
+        if bytes[0] != 0x02 && bytes[0] != 0x03 {
+            return Err(CryptoError::InvalidKey { scheme: SignatureScheme::EcdsaP256Sha256, reason: "not in compressed form" });
+        }
+        Ok(P256PublicKey { bytes, key })
+    }
+
+    /// The 33 encoded bytes.
+    pub fn as_bytes(&self) -> &[u8; 33] {
+        &self.bytes
+    }
+
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let Ok(sig) = p256::ecdsa::Signature::from_slice(sig) else { return false };
+        // Only the low-S form is accepted, so each signature has one encoding.
+        if sig.normalize_s() != sig {
+            return false;
+        }
+        self.key.verify(msg, &sig).is_ok()
+    }
+}
+
+macro_rules! key_by_bytes {
+    ($t:ty, $n:literal, $scheme:expr) => {
+        impl PartialEq for $t {
+            fn eq(&self, o: &Self) -> bool {
+                self.bytes == o.bytes
+            }
+        }
+        impl Eq for $t {}
+        impl PartialOrd for $t {
+            fn partial_cmp(&self, o: &Self) -> Option<core::cmp::Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for $t {
+            fn cmp(&self, o: &Self) -> core::cmp::Ordering {
+                self.bytes.cmp(&o.bytes)
+            }
+        }
+        impl core::hash::Hash for $t {
+            fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+                self.bytes.hash(h)
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}:{}", $scheme.name(), hex::encode(self.bytes))
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                byte_array::serialize(&self.bytes, s)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let bytes: [u8; $n] = byte_array::deserialize(d)?;
+                <$t>::from_bytes(bytes).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+key_by_bytes!(Ed25519PublicKey, 32, SignatureScheme::Ed25519);
+key_by_bytes!(P256PublicKey, 33, SignatureScheme::EcdsaP256Sha256);
+
+/// A public key: a leaf key of one scheme, or a composite key over other keys.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PublicKey {
+    /// An Ed25519 key.
+    Ed25519(Ed25519PublicKey),
+    /// An ECDSA P-256 key.
+    EcdsaP256(P256PublicKey),
+    /// A weighted threshold tree of keys.
+    Composite(CompositeKey),
+}
+
+impl PublicKey {
+    /// The leaf key's scheme, or `None` for a composite key.
+    pub fn scheme(&self) -> Option<SignatureScheme> {
+        match self {
+            PublicKey::Ed25519(_) => Some(SignatureScheme::Ed25519),
+            PublicKey::EcdsaP256(_) => Some(SignatureScheme::EcdsaP256Sha256),
+            PublicKey::Composite(_) => None,
+        }
+    }
+
+    /// Whether the signatures of `signed` (a set of leaf keys) satisfy this key: a leaf is
+    /// satisfied by itself, a composite key when its fulfilled children reach the threshold.
+    pub fn is_fulfilled_by(&self, signed: &dyn Fn(&PublicKey) -> bool) -> bool {
+        match self {
+            PublicKey::Composite(c) => c.is_fulfilled_by(signed),
+            leaf => signed(leaf),
+        }
+    }
+
+    /// Every leaf key in this key (itself, for a leaf).
+    pub fn leaf_keys(&self) -> Vec<&PublicKey> {
+        let mut out = Vec::new();
+        self.collect_leaves(&mut out);
+        out
+    }
+
+    pub(crate) fn collect_leaves<'a>(&'a self, out: &mut Vec<&'a PublicKey>) {
+        match self {
+            PublicKey::Composite(c) => c.children().iter().for_each(|ch| ch.key.collect_leaves(out)),
+            leaf => out.push(leaf),
+        }
+    }
+
+    /// Whether `leaf` is this key or one of its leaves.
+    pub fn contains_leaf(&self, leaf: &PublicKey) -> bool {
+        match self {
+            PublicKey::Composite(c) => c.children().iter().any(|ch| ch.key.contains_leaf(leaf)),
+            me => me == leaf,
+        }
+    }
+
+    /// Verifies a raw signature over `msg`. Composite keys never verify a single signature.
+    pub fn verify(&self, msg: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        let ok = match self {
+            PublicKey::Ed25519(k) => k.verify(msg, signature),
+            PublicKey::EcdsaP256(k) => k.verify(msg, signature),
+            PublicKey::Composite(_) => return Err(CryptoError::CompositeSigner),
+        };
+        if ok { Ok(()) } else { Err(CryptoError::BadSignature { key: self.to_string() }) }
+    }
+
+    /// A short form for reports: scheme and the first 8 hex digits.
+    pub fn short(&self) -> String {
+        match self {
+            PublicKey::Ed25519(k) => format!("ed25519:{}", hex::encode(&k.bytes[..4])),
+            PublicKey::EcdsaP256(k) => format!("p256:{}", hex::encode(&k.bytes[..5])),
+            PublicKey::Composite(c) => format!("composite({} of {})", c.threshold(), c.children().len()),
+        }
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublicKey::Ed25519(k) => write!(f, "ed25519:{}", hex::encode(k.bytes)),
+            PublicKey::EcdsaP256(k) => write!(f, "p256:{}", hex::encode(k.bytes)),
+            PublicKey::Composite(c) => {
+                write!(f, "composite:{}", hex::encode(encoding::encode(c)))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublicKey::Ed25519(k) => fmt::Debug::fmt(k, f),
+            PublicKey::EcdsaP256(k) => fmt::Debug::fmt(k, f),
+            PublicKey::Composite(c) => fmt::Debug::fmt(c, f),
+        }
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = CryptoError;
+    /// Parses the [`fmt::Display`] form: `ed25519:<hex>`, `p256:<hex>` or `composite:<hex>`.
+    fn from_str(s: &str) -> Result<Self, CryptoError> {
+        let bad = || CryptoError::Unparseable(s.chars().take(80).collect());
+        let (scheme, hexpart) = s.split_once(':').ok_or_else(bad)?;
+        let bytes = hex::decode(hexpart).map_err(|_| bad())?;
+        match scheme {
+            "ed25519" => Ok(PublicKey::Ed25519(Ed25519PublicKey::from_bytes(bytes.try_into().map_err(|_| bad())?)?)),
+            "p256" => Ok(PublicKey::EcdsaP256(P256PublicKey::from_bytes(bytes.try_into().map_err(|_| bad())?)?)),
+            "composite" => Ok(PublicKey::Composite(encoding::decode(&bytes).map_err(|_| bad())?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// A private key able to sign. Built from seed bytes the caller supplies, so this crate never
+/// touches a random source.
+pub enum KeyPair {
+    /// An Ed25519 signing key.
+    Ed25519(ed25519_dalek::SigningKey),
+    /// An ECDSA P-256 signing key.
+    EcdsaP256(p256::ecdsa::SigningKey),
+}
+
+impl KeyPair {
+    /// Derives a key of `scheme` from 32 seed bytes (for P-256 the seed is the scalar, and must
+    /// be non-zero and below the group order; fresh random bytes are, with overwhelming odds).
+    pub fn from_seed(scheme: SignatureScheme, seed: [u8; 32]) -> Result<KeyPair, CryptoError> {
+        match scheme {
+            SignatureScheme::Ed25519 => Ok(KeyPair::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))),
+            SignatureScheme::EcdsaP256Sha256 => p256::ecdsa::SigningKey::from_slice(&seed)
+                .map(KeyPair::EcdsaP256)
+                .map_err(|_| CryptoError::InvalidKey { scheme, reason: "seed is not a valid P-256 scalar" }),
+        }
+    }
+
+    /// The scheme of this key.
+    pub fn scheme(&self) -> SignatureScheme {
+        match self {
+            KeyPair::Ed25519(_) => SignatureScheme::Ed25519,
+            KeyPair::EcdsaP256(_) => SignatureScheme::EcdsaP256Sha256,
+        }
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        match self {
+            KeyPair::Ed25519(k) => {
+                let bytes = k.verifying_key().to_bytes();
+                PublicKey::Ed25519(Ed25519PublicKey { bytes, key: k.verifying_key() })
+            }
+            KeyPair::EcdsaP256(k) => {
+                let vk = *k.verifying_key();
+                let point = vk.to_sec1_point(true);
+                let mut bytes = [0u8; 33];
+                bytes.copy_from_slice(point.as_bytes());
+                PublicKey::EcdsaP256(P256PublicKey { bytes, key: vk })
+            }
+        }
+    }
+
+    /// Signs `msg` (deterministically for both schemes).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        match self {
+            KeyPair::Ed25519(k) => k.sign(msg).to_bytes().to_vec(),
+            KeyPair::EcdsaP256(k) => {
+                let sig: p256::ecdsa::Signature = k.sign(msg);
+                sig.normalize_s().to_bytes().to_vec()
+            }
+        }
+    }
+
+    /// Signs a transaction id, producing a [`TransactionSignature`].
+    pub fn sign_transaction(&self, tx_id: &SecureHash, platform_version: u32) -> TransactionSignature {
+        let metadata = SignatureMetadata { platform_version, scheme: self.scheme() };
+        let bytes = self.sign(&SignableData { root: *tx_id, metadata }.signing_bytes());
+        TransactionSignature { by: self.public(), bytes, metadata, batch_proof: None }
+    }
+
+    /// Signs the root of a batch of transaction ids (see [`crate::merkle::batch_root`]); each
+    /// transaction's signature is this one plus its inclusion proof ([`TransactionSignature::for_batch_member`]).
+    pub fn sign_batch_root(&self, root: &SecureHash, platform_version: u32) -> TransactionSignature {
+        self.sign_transaction(root, platform_version)
+    }
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPair({:?}, private half hidden)", self.public())
+    }
+}
+
+/// Facts the signer attaches to a signature, covered by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SignatureMetadata {
+    /// The platform version of the signing node.
+    pub platform_version: u32,
+    /// The scheme used; must match the key.
+    pub scheme: SignatureScheme,
+}
+
+/// What a transaction signature covers: a transaction id, or the Merkle root of a batch of
+/// them, together with the metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignableData {
+    /// The transaction id, or the root of a batch of ids.
+    pub root: SecureHash,
+    /// The signer's metadata.
+    pub metadata: SignatureMetadata,
+}
+
+impl SignableData {
+    /// Domain-separation tag in front of every signed transaction payload.
+    pub const TAG: &'static [u8] = b"TREATY/TX-SIGNATURE/v1\0";
+
+    /// The exact bytes signed.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::TAG.len() + 40);
+        out.extend_from_slice(Self::TAG);
+        out.extend_from_slice(&encoding::encode(self));
+        out
+    }
+}
+
+/// A signature over a transaction id, with the key that made it and its metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TransactionSignature {
+    /// The leaf key that signed.
+    pub by: PublicKey,
+    /// The scheme-specific signature bytes.
+    pub bytes: Vec<u8>,
+    /// Platform version and scheme, covered by the signature.
+    pub metadata: SignatureMetadata,
+    /// For a batch signature (a notary signing many transactions at once): the proof that the
+    /// transaction id is a leaf of the signed batch root.
+    pub batch_proof: Option<PartialMerkleTree>,
+}
+
+impl TransactionSignature {
+    /// Gives batch member `tx_id` its own copy of a batch-root signature, with its inclusion proof.
+    pub fn for_batch_member(root_signature: &TransactionSignature, proof: PartialMerkleTree) -> TransactionSignature {
+        TransactionSignature { batch_proof: Some(proof), ..root_signature.clone() }
+    }
+
+    /// Verifies this signature over transaction `tx_id`.
+    pub fn verify(&self, tx_id: &SecureHash) -> Result<(), CryptoError> {
+        let key_scheme = self.by.scheme().ok_or(CryptoError::CompositeSigner)?;
+        if key_scheme != self.metadata.scheme {
+            return Err(CryptoError::SchemeMismatch { key: key_scheme, claimed: self.metadata.scheme });
+        }
+        let root = match &self.batch_proof {
+            None => *tx_id,
+            Some(proof) => crate::merkle::batch_root_from_proof(proof, tx_id).ok_or(CryptoError::BatchProofMismatch(*tx_id))?,
+        };
+        self.by.verify(&SignableData { root, metadata: self.metadata }.signing_bytes(), &self.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(scheme: SignatureScheme, n: u8) -> KeyPair {
+        KeyPair::from_seed(scheme, [n; 32]).unwrap()
+    }
+
+    #[test]
+    fn both_schemes_sign_and_verify_and_reject_tampering() {
+        for scheme in [SignatureScheme::Ed25519, SignatureScheme::EcdsaP256Sha256] {
+            let k = key(scheme, 7);
+            let id = SecureHash::sha256(b"tx");
+            let sig = k.sign_transaction(&id, 1);
+            sig.verify(&id).unwrap();
+            assert!(matches!(sig.verify(&SecureHash::sha256(b"other")), Err(CryptoError::BadSignature { .. })));
+            let mut bad = sig.clone();
+            bad.bytes[3] ^= 1;
+            assert!(bad.verify(&id).is_err());
+            let mut wrong_meta = sig.clone();
+            wrong_meta.metadata.platform_version = 2;
+            assert!(wrong_meta.verify(&id).is_err(), "metadata is covered by the signature");
+        }
+    }
+
+    #[test]
+    fn scheme_mismatch_is_named() {
+        let k = key(SignatureScheme::Ed25519, 1);
+        let id = SecureHash::sha256(b"tx");
+        let mut sig = k.sign_transaction(&id, 1);
+        sig.metadata.scheme = SignatureScheme::EcdsaP256Sha256;
+        assert_eq!(
+            sig.verify(&id),
+            Err(CryptoError::SchemeMismatch { key: SignatureScheme::Ed25519, claimed: SignatureScheme::EcdsaP256Sha256 })
+        );
+    }
+
+    #[test]
+    fn small_order_and_off_curve_ed25519_keys_are_refused() {
+        // The identity point (small order) and a non-canonical encoding.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(matches!(Ed25519PublicKey::from_bytes(identity), Err(CryptoError::InvalidKey { reason: "small-order point", .. })));
+        let mut found_off_curve = false;
+        for b in 0u8..=255 {
+            if Ed25519PublicKey::from_bytes([b; 32]).is_err() {
+                found_off_curve = true;
+            }
+        }
+        assert!(found_off_curve);
+        // Decoding goes through the same check.
+        let enc = encoding::encode(&(0u8, identity));
+        assert!(encoding::decode::<PublicKey>(&enc).is_err());
+    }
+
+    #[test]
+    fn p256_high_s_signatures_are_refused() {
+        let k = key(SignatureScheme::EcdsaP256Sha256, 9);
+        let msg = b"hello";
+        let sig = p256::ecdsa::Signature::from_slice(&k.sign(msg)).unwrap();
+        k.public().verify(msg, &sig.to_bytes()).unwrap();
+        // Flip s to n - s: mathematically valid, but not the canonical low-S form.
+        let (r, s) = sig.split_scalars();
+        let high = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
+        assert!(k.public().verify(msg, &high.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn key_strings_round_trip() {
+        for scheme in [SignatureScheme::Ed25519, SignatureScheme::EcdsaP256Sha256] {
+            let pk = key(scheme, 3).public();
+            assert_eq!(pk.to_string().parse::<PublicKey>().unwrap(), pk);
+            assert_eq!(encoding::decode::<PublicKey>(&encoding::encode(&pk)).unwrap(), pk);
+        }
+        assert!("rsa:00".parse::<PublicKey>().is_err());
+    }
+}
