@@ -144,7 +144,7 @@ impl CompositeKey {
     /// canonical form of that policy), and an error for anything invalid.
     pub fn build(threshold: u32, children: Vec<WeightedKey>) -> Result<PublicKey, CompositeKeyError> {
         if children.len() == 1 && threshold >= 1 && children[0].weight >= threshold {
-            return Ok(children.into_iter().next().map(|c| c.key).ok_or(CompositeKeyError::TooFewChildren(0))?);
+            return children.into_iter().next().map(|c| c.key).ok_or(CompositeKeyError::TooFewChildren(0));
         }
         let mut keyed: Vec<(Vec<u8>, WeightedKey)> = children.into_iter().map(|c| (encoding::encode(&c), c)).collect();
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -226,11 +226,11 @@ mod tests {
     fn two_of_three_and_nesting() {
         let (a, b, c, d) = (leaf(1), leaf(2), leaf(3), leaf(4));
         let two_of_three = CompositeKey::build(2, vec![wk(a.clone(), 1), wk(b.clone(), 1), wk(c.clone(), 1)]).unwrap();
-        assert!(!fulfilled(&two_of_three, &[a.clone()]));
+        assert!(!fulfilled(&two_of_three, std::slice::from_ref(&a)));
         assert!(fulfilled(&two_of_three, &[a.clone(), c.clone()]));
         // CFO (weight 2) alone, or two of the subordinates' 2-of-3 plus... : (cfo:2, board:1, d:1) threshold 2
         let nested = CompositeKey::build(2, vec![wk(d.clone(), 2), wk(two_of_three.clone(), 1), wk(leaf(5), 1)]).unwrap();
-        assert!(fulfilled(&nested, &[d.clone()]));
+        assert!(fulfilled(&nested, std::slice::from_ref(&d)));
         assert!(!fulfilled(&nested, &[a.clone(), b.clone()]));
         assert!(fulfilled(&nested, &[a, b, leaf(5)]));
         assert_eq!(nested.leaf_keys().len(), 5);

@@ -77,22 +77,83 @@ pub enum CryptoError {
     Unparseable(String),
 }
 
-/// An Ed25519 public key, validated: a canonical point that is not of small order.
+/// The encodings of the eight Ed25519 points of small order (the 8-torsion subgroup), plus the
+/// non-canonical sign-bit variants of the two with x = 0. A key equal to one of these would let
+/// anyone forge signatures under lax verification; they are refused by byte comparison, without
+/// decompressing anything. (A unit test checks this table against curve25519-dalek.)
+const SMALL_ORDER_ED25519: [[u8; 32]; 10] = {
+    const fn key(first: [u8; 16], second: [u8; 16]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let mut i = 0;
+        while i < 16 {
+            out[i] = first[i];
+            out[i + 16] = second[i];
+            i += 1;
+        }
+        out
+    }
+    const Z: [u8; 16] = [0; 16];
+    const FF: [u8; 16] = [0xff; 16];
+    [
+        // identity (y = 1) and its sign-bit variant
+        key([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Z),
+        key([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]),
+        // order 2 (y = -1) and its sign-bit variant
+        key(
+            [0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        ),
+        key([0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], FF),
+        // order 4 (y = 0)
+        key(Z, Z),
+        key(Z, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]),
+        // order 8
+        key(
+            [0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f],
+            [0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a],
+        ),
+        key(
+            [0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f],
+            [0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0xfa],
+        ),
+        key(
+            [0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0],
+            [0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05],
+        ),
+        key(
+            [0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0],
+            [0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x85],
+        ),
+    ]
+};
+
+/// Whether the y coordinate (the encoding without its sign bit) is not reduced mod 2^255 - 19.
+fn ed25519_y_non_canonical(b: &[u8; 32]) -> bool {
+    b[31] & 0x7f == 0x7f && b[1..31].iter().all(|&x| x == 0xff) && b[0] >= 0xed
+}
+
+/// An Ed25519 public key.
+///
+/// Cheap checks run when the key is built or decoded: the encoding must be canonical and must
+/// not be a small-order point. Decompressing the point (≈10 µs) is deferred to the first
+/// signature check and cached, so decoding transactions full of keys stays fast; a key that is
+/// not on the curve can never verify a signature ([`PublicKey::validate`] checks it eagerly).
 #[derive(Clone)]
 pub struct Ed25519PublicKey {
     bytes: [u8; 32],
-    key: ed25519_dalek::VerifyingKey,
+    key: std::sync::OnceLock<Option<Box<ed25519_dalek::VerifyingKey>>>,
 }
 
 impl Ed25519PublicKey {
-    /// Validates `bytes` as an Ed25519 public key.
+    /// Checks `bytes` as an Ed25519 public key encoding (canonical, not small order).
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, CryptoError> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| CryptoError::InvalidKey { scheme: SignatureScheme::Ed25519, reason: "not a point on the curve" })?;
-        if key.is_weak() {
+        if SMALL_ORDER_ED25519.contains(&bytes) {
             return Err(CryptoError::InvalidKey { scheme: SignatureScheme::Ed25519, reason: "small-order point" });
         }
-        Ok(Ed25519PublicKey { bytes, key })
+        if ed25519_y_non_canonical(&bytes) {
+            return Err(CryptoError::InvalidKey { scheme: SignatureScheme::Ed25519, reason: "non-canonical encoding" });
+        }
+        Ok(Ed25519PublicKey { bytes, key: std::sync::OnceLock::new() })
     }
 
     /// The 32 encoded bytes.
@@ -100,28 +161,33 @@ impl Ed25519PublicKey {
         &self.bytes
     }
 
+    fn point(&self) -> Option<&ed25519_dalek::VerifyingKey> {
+        self.key.get_or_init(|| ed25519_dalek::VerifyingKey::from_bytes(&self.bytes).ok().filter(|k| !k.is_weak()).map(Box::new)).as_deref()
+    }
+
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        let Ok(sig) = <[u8; 64]>::try_from(sig) else { return false };
-        self.key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
+        let (Some(key), Ok(sig)) = (self.point(), <[u8; 64]>::try_from(sig)) else { return false };
+        key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
     }
 }
 
-/// An ECDSA P-256 public key in SEC1 compressed form, validated as a point on the curve.
+/// An ECDSA P-256 public key in SEC1 compressed form.
+///
+/// The form is checked when built or decoded; decompressing the point is deferred to the first
+/// signature check and cached (see [`Ed25519PublicKey`] for why).
 #[derive(Clone)]
 pub struct P256PublicKey {
     bytes: [u8; 33],
-    key: p256::ecdsa::VerifyingKey,
+    key: std::sync::OnceLock<Option<Box<p256::ecdsa::VerifyingKey>>>,
 }
 
 impl P256PublicKey {
-    /// Validates `bytes` (SEC1 compressed) as a P-256 public key.
+    /// Checks `bytes` as a compressed P-256 public key encoding.
     pub fn from_bytes(bytes: [u8; 33]) -> Result<Self, CryptoError> {
-        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&bytes)
-            .map_err(|_| CryptoError::InvalidKey { scheme: SignatureScheme::EcdsaP256Sha256, reason: "not a compressed point on P-256" })?;
         if bytes[0] != 0x02 && bytes[0] != 0x03 {
             return Err(CryptoError::InvalidKey { scheme: SignatureScheme::EcdsaP256Sha256, reason: "not in compressed form" });
         }
-        Ok(P256PublicKey { bytes, key })
+        Ok(P256PublicKey { bytes, key: std::sync::OnceLock::new() })
     }
 
     /// The 33 encoded bytes.
@@ -129,13 +195,17 @@ impl P256PublicKey {
         &self.bytes
     }
 
+    fn point(&self) -> Option<&p256::ecdsa::VerifyingKey> {
+        self.key.get_or_init(|| p256::ecdsa::VerifyingKey::from_sec1_bytes(&self.bytes).ok().map(Box::new)).as_deref()
+    }
+
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        let Ok(sig) = p256::ecdsa::Signature::from_slice(sig) else { return false };
+        let (Some(key), Ok(sig)) = (self.point(), p256::ecdsa::Signature::from_slice(sig)) else { return false };
         // Only the low-S form is accepted, so each signature has one encoding.
         if sig.normalize_s() != sig {
             return false;
         }
-        self.key.verify(msg, &sig).is_ok()
+        key.verify(msg, &sig).is_ok()
     }
 }
 
@@ -235,6 +305,23 @@ impl PublicKey {
         }
     }
 
+    /// Checks eagerly that every leaf is a valid point on its curve (decoding only checks the
+    /// encoding; see [`Ed25519PublicKey`]). Use where a key is registered, not on hot paths.
+    pub fn validate(&self) -> Result<(), CryptoError> {
+        for leaf in self.leaf_keys() {
+            let ok = match leaf {
+                PublicKey::Ed25519(k) => k.point().is_some(),
+                PublicKey::EcdsaP256(k) => k.point().is_some(),
+                PublicKey::Composite(_) => true,
+            };
+            if !ok {
+                let scheme = leaf.scheme().unwrap_or(SignatureScheme::Ed25519);
+                return Err(CryptoError::InvalidKey { scheme, reason: "not a point on the curve" });
+            }
+        }
+        Ok(())
+    }
+
     /// Verifies a raw signature over `msg`. Composite keys never verify a single signature.
     pub fn verify(&self, msg: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
         let ok = match self {
@@ -327,14 +414,14 @@ impl KeyPair {
         match self {
             KeyPair::Ed25519(k) => {
                 let bytes = k.verifying_key().to_bytes();
-                PublicKey::Ed25519(Ed25519PublicKey { bytes, key: k.verifying_key() })
+                PublicKey::Ed25519(Ed25519PublicKey { bytes, key: std::sync::OnceLock::from(Some(Box::new(k.verifying_key()))) })
             }
             KeyPair::EcdsaP256(k) => {
                 let vk = *k.verifying_key();
                 let point = vk.to_sec1_point(true);
                 let mut bytes = [0u8; 33];
                 bytes.copy_from_slice(point.as_bytes());
-                PublicKey::EcdsaP256(P256PublicKey { bytes, key: vk })
+                PublicKey::EcdsaP256(P256PublicKey { bytes, key: std::sync::OnceLock::from(Some(Box::new(vk))) })
             }
         }
     }
@@ -479,16 +566,37 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         assert!(matches!(Ed25519PublicKey::from_bytes(identity), Err(CryptoError::InvalidKey { reason: "small-order point", .. })));
-        let mut found_off_curve = false;
-        for b in 0u8..=255 {
-            if Ed25519PublicKey::from_bytes([b; 32]).is_err() {
-                found_off_curve = true;
-            }
-        }
-        assert!(found_off_curve);
+        // Off-curve encodings decode (cheaply) but never verify, and validate() names them.
+        let off_curve = (0u8..=255).map(|b| [b; 32]).find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err()).unwrap();
+        let k = PublicKey::Ed25519(Ed25519PublicKey::from_bytes(off_curve).unwrap());
+        assert!(matches!(k.validate(), Err(CryptoError::InvalidKey { reason: "not a point on the curve", .. })));
+        assert!(k.verify(b"m", &[0u8; 64]).is_err());
+        // Non-canonical y (>= p) is refused outright.
+        let mut non_canonical = [0xff; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        assert!(matches!(
+            Ed25519PublicKey::from_bytes(non_canonical),
+            Err(CryptoError::InvalidKey { reason: "non-canonical encoding", .. })
+        ));
         // Decoding goes through the same check.
         let enc = encoding::encode(&(0u8, identity));
         assert!(encoding::decode::<PublicKey>(&enc).is_err());
+    }
+
+    #[test]
+    fn small_order_table_matches_the_eight_torsion_points() {
+        // Every small-order point dalek knows is in the table, and everything in the table that
+        // decompresses is weak.
+        for p in curve25519_dalek::constants::EIGHT_TORSION {
+            let enc = p.compress().to_bytes();
+            assert!(SMALL_ORDER_ED25519.contains(&enc), "missing {}", hex::encode(enc));
+        }
+        for enc in SMALL_ORDER_ED25519 {
+            if let Ok(k) = ed25519_dalek::VerifyingKey::from_bytes(&enc) {
+                assert!(k.is_weak(), "{} is not weak", hex::encode(enc));
+            }
+        }
     }
 
     #[test]

@@ -305,7 +305,8 @@ mod tests {
 
     #[test]
     fn refuses_each_bad_form_with_its_reason() {
-        let cases: &[(&str, fn(&NameError) -> bool)] = &[
+        type Check = fn(&NameError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("L=London,C=GB", |e| *e == NameError::Missing("O")),
             ("O=Alice,L=London", |e| *e == NameError::Missing("C")),
             ("O=Alice,L=London,C=XX", |e| matches!(e, NameError::Country(_))),

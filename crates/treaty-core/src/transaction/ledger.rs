@@ -202,10 +202,11 @@ impl LedgerTransaction {
             }
         }
         // Outputs keep the inputs' notary; only a notary change moves them (checked there).
-        if self.kind == TransactionKind::Normal && !self.inputs.is_empty() {
-            if let Some((index, o)) = self.outputs.iter().enumerate().find(|(_, o)| o.notary != *notary) {
-                return Err(TransactionError::OutputNotaryChanged { index, expected: name(notary), found: name(&o.notary) });
-            }
+        if self.kind == TransactionKind::Normal
+            && !self.inputs.is_empty()
+            && let Some((index, o)) = self.outputs.iter().enumerate().find(|(_, o)| o.notary != *notary)
+        {
+            return Err(TransactionError::OutputNotaryChanged { index, expected: name(notary), found: name(&o.notary) });
         }
         Ok(())
     }
