@@ -13,13 +13,14 @@
 #              FUZZ_SANITIZER=none|address (default address).
 set -euo pipefail
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+root="$(dirname "$(dirname "$self")")"
 fuzz_dir="$root/fuzz"
 cd "$fuzz_dir"
 
 target="${1:-}"
 if [[ -z "$target" || "$target" == "-h" || "$target" == "--help" ]]; then
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$self" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 if [[ "$target" == "list" ]]; then

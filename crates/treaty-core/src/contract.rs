@@ -6,7 +6,23 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::transaction::LedgerTransaction;
+
+/// What the host hands a contract module (BCS-encoded, read through the host ABI; see
+/// `docs/sandbox.md`): the contract to run and the resolved transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractInput {
+    /// The contract name to verify (a module may define several).
+    pub contract: String,
+    /// The transaction, resolved.
+    pub tx: LedgerTransaction,
+}
+
+/// What a contract module hands back (BCS-encoded): the summary lines it vouches for, or its
+/// reason for rejecting.
+pub type ContractOutput = Result<Vec<String>, String>;
 
 /// What a contract says when it accepts a transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -19,16 +19,18 @@ pub mod encoding;
 pub mod hash;
 pub mod identity;
 pub mod merkle;
+pub mod params;
 pub mod state;
 pub mod time;
 pub mod transaction;
 
 pub use amount::{Amount, AmountError, Currency, Issued, TokenType};
 pub use composite::{CompositeKey, CompositeKeyError, WeightedKey};
-pub use contract::{ContractRejection, ContractVerdict, ContractVerifier, NativeContracts};
+pub use contract::{ContractInput, ContractOutput, ContractRejection, ContractVerdict, ContractVerifier, NativeContracts};
 pub use crypto::{CryptoError, KeyPair, PublicKey, SignatureMetadata, SignatureScheme, TransactionSignature};
 pub use hash::SecureHash;
 pub use identity::{AbstractParty, AnonymousParty, NameError, Party, PartyAndReference, X500Name};
+pub use params::{NetworkParameters, NotaryInfo, SandboxLimits};
 pub use state::{
     AttachmentConstraint, ContractName, ContractState, FungibleState, LinearState, OwnableState, StateAndRef, StateData, StatePointer,
     StateRef, TransactionState, UniqueIdentifier, UnpackError,

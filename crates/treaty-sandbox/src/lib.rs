@@ -1,0 +1,136 @@
+//! # treaty-sandbox
+//!
+//! Runs contract code deterministically: every node reaches the same verdict on a
+//! transaction, years later, on any machine (white paper "Deterministic JVM", done here with
+//! WebAssembly). [`Sandbox`] implements [`treaty_core::ContractVerifier`]:
+//!
+//! 1. it finds the transaction's attachment that defines the contract, checks the bundle
+//!    (format, manifest, signatures; see [`bundle`]) and its hash, and compiles its module once
+//!    (cached by attachment id);
+//! 2. it checks the contract's constraints and namespace ownership ([`constraints`]);
+//! 3. it runs the module's `treaty_verify` with exactly the transaction and the data files of
+//!    the transaction's attachments, under the fuel, memory and size limits of the network
+//!    parameters ([`host`]).
+
+pub mod bundle;
+pub mod constraints;
+mod error;
+pub mod host;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use treaty_core::{Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, NetworkParameters, SecureHash};
+use wasmtime::{Engine, Linker};
+
+pub use bundle::{Bundle, BundleError, Manifest};
+pub use constraints::ConstraintError;
+pub use error::SandboxError;
+pub use host::RunOutcome;
+pub use store::{AttachmentStore, MemoryAttachmentStore};
+
+/// A bundle checked and (if it has a module) compiled.
+struct Loaded {
+    bundle: Bundle,
+    module: Option<host::LoadedModule>,
+}
+
+/// The contract sandbox for one set of network parameters.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<host::HostState>,
+    params: NetworkParameters,
+    cache: RwLock<HashMap<SecureHash, Arc<Loaded>>>,
+}
+
+/// The input handed to a module, borrowed (encodes exactly as [`treaty_core::ContractInput`]).
+#[derive(Serialize)]
+struct InputRef<'a> {
+    contract: &'a str,
+    tx: &'a LedgerTransaction,
+}
+
+impl Sandbox {
+    /// A sandbox enforcing `params` (limits, whitelist, namespaces, development flag).
+    pub fn new(params: NetworkParameters) -> Result<Sandbox, SandboxError> {
+        let engine = host::engine()?;
+        let linker = host::linker(&engine)?;
+        Ok(Sandbox { engine, linker, params, cache: RwLock::new(HashMap::new()) })
+    }
+
+    /// The parameters this sandbox enforces.
+    pub fn params(&self) -> &NetworkParameters {
+        &self.params
+    }
+
+    /// How many attachments are checked and compiled in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.read().map(|c| c.len()).unwrap_or(0)
+    }
+
+    fn load(&self, a: &Attachment) -> Result<Arc<Loaded>, SandboxError> {
+        if let Some(l) = self.cache.read().ok().and_then(|c| c.get(&a.id).cloned()) {
+            return Ok(l);
+        }
+        let actual = SecureHash::sha256(&a.content);
+        if actual != a.id {
+            return Err(SandboxError::AttachmentHashMismatch { id: a.id, actual });
+        }
+        let bundle = bundle::parse(&a.content, &self.params.sandbox).map_err(|error| SandboxError::Bundle { id: a.id, error })?;
+        let same = |x: &[String], y: &[String]| {
+            let (mut x, mut y) = (x.to_vec(), y.to_vec());
+            x.sort();
+            y.sort();
+            x == y
+        };
+        if !same(&bundle.manifest.contracts, &a.contracts) || !same(&bundle.manifest.data_files, &a.files) {
+            return Err(SandboxError::ManifestMismatch(a.id));
+        }
+        let module = match &bundle.module {
+            Some(bytes) => Some(host::load(&self.engine, &self.linker, bytes, &self.params.sandbox)?),
+            None => None,
+        };
+        let loaded = Arc::new(Loaded { bundle, module });
+        if let Ok(mut c) = self.cache.write() {
+            c.insert(a.id, loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// Checks and compiles a module on its own (no bundle), e.g. to vet an upload early.
+    pub fn check_module(&self, wasm: &[u8]) -> Result<(), SandboxError> {
+        host::load(&self.engine, &self.linker, wasm, &self.params.sandbox).map(|_| ())
+    }
+
+    /// Verifies `contract` over `tx`: constraints, then the module. Returns the contract's own
+    /// output (its summaries or its rejection message) and the fuel used.
+    pub fn run_contract(&self, contract: &str, tx: &LedgerTransaction) -> Result<RunOutcome, SandboxError> {
+        let attachment = tx
+            .attachments
+            .iter()
+            .find(|a| a.contracts.iter().any(|c| c == contract))
+            .ok_or_else(|| SandboxError::NoCode(contract.to_string()))?;
+        let loaded = self.load(attachment)?;
+        let module = loaded.module.as_ref().ok_or_else(|| SandboxError::NoCode(contract.to_string()))?;
+        constraints::check(contract, tx, &loaded.bundle, &self.params)?;
+        let mut files: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
+        for a in &tx.attachments {
+            let l = if a.id == attachment.id { loaded.clone() } else { self.load(a)? };
+            files.extend(l.bundle.files.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let input = treaty_core::encoding::encode(&InputRef { contract, tx });
+        host::run(&self.engine, module, Arc::new(input), Arc::new(files), &self.params.sandbox)
+    }
+}
+
+impl ContractVerifier for Sandbox {
+    fn verify_contract(&self, contract: &str, tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejection> {
+        match self.run_contract(contract, tx) {
+            Ok(RunOutcome { output: Ok(summaries), .. }) => Ok(ContractVerdict { summaries }),
+            Ok(RunOutcome { output: Err(message), .. }) => Err(ContractRejection::new(message)),
+            Err(e) => Err(ContractRejection::new(format!("[{}] {e}", e.code()))),
+        }
+    }
+}
