@@ -11,7 +11,7 @@ fn main() {
     // the outer build's lock and rebuilds only what changed.
     let target_root = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace.join("target"));
     let target_dir = target_root.join("wasm-contracts");
-    for dir in ["contracts", "crates/treaty-contract-sdk/src", "crates/treaty-core/src", "Cargo.lock", "Cargo.toml"] {
+    for dir in ["contracts", "apps", "crates/treaty-contract-sdk/src", "crates/treaty-core/src", "Cargo.lock", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!("cargo:rerun-if-changed=src/wasm_build.rs");

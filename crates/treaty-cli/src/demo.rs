@@ -1,6 +1,7 @@
 //! `treaty demo`: Treaty's main job on embedded defaults, end to end, with a readable report.
 //!
-//! Today the demo exercises the ledger core in one process: certified-looking identities with
+//! Today the demo exercises the ledger core and the contract sandbox in one process (the cash
+//! contract runs as WebAssembly, built from `apps/finance/contract`): certified-looking identities with
 //! fresh keys (one a 2-of-3 composite key), a cash issue, a payment with change signed by two of
 //! three officers, the notary's tear-off view, a double spend refused, a forged transaction and
 //! a contract violation caught, a counterparty verifying the back-chain, and a payment chain
@@ -14,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use treaty_core::*;
 
-use crate::demo_cash::{self, CASH, Cash, CashCommand};
+use treaty_finance_contracts::{CASH, Cash, CashCommand};
+use treaty_sandbox::{AttachmentStore, MemoryAttachmentStore, Sandbox, bundle};
 
 /// A named participant with its signing keys.
 struct Actor {
@@ -113,13 +115,22 @@ impl Report {
     }
 }
 
-fn cash_state(amount: Amount<Issued<Currency>>, owner: &Party, notary: &Party) -> TransactionState {
-    TransactionState::new(
-        &Cash { amount, owner: owner.clone().into() },
-        CASH,
-        notary.clone(),
-        AttachmentConstraint::Hash(demo_cash::attachment().id),
-    )
+fn cash_state(amount: Amount<Issued<Currency>>, owner: &Party, notary: &Party, code: &SecureHash) -> TransactionState {
+    TransactionState::new(&Cash { amount, owner: owner.clone().into() }, CASH, notary.clone(), AttachmentConstraint::Hash(*code))
+}
+
+/// The finance contract module packed as an attachment, checked and stored.
+fn cash_attachment(store: &MemoryAttachmentStore) -> Result<Attachment> {
+    let manifest = bundle::Manifest {
+        name: "treaty-finance".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        contracts: vec![CASH.into()],
+        module: Some(bundle::MODULE.into()),
+        data_files: vec![],
+    };
+    let bytes = bundle::pack(&manifest, Some(treaty_contracts::FINANCE_WASM), &BTreeMap::new(), &[]);
+    let id = store.upload(&bytes)?;
+    store.get(&id).context("attachment just stored")
 }
 
 fn sign(stx: SignedTransaction, keys: &[&KeyPair]) -> SignedTransaction {
@@ -131,13 +142,26 @@ fn sign(stx: SignedTransaction, keys: &[&KeyPair]) -> SignedTransaction {
 pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
     let started = Instant::now();
     let mut r = Report { json: json_out, steps: Vec::new() };
-    let contracts = NativeContracts::new().with(CASH, demo_cash::verify);
+    let params = NetworkParameters::default();
+    let store = MemoryAttachmentStore::new(params.clone());
+    let code = cash_attachment(&store)?;
+    let contracts = Sandbox::new(params)?;
     let mut ledger = MapResolver::default();
-    ledger.add_attachment(demo_cash::attachment());
+    ledger.add_attachment(code.clone());
 
     if !json_out {
-        println!("Treaty demo — the ledger core, end to end (treaty {})", env!("CARGO_PKG_VERSION"));
+        println!("Treaty demo — the ledger core and the contract sandbox, end to end (treaty {})", env!("CARGO_PKG_VERSION"));
     }
+    r.heading("0. Contract code");
+    r.step(
+        "attachment",
+        format!(
+            "{CASH} packed as attachment {} ({} KiB of WebAssembly), checked and stored",
+            code.id.short(),
+            treaty_contracts::FINANCE_WASM.len() / 1024
+        ),
+        json!({ "attachment": code.id.to_string(), "module_bytes": treaty_contracts::FINANCE_WASM.len() }),
+    );
     r.heading("1. Identities");
     let bank = actor("O=Bank of Treaty,L=London,C=GB", SignatureScheme::Ed25519)?;
     let bob = actor("O=Bob Trading,L=New York,C=US", SignatureScheme::EcdsaP256Sha256)?;
@@ -158,9 +182,9 @@ pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
 
     r.heading("2. The bank issues 1,000.00 USD to Alice Corp");
     let issue = TransactionBuilder::new(Some(notary_party.clone()))
-        .output(cash_state(Amount::parse_decimal("1000.00", usd.clone())?, &alice.party, &notary_party))
+        .output(cash_state(Amount::parse_decimal("1000.00", usd.clone())?, &alice.party, &notary_party, &code.id))
         .command(Command::new(&CashCommand::Issue, vec![bank.party.owning_key.clone()]))
-        .attachment(demo_cash::attachment().id)
+        .attachment(code.id)
         .build(salt())?;
     let issue = sign(SignedTransaction::new(issue, vec![]), &[&bank.signers[0]]);
     verify_transaction(&issue, &ledger, &contracts, &VerifyOptions::default()).context("issue should verify")?;
@@ -175,10 +199,10 @@ pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
     let coin = StateRef { txhash: issue.id(), index: 0 };
     let pay = TransactionBuilder::new(Some(notary_party.clone()))
         .input(coin)
-        .output(cash_state(Amount::parse_decimal("300.00", usd.clone())?, &bob.party, &notary_party))
-        .output(cash_state(Amount::parse_decimal("700.00", usd.clone())?, &alice.party, &notary_party))
+        .output(cash_state(Amount::parse_decimal("300.00", usd.clone())?, &bob.party, &notary_party, &code.id))
+        .output(cash_state(Amount::parse_decimal("700.00", usd.clone())?, &alice.party, &notary_party, &code.id))
         .command(Command::new(&CashCommand::Move, vec![alice.party.owning_key.clone()]))
-        .attachment(demo_cash::attachment().id)
+        .attachment(code.id)
         .time_window(TimeWindow::around(now(), 30_000_000)?)
         .summary(format!("Move {}", Amount::parse_decimal("1000.00", usd.clone())?))
         .build(salt())?;
@@ -214,13 +238,23 @@ pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
     let notary_sig = notary.notarise(&pay).map_err(|e| anyhow::anyhow!("notarisation failed: {e}"))?;
     let pay = pay.with_signature(notary_sig);
     let ltx = verify_transaction(&pay, &ledger, &contracts, &VerifyOptions::default()).context("notarised payment should verify")?;
+    let run = contracts.run_contract(CASH, &ltx)?;
+    r.step(
+        "sandbox",
+        format!(
+            "{CASH} accepted it in the WebAssembly sandbox using {} fuel (module compiled once, {} cached)",
+            run.fuel,
+            contracts.cached()
+        ),
+        json!({ "fuel": run.fuel, "cached_modules": contracts.cached() }),
+    );
     ledger.add_transaction(pay.tx());
     let bob_cash: Vec<Cash> = ltx.outputs_of()?;
     r.step("final", format!("payment {} is final: Bob holds {}, Alice Corp holds {} in change", pay_id.short(), bob_cash[0].amount, bob_cash[1].amount), json!({ "tx_id": pay_id.to_string(), "bob": bob_cash[0].amount.to_decimal_string(), "alice_change": bob_cash[1].amount.to_decimal_string() }));
 
     r.heading("5. Bob checks the back-chain he was sent");
     let mut bobs_ledger = MapResolver::default();
-    bobs_ledger.add_attachment(demo_cash::attachment());
+    bobs_ledger.add_attachment(code.clone());
     let missing = verify_transaction(&pay, &bobs_ledger, &contracts, &VerifyOptions::default()).expect_err("Bob lacks the issue");
     verify_transaction(&issue, &bobs_ledger, &contracts, &VerifyOptions::default())?;
     bobs_ledger.add_transaction(issue.tx());
@@ -234,9 +268,9 @@ pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
     r.heading("6. What the ledger refuses");
     let again = TransactionBuilder::new(Some(notary_party.clone()))
         .input(coin)
-        .output(cash_state(Amount::parse_decimal("1000.00", usd.clone())?, &alice.party, &notary_party))
+        .output(cash_state(Amount::parse_decimal("1000.00", usd.clone())?, &alice.party, &notary_party, &code.id))
         .command(Command::new(&CashCommand::Move, vec![alice.party.owning_key.clone()]))
-        .attachment(demo_cash::attachment().id)
+        .attachment(code.id)
         .summary(format!("Move {}", Amount::parse_decimal("1000.00", usd.clone())?))
         .build(salt())?;
     let again = sign(SignedTransaction::new(again, vec![]), &[&officers[0], &officers[1]]);
@@ -248,7 +282,7 @@ pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
     let c = pay.tx().components();
     forged_b.inputs = c.inputs.clone();
     forged_b.outputs = c.outputs.clone();
-    forged_b.outputs[0] = cash_state(Amount::parse_decimal("3000.00", usd.clone())?, &bob.party, &notary_party);
+    forged_b.outputs[0] = cash_state(Amount::parse_decimal("3000.00", usd.clone())?, &bob.party, &notary_party, &code.id);
     forged_b.commands = c.commands.clone();
     forged_b.attachments = c.attachments.clone();
     forged_b.time_window = c.time_window;
@@ -263,16 +297,25 @@ pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
 
     let greedy = TransactionBuilder::new(Some(notary_party.clone()))
         .input(StateRef { txhash: pay_id, index: 0 })
-        .output(cash_state(Amount::parse_decimal("3000.00", usd.clone())?, &bob.party, &notary_party))
+        .output(cash_state(Amount::parse_decimal("3000.00", usd.clone())?, &bob.party, &notary_party, &code.id))
         .command(Command::new(&CashCommand::Move, vec![bob.party.owning_key.clone()]))
-        .attachment(demo_cash::attachment().id)
+        .attachment(code.id)
         .build(salt())?;
     let greedy = sign(SignedTransaction::new(greedy, vec![]), &[&bob.signers[0]]);
     let err = verify_transaction(&greedy, &ledger, &contracts, &allow_notary).expect_err("printing money must fail");
     r.step("contract", format!("Bob turning 300.00 into 3000.00: [{}] {err}", err.code()), json!({ "code": err.code() }));
 
-    r.heading(&format!("7. A chain of {chain_len} payments, each verified in full"));
-    let (elapsed, verified) = payment_chain(chain_len, &bank, &bob, &notary_party, &notary.actor.signers[0], &usd, &contracts)?;
+    r.heading(&format!("7. A chain of {chain_len} payments, each verified in full (contracts in the sandbox)"));
+    let setup = ChainSetup {
+        bank: &bank,
+        bob: &bob,
+        notary: &notary_party,
+        notary_key: &notary.actor.signers[0],
+        usd: &usd,
+        contracts: &contracts,
+        code: &code,
+    };
+    let (elapsed, verified) = payment_chain(chain_len, &setup)?;
     let rate = verified as f64 / elapsed.max(1e-9);
     r.step(
         "chain",
@@ -289,24 +332,28 @@ pub fn run(json_out: bool, chain_len: usize) -> Result<()> {
     Ok(())
 }
 
+/// What the payment chain is built from.
+struct ChainSetup<'a> {
+    bank: &'a Actor,
+    bob: &'a Actor,
+    notary: &'a Party,
+    notary_key: &'a KeyPair,
+    usd: &'a Issued<Currency>,
+    contracts: &'a dyn ContractVerifier,
+    code: &'a Attachment,
+}
+
 /// Builds a chain of `n` payments between the bank and Bob, each spending the previous output,
 /// then verifies all of them in order. Returns (seconds spent verifying, transactions verified).
-fn payment_chain(
-    n: usize,
-    bank: &Actor,
-    bob: &Actor,
-    notary: &Party,
-    notary_key: &KeyPair,
-    usd: &Issued<Currency>,
-    contracts: &NativeContracts,
-) -> Result<(f64, usize)> {
+fn payment_chain(n: usize, setup: &ChainSetup<'_>) -> Result<(f64, usize)> {
+    let ChainSetup { bank, bob, notary, notary_key, usd, contracts, code } = *setup;
     let mut ledger = MapResolver::default();
-    ledger.add_attachment(demo_cash::attachment());
+    ledger.add_attachment(code.clone());
     let amount = Amount::parse_decimal("10.00", usd.clone())?;
     let issue = TransactionBuilder::new(Some(notary.clone()))
-        .output(cash_state(amount.clone(), &bank.party, notary))
+        .output(cash_state(amount.clone(), &bank.party, notary, &code.id))
         .command(Command::new(&CashCommand::Issue, vec![bank.party.owning_key.clone()]))
-        .attachment(demo_cash::attachment().id)
+        .attachment(code.id)
         .build(salt())?;
     let mut chain = vec![sign(SignedTransaction::new(issue, vec![]), &[&bank.signers[0]])];
     let holders = [bank, bob];
@@ -315,9 +362,9 @@ fn payment_chain(
         let prev = chain.last().map(SignedTransaction::id).context("chain is never empty")?;
         let tx = TransactionBuilder::new(Some(notary.clone()))
             .input(StateRef { txhash: prev, index: 0 })
-            .output(cash_state(amount.clone(), &to.party, notary))
+            .output(cash_state(amount.clone(), &to.party, notary, &code.id))
             .command(Command::new(&CashCommand::Move, vec![from.party.owning_key.clone()]))
-            .attachment(demo_cash::attachment().id)
+            .attachment(code.id)
             .summary(format!("Move {amount}"))
             .build(salt())?;
         chain.push(sign(SignedTransaction::new(tx, vec![]), &[&from.signers[0], notary_key]));

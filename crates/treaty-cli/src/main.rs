@@ -4,7 +4,6 @@
 //! standard output (see `../shared/DESIGN.md` section 6 for the stable surface).
 
 mod demo;
-mod demo_cash;
 
 use std::process::ExitCode;
 

@@ -31,13 +31,25 @@ fn demo_json_reports_every_outcome() {
     let revealed: Vec<u64> = step(&doc, "tear-off")["revealed_groups"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert!(!revealed.contains(&1) && !revealed.contains(&2), "the notary must not see outputs (1) or commands (2): {revealed:?}");
     assert_eq!(step(&doc, "chain")["transactions"], 21);
+    // The cash contract ran as WebAssembly, compiled once.
+    assert!(step(&doc, "sandbox")["fuel"].as_u64().unwrap() > 0);
+    assert_eq!(step(&doc, "sandbox")["cached_modules"], 1);
+    assert!(step(&doc, "attachment")["module_bytes"].as_u64().unwrap() > 1000);
 }
 
 #[test]
 fn demo_human_report_names_each_stage() {
     let (code, stdout, _) = run(&["demo", "--chain", "5"]);
     assert_eq!(code, 0);
-    for needle in ["Identities", "issues 1,000.00 USD", "notary sees only a tear-off", "double spend refused", "TX-CONTRACT-REJECTED"] {
+    for needle in [
+        "Contract code",
+        "WebAssembly sandbox",
+        "Identities",
+        "issues 1,000.00 USD",
+        "notary sees only a tear-off",
+        "double spend refused",
+        "TX-CONTRACT-REJECTED",
+    ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
 }

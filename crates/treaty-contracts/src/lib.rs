@@ -4,6 +4,9 @@
 //! script (reproducibly: see `src/wasm_build.rs`) and embedded here as bytes. Package them as
 //! attachments with `treaty_sandbox::bundle`.
 
+/// `apps/finance/contract`: `treaty.finance.Cash`.
+pub const FINANCE_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/treaty_finance_contracts.wasm"));
+
 /// `contracts/test-contracts`: `test.Token`, `test.Panics`, `test.Float`, `test.DataFile`,
 /// `test.Spin`, `test.Hog`.
 pub const TEST_CONTRACTS_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/treaty_test_contracts.wasm"));
@@ -19,6 +22,7 @@ mod tests {
     #[test]
     fn modules_are_wasm() {
         assert_eq!(&TEST_CONTRACTS_WASM[..4], b"\0asm");
+        assert_eq!(&FINANCE_WASM[..4], b"\0asm");
     }
 
     /// Two clean builds in different target directories give byte-identical modules.

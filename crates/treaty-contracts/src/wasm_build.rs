@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The contract crates built, as (package, artifact name).
-pub const CONTRACT_CRATES: &[(&str, &str)] = &[("treaty-test-contracts", "treaty_test_contracts")];
+pub const CONTRACT_CRATES: &[(&str, &str)] =
+    &[("treaty-finance-contracts", "treaty_finance_contracts"), ("treaty-test-contracts", "treaty_test_contracts")];
 
 /// Builds every crate in [`CONTRACT_CRATES`] into `target_dir`; returns (artifact, wasm path).
 pub fn build_contracts(workspace: &Path, target_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {

@@ -87,31 +87,62 @@ impl TryFrom<X500NameRepr> for X500Name {
     }
 }
 
-const ISO_3166_ALPHA2: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+/// ISO 3166-1 alpha-2 codes, sorted (binary-searched).
+const ISO_3166_ALPHA2: [[u8; 2]; 249] = [
+    *b"AD", *b"AE", *b"AF", *b"AG", *b"AI", *b"AL", *b"AM", *b"AO", *b"AQ", *b"AR", *b"AS", *b"AT", *b"AU", *b"AW", *b"AX", *b"AZ", *b"BA",
+    *b"BB", *b"BD", *b"BE", *b"BF", *b"BG", *b"BH", *b"BI", *b"BJ", *b"BL", *b"BM", *b"BN", *b"BO", *b"BQ", *b"BR", *b"BS", *b"BT", *b"BV",
+    *b"BW", *b"BY", *b"BZ", *b"CA", *b"CC", *b"CD", *b"CF", *b"CG", *b"CH", *b"CI", *b"CK", *b"CL", *b"CM", *b"CN", *b"CO", *b"CR", *b"CU",
+    *b"CV", *b"CW", *b"CX", *b"CY", *b"CZ", *b"DE", *b"DJ", *b"DK", *b"DM", *b"DO", *b"DZ", *b"EC", *b"EE", *b"EG", *b"EH", *b"ER", *b"ES",
+    *b"ET", *b"FI", *b"FJ", *b"FK", *b"FM", *b"FO", *b"FR", *b"GA", *b"GB", *b"GD", *b"GE", *b"GF", *b"GG", *b"GH", *b"GI", *b"GL", *b"GM",
+    *b"GN", *b"GP", *b"GQ", *b"GR", *b"GS", *b"GT", *b"GU", *b"GW", *b"GY", *b"HK", *b"HM", *b"HN", *b"HR", *b"HT", *b"HU", *b"ID", *b"IE",
+    *b"IL", *b"IM", *b"IN", *b"IO", *b"IQ", *b"IR", *b"IS", *b"IT", *b"JE", *b"JM", *b"JO", *b"JP", *b"KE", *b"KG", *b"KH", *b"KI", *b"KM",
+    *b"KN", *b"KP", *b"KR", *b"KW", *b"KY", *b"KZ", *b"LA", *b"LB", *b"LC", *b"LI", *b"LK", *b"LR", *b"LS", *b"LT", *b"LU", *b"LV", *b"LY",
+    *b"MA", *b"MC", *b"MD", *b"ME", *b"MF", *b"MG", *b"MH", *b"MK", *b"ML", *b"MM", *b"MN", *b"MO", *b"MP", *b"MQ", *b"MR", *b"MS", *b"MT",
+    *b"MU", *b"MV", *b"MW", *b"MX", *b"MY", *b"MZ", *b"NA", *b"NC", *b"NE", *b"NF", *b"NG", *b"NI", *b"NL", *b"NO", *b"NP", *b"NR", *b"NU",
+    *b"NZ", *b"OM", *b"PA", *b"PE", *b"PF", *b"PG", *b"PH", *b"PK", *b"PL", *b"PM", *b"PN", *b"PR", *b"PS", *b"PT", *b"PW", *b"PY", *b"QA",
+    *b"RE", *b"RO", *b"RS", *b"RU", *b"RW", *b"SA", *b"SB", *b"SC", *b"SD", *b"SE", *b"SG", *b"SH", *b"SI", *b"SJ", *b"SK", *b"SL", *b"SM",
+    *b"SN", *b"SO", *b"SR", *b"SS", *b"ST", *b"SV", *b"SX", *b"SY", *b"SZ", *b"TC", *b"TD", *b"TF", *b"TG", *b"TH", *b"TJ", *b"TK", *b"TL",
+    *b"TM", *b"TN", *b"TO", *b"TR", *b"TT", *b"TV", *b"TW", *b"TZ", *b"UA", *b"UG", *b"UM", *b"US", *b"UY", *b"UZ", *b"VA", *b"VC", *b"VE",
+    *b"VG", *b"VI", *b"VN", *b"VU", *b"WF", *b"WS", *b"YE", *b"YT", *b"ZA", *b"ZM", *b"ZW",
+];
 
+fn forbidden(ch: char) -> Option<&'static str> {
+    Some(match ch {
+        c if c.is_control() => "control character",
+        '"' | '\'' | '`' | '\u{2018}'..='\u{201F}' | '\u{00AB}' | '\u{00BB}' | '\u{2039}' | '\u{203A}' => "quote mark",
+        ',' | '=' | '+' | ';' | '<' | '>' | '#' | '\\' | '$' => "X.500 separator or escape character",
+        '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' => {
+            "invisible formatting character"
+        }
+        c if c.is_whitespace() && c != ' ' => "whitespace other than a plain space",
+        _ => return None,
+    })
+}
+
+/// Checks one attribute value in a single pass (names are decoded on every transaction, so
+/// this is on the hot path of verification, inside contracts too).
 fn check_value(attr: &'static str, v: &str, min: usize, max: usize) -> Result<(), NameError> {
-    let len = v.chars().count();
-    if len < min || len > max {
-        return Err(NameError::Length { attr, min, max, len });
+    let mut len = 0usize;
+    let mut prev_space = false;
+    for ch in v.chars() {
+        len += 1;
+        let space = ch == ' ';
+        if space && (prev_space || len == 1) {
+            return Err(NameError::Spacing(attr));
+        }
+        prev_space = space;
+        // Printable ASCII other than the listed specials needs no further checks.
+        let plain_ascii =
+            ch.is_ascii_alphanumeric() || matches!(ch, ' ' | '.' | '-' | '&' | '(' | ')' | '/' | ':' | '_' | '@' | '!' | '?' | '*' | '%');
+        if !plain_ascii && let Some(why) = forbidden(ch) {
+            return Err(NameError::ForbiddenChar { attr, ch, why });
+        }
     }
-    if v.starts_with(' ') || v.ends_with(' ') || v.contains("  ") {
+    if prev_space {
         return Err(NameError::Spacing(attr));
     }
-    for ch in v.chars() {
-        let why = match ch {
-            c if c.is_control() => "control character",
-            '"' | '\'' | '`' | '\u{2018}'..='\u{201F}' | '\u{00AB}' | '\u{00BB}' | '\u{2039}' | '\u{203A}' => "quote mark",
-            ',' | '=' | '+' | ';' | '<' | '>' | '#' | '\\' | '$' => "X.500 separator or escape character",
-            '\u{00AD}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}' => "invisible formatting character",
-            c if c.is_whitespace() && c != ' ' => "whitespace other than a plain space",
-            _ => continue,
-        };
-        return Err(NameError::ForbiddenChar { attr, ch, why });
+    if len < min || len > max {
+        return Err(NameError::Length { attr, min, max, len });
     }
     Ok(())
 }
@@ -137,7 +168,8 @@ impl X500Name {
         if let Some(st) = &state {
             check_value("ST", st, 1, 64)?;
         }
-        if country.len() != 2 || !ISO_3166_ALPHA2.split(' ').any(|c| c == country) {
+        let code: Option<[u8; 2]> = country.as_bytes().try_into().ok();
+        if code.is_none_or(|c| ISO_3166_ALPHA2.binary_search(&c).is_err()) {
             return Err(NameError::Country(country));
         }
         Ok(X500Name { common_name, organisation_unit, organisation, locality, state, country })

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use treaty_core::{ContractOutput, SandboxLimits};
-use wasmtime::{Caller, Config, Engine, ExternType, InstancePre, Linker, Module, OptLevel, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Caller, Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap,
+};
 
 use crate::error::SandboxError;
 
@@ -44,8 +47,13 @@ impl ResourceLimiter for HostState {
     }
 }
 
-/// Builds the deterministic engine.
-pub(crate) fn engine() -> Result<Engine, SandboxError> {
+/// How many contract instances may be alive at once (each holds one pooled memory slot).
+/// Callers beyond this wait for a slot (see `Sandbox`): a verdict never depends on load.
+pub const INSTANCE_SLOTS: u32 = 32;
+
+/// Builds the deterministic engine. Instances come from a pool of pre-reserved slots, so a
+/// verification does not map and unmap memory.
+pub(crate) fn engine(limits: &SandboxLimits) -> Result<Engine, SandboxError> {
     // Threads and shared memory are not even compiled in (wasmtime's `threads` feature is off),
     // nor are WASI, GC or the component model.
     let mut c = Config::new();
@@ -57,6 +65,14 @@ pub(crate) fn engine() -> Result<Engine, SandboxError> {
         .wasm_multi_memory(false)
         .wasm_memory64(false)
         .max_wasm_stack(MAX_WASM_STACK);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(INSTANCE_SLOTS)
+        .total_memories(INSTANCE_SLOTS)
+        .total_tables(INSTANCE_SLOTS)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX));
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c).map_err(|e| SandboxError::Engine(e.to_string()))
 }
 

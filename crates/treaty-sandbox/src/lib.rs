@@ -19,7 +19,7 @@ pub mod host;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use serde::Serialize;
 use treaty_core::{Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, NetworkParameters, SecureHash};
@@ -43,6 +43,33 @@ pub struct Sandbox {
     linker: Linker<host::HostState>,
     params: NetworkParameters,
     cache: RwLock<HashMap<SecureHash, Arc<Loaded>>>,
+    slots: Slots,
+}
+
+/// A counting semaphore over the engine's instance slots.
+struct Slots {
+    free: Mutex<u32>,
+    released: Condvar,
+}
+
+impl Slots {
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
 }
 
 /// The input handed to a module, borrowed (encodes exactly as [`treaty_core::ContractInput`]).
@@ -55,9 +82,10 @@ struct InputRef<'a> {
 impl Sandbox {
     /// A sandbox enforcing `params` (limits, whitelist, namespaces, development flag).
     pub fn new(params: NetworkParameters) -> Result<Sandbox, SandboxError> {
-        let engine = host::engine()?;
+        let engine = host::engine(&params.sandbox)?;
         let linker = host::linker(&engine)?;
-        Ok(Sandbox { engine, linker, params, cache: RwLock::new(HashMap::new()) })
+        let slots = Slots { free: Mutex::new(host::INSTANCE_SLOTS), released: Condvar::new() };
+        Ok(Sandbox { engine, linker, params, cache: RwLock::new(HashMap::new()), slots })
     }
 
     /// The parameters this sandbox enforces.
@@ -121,6 +149,7 @@ impl Sandbox {
             files.extend(l.bundle.files.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let input = treaty_core::encoding::encode(&InputRef { contract, tx });
+        let _slot = self.slots.acquire();
         host::run(&self.engine, module, Arc::new(input), Arc::new(files), &self.params.sandbox)
     }
 }
