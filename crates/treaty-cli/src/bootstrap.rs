@@ -1,0 +1,253 @@
+//! `treaty network bootstrap`: creates a local network in a directory.
+//!
+//! Layout (see docs/network.md):
+//!
+//! ```text
+//! DIR/network/     root.der root.key doorman.der doorman.key network-map.der network-map.key
+//!                  network-parameters.signed revocations.signed network.toml
+//! DIR/<node>/      node.toml  keys/{node-ca,identity,tls}.key  certs/{root,doorman,node-ca,identity,tls}.der
+//!                  (notary cluster members also hold keys/service.key and certs/service-*.der)
+//! ```
+//!
+//! Every key is fresh and written with mode 0600. Ports are on 127.0.0.1, from a randomly
+//! placed block checked free at bootstrap time, so two networks bootstrapped on one machine do
+//! not collide.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use treaty_core::{KeyPair, NetworkParameters, NotaryInfo, Party, SignatureScheme, X500Name, encoding};
+use treaty_net::map::kinds;
+use treaty_net::pki::{self, CertRole, CertifiedKey, RevocationList, Validity};
+use treaty_net::{keystore, signed::Signed};
+use treaty_node::config::{DatabaseConfig, Listen, NetworkMapConfig, NodeConfig, NotaryConfig};
+
+/// What to bootstrap.
+pub struct Request {
+    /// Target directory (must not exist, or be empty).
+    pub dir: PathBuf,
+    /// Ordinary nodes.
+    pub nodes: Vec<String>,
+    /// Notaries.
+    pub notaries: Vec<String>,
+    /// Whether notaries validate.
+    pub validating: bool,
+    /// Members per notary (1: a single node; N ≥ 2: a cluster sharing one service identity).
+    pub cluster: u32,
+}
+
+/// One created node, as reported.
+#[derive(Serialize)]
+pub struct CreatedNode {
+    /// Legal name.
+    pub name: String,
+    /// Directory.
+    pub dir: String,
+    /// P2P address.
+    pub p2p: String,
+    /// RPC address.
+    pub rpc: String,
+    /// Notary service this node serves, if any.
+    pub notary: Option<String>,
+}
+
+/// What was created.
+#[derive(Serialize)]
+pub struct Created {
+    /// The network directory.
+    pub dir: String,
+    /// The network map URL.
+    pub network_map: String,
+    /// The network parameters hash.
+    pub parameters_hash: String,
+    /// Nodes.
+    pub nodes: Vec<CreatedNode>,
+}
+
+fn fresh_key() -> Result<KeyPair> {
+    Ok(KeyPair::from_seed(SignatureScheme::Ed25519, rand::random::<[u8; 32]>())?)
+}
+
+fn serial() -> [u8; 16] {
+    let mut s = rand::random::<[u8; 16]>();
+    s[0] &= 0x7f; // positive
+    s
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn slug(name: &X500Name, taken: &mut BTreeSet<String>) -> String {
+    let mut base: String = name.organisation().to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    if let Some(cn) = name.common_name() {
+        base = format!("{base}-{}", cn.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>());
+    }
+    let base = base.trim_matches('-').to_string();
+    let base = if base.is_empty() { "node".to_string() } else { base };
+    let mut candidate = base.clone();
+    let mut n = 2;
+    while !taken.insert(candidate.clone()) {
+        candidate = format!("{base}-{n}");
+        n += 1;
+    }
+    candidate
+}
+
+/// Finds `count` consecutive free ports on 127.0.0.1 in a randomly placed block.
+fn free_ports(count: u16) -> Result<Vec<u16>> {
+    for _ in 0..64 {
+        let base = 20_000 + (rand::random::<u16>() % 400) * 100;
+        let ports: Vec<u16> = (base..base + count).collect();
+        if ports.iter().all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
+            return Ok(ports);
+        }
+    }
+    bail!("could not find {count} free ports on 127.0.0.1")
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn parse_names(flag: &str, names: &[String]) -> Result<Vec<X500Name>> {
+    names.iter().map(|n| n.parse::<X500Name>().with_context(|| format!("{flag} {n:?} is not a valid legal name"))).collect()
+}
+
+/// Creates the network.
+pub fn bootstrap(req: &Request) -> Result<Created> {
+    let nodes = parse_names("--node", &req.nodes)?;
+    let notaries = parse_names("--notary", &req.notaries)?;
+    if nodes.is_empty() && notaries.is_empty() {
+        bail!("nothing to bootstrap: give at least one --node or --notary");
+    }
+    if req.cluster == 0 || req.cluster > 9 {
+        bail!("--notary-cluster must be between 1 and 9, got {}", req.cluster);
+    }
+    let mut all = BTreeSet::new();
+    for n in nodes.iter().chain(&notaries) {
+        if !all.insert(n.clone()) {
+            bail!("{n} is given twice: legal names must be unique on a network");
+        }
+    }
+    if req.dir.exists() && std::fs::read_dir(&req.dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already exists and is not empty; choose a new directory", req.dir.display());
+    }
+    let net_dir = req.dir.join("network");
+    std::fs::create_dir_all(&net_dir).with_context(|| format!("cannot create {}", net_dir.display()))?;
+
+    let validity = Validity::from_now(now_secs(), 10);
+    let root = pki::root_ca("O=Treaty Root CA,L=London,C=GB".parse()?, fresh_key()?, validity, serial())?;
+    let doorman = root.issue("O=Treaty Doorman,L=London,C=GB".parse()?, fresh_key()?, CertRole::DoormanCa, validity, serial())?;
+    let map = root.issue("O=Treaty Network Map,L=London,C=GB".parse()?, fresh_key()?, CertRole::NetworkMap, validity, serial())?;
+    for (stem, ck) in [("root", &root), ("doorman", &doorman), ("network-map", &map)] {
+        write(&net_dir.join(format!("{stem}.der")), &ck.cert)?;
+        keystore::write_key(&net_dir.join(format!("{stem}.key")), &ck.key)?;
+    }
+
+    // Members: ordinary nodes, then each notary's member nodes.
+    struct Member {
+        name: X500Name,
+        notary: Option<(X500Name, bool)>,
+    }
+    let mut members: Vec<Member> = nodes.iter().map(|n| Member { name: n.clone(), notary: None }).collect();
+    for n in &notaries {
+        if req.cluster == 1 {
+            members.push(Member { name: n.clone(), notary: Some((n.clone(), req.validating)) });
+        } else {
+            for i in 1..=req.cluster {
+                let name = X500Name::new(
+                    Some(format!("Replica {i}")),
+                    n.organisation_unit().map(str::to_string),
+                    n.organisation().into(),
+                    n.locality().into(),
+                    n.state().map(str::to_string),
+                    n.country().into(),
+                )?;
+                members.push(Member { name, notary: Some((n.clone(), req.validating)) });
+            }
+        }
+    }
+    let ports = free_ports(1 + 2 * members.len() as u16)?;
+    let map_url = format!("http://127.0.0.1:{}", ports[0]);
+
+    // Cluster service identities: one key per notary service, shared by its members.
+    let mut services: Vec<(X500Name, CertifiedKey, CertifiedKey)> = Vec::new();
+    if req.cluster > 1 {
+        for n in &notaries {
+            let ca = doorman.issue(n.clone(), fresh_key()?, CertRole::NodeCa, validity, serial())?;
+            let id = ca.issue(n.clone(), fresh_key()?, CertRole::LegalIdentity, validity, serial())?;
+            services.push((n.clone(), ca, id));
+        }
+    }
+
+    let mut taken = BTreeSet::new();
+    let mut created = Vec::new();
+    let mut identities: Vec<(X500Name, treaty_core::PublicKey)> = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let dir = req.dir.join(slug(&m.name, &mut taken));
+        let (keys, certs) = (dir.join("keys"), dir.join("certs"));
+        for d in [&keys, &certs] {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let node_ca = doorman.issue(m.name.clone(), fresh_key()?, CertRole::NodeCa, validity, serial())?;
+        let identity = node_ca.issue(m.name.clone(), fresh_key()?, CertRole::LegalIdentity, validity, serial())?;
+        let tls = node_ca.issue(m.name.clone(), fresh_key()?, CertRole::Tls, validity, serial())?;
+        for (stem, ck) in [("node-ca", &node_ca), ("identity", &identity), ("tls", &tls)] {
+            write(&certs.join(format!("{stem}.der")), &ck.cert)?;
+            keystore::write_key(&keys.join(format!("{stem}.key")), &ck.key)?;
+        }
+        write(&certs.join("root.der"), &root.cert)?;
+        write(&certs.join("doorman.der"), &doorman.cert)?;
+        identities.push((m.name.clone(), identity.key.public()));
+        if let Some((service, _)) = &m.notary
+            && let Some((_, ca, id)) = services.iter().find(|(s, _, _)| s == service)
+        {
+            write(&certs.join("service-node-ca.der"), &ca.cert)?;
+            write(&certs.join("service-identity.der"), &id.cert)?;
+            keystore::write_key(&keys.join("service.key"), &id.key)?;
+        }
+        let (p2p, rpc) = (format!("127.0.0.1:{}", ports[1 + 2 * i]), format!("127.0.0.1:{}", ports[2 + 2 * i]));
+        let config = NodeConfig {
+            legal_name: m.name.to_string(),
+            p2p: Listen { listen: p2p.clone() },
+            rpc: Listen { listen: rpc.clone() },
+            network_map: NetworkMapConfig { url: map_url.clone(), trusted_key: map.key.public().to_string() },
+            database: DatabaseConfig { url: "sqlite://node.db".into() },
+            notary: m.notary.as_ref().map(|(s, v)| NotaryConfig { validating: *v, service_name: (req.cluster > 1).then(|| s.to_string()) }),
+        };
+        write(&dir.join("node.toml"), config.to_toml().as_bytes())?;
+        created.push(CreatedNode {
+            name: m.name.to_string(),
+            dir: dir.display().to_string(),
+            p2p,
+            rpc,
+            notary: m.notary.as_ref().map(|(s, _)| s.to_string()),
+        });
+    }
+    // A single-node notary is its own service identity; a cluster's is the shared service key.
+    let mut params = NetworkParameters { development: true, ..Default::default() };
+    for n in &notaries {
+        let service = services.iter().find(|(s, _, _)| s == n).map(|(_, _, id)| id.key.public());
+        let own = identities.iter().find(|(m, _)| m == n).map(|(_, k)| k.clone());
+        let owning_key = service.or(own).context("every notary has a service key or is a node")?;
+        params.notaries.push(NotaryInfo { identity: Party { name: n.clone(), owning_key }, validating: req.validating });
+    }
+    let signed_params = Signed::sign(kinds::NETWORK_PARAMETERS, &params, &map.key);
+    write(&net_dir.join("network-parameters.signed"), &encoding::encode(&signed_params))?;
+    let revocations = Signed::sign(kinds::REVOCATION_LIST, &RevocationList::default(), &map.key);
+    write(&net_dir.join("revocations.signed"), &encoding::encode(&revocations))?;
+    let nodes_list: Vec<String> = created
+        .iter()
+        .map(|c| format!("\"{}\"", Path::new(&c.dir).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()))
+        .collect();
+    write(
+        &net_dir.join("network.toml"),
+        format!("# The network map of this local network.\nlisten = \"127.0.0.1:{}\"\nnodes = [{}]\n", ports[0], nodes_list.join(", "))
+            .as_bytes(),
+    )?;
+    Ok(Created { dir: req.dir.display().to_string(), network_map: map_url, parameters_hash: params.hash().to_string(), nodes: created })
+}

@@ -1,0 +1,226 @@
+//! `node.toml`: a node's configuration.
+//!
+//! ```toml
+//! legal_name = "O=Alice,L=London,C=GB"
+//!
+//! [p2p]
+//! listen = "127.0.0.1:40101"        # also the address published in the node info
+//!
+//! [rpc]
+//! listen = "127.0.0.1:40102"
+//!
+//! [network_map]
+//! url = "http://127.0.0.1:40100"
+//! trusted_key = "ed25519:…"         # the network-map key parameters must be signed by
+//!
+//! [database]
+//! url = "sqlite://node.db"          # relative paths are relative to the node directory
+//!
+//! [notary]                          # only on notary nodes
+//! validating = false
+//! service_name = "O=Notary,L=Zurich,C=CH"   # the service identity, for cluster members
+//! ```
+//!
+//! Every error names the file, the key and what is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use treaty_core::{PublicKey, X500Name};
+
+/// A node's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's legal name (X.500).
+    pub legal_name: String,
+    /// Peer-to-peer listener.
+    pub p2p: Listen,
+    /// Client RPC listener.
+    pub rpc: Listen,
+    /// Where the network map is and whose signature it must carry.
+    pub network_map: NetworkMapConfig,
+    /// The node database.
+    pub database: DatabaseConfig,
+    /// Present on notary nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notary: Option<NotaryConfig>,
+}
+
+/// A listening address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// `host:port`.
+    pub listen: String,
+}
+
+/// The network map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkMapConfig {
+    /// Base URL.
+    pub url: String,
+    /// The key network parameters must be signed by (`ed25519:<hex>` or `p256:<hex>`).
+    pub trusted_key: String,
+}
+
+/// The database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (relative to the node directory) or `postgres://…`.
+    pub url: String,
+}
+
+/// Notary settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotaryConfig {
+    /// Whether this notary validates whole transactions.
+    pub validating: bool,
+    /// For a cluster member: the service identity's legal name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {error}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// Not valid TOML, a missing key, an unknown key or a wrong type.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
+    /// A value that is present but wrong.
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A configuration loaded and checked, with typed values.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    /// The file as written.
+    pub raw: NodeConfig,
+    /// The node directory (the file's directory).
+    pub dir: PathBuf,
+    /// The legal name.
+    pub legal_name: X500Name,
+    /// Peer-to-peer address.
+    pub p2p: SocketAddr,
+    /// RPC address.
+    pub rpc: SocketAddr,
+    /// The trusted network-map key.
+    pub network_map_key: PublicKey,
+    /// The notary's service name, if a cluster member.
+    pub notary_service: Option<X500Name>,
+}
+
+impl NodeConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io { file: file.clone(), error })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks configuration text as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let file = path.display().to_string();
+        let raw: NodeConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { file: file.clone(), message: e.to_string().trim_end().replace('\n', " ") })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { file: file.clone(), key, message };
+        let legal_name = raw.legal_name.parse::<X500Name>().map_err(|e| invalid("legal_name", e.to_string()))?;
+        let addr = |key: &'static str, v: &str| v.parse::<SocketAddr>().map_err(|e| invalid(key, format!("{v:?} is not host:port ({e})")));
+        let p2p = addr("p2p.listen", &raw.p2p.listen)?;
+        let rpc = addr("rpc.listen", &raw.rpc.listen)?;
+        if p2p == rpc {
+            return Err(invalid("rpc.listen", format!("{rpc} is also the p2p address")));
+        }
+        if !raw.network_map.url.starts_with("http://") && !raw.network_map.url.starts_with("https://") {
+            return Err(invalid("network_map.url", format!("{:?} must start with http:// or https://", raw.network_map.url)));
+        }
+        let network_map_key =
+            raw.network_map.trusted_key.parse::<PublicKey>().map_err(|e| invalid("network_map.trusted_key", e.to_string()))?;
+        if !raw.database.url.starts_with("sqlite://") && !raw.database.url.starts_with("postgres://") {
+            return Err(invalid("database.url", format!("{:?} must start with sqlite:// or postgres://", raw.database.url)));
+        }
+        let notary_service = match raw.notary.as_ref().and_then(|n| n.service_name.as_ref()) {
+            Some(n) => Some(n.parse::<X500Name>().map_err(|e| invalid("notary.service_name", e.to_string()))?),
+            None => None,
+        };
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, network_map_key, notary_service })
+    }
+
+    /// The file's text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ed25519:8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+
+    fn text(replace: &str, with: &str) -> String {
+        let good = format!(
+            "legal_name = \"O=Alice,L=London,C=GB\"\n[p2p]\nlisten = \"127.0.0.1:40101\"\n[rpc]\nlisten = \"127.0.0.1:40102\"\n[network_map]\nurl = \"http://127.0.0.1:40100\"\ntrusted_key = \"{KEY}\"\n[database]\nurl = \"sqlite://node.db\"\n"
+        );
+        good.replace(replace, with)
+    }
+
+    fn err(t: &str) -> String {
+        NodeConfig::parse(t, Path::new("/nodes/alice/node.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_file_loads_and_round_trips() {
+        let c = NodeConfig::parse(&text("", ""), Path::new("/nodes/alice/node.toml")).unwrap();
+        assert_eq!(c.legal_name.to_string(), "O=Alice, L=London, C=GB");
+        assert_eq!(c.dir, PathBuf::from("/nodes/alice"));
+        assert_eq!(NodeConfig::parse(&c.raw.to_toml(), Path::new("x/node.toml")).unwrap().raw, c.raw);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let e = err(&text("127.0.0.1:40101", "localhost-ish"));
+        assert!(e.starts_with("/nodes/alice/node.toml: key `p2p.listen`:") && e.contains("not host:port"), "{e}");
+        let e = err(&text("O=Alice,L=London,C=GB", "O=Alice,L=London"));
+        assert!(e.contains("key `legal_name`") && e.contains("missing required attribute C"), "{e}");
+        let e = err(&text("sqlite://node.db", "mysql://x"));
+        assert!(e.contains("key `database.url`"), "{e}");
+        let e = err(&text(KEY, "rsa:00"));
+        assert!(e.contains("key `network_map.trusted_key`"), "{e}");
+        let e = err(&text("127.0.0.1:40102", "127.0.0.1:40101"));
+        assert!(e.contains("key `rpc.listen`") && e.contains("also the p2p address"), "{e}");
+        // Unknown and missing keys, and bad TOML, come from the parser with the key named.
+        let e = err(&text("[database]", "[database]\ncolour = \"blue\""));
+        assert!(e.contains("colour"), "{e}");
+        let e = err(&text("legal_name = \"O=Alice,L=London,C=GB\"\n", ""));
+        assert!(e.contains("legal_name"), "{e}");
+        let e = err("legal_name = ");
+        assert!(e.starts_with("/nodes/alice/node.toml:"), "{e}");
+    }
+}
