@@ -9,3 +9,4 @@ pub mod keystore;
 pub mod map;
 pub mod pki;
 pub mod signed;
+pub mod transport;

@@ -136,20 +136,23 @@ impl Validity {
 
 const ED25519_PKCS8_PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
-fn rcgen_key(key: &KeyPair) -> Result<rcgen::KeyPair, PkiError> {
-    let err = |e: String| PkiError::Issue(format!("key conversion: {e}"));
+/// The PKCS#8 DER encoding of a private key (what TLS libraries load).
+pub fn pkcs8_der(key: &KeyPair) -> Result<Vec<u8>, PkiError> {
     match key {
-        KeyPair::Ed25519(sk) => {
-            let der = [ED25519_PKCS8_PREFIX.as_slice(), &sk.to_bytes()].concat();
-            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der.into(), &rcgen::PKCS_ED25519).map_err(|e| err(e.to_string()))
-        }
+        KeyPair::Ed25519(sk) => Ok([ED25519_PKCS8_PREFIX.as_slice(), &sk.to_bytes()].concat()),
         KeyPair::EcdsaP256(sk) => {
             use p256::pkcs8::EncodePrivateKey;
-            let doc = sk.to_pkcs8_der().map_err(|e| err(e.to_string()))?;
-            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&doc.as_bytes().to_vec().into(), &rcgen::PKCS_ECDSA_P256_SHA256)
-                .map_err(|e| err(e.to_string()))
+            Ok(sk.to_pkcs8_der().map_err(|e| PkiError::Issue(format!("key conversion: {e}")))?.as_bytes().to_vec())
         }
     }
+}
+
+fn rcgen_key(key: &KeyPair) -> Result<rcgen::KeyPair, PkiError> {
+    let alg = match key {
+        KeyPair::Ed25519(_) => &rcgen::PKCS_ED25519,
+        KeyPair::EcdsaP256(_) => &rcgen::PKCS_ECDSA_P256_SHA256,
+    };
+    rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8_der(key)?.into(), alg).map_err(|e| PkiError::Issue(format!("key conversion: {e}")))
 }
 
 fn distinguished_name(name: &X500Name) -> DistinguishedName {
@@ -346,6 +349,11 @@ pub fn verify(
     }
     let key = leaf.key.clone().ok_or_else(|| PkiError::Malformed("unsupported public key (Ed25519 or P-256 only)".into()))?;
     Ok(VerifiedCert { name: leaf.name.clone(), role, key })
+}
+
+/// The legal name a certificate names.
+pub fn certificate_name(der: &[u8]) -> Result<X500Name, PkiError> {
+    parse(der).map(|p| p.name)
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo, as used in [`RevocationList::keys`].

@@ -1,59 +1,10 @@
 //! The certificate hierarchy: what verifies, and each way a certificate is refused.
 
-use treaty_core::{KeyPair, SignatureScheme, X500Name};
-use treaty_net::pki::{self, CertRole, CertifiedKey, PkiError, RevocationList, Validity};
+use treaty_net::pki::{self, CertRole, PkiError, Validity};
 
-const NOW: i64 = 1_795_000_000; // 2026-11-18
+mod common;
 
-fn key(seed: u8) -> KeyPair {
-    KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap()
-}
-
-fn p256(seed: u8) -> KeyPair {
-    KeyPair::from_seed(SignatureScheme::EcdsaP256Sha256, [seed; 32]).unwrap()
-}
-
-fn name(s: &str) -> X500Name {
-    s.parse().unwrap()
-}
-
-fn serial(n: u8) -> [u8; 16] {
-    [n; 16]
-}
-
-struct Network {
-    root: CertifiedKey,
-    doorman: CertifiedKey,
-}
-
-fn network(seed: u8) -> Network {
-    let v = Validity::from_now(NOW, 10);
-    let root = pki::root_ca(name("O=Treaty Root,L=London,C=GB"), key(seed), v, serial(seed)).unwrap();
-    let doorman = root.issue(name("O=Treaty Doorman,L=London,C=GB"), key(seed + 1), CertRole::DoormanCa, v, serial(seed + 1)).unwrap();
-    Network { root, doorman }
-}
-
-struct Node {
-    node_ca: CertifiedKey,
-    identity: CertifiedKey,
-    tls: CertifiedKey,
-}
-
-fn node(net: &Network, legal: &str, seed: u8) -> Node {
-    let v = Validity::from_now(NOW, 5);
-    let node_ca = net.doorman.issue(name(legal), key(seed), CertRole::NodeCa, v, serial(seed)).unwrap();
-    let identity = node_ca.issue(name(legal), key(seed + 1), CertRole::LegalIdentity, v, serial(seed + 1)).unwrap();
-    let tls = node_ca.issue(name(legal), key(seed + 2), CertRole::Tls, v, serial(seed + 2)).unwrap();
-    Node { node_ca, identity, tls }
-}
-
-fn chain(net: &Network, n: &Node, leaf: &CertifiedKey) -> Vec<Vec<u8>> {
-    vec![leaf.cert.clone(), n.node_ca.cert.clone(), net.doorman.cert.clone()]
-}
-
-fn none() -> RevocationList {
-    RevocationList::default()
-}
+use common::*;
 
 #[test]
 fn a_node_chain_verifies_and_names_its_key() {
