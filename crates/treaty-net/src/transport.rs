@@ -79,34 +79,45 @@ fn check(
     pki::verify(&chain, &identity.root, CertRole::Tls, expected, &revoked, now(at)).map(|_| ()).map_err(refuse)
 }
 
-#[derive(Debug)]
-struct Algorithms(WebPkiSupportedAlgorithms);
+/// Checks a peer's TLS chain with [`pki::verify`]. One type serves both ends: as a client's
+/// server verifier it requires `expected`; as a server's client verifier `expected` is `None`
+/// and any member of the network may connect.
+struct PeerVerifier {
+    identity: TlsIdentity,
+    expected: Option<X500Name>,
+    algs: WebPkiSupportedAlgorithms,
+}
 
-impl Algorithms {
+impl PeerVerifier {
+    fn new(identity: &TlsIdentity, expected: Option<X500Name>, provider: &CryptoProvider) -> Arc<PeerVerifier> {
+        Arc::new(PeerVerifier { identity: identity.clone(), expected, algs: provider.signature_verification_algorithms })
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], at: UnixTime) -> Result<(), rustls::Error> {
+        check(&self.identity, end_entity, intermediates, self.expected.as_ref(), at)
+    }
+
     fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
 }
 
-/// Checks the server against the network and the name this connection is for.
-struct ServerVerifier {
-    identity: TlsIdentity,
-    expected: X500Name,
-    algs: Algorithms,
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
 }
 
-impl std::fmt::Debug for ServerVerifier {
+impl std::fmt::Debug for PeerVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServerVerifier({})", self.expected)
+        write!(f, "PeerVerifier(expected: {:?})", self.expected.as_ref().map(ToString::to_string))
     }
 }
 
-impl ServerCertVerifier for ServerVerifier {
+impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -115,7 +126,7 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp: &[u8],
         at: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        check(&self.identity, end_entity, intermediates, Some(&self.expected), at).map(|_| ServerCertVerified::assertion())
+        self.check(end_entity, intermediates, at).map(|_| ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -123,7 +134,7 @@ impl ServerCertVerifier for ServerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+        no_tls12()
     }
     fn verify_tls13_signature(
         &self,
@@ -131,26 +142,14 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.algs.tls13(message, cert, dss)
+        self.tls13(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.0.supported_schemes()
+        self.algs.supported_schemes()
     }
 }
 
-/// Checks clients against the network; any member may connect.
-struct ClientVerifier {
-    identity: TlsIdentity,
-    algs: Algorithms,
-}
-
-impl std::fmt::Debug for ClientVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientVerifier")
-    }
-}
-
-impl ClientCertVerifier for ClientVerifier {
+impl ClientCertVerifier for PeerVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -160,7 +159,7 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         at: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        check(&self.identity, end_entity, intermediates, None, at).map(|_| ClientCertVerified::assertion())
+        self.check(end_entity, intermediates, at).map(|_| ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -168,7 +167,7 @@ impl ClientCertVerifier for ClientVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not accepted".into()))
+        no_tls12()
     }
     fn verify_tls13_signature(
         &self,
@@ -176,10 +175,10 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.algs.tls13(message, cert, dss)
+        self.tls13(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.0.supported_schemes()
+        self.algs.supported_schemes()
     }
 }
 
@@ -216,7 +215,7 @@ pub async fn accept(
 /// A TLS acceptor for incoming connections from any member of the network.
 pub fn acceptor(identity: &TlsIdentity) -> Result<tokio_rustls::TlsAcceptor, TransportError> {
     let p = provider();
-    let verifier = Arc::new(ClientVerifier { identity: identity.clone(), algs: Algorithms(p.signature_verification_algorithms) });
+    let verifier = PeerVerifier::new(identity, None, &p);
     let (certs, key) = certs_and_key(identity)?;
     let config = rustls::ServerConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -234,11 +233,7 @@ pub async fn connect(
     expected: &X500Name,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TransportError> {
     let p = provider();
-    let verifier = Arc::new(ServerVerifier {
-        identity: identity.clone(),
-        expected: expected.clone(),
-        algs: Algorithms(p.signature_verification_algorithms),
-    });
+    let verifier = PeerVerifier::new(identity, Some(expected.clone()), &p);
     let (certs, key) = certs_and_key(identity)?;
     let config = rustls::ClientConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])
