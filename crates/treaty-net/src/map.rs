@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use treaty_core::{NetworkParameters, Party, PublicKey, SecureHash, encoding};
 
+use crate::messaging::StoreError;
 use crate::pki::{self, CertRole, PkiError, RevocationList};
 use crate::signed::{Signed, SignedError};
 
@@ -74,4 +75,43 @@ impl NodeInfo {
 /// Verifies network parameters signed by the network-map key the node trusts.
 pub fn verify_parameters(signed: &Signed, trusted_map_key: &PublicKey) -> Result<NetworkParameters, SignedError> {
     signed.verify(kinds::NETWORK_PARAMETERS, trusted_map_key)
+}
+
+/// What a node last fetched from the network map, each piece as signed by its author. A node
+/// keeps it in its database so it can work from it while the map is down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapSnapshot {
+    /// The network parameters (kind [`kinds::NETWORK_PARAMETERS`]).
+    pub parameters: Signed,
+    /// The revocation list (kind [`kinds::REVOCATION_LIST`]).
+    pub revocations: Signed,
+    /// Every node info on the map (kind [`kinds::NODE_INFO`]).
+    pub node_infos: Vec<Signed>,
+    /// The map's entity tag, for a conditional re-fetch.
+    pub etag: Option<String>,
+    /// When it was fetched (seconds since the Unix epoch).
+    pub fetched_at_secs: u64,
+}
+
+/// Where a node keeps its [`MapSnapshot`]. Implemented by `treaty-storage` (a table in the
+/// node database); [`MemoryMapCache`] for tests.
+pub trait MapCache: Send + Sync + 'static {
+    /// The last snapshot saved, if any.
+    fn load(&self) -> impl std::future::Future<Output = Result<Option<MapSnapshot>, StoreError>> + Send;
+    /// Replaces the snapshot; durable when it returns Ok.
+    fn save(&self, snapshot: &MapSnapshot) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// An in-memory [`MapCache`] (tests only).
+#[derive(Default)]
+pub struct MemoryMapCache(std::sync::Mutex<Option<MapSnapshot>>);
+
+impl MapCache for MemoryMapCache {
+    async fn load(&self) -> Result<Option<MapSnapshot>, StoreError> {
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    async fn save(&self, snapshot: &MapSnapshot) -> Result<(), StoreError> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+        Ok(())
+    }
 }

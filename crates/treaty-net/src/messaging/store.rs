@@ -1,0 +1,219 @@
+//! The durable side of messaging: the outbox (messages accepted for sending, kept until the
+//! receiver acknowledges them) and the inbox (messages received, deduplicated by id, kept
+//! until the application has processed them).
+//!
+//! [`MessageStore`] is implemented by `treaty-storage` over SQLite and PostgreSQL (what nodes
+//! run) and by [`MemoryMessageStore`] here (unit tests and simulation only: it forgets
+//! everything when dropped).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use treaty_core::X500Name;
+
+/// A message's globally unique id (a random UUID, chosen by the sender when it is enqueued).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageId(pub uuid::Uuid);
+
+impl MessageId {
+    /// A fresh random (version 4) id.
+    pub fn random() -> MessageId {
+        MessageId(uuid::Builder::from_random_bytes(rand::random()).into_uuid())
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A message accepted for sending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundMessage {
+    /// Unique id; the receiver deduplicates by it.
+    pub id: MessageId,
+    /// Who it is for.
+    pub destination: X500Name,
+    /// The session (conversation) it belongs to; order is kept within a session.
+    pub session: u64,
+    /// What it is, for the receiving application (e.g. a flow protocol name).
+    pub topic: String,
+    /// The content.
+    pub payload: Vec<u8>,
+    /// Delivery attempts so far (maintained by the store).
+    pub attempts: u32,
+}
+
+/// A message received and stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The sender's id for it.
+    pub id: MessageId,
+    /// Who sent it (from the TLS certificate of the connection it arrived on).
+    pub sender: X500Name,
+    /// The sender's session.
+    pub session: u64,
+    /// What it is.
+    pub topic: String,
+    /// The content.
+    pub payload: Vec<u8>,
+}
+
+/// A storage failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message store: {message}")]
+pub struct StoreError {
+    /// What went wrong.
+    pub message: String,
+    /// Worth retrying (database busy, connection lost) rather than a bug or corruption.
+    pub transient: bool,
+}
+
+impl StoreError {
+    /// A failure worth retrying.
+    pub fn transient(message: impl Into<String>) -> StoreError {
+        StoreError { message: message.into(), transient: true }
+    }
+    /// A failure not worth retrying.
+    pub fn permanent(message: impl Into<String>) -> StoreError {
+        StoreError { message: message.into(), transient: false }
+    }
+}
+
+/// The outbox and inbox. Every method that changes something is durable when it returns Ok:
+/// a crash afterwards loses nothing.
+pub trait MessageStore: Send + Sync + 'static {
+    /// Adds messages to the outbox, all or none, in this order. A message id already in the
+    /// outbox is an error.
+    fn enqueue(&self, messages: Vec<OutboundMessage>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` outbox messages for `destination`, oldest first (enqueue order).
+    fn outbox(&self, destination: &X500Name, limit: usize) -> impl Future<Output = Result<Vec<OutboundMessage>, StoreError>> + Send;
+
+    /// Every destination with messages in the outbox.
+    fn outbox_destinations(&self) -> impl Future<Output = Result<Vec<X500Name>, StoreError>> + Send;
+
+    /// Counts one more delivery attempt for each of `ids` still in the outbox.
+    fn attempted(&self, ids: &[MessageId]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes acknowledged messages from the outbox (unknown ids are ignored).
+    fn acknowledged(&self, ids: &[MessageId]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores received messages in the inbox, all in one transaction, and returns those that
+    /// were new; a message whose id the inbox already holds (processed or not) is dropped.
+    fn receive(&self, messages: Vec<InboundMessage>) -> impl Future<Output = Result<Vec<InboundMessage>, StoreError>> + Send;
+
+    /// Up to `limit` inbox messages not yet processed, in arrival order.
+    fn unprocessed(&self, limit: usize) -> impl Future<Output = Result<Vec<InboundMessage>, StoreError>> + Send;
+
+    /// Marks inbox messages processed (their ids stay, so redeliveries are still dropped).
+    fn processed(&self, ids: &[MessageId]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[derive(Default)]
+struct Memory {
+    next: u64,
+    outbox: BTreeMap<u64, OutboundMessage>,
+    outbox_index: HashMap<MessageId, u64>,
+    inbox_seen: HashMap<MessageId, bool>,
+    inbox: BTreeMap<u64, InboundMessage>,
+}
+
+/// An in-memory [`MessageStore`] for unit tests and simulation. Not durable.
+#[derive(Default)]
+pub struct MemoryMessageStore {
+    inner: Mutex<Memory>,
+}
+
+impl MemoryMessageStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl MessageStore for MemoryMessageStore {
+    async fn enqueue(&self, messages: Vec<OutboundMessage>) -> Result<(), StoreError> {
+        self.with(|m| {
+            if let Some(dup) = messages.iter().find(|msg| m.outbox_index.contains_key(&msg.id)) {
+                return Err(StoreError::permanent(format!("message {} is already in the outbox", dup.id)));
+            }
+            for msg in messages {
+                m.next += 1;
+                m.outbox_index.insert(msg.id, m.next);
+                m.outbox.insert(m.next, msg);
+            }
+            Ok(())
+        })
+    }
+
+    async fn outbox(&self, destination: &X500Name, limit: usize) -> Result<Vec<OutboundMessage>, StoreError> {
+        Ok(self.with(|m| m.outbox.values().filter(|msg| &msg.destination == destination).take(limit).cloned().collect()))
+    }
+
+    async fn outbox_destinations(&self) -> Result<Vec<X500Name>, StoreError> {
+        Ok(self.with(|m| {
+            let mut names: Vec<X500Name> = m.outbox.values().map(|msg| msg.destination.clone()).collect();
+            names.sort();
+            names.dedup();
+            names
+        }))
+    }
+
+    async fn attempted(&self, ids: &[MessageId]) -> Result<(), StoreError> {
+        self.with(|m| {
+            for id in ids {
+                if let Some(seq) = m.outbox_index.get(id).copied()
+                    && let Some(msg) = m.outbox.get_mut(&seq)
+                {
+                    msg.attempts += 1;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn acknowledged(&self, ids: &[MessageId]) -> Result<(), StoreError> {
+        self.with(|m| {
+            for id in ids {
+                if let Some(seq) = m.outbox_index.remove(id) {
+                    m.outbox.remove(&seq);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn receive(&self, messages: Vec<InboundMessage>) -> Result<Vec<InboundMessage>, StoreError> {
+        Ok(self.with(|m| {
+            let mut new = Vec::new();
+            for msg in messages {
+                if m.inbox_seen.contains_key(&msg.id) {
+                    continue;
+                }
+                m.inbox_seen.insert(msg.id, false);
+                m.next += 1;
+                m.inbox.insert(m.next, msg.clone());
+                new.push(msg);
+            }
+            new
+        }))
+    }
+
+    async fn unprocessed(&self, limit: usize) -> Result<Vec<InboundMessage>, StoreError> {
+        Ok(self.with(|m| m.inbox.values().take(limit).cloned().collect()))
+    }
+
+    async fn processed(&self, ids: &[MessageId]) -> Result<(), StoreError> {
+        self.with(|m| {
+            for id in ids {
+                m.inbox_seen.insert(*id, true);
+            }
+            m.inbox.retain(|_, msg| !ids.contains(&msg.id));
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! # treaty-netmap
+//!
+//! The network map service and client (work in progress).

@@ -1,0 +1,3 @@
+//! # treaty-storage
+//!
+//! The node database (work in progress).
