@@ -10,4 +10,5 @@ pub mod map;
 pub mod messaging;
 pub mod pki;
 pub mod signed;
+pub mod sim;
 pub mod transport;

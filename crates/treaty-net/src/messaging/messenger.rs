@@ -1,0 +1,533 @@
+//! The messenger: durable, deduplicated, ordered delivery over [`Link`]s.
+//!
+//! Sending: [`Messenger::send`] writes the messages to the outbox (durable when it returns)
+//! and wakes the destination's sender task. There is one sender task per destination; it
+//! opens a link on demand (trying the peer's addresses in order), sends the oldest outbox
+//! messages as one batch, waits for the acknowledgement, deletes what was acknowledged and
+//! repeats; on any failure it drops the link and retries with exponential back-off, forever.
+//! A link with nothing to send is closed after the idle timeout.
+//!
+//! Receiving: [`Messenger::serve_link`] reads batches from an accepted link, stores them in the
+//! inbox in one transaction (a message id seen before is dropped there), acknowledges the
+//! whole batch, and hands the new messages to the application in arrival order. The
+//! application calls [`Messenger::processed`] when it has acted on one; messages not yet
+//! processed are handed over again after a restart ([`Messenger::start`]).
+//!
+//! Order: one sender per destination sends in outbox order and waits for each batch's
+//! acknowledgement, and the receiver stores a batch in order, so messages of a session arrive
+//! in the order they were sent, across retries and restarts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use treaty_core::{X500Name, encoding};
+
+use super::link::{Connector, Link};
+use super::wire::{FRAME_OVERHEAD, Frame, MESSAGE_OVERHEAD, PROTOCOL_VERSION, WireMessage};
+use super::{InboundMessage, MessageId, MessageStore, OutboundMessage, StoreError};
+use crate::transport::TransportError;
+
+/// Where a peer can be reached.
+pub trait PeerDirectory: Send + Sync + 'static {
+    /// The peer's addresses in order of preference; empty when it is unknown.
+    fn addresses(&self, peer: &X500Name) -> Vec<String>;
+}
+
+impl PeerDirectory for HashMap<X500Name, Vec<String>> {
+    fn addresses(&self, peer: &X500Name) -> Vec<String> {
+        self.get(peer).cloned().unwrap_or_default()
+    }
+}
+
+impl<F: Fn(&X500Name) -> Vec<String> + Send + Sync + 'static> PeerDirectory for F {
+    fn addresses(&self, peer: &X500Name) -> Vec<String> {
+        self(peer)
+    }
+}
+
+/// Tuning. The defaults suit a node; tests shorten the timers.
+#[derive(Clone, Debug)]
+pub struct MessengerConfig {
+    /// The largest frame sent or accepted (the network parameters' `max_message_size`).
+    pub max_message_size: u64,
+    /// The most messages sent in one batch.
+    pub max_batch: usize,
+    /// How long to wait for an acknowledgement before giving the link up.
+    pub ack_timeout: Duration,
+    /// An outgoing link with nothing to send is closed after this long; an incoming link
+    /// silent for twice as long is closed too.
+    pub idle_timeout: Duration,
+    /// First retry delay after a failure; doubles up to `retry_max`.
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How often the outbox is scanned for destinations without a running sender (messages
+    /// written by another process, e.g. an operator tool).
+    pub rescan_interval: Duration,
+    /// Capacity of the channel to the application (back-pressure beyond it).
+    pub delivery_buffer: usize,
+}
+
+impl Default for MessengerConfig {
+    fn default() -> Self {
+        MessengerConfig {
+            max_message_size: 10 * 1024 * 1024,
+            max_batch: 1024,
+            ack_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            rescan_interval: Duration::from_secs(1),
+            delivery_buffer: 4096,
+        }
+    }
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Who it is for.
+    pub destination: X500Name,
+    /// The session it belongs to.
+    pub session: u64,
+    /// What it is.
+    pub topic: String,
+    /// The content.
+    pub payload: Vec<u8>,
+}
+
+/// Why a message was not accepted for sending.
+#[derive(Debug, thiserror::Error)]
+pub enum MessagingError {
+    /// Bigger than a frame may be.
+    #[error("message to {destination} on topic {topic} is {size} bytes, over the network's maximum message size of {limit} bytes")]
+    TooLarge {
+        /// Destination.
+        destination: String,
+        /// Topic.
+        topic: String,
+        /// Encoded size.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// The store failed; nothing was enqueued.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters, for operators, tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct MessengerStats {
+    /// Outgoing links open now.
+    pub links_out: AtomicU64,
+    /// Incoming links open now.
+    pub links_in: AtomicU64,
+    /// Links opened since start (both directions).
+    pub links_opened: AtomicU64,
+    /// Messages acknowledged by their receivers.
+    pub acknowledged: AtomicU64,
+    /// New messages stored in the inbox.
+    pub received: AtomicU64,
+    /// Redelivered messages dropped because the inbox already had them.
+    pub duplicates: AtomicU64,
+    /// Failed delivery attempts (connect, send, acknowledgement timeout, refusal).
+    pub failures: AtomicU64,
+}
+
+struct Inner<S, C> {
+    me: X500Name,
+    store: Arc<S>,
+    connector: C,
+    directory: Arc<dyn PeerDirectory>,
+    config: MessengerConfig,
+    senders: Mutex<HashMap<X500Name, Arc<Notify>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    deliver: mpsc::Sender<InboundMessage>,
+    shutdown: watch::Sender<bool>,
+    stats: MessengerStats,
+}
+
+/// Durable messaging for one node. Cheap to clone.
+pub struct Messenger<S, C> {
+    inner: Arc<Inner<S, C>>,
+}
+
+impl<S, C> Clone for Messenger<S, C> {
+    fn clone(&self) -> Self {
+        Messenger { inner: self.inner.clone() }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn wire_size(topic: &str, payload: &[u8]) -> u64 {
+    (topic.len() + payload.len() + MESSAGE_OVERHEAD) as u64
+}
+
+impl<S: MessageStore, C: Connector> Messenger<S, C> {
+    /// A messenger for `me`. Incoming messages arrive on the returned channel; nothing moves
+    /// until [`Messenger::start`].
+    pub fn new(
+        me: X500Name,
+        store: Arc<S>,
+        connector: C,
+        directory: Arc<dyn PeerDirectory>,
+        config: MessengerConfig,
+    ) -> (Messenger<S, C>, mpsc::Receiver<InboundMessage>) {
+        let (deliver, delivered) = mpsc::channel(config.delivery_buffer.max(1));
+        let inner = Inner {
+            me,
+            store,
+            connector,
+            directory,
+            config,
+            senders: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            deliver,
+            shutdown: watch::Sender::new(false),
+            stats: MessengerStats::default(),
+        };
+        (Messenger { inner: Arc::new(inner) }, delivered)
+    }
+
+    /// Who this messenger sends as.
+    pub fn me(&self) -> &X500Name {
+        &self.inner.me
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &MessengerStats {
+        &self.inner.stats
+    }
+
+    /// Hands unprocessed inbox messages to the application again, then starts a sender for
+    /// every destination with messages in the outbox, and rescans the outbox periodically.
+    pub async fn start(&self) -> Result<(), StoreError> {
+        let pending = self.inner.store.unprocessed(usize::MAX).await?;
+        for m in pending {
+            if self.inner.deliver.send(m).await.is_err() {
+                break;
+            }
+        }
+        self.rescan().await?;
+        let this = self.clone();
+        let mut stop = self.inner.shutdown.subscribe();
+        let rescan = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(this.inner.config.rescan_interval) => {}
+                    _ = stop.changed() => return,
+                }
+                if let Err(e) = this.rescan().await {
+                    tracing::warn!("scanning the outbox failed: {e}");
+                }
+            }
+        });
+        lock(&self.inner.tasks).push(rescan);
+        Ok(())
+    }
+
+    async fn rescan(&self) -> Result<(), StoreError> {
+        for destination in self.inner.store.outbox_destinations().await? {
+            self.wake(&destination);
+        }
+        Ok(())
+    }
+
+    /// Stops every task of this messenger (senders, rescans, served links). Messages stay in
+    /// the outbox and inbox for the next start.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+        lock(&self.inner.senders).clear();
+    }
+
+    /// Accepts messages for sending: checks their size, writes them to the outbox (all or
+    /// none; durable when this returns) and wakes their senders. Messages to this node itself
+    /// go straight to its inbox.
+    pub async fn send(&self, messages: Vec<Outgoing>) -> Result<Vec<MessageId>, MessagingError> {
+        let limit = self.inner.config.max_message_size;
+        for m in &messages {
+            let size = wire_size(&m.topic, &m.payload) + FRAME_OVERHEAD as u64;
+            if size > limit {
+                return Err(MessagingError::TooLarge { destination: m.destination.to_string(), topic: m.topic.clone(), size, limit });
+            }
+        }
+        let (local, remote): (Vec<Outgoing>, Vec<Outgoing>) = messages.into_iter().partition(|m| m.destination == self.inner.me);
+        let mut ids = Vec::new();
+        let mut destinations = Vec::new();
+        let outbound: Vec<OutboundMessage> = remote
+            .into_iter()
+            .map(|m| {
+                let id = MessageId::random();
+                ids.push(id);
+                if !destinations.contains(&m.destination) {
+                    destinations.push(m.destination.clone());
+                }
+                OutboundMessage { id, destination: m.destination, session: m.session, topic: m.topic, payload: m.payload, attempts: 0 }
+            })
+            .collect();
+        if !outbound.is_empty() {
+            self.inner.store.enqueue(outbound).await?;
+        }
+        if !local.is_empty() {
+            let inbound: Vec<InboundMessage> = local
+                .into_iter()
+                .map(|m| {
+                    let id = MessageId::random();
+                    ids.push(id);
+                    InboundMessage { id, sender: self.inner.me.clone(), session: m.session, topic: m.topic, payload: m.payload }
+                })
+                .collect();
+            for m in self.inner.store.receive(inbound).await? {
+                let _ = self.inner.deliver.send(m).await;
+            }
+        }
+        for d in &destinations {
+            self.wake(d);
+        }
+        Ok(ids)
+    }
+
+    /// Marks inbox messages processed: they will not be handed over again.
+    pub async fn processed(&self, ids: &[MessageId]) -> Result<(), StoreError> {
+        self.inner.store.processed(ids).await
+    }
+
+    fn wake(&self, destination: &X500Name) {
+        if *self.inner.shutdown.borrow() {
+            return;
+        }
+        let mut senders = lock(&self.inner.senders);
+        if let Some(notify) = senders.get(destination) {
+            notify.notify_one();
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        notify.notify_one();
+        senders.insert(destination.clone(), notify.clone());
+        drop(senders);
+        let task = tokio::spawn(run_sender(self.inner.clone(), destination.clone(), notify));
+        let mut tasks = lock(&self.inner.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Serves an accepted link from `peer` (its name comes from its verified certificate)
+    /// until it closes, fails, or stays silent for twice the idle timeout.
+    pub async fn serve_link<L: Link>(&self, mut link: L, peer: X500Name) {
+        let inner = &self.inner;
+        let mut stop = inner.shutdown.subscribe();
+        if *stop.borrow() {
+            return;
+        }
+        let _open = Gauge::open(&inner.stats.links_in, &inner.stats.links_opened);
+        let silence = inner.config.idle_timeout * 2;
+        loop {
+            let frame = tokio::select! {
+                frame = tokio::time::timeout(silence, link.recv()) => frame,
+                _ = stop.changed() => return,
+            };
+            let frame = match frame {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(TransportError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+                Ok(Err(e)) => {
+                    tracing::warn!("link from {peer} dropped: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let messages = match encoding::decode::<Frame>(&frame) {
+                Ok(Frame::Messages { version: PROTOCOL_VERSION, messages }) => messages,
+                Ok(Frame::Messages { version, .. }) => {
+                    let reason = format!("protocol version {version} is not spoken here (this node speaks {PROTOCOL_VERSION})");
+                    tracing::warn!("link from {peer} refused: {reason}");
+                    let _ = link.send(encoding::encode(&Frame::Refused(reason))).await;
+                    return;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!("link from {peer} refused: not a batch of messages");
+                    let _ = link.send(encoding::encode(&Frame::Refused("expected a batch of messages".into()))).await;
+                    return;
+                }
+            };
+            let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+            let count = messages.len() as u64;
+            let inbound = messages
+                .into_iter()
+                .map(|m| InboundMessage { id: m.id, sender: peer.clone(), session: m.session, topic: m.topic, payload: m.payload })
+                .collect();
+            let new = match inner.store.receive(inbound).await {
+                Ok(new) => new,
+                Err(e) => {
+                    // No acknowledgement: the sender keeps the batch and retries.
+                    tracing::warn!("could not store messages from {peer}: {e}");
+                    return;
+                }
+            };
+            inner.stats.received.fetch_add(new.len() as u64, Ordering::Relaxed);
+            inner.stats.duplicates.fetch_add(count - new.len() as u64, Ordering::Relaxed);
+            if let Err(e) = link.send(encoding::encode(&Frame::Ack(ids))).await {
+                tracing::debug!("acknowledgement to {peer} failed: {e}");
+                return;
+            }
+            for m in new {
+                if inner.deliver.send(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a link as open while alive.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn open(gauge: &'a AtomicU64, opened: &AtomicU64) -> Gauge<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        opened.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why one delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("no acknowledgement within {0:?}")]
+    Timeout(Duration),
+    #[error("refused by the receiver: {0}")]
+    Refused(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("no address known for it (is it on the network map?)")]
+    NoAddress,
+}
+
+async fn connect<S: MessageStore, C: Connector>(inner: &Inner<S, C>, peer: &X500Name) -> Result<C::Link, AttemptError> {
+    let addresses = inner.directory.addresses(peer);
+    let mut last = AttemptError::NoAddress;
+    for address in addresses {
+        match inner.connector.connect(&address, peer).await {
+            Ok(link) => return Ok(link),
+            Err(e) => {
+                tracing::debug!("connecting to {peer} at {address} failed: {e}");
+                last = AttemptError::Transport(e);
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn exchange<L: Link>(link: &mut L, batch: &[OutboundMessage], ack_timeout: Duration) -> Result<Vec<MessageId>, AttemptError> {
+    let messages =
+        batch.iter().map(|m| WireMessage { id: m.id, session: m.session, topic: m.topic.clone(), payload: m.payload.clone() }).collect();
+    link.send(encoding::encode(&Frame::Messages { version: PROTOCOL_VERSION, messages })).await?;
+    let reply = tokio::time::timeout(ack_timeout, link.recv()).await.map_err(|_| AttemptError::Timeout(ack_timeout))??;
+    match encoding::decode::<Frame>(&reply) {
+        Ok(Frame::Ack(ids)) => {
+            if ids.len() != batch.len() || ids.iter().zip(batch).any(|(a, m)| *a != m.id) {
+                return Err(AttemptError::Protocol("acknowledgement does not match the batch".into()));
+            }
+            Ok(ids)
+        }
+        Ok(Frame::Refused(reason)) => Err(AttemptError::Refused(reason)),
+        Ok(Frame::Messages { .. }) | Err(_) => Err(AttemptError::Protocol("expected an acknowledgement".into())),
+    }
+}
+
+/// The longest prefix of `batch` that fits in one frame (at least one message: each was
+/// checked against the limit when enqueued).
+fn fit(mut batch: Vec<OutboundMessage>, limit: u64) -> Vec<OutboundMessage> {
+    let mut size = FRAME_OVERHEAD as u64;
+    let mut keep = 0;
+    for m in &batch {
+        size += wire_size(&m.topic, &m.payload);
+        if size > limit && keep > 0 {
+            break;
+        }
+        keep += 1;
+    }
+    batch.truncate(keep);
+    batch
+}
+
+async fn run_sender<S: MessageStore, C: Connector>(inner: Arc<Inner<S, C>>, peer: X500Name, wake: Arc<Notify>) {
+    let config = &inner.config;
+    let mut link: Option<(C::Link, Gauge<'_>)> = None;
+    let mut backoff = config.retry_min;
+    let mut failures_in_a_row = 0u32;
+    loop {
+        let batch = match inner.store.outbox(&peer, config.max_batch).await {
+            Ok(batch) => fit(batch, config.max_message_size),
+            Err(e) => {
+                tracing::warn!("reading the outbox for {peer} failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.retry_max);
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if link.is_some() {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(config.idle_timeout) => link = None,
+                }
+            } else {
+                wake.notified().await;
+            }
+            continue;
+        }
+        let attempt = async {
+            if link.is_none() {
+                let opened = connect(&inner, &peer).await?;
+                link = Some((opened, Gauge::open(&inner.stats.links_out, &inner.stats.links_opened)));
+            }
+            let (l, _) = link.as_mut().ok_or(AttemptError::NoAddress)?;
+            exchange(l, &batch, config.ack_timeout).await
+        };
+        match attempt.await {
+            Ok(acked) => {
+                if let Err(e) = inner.store.acknowledged(&acked).await {
+                    // Harmless: the batch is sent again and the receiver drops the duplicates.
+                    tracing::warn!("recording acknowledgements from {peer} failed: {e}");
+                }
+                inner.stats.acknowledged.fetch_add(acked.len() as u64, Ordering::Relaxed);
+                backoff = config.retry_min;
+                failures_in_a_row = 0;
+            }
+            Err(e) => {
+                link = None;
+                inner.stats.failures.fetch_add(1, Ordering::Relaxed);
+                failures_in_a_row += 1;
+                let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+                let _ = inner.store.attempted(&ids).await;
+                if failures_in_a_row == 1 || failures_in_a_row.is_power_of_two() {
+                    tracing::warn!(
+                        "cannot deliver {} message(s) to {peer}: {e}; retrying in {backoff:?} (attempt {failures_in_a_row})",
+                        batch.len()
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.retry_max);
+            }
+        }
+    }
+}

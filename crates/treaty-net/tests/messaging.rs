@@ -1,0 +1,336 @@
+//! Durable messaging: the messenger over the simulated network (loss, latency, partitions,
+//! crashes) with the in-memory store, and over real mutual TLS on 127.0.0.1. The same
+//! messenger runs over SQLite and PostgreSQL stores in nodes (crates/treaty-cli/tests).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use treaty_core::X500Name;
+use treaty_net::messaging::*;
+use treaty_net::pki::RevocationList;
+use treaty_net::sim::{Faults, SimNetwork};
+use treaty_net::transport::TlsIdentity;
+
+fn fast() -> MessengerConfig {
+    MessengerConfig {
+        ack_timeout: Duration::from_millis(150),
+        idle_timeout: Duration::from_millis(400),
+        retry_min: Duration::from_millis(5),
+        retry_max: Duration::from_millis(100),
+        rescan_interval: Duration::from_millis(100),
+        ..MessengerConfig::default()
+    }
+}
+
+type Directory = Arc<RwLock<HashMap<X500Name, Vec<String>>>>;
+
+fn directory(d: &Directory) -> Arc<dyn PeerDirectory> {
+    let d = d.clone();
+    Arc::new(move |peer: &X500Name| d.read().unwrap().get(peer).cloned().unwrap_or_default())
+}
+
+struct SimNode {
+    name: X500Name,
+    address: String,
+    store: Arc<MemoryMessageStore>,
+    messenger: Messenger<MemoryMessageStore, treaty_net::sim::SimConnector>,
+    inbox: mpsc::Receiver<InboundMessage>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+async fn start(net: &SimNetwork, dir: &Directory, legal: &str, store: Arc<MemoryMessageStore>, config: MessengerConfig) -> SimNode {
+    let me = name(legal);
+    let address = format!("sim:{legal}");
+    dir.write().unwrap().insert(me.clone(), vec![address.clone()]);
+    let (messenger, inbox) = Messenger::new(me.clone(), store.clone(), net.connector(&me), directory(dir), config);
+    let mut incoming = net.listen(&address, &me);
+    let server = messenger.clone();
+    let accept = tokio::spawn(async move {
+        while let Some((link, peer)) = incoming.recv().await {
+            let server = server.clone();
+            tokio::spawn(async move { server.serve_link(link, peer).await });
+        }
+    });
+    messenger.start().await.unwrap();
+    SimNode { name: me, address, store, messenger, inbox, accept }
+}
+
+/// A crash: every task stops, nothing is flushed; only the store survives.
+fn crash(net: &SimNetwork, node: SimNode) -> Arc<MemoryMessageStore> {
+    node.messenger.shutdown();
+    node.accept.abort();
+    net.unlisten(&node.address);
+    node.store
+}
+
+fn msg(to: &X500Name, session: u64, n: u32) -> Outgoing {
+    Outgoing { destination: to.clone(), session, topic: "test".into(), payload: n.to_be_bytes().to_vec() }
+}
+
+/// Receives `count` messages (marking them processed), failing after `within`.
+async fn receive(node: &mut SimNode, count: usize, within: Duration) -> Vec<InboundMessage> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < count {
+        match tokio::time::timeout_at(deadline, node.inbox.recv()).await {
+            Ok(Some(m)) => {
+                node.messenger.processed(&[m.id]).await.unwrap();
+                got.push(m);
+            }
+            _ => panic!("{} received {} of {count} messages", node.name, got.len()),
+        }
+    }
+    got
+}
+
+async fn assert_quiet(node: &mut SimNode, for_: Duration) {
+    if let Ok(Some(m)) = tokio::time::timeout(for_, node.inbox.recv()).await {
+        panic!("{} received an unexpected message: {m:?}", node.name);
+    }
+}
+
+fn seq(m: &InboundMessage) -> u32 {
+    u32::from_be_bytes(m.payload[..4].try_into().unwrap())
+}
+
+/// Every message arrives once, and within a session in the order sent.
+fn assert_exactly_once_in_order(got: &[InboundMessage], sessions: u64, per_session: u32) {
+    let mut by_session: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for m in got {
+        by_session.entry(m.session).or_default().push(seq(m));
+    }
+    assert_eq!(by_session.len() as u64, sessions);
+    for (session, seqs) in by_session {
+        assert_eq!(seqs, (0..per_session).collect::<Vec<_>>(), "session {session}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_network_delivers_every_message_exactly_once_in_session_order() {
+    let net = SimNetwork::new();
+    net.set_faults(Faults { latency: Duration::from_millis(1), jitter: Duration::from_millis(2), loss: 0.25 });
+    let dir = Directory::default();
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), MessengerConfig { max_batch: 7, ..fast() }).await;
+    let mut carol = start(&net, &dir, "O=Carol,L=Rome,C=IT", Default::default(), fast()).await;
+    for n in 0..60 {
+        let batch = (0..4).flat_map(|s| [msg(&bob.name, s, n), msg(&carol.name, 10 + s, n)]).collect();
+        alice.messenger.send(batch).await.unwrap();
+    }
+    let to_bob = receive(&mut bob, 240, Duration::from_secs(30)).await;
+    let to_carol = receive(&mut carol, 240, Duration::from_secs(30)).await;
+    assert_exactly_once_in_order(&to_bob, 4, 60);
+    assert_exactly_once_in_order(&to_carol, 4, 60);
+    assert!(to_bob.iter().all(|m| m.sender == alice.name));
+    assert!(net.frames_lost() > 0, "the network lost nothing: the test proved nothing");
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alice.store.outbox(&bob.name, 10).await.unwrap().is_empty(), "acknowledged messages stay in the outbox");
+}
+
+#[tokio::test]
+async fn lost_acknowledgements_cause_redelivery_that_the_inbox_drops() {
+    let net = SimNetwork::new();
+    net.set_faults(Faults { loss: 0.3, ..Faults::default() });
+    let dir = Directory::default();
+    let quick = MessengerConfig { max_batch: 1, ack_timeout: Duration::from_millis(40), ..fast() };
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), quick).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    alice.messenger.send((0..40).map(|n| msg(&bob.name, 1, n)).collect()).await.unwrap();
+    let got = receive(&mut bob, 40, Duration::from_secs(30)).await;
+    assert_exactly_once_in_order(&got, 1, 40);
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
+    assert!(bob.messenger.stats().duplicates.load(Ordering::Relaxed) > 0, "no acknowledgement was lost: the test proved nothing");
+}
+
+#[tokio::test]
+async fn messages_sent_across_a_partition_arrive_when_it_heals() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    net.partition(&alice.name, &bob.name);
+    alice.messenger.send((0..20).map(|n| msg(&bob.name, 7, n)).collect()).await.unwrap();
+    assert_quiet(&mut bob, Duration::from_millis(400)).await;
+    assert!(alice.messenger.stats().failures.load(Ordering::Relaxed) > 0);
+    net.heal();
+    let got = receive(&mut bob, 20, Duration::from_secs(10)).await;
+    assert_exactly_once_in_order(&got, 1, 20);
+}
+
+#[tokio::test]
+async fn a_message_sent_while_the_receiver_is_down_arrives_when_it_starts() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let bob_name = name("O=Bob,L=Paris,C=FR");
+    dir.write().unwrap().insert(bob_name.clone(), vec!["sim:O=Bob,L=Paris,C=FR".into()]);
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    alice.messenger.send(vec![msg(&bob_name, 1, 0)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    let got = receive(&mut bob, 1, Duration::from_secs(10)).await;
+    assert_eq!(seq(&got[0]), 0);
+}
+
+#[tokio::test]
+async fn a_sender_that_crashes_after_enqueueing_delivers_after_restart() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let bob_name = name("O=Bob,L=Paris,C=FR");
+    dir.write().unwrap().insert(bob_name.clone(), vec!["sim:O=Bob,L=Paris,C=FR".into()]);
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    alice.messenger.send((0..5).map(|n| msg(&bob_name, 3, n)).collect()).await.unwrap();
+    let store = crash(&net, alice);
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
+    let _alice = start(&net, &dir, "O=Alice,L=London,C=GB", store, fast()).await;
+    let got = receive(&mut bob, 5, Duration::from_secs(10)).await;
+    assert_exactly_once_in_order(&got, 1, 5);
+}
+
+#[tokio::test]
+async fn a_receiver_that_crashes_before_processing_gets_the_messages_again_once() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    alice.messenger.send((0..3).map(|n| msg(&bob.name, 1, n)).collect()).await.unwrap();
+    // Bob processes the first message only, then crashes.
+    let first = tokio::time::timeout(Duration::from_secs(5), bob.inbox.recv()).await.unwrap().unwrap();
+    bob.messenger.processed(&[first.id]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let store = crash(&net, bob);
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", store, fast()).await;
+    let again = receive(&mut bob, 2, Duration::from_secs(5)).await;
+    assert_eq!(again.iter().map(seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_peer_with_several_addresses_is_reached_at_one_that_works() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    dir.write().unwrap().insert(bob.name.clone(), vec!["sim:nowhere".into(), bob.address.clone()]);
+    alice.messenger.send(vec![msg(&bob.name, 1, 0)]).await.unwrap();
+    receive(&mut bob, 1, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn idle_links_are_closed_and_reopened_on_demand() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    alice.messenger.send(vec![msg(&bob.name, 1, 0)]).await.unwrap();
+    receive(&mut bob, 1, Duration::from_secs(5)).await;
+    assert_eq!(alice.messenger.stats().links_out.load(Ordering::Relaxed), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(alice.messenger.stats().links_out.load(Ordering::Relaxed), 0, "idle link still open");
+    alice.messenger.send(vec![msg(&bob.name, 1, 1)]).await.unwrap();
+    receive(&mut bob, 1, Duration::from_secs(5)).await;
+    assert_eq!(alice.messenger.stats().links_opened.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused_before_it_is_stored() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), MessengerConfig { max_message_size: 1024, ..fast() }).await;
+    let bob = name("O=Bob,L=Paris,C=FR");
+    let big = Outgoing { destination: bob.clone(), session: 1, topic: "test".into(), payload: vec![0; 2000] };
+    let err = alice.messenger.send(vec![msg(&bob, 1, 0), big]).await.unwrap_err().to_string();
+    assert!(err.contains("over the network's maximum message size of 1024 bytes"), "{err}");
+    assert!(alice.store.outbox(&bob, 10).await.unwrap().is_empty(), "part of a refused send was stored");
+}
+
+#[tokio::test]
+async fn messages_to_oneself_are_delivered_locally() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let mut alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    let me = alice.name.clone();
+    alice.messenger.send(vec![msg(&me, 1, 0)]).await.unwrap();
+    let got = receive(&mut alice, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].sender, me);
+}
+
+// ---- real mutual TLS ----
+
+fn tls_identity(net: &Network, n: Node) -> TlsIdentity {
+    TlsIdentity {
+        chain: vec![n.tls.cert.clone(), n.node_ca.cert.clone(), net.doorman.cert.clone()],
+        key: Arc::new(n.tls.key),
+        root: Arc::new(net.root.cert.clone()),
+        revoked: Arc::new(RwLock::new(RevocationList::default())),
+    }
+}
+
+type TlsMessenger = Messenger<MemoryMessageStore, TlsConnector>;
+
+async fn tls_node(identity: TlsIdentity, legal: &str, dir: &Directory) -> (TlsMessenger, mpsc::Receiver<InboundMessage>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    dir.write().unwrap().insert(name(legal), vec![listener.local_addr().unwrap().to_string()]);
+    let limit = fast().max_message_size;
+    let (messenger, inbox) = Messenger::new(
+        name(legal),
+        Arc::new(MemoryMessageStore::default()),
+        TlsConnector::new(identity.clone(), limit),
+        directory(dir),
+        fast(),
+    );
+    let server = messenger.clone();
+    tokio::spawn(async move {
+        serve_tls(listener, &identity, limit, move |link, peer| {
+            let server = server.clone();
+            async move { server.serve_link(link, peer).await }
+        })
+        .await
+        .unwrap()
+    });
+    messenger.start().await.unwrap();
+    (messenger, inbox)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_mutual_tls_and_the_receiver_knows_the_sender_by_certificate() {
+    let net = network(10);
+    let dir = Directory::default();
+    let (alice, _) = tls_node(tls_identity(&net, node(&net, "O=Alice,L=London,C=GB", 20)), "O=Alice,L=London,C=GB", &dir).await;
+    let (_bob, mut bob_inbox) = tls_node(tls_identity(&net, node(&net, "O=Bob,L=Paris,C=FR", 30)), "O=Bob,L=Paris,C=FR", &dir).await;
+    let bob = name("O=Bob,L=Paris,C=FR");
+    for chunk in 0..10 {
+        alice.send((0..100).map(|n| msg(&bob, 1, chunk * 100 + n)).collect()).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 1000 {
+        got.push(tokio::time::timeout(Duration::from_secs(10), bob_inbox.recv()).await.unwrap().unwrap());
+    }
+    assert_exactly_once_in_order(&got, 1, 1000);
+    assert!(got.iter().all(|m| m.sender == name("O=Alice,L=London,C=GB")));
+}
+
+#[tokio::test]
+async fn a_peer_answering_under_another_name_gets_nothing() {
+    let net = network(10);
+    let dir = Directory::default();
+    let (alice, _) = tls_node(tls_identity(&net, node(&net, "O=Alice,L=London,C=GB", 20)), "O=Alice,L=London,C=GB", &dir).await;
+    let (_mallory, mut mallory_inbox) =
+        tls_node(tls_identity(&net, node(&net, "O=Mallory,L=Paris,C=FR", 30)), "O=Mallory,L=Paris,C=FR", &dir).await;
+    // The directory wrongly points Bob's name at Mallory's address.
+    let bob = name("O=Bob,L=Paris,C=FR");
+    let mallory_address = dir.read().unwrap()[&name("O=Mallory,L=Paris,C=FR")].clone();
+    dir.write().unwrap().insert(bob.clone(), mallory_address);
+    alice.send(vec![msg(&bob, 1, 0)]).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), mallory_inbox.recv()).await.is_err(), "Mallory got Bob's message");
+    assert!(alice.stats().failures.load(Ordering::Relaxed) > 0);
+    assert_eq!(alice.stats().acknowledged.load(Ordering::Relaxed), 0);
+}
