@@ -334,3 +334,47 @@ async fn a_peer_answering_under_another_name_gets_nothing() {
     assert!(alice.stats().failures.load(Ordering::Relaxed) > 0);
     assert_eq!(alice.stats().acknowledged.load(Ordering::Relaxed), 0);
 }
+
+/// A directory whose members can be revoked while links are open.
+struct Revocable {
+    dir: Directory,
+    revoked: Arc<RwLock<Vec<X500Name>>>,
+}
+
+impl PeerDirectory for Revocable {
+    fn addresses(&self, peer: &X500Name) -> Vec<String> {
+        self.dir.read().unwrap().get(peer).cloned().unwrap_or_default()
+    }
+    fn admits(&self, peer: &X500Name) -> bool {
+        !self.revoked.read().unwrap().contains(peer)
+    }
+}
+
+#[tokio::test]
+async fn a_peer_revoked_while_its_link_is_open_is_cut_off_at_its_next_batch() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    // Bob consults a directory in which Alice can be revoked.
+    let bob_name = name("O=Bob,L=Paris,C=FR");
+    dir.write().unwrap().insert(bob_name.clone(), vec!["sim:bob".into()]);
+    let revoked = Arc::new(RwLock::new(Vec::new()));
+    let bob_dir = Arc::new(Revocable { dir: dir.clone(), revoked: revoked.clone() });
+    let (bob, mut bob_inbox) =
+        Messenger::new(bob_name.clone(), Arc::new(MemoryMessageStore::default()), net.connector(&bob_name), bob_dir, fast());
+    let mut incoming = net.listen("sim:bob", &bob_name);
+    let server = bob.clone();
+    tokio::spawn(async move {
+        while let Some((link, peer)) = incoming.recv().await {
+            let server = server.clone();
+            tokio::spawn(async move { server.serve_link(link, peer).await });
+        }
+    });
+    bob.start().await.unwrap();
+    alice.messenger.send(vec![msg(&bob_name, 1, 0)]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), bob_inbox.recv()).await.unwrap().unwrap();
+    revoked.write().unwrap().push(alice.name.clone());
+    alice.messenger.send(vec![msg(&bob_name, 1, 1)]).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), bob_inbox.recv()).await.is_err(), "a revoked peer's message was accepted");
+    assert!(!alice.store.outbox(&bob_name, 10).await.unwrap().is_empty(), "the refused message left Alice's outbox");
+}

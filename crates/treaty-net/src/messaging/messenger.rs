@@ -35,6 +35,13 @@ use crate::transport::TransportError;
 pub trait PeerDirectory: Send + Sync + 'static {
     /// The peer's addresses in order of preference; empty when it is unknown.
     fn addresses(&self, peer: &X500Name) -> Vec<String>;
+
+    /// Whether `peer` may exchange messages now. A peer revoked while a link to or from it is
+    /// open is cut off at its next batch (new links are refused by the TLS verifier).
+    fn admits(&self, peer: &X500Name) -> bool {
+        let _ = peer;
+        true
+    }
 }
 
 impl PeerDirectory for HashMap<X500Name, Vec<String>> {
@@ -360,6 +367,11 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
                     return;
                 }
             };
+            if !inner.directory.admits(&peer) {
+                tracing::warn!("link from {peer} closed: it is no longer admitted on the network (revoked)");
+                let _ = link.send(encoding::encode(&Frame::Refused("you are not admitted on this network (revoked)".into()))).await;
+                return;
+            }
             let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
             let count = messages.len() as u64;
             let inbound = messages
@@ -419,6 +431,8 @@ enum AttemptError {
     Protocol(String),
     #[error("no address known for it (is it on the network map?)")]
     NoAddress,
+    #[error("it is not admitted on the network (revoked)")]
+    NotAdmitted,
 }
 
 async fn connect<S: MessageStore, C: Connector>(inner: &Inner<S, C>, peer: &X500Name) -> Result<C::Link, AttemptError> {
@@ -496,6 +510,9 @@ async fn run_sender<S: MessageStore, C: Connector>(inner: Arc<Inner<S, C>>, peer
             continue;
         }
         let attempt = async {
+            if !inner.directory.admits(&peer) {
+                return Err(AttemptError::NotAdmitted);
+            }
             if link.is_none() {
                 let opened = connect(&inner, &peer).await?;
                 link = Some((opened, Gauge::open(&inner.stats.links_out, &inner.stats.links_opened)));
