@@ -42,6 +42,8 @@ async fn published_node_is_on_the_map_and_served_by_hash() {
     assert_eq!(hash, signed_hash(&signed));
     assert_eq!(map.node_infos, vec![hash]);
     assert_eq!(client.node_info(&hash).await.unwrap(), signed);
+    let (status, _) = raw(server.addr, "GET", &format!("/network-map/node-info/{}", hash.to_hex().to_lowercase()), vec![]).await;
+    assert_eq!(status, 200, "lower-case hashes are accepted");
     // Parameters and revocations by the hashes the map lists.
     let params = client.parameters(&map.parameters).await.unwrap();
     assert_eq!(params.verify::<NetworkParameters>(kinds::NETWORK_PARAMETERS, &map_public(&net)).unwrap(), NetworkParameters::default());
@@ -175,6 +177,8 @@ async fn unknown_and_malformed_hashes_and_bodies() {
     assert!(body.contains("larger than"), "{body}");
     let (status, _) = raw(server.addr, "GET", "/elsewhere", vec![]).await;
     assert_eq!(status, 404);
+    let (status, _) = raw(server.addr, "GET", "/network-map/publish", vec![]).await;
+    assert_eq!(status, 405);
     // The client carries a 413 as a refusal.
     let alice = node(&net, "O=Alice,L=London,C=GB", 20);
     let mut big = signed_info(&net, &alice, 1);
