@@ -7,7 +7,7 @@
 //! | Request | Response |
 //! |---|---|
 //! | `POST /network-map/publish` (BCS `Signed` node info) | 200, or 400/413 with a plain-text reason |
-//! | `GET /network-map` | the signed [`NetworkMap`](crate::NetworkMap), with an `ETag`; 304 on `If-None-Match` |
+//! | `GET /network-map` | the signed [`NetworkMap`] document, with an `ETag`; 304 on `If-None-Match` |
 //! | `GET /network-map/node-info/{hash}` | a signed node info |
 //! | `GET /network-map/network-parameters/{hash}` | the signed network parameters |
 //! | `GET /network-map/revocations/{hash}` | the signed revocation list |
@@ -513,5 +513,31 @@ async fn get_revocations(State(shared): State<Arc<Shared>>, UrlPath(hash): UrlPa
         serve_doc(&inner.revocations.doc, &headers)
     } else {
         text(StatusCode::NOT_FOUND, format!("no revocation list with hash {hash}; the list in force is {}", inner.revocations.doc.hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_is_read_from_network_toml() {
+        let dir = std::env::temp_dir().join(format!("treaty-netmap-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join(files::CONFIG);
+        std::fs::write(&config, "# map\nlisten = \"127.0.0.1:20000\"\nnodes = [\"a\"]\n").unwrap();
+        assert_eq!(listen_address(&config).unwrap(), "127.0.0.1:20000");
+        std::fs::write(&config, "nodes = []\n").unwrap();
+        let e = listen_address(&config).unwrap_err();
+        assert!(e.to_string().contains("network.toml") && e.to_string().contains("listen"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags() {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"A\", W/\"B\""));
+        assert!(etag_matches(&h, "\"A\"") && etag_matches(&h, "\"B\"") && !etag_matches(&h, "\"C\""));
+        assert!(!etag_matches(&HeaderMap::new(), "\"A\""));
     }
 }
