@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{ConnectOptions, Connection, Postgres, Sqlite, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::{Context, StorageError};
@@ -195,6 +195,10 @@ impl Database {
             Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())) }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|e| invalid(&format!("not a valid PostgreSQL URL: {e}")))?;
+            // One direct attempt first: the pool would retry an unreachable server until its
+            // acquire timeout; this reports it at once.
+            let probe = options.connect().await.map_err(|source| StorageError::Connect { url: shown.clone(), source })?;
+            probe.close().await.map_err(|source| StorageError::Connect { url: shown.clone(), source })?;
             let pool = PgPoolOptions::new()
                 .max_connections(POSTGRES_MAX_CONNECTIONS)
                 .acquire_timeout(Duration::from_secs(30))
