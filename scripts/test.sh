@@ -22,6 +22,11 @@ echo "== treaty-core builds for wasm32-unknown-unknown (contracts depend on it)"
 cargo build -p treaty-core --target wasm32-unknown-unknown --no-default-features --locked
 
 echo "== tests"
+# A throw-away PostgreSQL for treaty-storage's tests (they fail rather than skip without it).
+pg_env=$(scripts/pg.sh start)
+eval "$pg_env"
+trap 'scripts/pg.sh stop' EXIT
+export TREATY_TEST_POSTGRES_URL TREATY_REQUIRE_POSTGRES=1
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

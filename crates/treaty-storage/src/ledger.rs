@@ -1,0 +1,243 @@
+//! The ledger component's tables: transactions, attachments and identities.
+
+use sqlx::Row;
+use treaty_core::{PublicKey, SecureHash, X500Name, encoding};
+
+use crate::db::{Database, now_millis, with_pool, write_tx};
+use crate::error::{Context, StorageError};
+
+fn hash_from(table: &'static str, bytes: &[u8]) -> Result<SecureHash, StorageError> {
+    <[u8; 32]>::try_from(bytes).map(SecureHash).map_err(|_| StorageError::Corrupt {
+        table,
+        key: format!("id of {} bytes", bytes.len()),
+        reason: "id is not 32 bytes".into(),
+    })
+}
+
+/// Transactions, by id, as the exact bytes they were received as (`treaty_transactions`).
+#[derive(Clone, Debug)]
+pub struct TransactionStore {
+    db: Database,
+}
+
+/// Attachments, by id (`treaty_attachments`).
+#[derive(Clone, Debug)]
+pub struct AttachmentStore {
+    db: Database,
+}
+
+/// Known identities: legal name, owning key and certificate chain (`treaty_identities`).
+#[derive(Clone, Debug)]
+pub struct IdentityStore {
+    db: Database,
+}
+
+/// An identity as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// The legal name.
+    pub name: X500Name,
+    /// The key it owns.
+    pub owning_key: PublicKey,
+    /// Its certificate chain (DER), identity certificate first.
+    pub certificate_chain: Vec<Vec<u8>>,
+}
+
+impl Database {
+    /// The transaction store.
+    pub fn transactions(&self) -> TransactionStore {
+        TransactionStore { db: self.clone() }
+    }
+    /// The attachment store.
+    pub fn attachments(&self) -> AttachmentStore {
+        AttachmentStore { db: self.clone() }
+    }
+    /// The identity store.
+    pub fn identities(&self) -> IdentityStore {
+        IdentityStore { db: self.clone() }
+    }
+}
+
+const INSERT_TX: &str = "INSERT INTO treaty_transactions (id, bytes, recorded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+
+impl TransactionStore {
+    /// Records a transaction's canonical bytes under `id`. Idempotent: an id already recorded
+    /// is left as it is and `false` returned; `true` if it is new.
+    pub async fn put(&self, id: &SecureHash, bytes: &[u8]) -> Result<bool, StorageError> {
+        Ok(self.put_all(&[(*id, bytes)]).await?.first().copied().unwrap_or(false))
+    }
+
+    /// Records several transactions in one database transaction; for each, whether it was new
+    /// (the same id twice in `txs`: the first is new, the second not).
+    pub async fn put_all(&self, txs: &[(SecureHash, &[u8])]) -> Result<Vec<bool>, StorageError> {
+        let now = now_millis();
+        let what = "inserting into treaty_transactions";
+        Ok(write_tx!(self.db, what, tx => {
+            let mut new = Vec::with_capacity(txs.len());
+            for (id, bytes) in txs {
+                let done = sqlx::query(INSERT_TX).bind(id.as_bytes().as_slice()).bind(*bytes).bind(now).execute(&mut *tx).await.ctx(what)?;
+                new.push(done.rows_affected() == 1);
+            }
+            new
+        }))
+    }
+
+    /// The bytes recorded under `id`.
+    pub async fn get(&self, id: &SecureHash) -> Result<Option<Vec<u8>>, StorageError> {
+        let what = format!("reading treaty_transactions (id {id})");
+        with_pool!(self.db, pool => {
+            let row = sqlx::query("SELECT bytes FROM treaty_transactions WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(pool).await.ctx(&what)?;
+            row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().ctx(&what)
+        })
+    }
+
+    /// When the transaction was recorded (milliseconds since the Unix epoch).
+    pub async fn recorded_at(&self, id: &SecureHash) -> Result<Option<i64>, StorageError> {
+        let what = format!("reading treaty_transactions (id {id})");
+        with_pool!(self.db, pool => {
+            let row = sqlx::query("SELECT recorded_at FROM treaty_transactions WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(pool).await.ctx(&what)?;
+            row.map(|r| r.try_get::<i64, _>(0)).transpose().ctx(&what)
+        })
+    }
+
+    /// Whether `id` is recorded.
+    pub async fn contains(&self, id: &SecureHash) -> Result<bool, StorageError> {
+        let what = format!("reading treaty_transactions (id {id})");
+        with_pool!(self.db, pool => {
+            let row = sqlx::query("SELECT 1 FROM treaty_transactions WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(pool).await.ctx(&what)?;
+            Ok(row.is_some())
+        })
+    }
+
+    /// How many transactions are recorded.
+    pub async fn count(&self) -> Result<u64, StorageError> {
+        let what = "counting treaty_transactions";
+        with_pool!(self.db, pool => {
+            let row = sqlx::query("SELECT COUNT(*) FROM treaty_transactions").fetch_one(pool).await.ctx(what)?;
+            Ok(u64::try_from(row.try_get::<i64, _>(0).ctx(what)?).unwrap_or(0))
+        })
+    }
+
+    /// Every recorded id, in the order recorded.
+    pub async fn ids(&self) -> Result<Vec<SecureHash>, StorageError> {
+        let what = "listing treaty_transactions";
+        with_pool!(self.db, pool => {
+            let rows = sqlx::query("SELECT id FROM treaty_transactions ORDER BY seq").fetch_all(pool).await.ctx(what)?;
+            rows.iter().map(|r| hash_from("treaty_transactions", &r.try_get::<Vec<u8>, _>(0).ctx(what)?)).collect()
+        })
+    }
+}
+
+impl AttachmentStore {
+    /// Stores an attachment. Idempotent: `false` (and nothing changed) if `id` is already
+    /// stored. The caller checks that `id` is the attachment's hash.
+    pub async fn put(&self, id: &SecureHash, bytes: &[u8]) -> Result<bool, StorageError> {
+        let now = now_millis();
+        let what = "inserting into treaty_attachments";
+        Ok(write_tx!(self.db, what, tx => {
+            let done = sqlx::query("INSERT INTO treaty_attachments (id, bytes, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+                .bind(id.as_bytes().as_slice())
+                .bind(bytes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .ctx(what)?;
+            done.rows_affected() == 1
+        }))
+    }
+
+    /// The attachment's bytes.
+    pub async fn get(&self, id: &SecureHash) -> Result<Option<Vec<u8>>, StorageError> {
+        let what = format!("reading treaty_attachments (id {id})");
+        with_pool!(self.db, pool => {
+            let row = sqlx::query("SELECT bytes FROM treaty_attachments WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(pool).await.ctx(&what)?;
+            row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().ctx(&what)
+        })
+    }
+
+    /// Whether `id` is stored.
+    pub async fn contains(&self, id: &SecureHash) -> Result<bool, StorageError> {
+        let what = format!("reading treaty_attachments (id {id})");
+        with_pool!(self.db, pool => {
+            let row = sqlx::query("SELECT 1 FROM treaty_attachments WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(pool).await.ctx(&what)?;
+            Ok(row.is_some())
+        })
+    }
+}
+
+const IDENTITY_COLUMNS: &str = "SELECT name, owning_key, certificate_chain FROM treaty_identities";
+
+fn identity_from(name: String, key: Vec<u8>, chain: Vec<u8>) -> Result<IdentityRecord, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt { table: "treaty_identities", key: name.clone(), reason };
+    Ok(IdentityRecord {
+        name: name.parse().map_err(|e| corrupt(format!("name: {e}")))?,
+        owning_key: encoding::decode(&key).map_err(|e| corrupt(format!("owning_key: {e}")))?,
+        certificate_chain: encoding::decode(&chain).map_err(|e| corrupt(format!("certificate_chain: {e}")))?,
+    })
+}
+
+impl IdentityStore {
+    /// Stores (or replaces) the identity with `record.name`.
+    pub async fn put(&self, record: &IdentityRecord) -> Result<(), StorageError> {
+        let now = now_millis();
+        let what = format!("writing treaty_identities (name {})", record.name);
+        let key = encoding::encode(&record.owning_key);
+        let chain = encoding::encode(&record.certificate_chain);
+        write_tx!(self.db, what, tx => {
+            sqlx::query(
+                "INSERT INTO treaty_identities (name, owning_key, certificate_chain, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE SET owning_key = excluded.owning_key, certificate_chain = excluded.certificate_chain, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(record.name.to_string())
+            .bind(key.as_slice())
+            .bind(chain.as_slice())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx(&what)?;
+        });
+        Ok(())
+    }
+
+    /// The identity with this legal name.
+    pub async fn by_name(&self, name: &X500Name) -> Result<Option<IdentityRecord>, StorageError> {
+        let what = format!("reading treaty_identities (name {name})");
+        let sql = const_format(IDENTITY_COLUMNS, " WHERE name = $1");
+        with_pool!(self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(name.to_string()).fetch_optional(pool).await.ctx(&what)?;
+            match row {
+                None => Ok(None),
+                Some(r) => Ok(Some(identity_from(r.try_get(0).ctx(&what)?, r.try_get(1).ctx(&what)?, r.try_get(2).ctx(&what)?)?)),
+            }
+        })
+    }
+
+    /// The identity owning this key (the most recently stored, if several names claim it).
+    pub async fn by_key(&self, key: &PublicKey) -> Result<Option<IdentityRecord>, StorageError> {
+        let what = format!("reading treaty_identities (key {})", key.short());
+        let sql = const_format(IDENTITY_COLUMNS, " WHERE owning_key = $1 ORDER BY updated_at DESC, name LIMIT 1");
+        let encoded = encoding::encode(key);
+        with_pool!(self.db, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(encoded.as_slice()).fetch_optional(pool).await.ctx(&what)?;
+            match row {
+                None => Ok(None),
+                Some(r) => Ok(Some(identity_from(r.try_get(0).ctx(&what)?, r.try_get(1).ctx(&what)?, r.try_get(2).ctx(&what)?)?)),
+            }
+        })
+    }
+
+    /// Every stored identity, by name.
+    pub async fn all(&self) -> Result<Vec<IdentityRecord>, StorageError> {
+        let what = "listing treaty_identities";
+        let sql = const_format(IDENTITY_COLUMNS, " ORDER BY name");
+        with_pool!(self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.ctx(what)?;
+            rows.into_iter().map(|r| identity_from(r.try_get(0).ctx(what)?, r.try_get(1).ctx(what)?, r.try_get(2).ctx(what)?)).collect()
+        })
+    }
+}
+
+fn const_format(a: &str, b: &str) -> String {
+    format!("{a}{b}")
+}
