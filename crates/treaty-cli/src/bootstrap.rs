@@ -215,7 +215,7 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
             legal_name: m.name.to_string(),
             p2p: Listen { listen: p2p.clone() },
             rpc: Listen { listen: rpc.clone() },
-            network_map: NetworkMapConfig { url: map_url.clone(), trusted_key: map.key.public().to_string() },
+            network_map: NetworkMapConfig { url: map_url.clone(), trusted_key: map.key.public().to_string(), poll_seconds: Some(2) },
             database: DatabaseConfig { url: "sqlite://node.db".into() },
             notary: m.notary.as_ref().map(|(s, v)| NotaryConfig { validating: *v, service_name: (req.cluster > 1).then(|| s.to_string()) }),
         };
@@ -238,6 +238,10 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
     }
     let signed_params = Signed::sign(kinds::NETWORK_PARAMETERS, &params, &map.key);
     write(&net_dir.join("network-parameters.signed"), &encoding::encode(&signed_params))?;
+    // Each node starts from its own copy, so it can come up before the map does.
+    for c in &created {
+        write(&Path::new(&c.dir).join("network-parameters.signed"), &encoding::encode(&signed_params))?;
+    }
     let revocations = Signed::sign(kinds::REVOCATION_LIST, &RevocationList::default(), &map.key);
     write(&net_dir.join("revocations.signed"), &encoding::encode(&revocations))?;
     let nodes_list: Vec<String> = created

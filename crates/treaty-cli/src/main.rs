@@ -3,10 +3,15 @@
 //! Every command that prints data takes `--json` and then prints exactly one JSON document on
 //! standard output (see `../shared/DESIGN.md` section 6 for the stable surface).
 
+mod bench;
 mod bootstrap;
 mod demo;
+mod network;
+mod node;
 
 use std::process::ExitCode;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +29,16 @@ enum Command {
     Network {
         #[command(subcommand)]
         command: NetworkCommand,
+    },
+    /// Runs and inspects one node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Measures the system as users run it; prints figures with this machine's baselines.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
     },
     /// Runs Treaty's demonstration end to end and prints a readable report.
     Demo {
@@ -60,6 +75,99 @@ enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Starts the network map and every node of a bootstrapped network as separate processes;
+    /// Ctrl-C or SIGTERM stops them all. Logs go to each node's node.log.
+    Run {
+        /// The directory `treaty network bootstrap` created.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print one JSON document (the started processes) once everything is ready.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the nodes a node knows (its cached copy of the network map).
+    Map {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes a legal name: it goes on the revocation list the network map publishes, and
+    /// nodes refuse its connections once they have polled the map.
+    Revoke {
+        /// The directory `treaty network bootstrap` created.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The X.500 legal name to revoke.
+        #[arg(long)]
+        name: String,
+    },
+    /// Serves the network map of a bootstrapped network (`network run` starts it for you).
+    #[command(hide = true)]
+    ServeMap {
+        /// The directory `treaty network bootstrap` created.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable messages per second between two nodes over mutual TLS (SQLite at both ends).
+    Messaging {
+        /// Messages to send.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Messages per send call (each send is one outbox transaction).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 256)]
+        payload: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Runs one node until Ctrl-C or SIGTERM.
+    Run {
+        /// The node's node.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Sends diagnostic pings from a node (through its durable outbox) and waits until the
+    /// receiver has acknowledged them. The node must be running to deliver them.
+    Ping {
+        /// The sending node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// The receiver's X.500 legal name.
+        #[arg(long)]
+        to: String,
+        /// How many pings.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Seconds to wait for delivery.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn node_command(command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Run { config } => node::run(&config),
+        NodeCommand::Ping { node, to, count, timeout, json } => {
+            node::ping(&node, &to, count, std::time::Duration::from_secs(timeout), json)
+        }
+    }
 }
 
 fn network(command: NetworkCommand) -> anyhow::Result<()> {
@@ -80,6 +188,10 @@ fn network(command: NetworkCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        NetworkCommand::Run { dir, json } => network::run(&dir, json),
+        NetworkCommand::Map { node, json } => network::map(&node, json),
+        NetworkCommand::Revoke { dir, name } => network::revoke(&dir, &name),
+        NetworkCommand::ServeMap { dir } => network::serve_map(&dir),
     }
 }
 
@@ -88,6 +200,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { json, chain } => demo::run(json, chain),
         Command::Network { command } => network(command),
+        Command::Node { command } => node_command(command),
+        Command::Bench { command: BenchCommand::Messaging { count, batch, payload, json } } => {
+            bench::messaging(count, batch, payload, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@
 //! [network_map]
 //! url = "http://127.0.0.1:40100"
 //! trusted_key = "ed25519:…"         # the network-map key parameters must be signed by
+//! poll_seconds = 2                  # optional, default 30
 //!
 //! [database]
 //! url = "sqlite://node.db"          # relative paths are relative to the node directory
@@ -25,6 +26,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use treaty_core::{PublicKey, X500Name};
@@ -64,6 +66,9 @@ pub struct NetworkMapConfig {
     pub url: String,
     /// The key network parameters must be signed by (`ed25519:<hex>` or `p256:<hex>`).
     pub trusted_key: String,
+    /// Seconds between polls of the map (default 30; a bootstrapped local network uses 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_seconds: Option<u64>,
 }
 
 /// The database.
@@ -131,6 +136,8 @@ pub struct LoadedConfig {
     pub rpc: SocketAddr,
     /// The trusted network-map key.
     pub network_map_key: PublicKey,
+    /// How often to poll the network map.
+    pub poll_interval: Duration,
     /// The notary's service name, if a cluster member.
     pub notary_service: Option<X500Name>,
 }
@@ -156,9 +163,17 @@ impl NodeConfig {
         if p2p == rpc {
             return Err(invalid("rpc.listen", format!("{rpc} is also the p2p address")));
         }
-        if !raw.network_map.url.starts_with("http://") && !raw.network_map.url.starts_with("https://") {
-            return Err(invalid("network_map.url", format!("{:?} must start with http:// or https://", raw.network_map.url)));
+        if !raw.network_map.url.starts_with("http://") {
+            return Err(invalid(
+                "network_map.url",
+                format!("{:?} must start with http:// (the map serves only signed data)", raw.network_map.url),
+            ));
         }
+        let poll_interval = match raw.network_map.poll_seconds {
+            Some(0) => return Err(invalid("network_map.poll_seconds", "must be at least 1".into())),
+            Some(s) => Duration::from_secs(s),
+            None => Duration::from_secs(30),
+        };
         let network_map_key =
             raw.network_map.trusted_key.parse::<PublicKey>().map_err(|e| invalid("network_map.trusted_key", e.to_string()))?;
         if !raw.database.url.starts_with("sqlite://") && !raw.database.url.starts_with("postgres://") {
@@ -169,7 +184,7 @@ impl NodeConfig {
             None => None,
         };
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, network_map_key, notary_service })
+        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, network_map_key, poll_interval, notary_service })
     }
 
     /// The file's text.

@@ -1,6 +1,9 @@
 //! # treaty-node
 //!
-//! A Treaty node. Today: its configuration file ([`config`]). The node process (storage,
-//! network, flows, RPC) is assembled here as those crates land.
+//! A Treaty node: its configuration ([`config`]), keys ([`keys`]) and the running node
+//! ([`node`]): database, network map follower and durable mutual-TLS messaging. Flows, the
+//! vault and client RPC assemble here as they arrive.
 
 pub mod config;
+pub mod keys;
+pub mod node;

@@ -230,6 +230,36 @@ impl SqlMessageStore {
         Ok(candidates.into_iter().filter(|m| inserted.contains(m.id.0.as_bytes().as_slice())).collect())
     }
 
+    /// Every message in the inbox on `topic` (all topics with `None`), processed or not, in
+    /// arrival order, with whether it has been processed. Processed messages have an empty
+    /// payload (it is cleared once processed; the id stays for deduplication). For operators
+    /// and tests.
+    pub async fn inbox(&self, topic: Option<&str>) -> Result<Vec<(InboundMessage, bool)>, StorageError> {
+        let what = "listing treaty_inbox";
+        let sql = "SELECT message_id, sender, session_id, topic, payload, processed FROM treaty_inbox \
+                   WHERE ($1 IS NULL OR topic = $1) ORDER BY seq";
+        let rows: Vec<(InboxRow, bool)> = with_pool!(self.db, pool => {
+            let rows = sqlx::query(sql).bind(topic).fetch_all(pool).await.ctx(what)?;
+            rows.iter()
+                .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?), r.try_get(5)?)))
+                .collect::<Result<_, sqlx::Error>>()
+                .ctx(what)?
+        });
+        rows.into_iter()
+            .map(|((id, sender, session, topic, payload), processed)| {
+                let id = id_from("treaty_inbox", &id)?;
+                let message = InboundMessage {
+                    sender: name_from("treaty_inbox", &id, "sender", &sender)?,
+                    id,
+                    session: session_from_db(session),
+                    topic,
+                    payload: payload.unwrap_or_default(),
+                };
+                Ok((message, processed))
+            })
+            .collect()
+    }
+
     async fn unprocessed_all(&self, limit: usize) -> Result<Vec<InboundMessage>, StorageError> {
         let what = "reading treaty_inbox";
         let rows: Vec<InboxRow> = with_pool!(self.db, pool => {

@@ -1,0 +1,377 @@
+//! Real networks: `treaty` processes on 127.0.0.1 with real certificates, mutual TLS and
+//! SQLite, as an operator runs them. Each test bootstraps its own network (random ports).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use treaty_core::{X500Name, encoding};
+use treaty_net::messaging::wire::{Frame, PROTOCOL_VERSION, WireMessage};
+use treaty_net::messaging::{MessageId, MessageStore};
+use treaty_net::transport;
+use treaty_node::keys::NodeKeys;
+use treaty_node::node::{PING, PONG};
+use treaty_storage::Database;
+
+const ALICE: &str = "O=Alice,L=London,C=GB";
+const BOB: &str = "O=Bob,L=Paris,C=FR";
+
+fn treaty() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_treaty"))
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = treaty().args(args).output().expect("treaty runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn name(s: &str) -> X500Name {
+    s.parse().unwrap()
+}
+
+/// A bootstrapped network in a scratch directory, removed at the end.
+struct Net {
+    dir: PathBuf,
+}
+
+impl Net {
+    fn new(test: &str, nodes: &[&str]) -> Net {
+        let dir = std::env::temp_dir().join(format!("treaty-net-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut args = vec!["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--json"];
+        for n in nodes {
+            args.extend(["--node", n]);
+        }
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "bootstrap failed: {err}");
+        Net { dir }
+    }
+
+    fn node_dir(&self, legal: &str) -> PathBuf {
+        let org = legal.split(',').next().unwrap().trim_start_matches("O=").to_lowercase();
+        let d = self.dir.join(&org);
+        assert!(d.join("node.toml").exists(), "no node directory {}", d.display());
+        d
+    }
+
+    fn p2p(&self, legal: &str) -> String {
+        let text = std::fs::read_to_string(self.node_dir(legal).join("node.toml")).unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        v["p2p"]["listen"].as_str().unwrap().to_string()
+    }
+
+    fn map(&self) -> Proc {
+        Proc::start("network map", treaty().args(["network", "serve-map", "--dir", self.dir.to_str().unwrap()]))
+    }
+
+    fn node(&self, legal: &str) -> Proc {
+        let config = self.node_dir(legal).join("node.toml");
+        Proc::start(legal, treaty().args(["node", "run", "--config", config.to_str().unwrap()]))
+    }
+
+    /// The node's map, as `treaty network map --json` prints it.
+    fn map_of(&self, legal: &str) -> Value {
+        let (code, out, err) = run(&["network", "map", "--node", self.node_dir(legal).to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Waits until `who` knows `whom` (optionally: as revoked).
+    fn await_known(&self, who: &str, whom: &str, revoked: bool) {
+        let whom = name(whom).to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let map = self.map_of(who);
+            let entry = map["nodes"].as_array().unwrap().iter().find(|n| n["name"] == whom.as_str()).cloned();
+            if entry.is_some_and(|e| e["revoked"] == revoked) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{who} did not learn about {whom} (revoked: {revoked}): {map}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn ping(&self, from: &str, to: &str, count: usize, timeout_secs: u64) -> (i32, Value, String) {
+        let count = count.to_string();
+        let timeout = timeout_secs.to_string();
+        let dir = self.node_dir(from);
+        let (code, out, err) =
+            run(&["node", "ping", "--node", dir.to_str().unwrap(), "--to", to, "--count", &count, "--timeout", &timeout, "--json"]);
+        (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
+    }
+
+    fn db(&self, legal: &str, rt: &tokio::runtime::Runtime) -> Database {
+        rt.block_on(Database::open("sqlite://node.db", &self.node_dir(legal))).unwrap()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A running `treaty` process, killed when dropped.
+struct Proc {
+    label: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts it and waits for its "ready" line.
+    fn start(label: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(" ready ") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let label2 = label.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{label2}] {line}");
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!("{label} did not become ready");
+        }
+        Proc { label: label.to_string(), child }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status} on SIGTERM", self.label);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop on SIGTERM", self.label);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Pongs `legal` has received (each answers one ping that was processed).
+fn pongs(net: &Net, legal: &str, rt: &tokio::runtime::Runtime) -> usize {
+    let db = net.db(legal, rt);
+    rt.block_on(db.messages().inbox(Some(PONG))).unwrap().len()
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn network_run_starts_everything_and_stops_everything() {
+    let net = Net::new("run", &[ALICE, BOB]);
+    let mut child = treaty()
+        .args(["network", "run", "--dir", net.dir.to_str().unwrap(), "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let report: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).expect("one JSON document when ready");
+    let pids: Vec<u64> = report["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 3, "{report}");
+    net.await_known(ALICE, BOB, false);
+    net.await_known(BOB, ALICE, false);
+    let (code, ping, err) = net.ping(ALICE, BOB, 20, 20);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ping["delivered"], 20);
+    let rt = rt();
+    eventually("every ping answered", || pongs(&net, ALICE, &rt) == 20);
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "network run exited with {status}");
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "process {pid} still running");
+    }
+}
+
+fn is_zombie(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+}
+
+#[test]
+fn a_message_for_a_stopped_node_is_delivered_when_it_starts_even_if_the_sender_was_killed() {
+    let net = Net::new("down", &[ALICE, BOB]);
+    let _map = net.map();
+    let alice = net.node(ALICE);
+    let bob = net.node(BOB);
+    net.await_known(ALICE, BOB, false);
+    bob.stop();
+
+    let (code, ping, err) = net.ping(ALICE, BOB, 5, 1);
+    assert_ne!(code, 0, "delivered to a stopped node?");
+    assert!(err.contains("still in the outbox"), "{err}");
+    assert_eq!(ping["delivered"], 0);
+    // The sender dies without warning with the messages in its outbox.
+    alice.kill();
+
+    let _bob = net.node(BOB);
+    let rt = rt();
+    assert_eq!(pongs(&net, ALICE, &rt), 0);
+    let _alice = net.node(ALICE);
+    eventually("pings delivered after both restarted", || {
+        rt.block_on(net.db(ALICE, &rt).messages().outbox(&name(BOB), 100)).unwrap().is_empty()
+    });
+    eventually("each ping answered once", || pongs(&net, ALICE, &rt) == 5);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pongs(&net, ALICE, &rt), 5);
+}
+
+/// Alice's TLS identity, for a test that talks the wire protocol itself.
+fn as_node(net: &Net, legal: &str) -> NodeKeys {
+    NodeKeys::load(&net.node_dir(legal)).unwrap()
+}
+
+async fn send_batch(addr: &str, keys: &NodeKeys, to: &str, messages: Vec<WireMessage>) -> Result<Frame, String> {
+    let mut tls = transport::connect(addr, &keys.tls, &name(to)).await.map_err(|e| e.to_string())?;
+    let frame = encoding::encode(&Frame::Messages { version: PROTOCOL_VERSION, messages });
+    transport::write_frame(&mut tls, &frame).await.map_err(|e| e.to_string())?;
+    let reply = transport::read_frame(&mut tls, 1 << 20).await.map_err(|e| e.to_string())?;
+    encoding::decode(&reply).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_redelivered_message_is_processed_once_and_an_oversized_frame_only_loses_its_connection() {
+    let net = Net::new("dedup", &[ALICE, BOB]);
+    let _map = net.map();
+    let _bob = net.node(BOB);
+    let rt = rt();
+    let alice = as_node(&net, ALICE);
+    let bob_addr = net.p2p(BOB);
+    let ping = WireMessage { id: MessageId::random(), session: 7, topic: PING.into(), payload: b"once".to_vec() };
+
+    rt.block_on(async {
+        // An oversized frame: Bob drops that connection without reading it.
+        let mut big = transport::connect(&bob_addr, &alice.tls, &name(BOB)).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut big, &(11u32 << 20).to_be_bytes()).await.unwrap();
+        let answer = transport::read_frame(&mut big, 1 << 20).await;
+        assert!(answer.is_err(), "Bob answered an oversized frame: {answer:?}");
+
+        // The same message twice, on two connections: both acknowledged.
+        for _ in 0..2 {
+            match send_batch(&bob_addr, &alice, BOB, vec![ping.clone()]).await {
+                Ok(Frame::Ack(ids)) => assert_eq!(ids, vec![ping.id]),
+                other => panic!("expected an acknowledgement, got {other:?}"),
+            }
+        }
+    });
+    // Bob answered it once: one pong waits in Bob's outbox for Alice (who is not running).
+    let bob_db = net.db(BOB, &rt);
+    eventually("Bob answered the ping", || !rt.block_on(bob_db.messages().outbox(&name(ALICE), 10)).unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let pongs = rt.block_on(bob_db.messages().outbox(&name(ALICE), 10)).unwrap();
+    assert_eq!(pongs.len(), 1, "a redelivered message was processed twice");
+    assert_eq!(&pongs[0].payload[..16], ping.id.0.as_bytes());
+    let inbox = rt.block_on(bob_db.messages().inbox(Some(PING))).unwrap();
+    assert_eq!(inbox.len(), 1);
+}
+
+#[test]
+fn strangers_impostors_and_revoked_nodes_are_refused() {
+    let net = Net::new("refuse", &[ALICE, BOB, "O=Carol,L=Rome,C=IT"]);
+    let other = Net::new("refuse-other", &["O=Eve,L=Oslo,C=NO"]);
+    let _map = net.map();
+    let _bob = net.node(BOB);
+    let _alice = net.node(ALICE);
+    let _eve_map = other.map();
+    let _eve = other.node("O=Eve,L=Oslo,C=NO");
+    let rt = rt();
+    let bob_addr = net.p2p(BOB);
+    let eve_addr = other.p2p("O=Eve,L=Oslo,C=NO");
+    let alice = as_node(&net, ALICE);
+    let eve = as_node(&other, "O=Eve,L=Oslo,C=NO");
+    let hello = || vec![WireMessage { id: MessageId::random(), session: 1, topic: "test".into(), payload: vec![] }];
+    rt.block_on(async {
+        assert!(matches!(send_batch(&bob_addr, &alice, BOB, hello()).await, Ok(Frame::Ack(_))), "Alice should get through");
+        // Another network's node, both ways round.
+        let e = send_batch(&bob_addr, &eve, BOB, hello()).await.unwrap_err();
+        assert!(!e.is_empty(), "Eve got into Bob's network");
+        let e = send_batch(&eve_addr, &alice, "O=Eve,L=Oslo,C=NO", hello()).await.unwrap_err();
+        assert!(e.contains("certificate"), "Alice accepted another network's node: {e}");
+        // Bob's address, but Alice expects Carol there.
+        let e = send_batch(&bob_addr, &alice, "O=Carol,L=Rome,C=IT", hello()).await.unwrap_err();
+        assert!(e.contains("Bob") || e.contains("certificate"), "{e}");
+    });
+    // The operator revokes Alice; once Bob has polled the map he refuses her.
+    net.await_known(BOB, ALICE, false);
+    net.await_known(ALICE, BOB, false);
+    let (code, _, err) = run(&["network", "revoke", "--dir", net.dir.to_str().unwrap(), "--name", ALICE]);
+    assert_eq!(code, 0, "{err}");
+    net.await_known(BOB, ALICE, true);
+    rt.block_on(async {
+        let result = send_batch(&bob_addr, &alice, BOB, hello()).await;
+        assert!(!matches!(result, Ok(Frame::Ack(_))), "a revoked node got through: {result:?}");
+    });
+    // Nor does the running Alice node get through any more.
+    let (code, ping, _) = net.ping(ALICE, BOB, 1, 3);
+    assert_ne!(code, 0, "a revoked node's ping was delivered: {ping}");
+}
+
+#[test]
+fn with_the_network_map_down_known_nodes_keep_talking_and_restart_from_cache() {
+    let net = Net::new("mapdown", &[ALICE, BOB]);
+    let map = net.map();
+    let _alice = net.node(ALICE);
+    let bob = net.node(BOB);
+    net.await_known(ALICE, BOB, false);
+    net.await_known(BOB, ALICE, false);
+    map.kill();
+
+    let (code, _, err) = net.ping(ALICE, BOB, 3, 20);
+    assert_eq!(code, 0, "{err}");
+    bob.stop();
+    let _bob = net.node(BOB);
+    let (code, _, err) = net.ping(BOB, ALICE, 3, 20);
+    assert_eq!(code, 0, "Bob restarted without the map cannot reach Alice: {err}");
+}
+
+#[test]
+fn node_run_reports_config_errors_naming_file_and_key() {
+    let net = Net::new("badconfig", &[ALICE]);
+    let config = net.node_dir(ALICE).join("node.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("sqlite://node.db", "mysql://nope");
+    std::fs::write(&config, text).unwrap();
+    let (code, _, err) = run(&["node", "run", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("node.toml") && err.contains("database.url"), "{err}");
+}

@@ -1,0 +1,269 @@
+//! A running node: database, keys, network map follower, durable messaging over mutual TLS.
+//!
+//! Start-up does only local work before the node is ready (open and migrate the database,
+//! load keys, verify the network parameters, bind the p2p port); the network map is followed
+//! and the node's own info published in the background, so a node starts in well under a
+//! second and also starts while the map is down (from its cached copy of the map).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, X500Name, encoding};
+use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
+use treaty_net::messaging::{InboundMessage, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
+use treaty_net::signed::Signed;
+use treaty_netmap::{MapClient, MapFollower, NetworkView};
+use treaty_storage::{Database, SqlMessageStore};
+
+use crate::config::LoadedConfig;
+use crate::keys::{KeysError, NodeKeys};
+
+/// Topic of the diagnostic ping; the receiver answers with [`PONG`].
+pub const PING: &str = "treaty.diagnostics.ping";
+/// Topic of the answer to a [`PING`]: the ping's message id (16 bytes) then its payload.
+pub const PONG: &str = "treaty.diagnostics.pong";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Keys or certificates.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    /// The database.
+    #[error("database {url}: {message}")]
+    Database {
+        /// The configured URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The network parameters.
+    #[error("network parameters: {0}")]
+    Parameters(String),
+    /// The p2p port.
+    #[error("cannot listen on {address} (p2p.listen): {error}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The network map.
+    #[error("network map: {0}")]
+    Map(String),
+}
+
+/// The messenger a node runs.
+pub type NodeMessenger = Messenger<SqlMessageStore, TlsConnector>;
+
+/// A started node.
+pub struct RunningNode {
+    /// Its legal name.
+    pub name: X500Name,
+    /// Its database.
+    pub db: Database,
+    /// Its messenger.
+    pub messenger: NodeMessenger,
+    /// The network as the node sees it.
+    pub view: watch::Receiver<Arc<NetworkView>>,
+    /// The network parameters it runs under.
+    pub parameters: NetworkParameters,
+    /// How long start-up took.
+    pub started_in: Duration,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops the node's tasks. Everything durable stays in the database.
+    pub fn stop(self) {
+        self.messenger.shutdown();
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Finds peers in the node's view of the network map; revoked peers are not admitted.
+struct ViewDirectory(watch::Receiver<Arc<NetworkView>>);
+
+impl PeerDirectory for ViewDirectory {
+    fn addresses(&self, peer: &X500Name) -> Vec<String> {
+        self.0.borrow().addresses(peer).map(<[String]>::to_vec).unwrap_or_default()
+    }
+    fn admits(&self, peer: &X500Name) -> bool {
+        !self.0.borrow().revocations.names.contains(peer)
+    }
+}
+
+/// The network parameters: the node directory's copy (written by bootstrap), else the cached
+/// map's; either must be signed by the trusted network-map key.
+async fn parameters(config: &LoadedConfig, db: &Database) -> Result<(Signed, NetworkParameters), NodeError> {
+    let file = config.dir.join("network-parameters.signed");
+    let signed = match std::fs::read(&file) {
+        Ok(bytes) => encoding::decode::<Signed>(&bytes).map_err(|e| NodeError::Parameters(format!("{}: {e}", file.display())))?,
+        Err(_) => match db.network_map().load().await.map_err(|e| NodeError::Parameters(e.to_string()))? {
+            Some(snapshot) => snapshot.parameters,
+            None => {
+                return Err(NodeError::Parameters(format!(
+                    "{} is missing and no network map has been cached yet; copy the network's network-parameters.signed there",
+                    file.display()
+                )));
+            }
+        },
+    };
+    let params = verify_parameters(&signed, &config.network_map_key)
+        .map_err(|e| NodeError::Parameters(format!("{}: {e} (network_map.trusted_key)", file.display())))?;
+    if params.minimum_platform_version > PLATFORM_VERSION {
+        return Err(NodeError::Parameters(format!(
+            "the network requires platform version {} but this node runs {PLATFORM_VERSION}; upgrade Treaty",
+            params.minimum_platform_version
+        )));
+    }
+    Ok((signed, params))
+}
+
+/// Starts a node. Returns once it accepts connections; incoming application messages other
+/// than diagnostics are left in the inbox for the flow engine.
+pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
+    let began = Instant::now();
+    let keys = NodeKeys::load(&config.dir)?;
+    let url = config.raw.database.url.clone();
+    let db = Database::open(&url, &config.dir).await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
+    let (signed_parameters, parameters) = parameters(config, &db).await?;
+    let listener = TcpListener::bind(config.p2p).await.map_err(|error| NodeError::Listen { address: config.p2p, error })?;
+
+    let client = MapClient::new(&config.raw.network_map.url).map_err(|e| NodeError::Map(e.to_string()))?;
+    let (view, follower) = follow_map(config, &keys, &db, &client, &signed_parameters, &parameters).await;
+    *keys.tls.revoked.write().unwrap_or_else(|p| p.into_inner()) = view.borrow().revocations.clone();
+
+    let limit = parameters.max_message_size;
+    let config_m = MessengerConfig { max_message_size: limit, ..MessengerConfig::default() };
+    let directory: Arc<dyn PeerDirectory> = Arc::new(ViewDirectory(view.clone()));
+    let (messenger, inbox) =
+        Messenger::new(config.legal_name.clone(), Arc::new(db.messages()), TlsConnector::new(keys.tls.clone(), limit), directory, config_m);
+
+    let mut tasks = vec![follower];
+    let server = messenger.clone();
+    let tls = keys.tls.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = serve_tls(listener, &tls, limit, move |link, peer| {
+            let server = server.clone();
+            async move { server.serve_link(link, peer).await }
+        })
+        .await;
+        if let Err(e) = served {
+            tracing::error!("p2p listener stopped: {e}");
+        }
+    }));
+    tasks.push(tokio::spawn(follow_revocations(view.clone(), keys.tls.revoked.clone())));
+    tasks.push(tokio::spawn(diagnostics(messenger.clone(), inbox)));
+    messenger.start().await.map_err(|e| NodeError::Database { url, message: e.to_string() })?;
+
+    let info = NodeInfo {
+        addresses: vec![config.raw.p2p.listen.clone()],
+        platform_version: PLATFORM_VERSION,
+        legal_identity: Party { name: config.legal_name.clone(), owning_key: keys.identity.public() },
+        identity_chain: keys.identity_chain.clone(),
+        // Later publications must win: milliseconds since the epoch only grow.
+        serial: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+    };
+    let signed = Signed::sign(kinds::NODE_INFO, &info, &keys.identity);
+    let publishing = treaty_netmap::publish_until_accepted(client, signed);
+    tasks.push(tokio::spawn(async move {
+        match publishing.await {
+            Ok(Ok(())) => tracing::info!("node info published to the network map"),
+            Ok(Err(e)) => tracing::error!("the network map refused this node's info: {e}"),
+            Err(_) => {}
+        }
+    }));
+    Ok(RunningNode { name: config.legal_name.clone(), db, messenger, view, parameters, started_in: began.elapsed(), tasks })
+}
+
+/// Follows the network map in the background. The view starts from the node's verified local
+/// parameters with no peers; the follower replaces it with the cached map at once when there
+/// is one (waited for briefly, so revocations apply before the first connection) and with the
+/// map's own when it answers. The node never waits for the map to be up.
+async fn follow_map(
+    config: &LoadedConfig,
+    keys: &NodeKeys,
+    db: &Database,
+    client: &MapClient,
+    signed_parameters: &Signed,
+    parameters: &NetworkParameters,
+) -> (watch::Receiver<Arc<NetworkView>>, JoinHandle<()>) {
+    let cached = matches!(db.network_map().load().await, Ok(Some(_)));
+    let initial = NetworkView {
+        parameters: parameters.clone(),
+        parameters_hash: parameters.hash(),
+        parameters_document: treaty_netmap::signed_hash(signed_parameters),
+        revocations: Default::default(),
+        nodes: Default::default(),
+        from_cache: true,
+        fetched_at_secs: 0,
+    };
+    let (tx, mut rx) = watch::channel(Arc::new(initial));
+    let follower = MapFollower::new(
+        client.clone(),
+        config.network_map_key.clone(),
+        keys.tls.root.as_ref().clone(),
+        Arc::new(db.network_map()),
+        config.poll_interval,
+    );
+    let task = tokio::spawn(async move {
+        let mut views = match follower.start().await {
+            Ok((views, _task)) => views,
+            Err(e) => {
+                tracing::error!("cannot follow the network map: {e}");
+                return;
+            }
+        };
+        loop {
+            let view = views.borrow_and_update().clone();
+            if tx.send(view).is_err() {
+                return;
+            }
+            if views.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    if cached {
+        let _ = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+        rx.borrow_and_update();
+    }
+    (rx, task)
+}
+
+/// Keeps the TLS verifiers' revocation list in step with the network map.
+async fn follow_revocations(mut view: watch::Receiver<Arc<NetworkView>>, revoked: Arc<std::sync::RwLock<treaty_net::pki::RevocationList>>) {
+    while view.changed().await.is_ok() {
+        let list = view.borrow().revocations.clone();
+        *revoked.write().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+}
+
+/// Answers pings, records pongs; leaves everything else in the inbox for the flow engine.
+async fn diagnostics(messenger: NodeMessenger, mut inbox: mpsc::Receiver<InboundMessage>) {
+    while let Some(m) = inbox.recv().await {
+        match m.topic.as_str() {
+            PING => {
+                let payload = [m.id.0.as_bytes().as_slice(), &m.payload].concat();
+                let pong = Outgoing { destination: m.sender.clone(), session: m.session, topic: PONG.into(), payload };
+                match messenger.send(vec![pong]).await {
+                    Ok(_) => {
+                        let _ = messenger.processed(&[m.id]).await;
+                    }
+                    Err(e) => tracing::warn!("cannot answer a ping from {}: {e}", m.sender),
+                }
+            }
+            PONG => {
+                let _ = messenger.processed(&[m.id]).await;
+            }
+            other => tracing::debug!("message on topic {other} from {} kept in the inbox", m.sender),
+        }
+    }
+}
