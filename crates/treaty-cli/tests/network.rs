@@ -216,6 +216,9 @@ fn network_run_starts_everything_and_stops_everything() {
     assert_eq!(ping["delivered"], 20);
     let rt = rt();
     eventually("every ping answered", || pongs(&net, ALICE, &rt) == 20);
+    // Alice recorded Bob's well-known identity, certified, from the map.
+    let bob = rt.block_on(net.db(ALICE, &rt).identities().by_name(&name(BOB))).unwrap().expect("Bob's identity recorded");
+    assert_eq!(bob.certificate_chain.len(), 3);
 
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
@@ -374,4 +377,71 @@ fn node_run_reports_config_errors_naming_file_and_key() {
     let (code, _, err) = run(&["node", "run", "--config", config.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("node.toml") && err.contains("database.url"), "{err}");
+}
+
+/// A fresh PostgreSQL database on the test server (scripts/pg.sh), dropped at the end; `None`
+/// (test skipped, said so) when no server is configured and none is required.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(rt: &tokio::runtime::Runtime) -> Option<PgDatabase> {
+        let Ok(admin) = std::env::var("TREATY_TEST_POSTGRES_URL") else {
+            assert!(
+                !std::env::var("TREATY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1"),
+                "TREATY_REQUIRE_POSTGRES=1 but TREATY_TEST_POSTGRES_URL is not set: run scripts/test.sh or eval \"$(scripts/pg.sh start)\""
+            );
+            eprintln!("skipped: TREATY_TEST_POSTGRES_URL not set (eval \"$(scripts/pg.sh start)\" to run the PostgreSQL tests)");
+            return None;
+        };
+        let name = format!("treaty_node_{}_{}", std::process::id(), rand_suffix());
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&admin).await.expect("connect to the test PostgreSQL");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.expect("create database");
+            pool.close().await;
+        });
+        let (base, _) = admin.rsplit_once('/').expect("URL has a database path");
+        Some(PgDatabase { url: format!("{base}/{name}"), admin, name })
+    }
+
+    fn drop_with(self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&self.admin).await.expect("connect to the test PostgreSQL");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&pool).await;
+            pool.close().await;
+        });
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+}
+
+#[test]
+fn a_node_on_postgresql_receives_what_was_sent_while_it_was_down() {
+    let rt = rt();
+    let Some(pg) = PgDatabase::create(&rt) else { return };
+    let net = Net::new("postgres", &[ALICE, BOB]);
+    let config = net.node_dir(BOB).join("node.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("sqlite://node.db", &pg.url);
+    std::fs::write(&config, text).unwrap();
+    let _map = net.map();
+    let _alice = net.node(ALICE);
+    let bob = net.node(BOB);
+    net.await_known(ALICE, BOB, false);
+    let (code, _, err) = net.ping(ALICE, BOB, 10, 20);
+    assert_eq!(code, 0, "{err}");
+    bob.stop();
+    let (code, _, _) = net.ping(ALICE, BOB, 5, 1);
+    assert_ne!(code, 0, "delivered to a stopped node?");
+    let _bob = net.node(BOB);
+    eventually("pings delivered to Bob on PostgreSQL", || pongs(&net, ALICE, &rt) == 15);
+    let bob_db = rt.block_on(Database::open(&pg.url, &net.node_dir(BOB))).unwrap();
+    assert_eq!(rt.block_on(bob_db.messages().inbox(Some(PING))).unwrap().len(), 15);
+    rt.block_on(bob_db.close());
+    drop(_bob);
+    pg.drop_with(&rt);
 }

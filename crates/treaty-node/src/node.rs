@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, X500Name, encoding};
 use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
-use treaty_net::messaging::{InboundMessage, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
+use treaty_net::messaging::{InboundMessage, MessageId, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
 use treaty_net::signed::Signed;
 use treaty_netmap::{MapClient, MapFollower, NetworkView};
-use treaty_storage::{Database, SqlMessageStore};
+use treaty_storage::{Database, IdentityRecord, SqlMessageStore};
 
 use crate::config::LoadedConfig;
 use crate::keys::{KeysError, NodeKeys};
@@ -159,7 +159,7 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
             tracing::error!("p2p listener stopped: {e}");
         }
     }));
-    tasks.push(tokio::spawn(follow_revocations(view.clone(), keys.tls.revoked.clone())));
+    tasks.push(tokio::spawn(follow_view(view.clone(), keys.tls.revoked.clone(), db.clone())));
     tasks.push(tokio::spawn(diagnostics(messenger.clone(), inbox)));
     messenger.start().await.map_err(|e| NodeError::Database { url, message: e.to_string() })?;
 
@@ -238,11 +238,36 @@ async fn follow_map(
     (rx, task)
 }
 
-/// Keeps the TLS verifiers' revocation list in step with the network map.
-async fn follow_revocations(mut view: watch::Receiver<Arc<NetworkView>>, revoked: Arc<std::sync::RwLock<treaty_net::pki::RevocationList>>) {
-    while view.changed().await.is_ok() {
-        let list = view.borrow().revocations.clone();
-        *revoked.write().unwrap_or_else(|p| p.into_inner()) = list;
+/// Keeps the TLS verifiers' revocation list in step with the network map, and the identity
+/// table (well-known parties with their certificate chains, for flows to look up) too.
+async fn follow_view(
+    mut view: watch::Receiver<Arc<NetworkView>>,
+    revoked: Arc<std::sync::RwLock<treaty_net::pki::RevocationList>>,
+    db: Database,
+) {
+    let mut known: std::collections::BTreeMap<X500Name, u64> = Default::default();
+    loop {
+        let current = view.borrow_and_update().clone();
+        *revoked.write().unwrap_or_else(|p| p.into_inner()) = current.revocations.clone();
+        for (name, info) in &current.nodes {
+            if known.get(name) == Some(&info.serial) {
+                continue;
+            }
+            let record = IdentityRecord {
+                name: name.clone(),
+                owning_key: info.legal_identity.owning_key.clone(),
+                certificate_chain: info.identity_chain.clone(),
+            };
+            match db.identities().put(&record).await {
+                Ok(()) => {
+                    known.insert(name.clone(), info.serial);
+                }
+                Err(e) => tracing::warn!("cannot record the identity of {name}: {e}"),
+            }
+        }
+        if view.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -253,11 +278,21 @@ async fn diagnostics(messenger: NodeMessenger, mut inbox: mpsc::Receiver<Inbound
             PING => {
                 let payload = [m.id.0.as_bytes().as_slice(), &m.payload].concat();
                 let pong = Outgoing { destination: m.sender.clone(), session: m.session, topic: PONG.into(), payload };
-                match messenger.send(vec![pong]).await {
-                    Ok(_) => {
-                        let _ = messenger.processed(&[m.id]).await;
+                // A derived id: if this node dies between answering and marking the ping
+                // processed, the ping comes back at start-up and the second answer is dropped
+                // by the receiver as a duplicate (or is still in the outbox).
+                let id = MessageId::derived(&m.id, PONG);
+                let answered = match messenger.send_with_ids(vec![(id, pong)]).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        matches!(messenger.in_outbox(&m.sender, &id).await, Ok(true)) || {
+                            tracing::warn!("cannot answer a ping from {}: {e}", m.sender);
+                            false
+                        }
                     }
-                    Err(e) => tracing::warn!("cannot answer a ping from {}: {e}", m.sender),
+                };
+                if answered {
+                    let _ = messenger.processed(&[m.id]).await;
                 }
             }
             PONG => {

@@ -262,20 +262,28 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
     /// none; durable when this returns) and wakes their senders. Messages to this node itself
     /// go straight to its inbox.
     pub async fn send(&self, messages: Vec<Outgoing>) -> Result<Vec<MessageId>, MessagingError> {
+        let with_ids = messages.into_iter().map(|m| (MessageId::random(), m)).collect();
+        self.send_with_ids(with_ids).await
+    }
+
+    /// [`Messenger::send`] with ids chosen by the caller — derived ids
+    /// ([`MessageId::derived`]) make a resend after a crash harmless, because the receiver
+    /// drops an id it has seen. An id still in the outbox is an error
+    /// ([`Messenger::in_outbox`] tells whether that is the case).
+    pub async fn send_with_ids(&self, messages: Vec<(MessageId, Outgoing)>) -> Result<Vec<MessageId>, MessagingError> {
         let limit = self.inner.config.max_message_size;
-        for m in &messages {
+        for (_, m) in &messages {
             let size = wire_size(&m.topic, &m.payload) + FRAME_OVERHEAD as u64;
             if size > limit {
                 return Err(MessagingError::TooLarge { destination: m.destination.to_string(), topic: m.topic.clone(), size, limit });
             }
         }
-        let (local, remote): (Vec<Outgoing>, Vec<Outgoing>) = messages.into_iter().partition(|m| m.destination == self.inner.me);
+        let (local, remote): (Vec<_>, Vec<_>) = messages.into_iter().partition(|(_, m)| m.destination == self.inner.me);
         let mut ids = Vec::new();
         let mut destinations = Vec::new();
         let outbound: Vec<OutboundMessage> = remote
             .into_iter()
-            .map(|m| {
-                let id = MessageId::random();
+            .map(|(id, m)| {
                 ids.push(id);
                 if !destinations.contains(&m.destination) {
                     destinations.push(m.destination.clone());
@@ -289,8 +297,7 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
         if !local.is_empty() {
             let inbound: Vec<InboundMessage> = local
                 .into_iter()
-                .map(|m| {
-                    let id = MessageId::random();
+                .map(|(id, m)| {
                     ids.push(id);
                     InboundMessage { id, sender: self.inner.me.clone(), session: m.session, topic: m.topic, payload: m.payload }
                 })
@@ -303,6 +310,11 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             self.wake(d);
         }
         Ok(ids)
+    }
+
+    /// Whether message `id` for `destination` is still in the outbox (not yet acknowledged).
+    pub async fn in_outbox(&self, destination: &X500Name, id: &MessageId) -> Result<bool, StoreError> {
+        Ok(self.inner.store.outbox(destination, usize::MAX).await?.iter().any(|m| &m.id == id))
     }
 
     /// Marks inbox messages processed: they will not be handed over again.

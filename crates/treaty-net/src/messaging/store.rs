@@ -27,6 +27,19 @@ impl MessageId {
     }
 }
 
+impl MessageId {
+    /// An id derived from another message's id and a purpose (a version 8 UUID from SHA-256).
+    /// A handler that answers message `m` with id `derived(m, "reply")` may run twice after a
+    /// crash and still be processed once: the receiver's inbox drops the second copy.
+    pub fn derived(base: &MessageId, purpose: &str) -> MessageId {
+        let digest =
+            treaty_core::SecureHash::sha256(&[b"TREATY/MESSAGE-ID/v1\0".as_slice(), base.0.as_bytes(), purpose.as_bytes()].concat());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_bytes()[..16]);
+        MessageId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+}
+
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
