@@ -117,8 +117,9 @@ async fn lossy_network_delivers_every_message_exactly_once_in_session_order() {
     let net = SimNetwork::new();
     net.set_faults(Faults { latency: Duration::from_millis(1), jitter: Duration::from_millis(2), loss: 0.25 });
     let dir = Directory::default();
-    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
-    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), MessengerConfig { max_batch: 7, ..fast() }).await;
+    // Small batches: many frames, so losses certainly happen.
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), MessengerConfig { max_batch: 7, ..fast() }).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
     let mut carol = start(&net, &dir, "O=Carol,L=Rome,C=IT", Default::default(), fast()).await;
     for n in 0..60 {
         let batch = (0..4).flat_map(|s| [msg(&bob.name, s, n), msg(&carol.name, 10 + s, n)]).collect();
