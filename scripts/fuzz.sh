@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Runs one cargo-fuzz target of treaty-core for a while, after writing the seed corpus.
+# Runs one cargo-fuzz target (decoders of bytes from the network) for a while, after writing the seed corpus.
 #
 #   scripts/fuzz.sh TARGET [SECONDS] [extra libFuzzer flags...]
 #   scripts/fuzz.sh signed_transaction 300
 #   scripts/fuzz.sh list                      # the targets
 #
-# Targets: signed_transaction, filtered_transaction, public_key (fuzz/fuzz_targets/).
+# Targets: signed_transaction, filtered_transaction, public_key, wire_frame, signed_node_info (fuzz/fuzz_targets/).
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The fuzz crate is
 # not part of the main workspace and builds into fuzz/target, so it never locks the main build.
 # The corpus (fuzz/corpus/TARGET) and crash artifacts (fuzz/artifacts/TARGET) are git-ignored.

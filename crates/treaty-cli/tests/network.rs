@@ -369,6 +369,18 @@ fn with_the_network_map_down_known_nodes_keep_talking_and_restart_from_cache() {
 }
 
 #[test]
+fn a_node_refuses_network_parameters_not_signed_by_the_key_it_trusts() {
+    let net = Net::new("params", &[ALICE]);
+    let other = Net::new("params-other", &[BOB]);
+    // Alice's directory gets the other network's (validly signed, wrongly signed for her) parameters.
+    std::fs::copy(other.node_dir(BOB).join("network-parameters.signed"), net.node_dir(ALICE).join("network-parameters.signed")).unwrap();
+    let config = net.node_dir(ALICE).join("node.toml");
+    let (code, _, err) = run(&["node", "run", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("network parameters") && err.contains("only") && err.contains("trusted"), "{err}");
+}
+
+#[test]
 fn node_run_reports_config_errors_naming_file_and_key() {
     let net = Net::new("badconfig", &[ALICE]);
     let config = net.node_dir(ALICE).join("node.toml");

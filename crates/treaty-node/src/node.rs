@@ -147,6 +147,11 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
         Messenger::new(config.legal_name.clone(), Arc::new(db.messages()), TlsConnector::new(keys.tls.clone(), limit), directory, config_m);
 
     let mut tasks = vec![follower];
+    tasks.push(tokio::spawn(follow_view(view.clone(), keys.tls.revoked.clone(), db.clone())));
+    tasks.push(tokio::spawn(diagnostics(messenger.clone(), inbox)));
+    // Messages stored but not processed before a restart are handed over before new ones can
+    // arrive: start the messenger, then accept connections.
+    messenger.start().await.map_err(|e| NodeError::Database { url, message: e.to_string() })?;
     let server = messenger.clone();
     let tls = keys.tls.clone();
     tasks.push(tokio::spawn(async move {
@@ -159,9 +164,6 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
             tracing::error!("p2p listener stopped: {e}");
         }
     }));
-    tasks.push(tokio::spawn(follow_view(view.clone(), keys.tls.revoked.clone(), db.clone())));
-    tasks.push(tokio::spawn(diagnostics(messenger.clone(), inbox)));
-    messenger.start().await.map_err(|e| NodeError::Database { url, message: e.to_string() })?;
 
     let info = NodeInfo {
         addresses: vec![config.raw.p2p.listen.clone()],
