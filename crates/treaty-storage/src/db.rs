@@ -189,12 +189,25 @@ impl Database {
                 // 64 MiB page cache per connection (default 2 MiB): the inbox's dedup index
                 // grows forever with random UUID keys, and misses dominate `receive`.
                 .pragma("cache_size", "-65536");
-            let pool = SqlitePoolOptions::new()
-                .max_connections(SQLITE_MAX_CONNECTIONS)
-                .acquire_timeout(Duration::from_secs(60))
-                .connect_with(options)
-                .await
-                .map_err(|source| StorageError::Connect { url: format!("{shown} (file {})", file.display()), source })?;
+            // Switching a fresh file to WAL takes a lock the busy handler does not wait for, so
+            // two processes opening the same new database at once can see "database is
+            // locked" here: retry that for a while instead of failing.
+            let mut attempt = 0u32;
+            let pool = loop {
+                let opened = SqlitePoolOptions::new()
+                    .max_connections(SQLITE_MAX_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_with(options.clone())
+                    .await;
+                match opened {
+                    Ok(pool) => break pool,
+                    Err(sqlx::Error::Database(e)) if attempt < 100 && (e.message().contains("locked") || e.message().contains("busy")) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20 + 5 * u64::from(attempt))).await;
+                    }
+                    Err(source) => return Err(StorageError::Connect { url: format!("{shown} (file {})", file.display()), source }),
+                }
+            };
             Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())) }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|e| invalid(&format!("not a valid PostgreSQL URL: {e}")))?;

@@ -1,0 +1,356 @@
+//! [`FlowContext`]: everything a flow may do to the world, each step journaled before it
+//! counts and answered from the journal when the flow is replayed after a restart.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use treaty_core::{X500Name, encoding};
+use treaty_net::messaging::MessageId;
+
+use crate::engine::Shared;
+use crate::error::FlowError;
+use crate::journal::{Ask, Entry, FlowId, Received};
+use crate::protocol::{Envelope, SessionMessage};
+
+/// A conversation with one counterparty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The id the initiating side chose.
+    pub id: u64,
+    /// The counterparty.
+    pub party: X500Name,
+    /// Whether this side opened it.
+    pub initiator: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct SessionState {
+    pub(crate) party: Option<X500Name>,
+    pub(crate) initiator: bool,
+    pub(crate) init_sent: bool,
+}
+
+/// A flow's in-memory state while it runs.
+pub(crate) struct Run {
+    pub(crate) id: FlowId,
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) journal: Mutex<Vec<Entry>>,
+    pub(crate) cursor: Mutex<usize>,
+    pub(crate) seen: Mutex<HashSet<MessageId>>,
+    pub(crate) queues: Mutex<HashMap<u64, VecDeque<(MessageId, Received)>>>,
+    pub(crate) sessions: Mutex<HashMap<u64, SessionState>>,
+    pub(crate) notify: Notify,
+    pub(crate) opened: Mutex<u64>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Run {
+    pub(crate) fn new(id: FlowId, name: String, version: u32, journal: Vec<Entry>, initiator: Option<(X500Name, u64)>) -> Run {
+        let mut seen = HashSet::new();
+        let mut sessions: HashMap<u64, SessionState> = HashMap::new();
+        for e in &journal {
+            match e {
+                Entry::Received { message, .. } => {
+                    seen.insert(*message);
+                }
+                Entry::Opened { session, party } => {
+                    sessions.insert(*session, SessionState { party: Some(party.clone()), initiator: true, init_sent: false });
+                }
+                Entry::Sent { session, .. } => {
+                    if let Some(s) = sessions.get_mut(session) {
+                        s.init_sent = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some((party, session)) = initiator {
+            sessions.insert(session, SessionState { party: Some(party), initiator: false, init_sent: true });
+        }
+        Run {
+            id,
+            name,
+            version,
+            journal: Mutex::new(journal),
+            cursor: Mutex::new(0),
+            seen: Mutex::new(seen),
+            queues: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(sessions),
+            notify: Notify::new(),
+            opened: Mutex::new(0),
+        }
+    }
+
+    /// Queues a received message for its session and wakes the flow.
+    pub(crate) fn push(&self, session: u64, id: MessageId, received: Received) {
+        lock(&self.queues).entry(session).or_default().push_back((id, received));
+        self.notify.notify_one();
+    }
+
+    /// Sessions to tell when the flow ends: (session id, party, whether the message goes to the initiator).
+    pub(crate) fn open_sessions(&self) -> Vec<(u64, X500Name, bool)> {
+        lock(&self.sessions)
+            .iter()
+            .filter(|(_, s)| !s.initiator || s.init_sent)
+            .filter_map(|(id, s)| s.party.clone().map(|p| (*id, p, !s.initiator)))
+            .collect()
+    }
+}
+
+/// What a flow touches the world through. Cheap to clone.
+#[derive(Clone)]
+pub struct FlowContext {
+    pub(crate) run: Arc<Run>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl FlowContext {
+    /// This flow's id.
+    pub fn id(&self) -> FlowId {
+        self.run.id
+    }
+
+    /// The node this flow runs on.
+    pub fn me(&self) -> &X500Name {
+        &self.shared.me
+    }
+
+    /// For a responder: the session its initiator opened.
+    pub fn initiating_session(&self) -> Option<Session> {
+        lock(&self.run.sessions)
+            .iter()
+            .find(|(_, s)| !s.initiator)
+            .and_then(|(id, s)| s.party.clone().map(|party| Session { id: *id, party, initiator: false }))
+    }
+
+    /// The recorded entry for the next step when replaying, or `None` when running live.
+    fn replay(&self, ask: &Ask) -> Result<Option<Entry>, FlowError> {
+        let journal = lock(&self.run.journal);
+        let mut cursor = lock(&self.run.cursor);
+        let Some(entry) = journal.get(*cursor) else { return Ok(None) };
+        if !ask.matches(entry) {
+            return Err(FlowError::CodeChanged {
+                flow: self.run.name.clone(),
+                step: *cursor,
+                journal: entry.describe(),
+                code: ask.describe(),
+            });
+        }
+        *cursor += 1;
+        Ok(Some(entry.clone()))
+    }
+
+    /// Makes a live step durable: appends it to the journal in the store, then in memory.
+    async fn record(&self, entry: Entry) -> Result<(), FlowError> {
+        let index = *lock(&self.run.cursor);
+        self.shared.store.append(self.run.id, index, &entry).await?;
+        lock(&self.run.journal).push(entry);
+        *lock(&self.run.cursor) += 1;
+        Ok(())
+    }
+
+    fn step_index(&self) -> usize {
+        *lock(&self.run.cursor)
+    }
+
+    /// Opens a session with `party`; the counterparty's responder starts when the first
+    /// message arrives.
+    pub async fn initiate(&self, party: &X500Name) -> Result<Session, FlowError> {
+        if party == &self.shared.me {
+            return Err(FlowError::Invalid(format!("flow {} cannot open a session with its own node", self.run.name)));
+        }
+        if let Some(check) = &self.shared.counterparty_check {
+            check(party, &self.run.name).map_err(|reason| FlowError::CounterpartyRefused { party: party.to_string(), reason })?;
+        }
+        let ask = Ask::Open(party.clone());
+        let session = match self.replay(&ask)? {
+            Some(Entry::Opened { session, .. }) => session,
+            _ => {
+                let n = {
+                    let mut opened = lock(&self.run.opened);
+                    *opened += 1;
+                    *opened
+                };
+                let derived = MessageId::derived(&MessageId(self.run.id.0), &format!("session-{n}-{}", self.step_index()));
+                let session = u64::from_be_bytes(derived.0.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+                self.record(Entry::Opened { session, party: party.clone() }).await?;
+                session
+            }
+        };
+        lock(&self.run.sessions).entry(session).or_insert(SessionState { party: Some(party.clone()), initiator: true, init_sent: false });
+        self.shared.bind(party.clone(), session, true, self.run.id);
+        Ok(Session { id: session, party: party.clone(), initiator: true })
+    }
+
+    async fn transmit(&self, session: &Session, id: MessageId, message: SessionMessage) -> Result<(), FlowError> {
+        let envelope = Envelope { to_initiator: !session.initiator, message };
+        self.shared.transport.send(id, session.party.clone(), session.id, encoding::encode(&envelope)).await
+    }
+
+    /// Sends `value` (BCS) on `session`.
+    pub async fn send<T: Serialize>(&self, session: &Session, value: &T) -> Result<(), FlowError> {
+        let ask = Ask::Send(session.id);
+        if self.replay(&ask)?.is_some() {
+            self.mark_init_sent(session);
+            return Ok(());
+        }
+        let id = MessageId::derived(&MessageId(self.run.id.0), &format!("step-{}", self.step_index()));
+        let payload = encoding::encode(value);
+        let message = if session.initiator && !self.init_sent(session) {
+            SessionMessage::Init { flow: self.run.name.clone(), version: self.run.version, payload: Some(payload) }
+        } else {
+            SessionMessage::Data(payload)
+        };
+        self.transmit(session, id, message).await?;
+        self.record(Entry::Sent { session: session.id, message: id }).await?;
+        self.mark_init_sent(session);
+        Ok(())
+    }
+
+    fn init_sent(&self, session: &Session) -> bool {
+        lock(&self.run.sessions).get(&session.id).is_some_and(|s| s.init_sent)
+    }
+
+    fn mark_init_sent(&self, session: &Session) {
+        if let Some(s) = lock(&self.run.sessions).get_mut(&session.id) {
+            s.init_sent = true;
+        }
+    }
+
+    /// Receives the next message on `session` and decodes it as a `T`.
+    pub async fn receive<T: DeserializeOwned>(&self, session: &Session) -> Result<T, FlowError> {
+        let ask = Ask::Receive(session.id);
+        let outcome = match self.replay(&ask)? {
+            Some(Entry::Received { outcome, .. }) => outcome,
+            _ => self.receive_live(session).await?,
+        };
+        match outcome {
+            Received::Data(bytes) => encoding::decode(&bytes).map_err(|e| FlowError::BadMessage {
+                party: session.party.to_string(),
+                flow: self.run.name.clone(),
+                expected: std::any::type_name::<T>().to_string(),
+                reason: e.to_string(),
+            }),
+            Received::Error(message) => {
+                Err(FlowError::Counterparty { party: session.party.to_string(), flow: self.run.name.clone(), message })
+            }
+            Received::Ended => Err(FlowError::SessionEnded { party: session.party.to_string(), flow: self.run.name.clone() }),
+        }
+    }
+
+    async fn receive_live(&self, session: &Session) -> Result<Received, FlowError> {
+        if session.initiator && !self.init_sent(session) {
+            // Receiving first: open the session with an empty Init (idempotent id).
+            let id = MessageId::derived(&MessageId(self.run.id.0), &format!("init-{}", session.id));
+            self.transmit(session, id, SessionMessage::Init { flow: self.run.name.clone(), version: self.run.version, payload: None })
+                .await?;
+            self.mark_init_sent(session);
+        }
+        loop {
+            let notified = self.run.notify.notified();
+            let next = lock(&self.run.queues).get_mut(&session.id).and_then(VecDeque::pop_front);
+            match next {
+                Some((id, received)) => {
+                    if lock(&self.run.seen).contains(&id) {
+                        self.shared.transport.processed(vec![id]).await?;
+                        continue;
+                    }
+                    if let Err(e) = self.record(Entry::Received { session: session.id, message: id, outcome: received.clone() }).await {
+                        // Not journaled: keep it for the retry.
+                        lock(&self.run.queues).entry(session.id).or_default().push_front((id, received));
+                        return Err(e);
+                    }
+                    lock(&self.run.seen).insert(id);
+                    self.shared.transport.processed(vec![id]).await?;
+                    return Ok(received);
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Sends `value`, then receives a `R`.
+    pub async fn send_and_receive<T: Serialize, R: DeserializeOwned>(&self, session: &Session, value: &T) -> Result<R, FlowError> {
+        self.send(session, value).await?;
+        self.receive(session).await
+    }
+
+    /// The time (microseconds since the Unix epoch), the same on replay.
+    pub async fn now(&self) -> Result<i64, FlowError> {
+        if let Some(Entry::Now(t)) = self.replay(&Ask::Now)? {
+            return Ok(t);
+        }
+        let t = crate::now_micros();
+        self.record(Entry::Now(t)).await?;
+        Ok(t)
+    }
+
+    /// A random number, the same on replay.
+    pub async fn random(&self) -> Result<u64, FlowError> {
+        if let Some(Entry::Random(r)) = self.replay(&Ask::Random)? {
+            return Ok(r);
+        }
+        let r = rand::random();
+        self.record(Entry::Random(r)).await?;
+        Ok(r)
+    }
+
+    /// Sleeps until `until` (microseconds since the Unix epoch); after a restart it wakes at
+    /// the same time, not later by the time it was down.
+    pub async fn sleep_until(&self, until: i64) -> Result<(), FlowError> {
+        if self.replay(&Ask::Sleep)?.is_some() {
+            return Ok(());
+        }
+        let wait = until.saturating_sub(crate::now_micros());
+        if wait > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(wait as u64)).await;
+        }
+        self.record(Entry::Slept(until)).await
+    }
+
+    /// Runs `effect` once: its result is journaled under `key` and returned again on replay.
+    /// If the node dies while it runs, it runs again after the restart — give the outside
+    /// system `key` so it can recognise the repeat.
+    pub async fn side_effect<T, F, Fut>(&self, key: &str, effect: F) -> Result<T, FlowError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, FlowError>>,
+    {
+        let ask = Ask::SideEffect(key.to_string());
+        if let Some(Entry::SideEffect { result, .. }) = self.replay(&ask)? {
+            return encoding::decode(&result).map_err(|e| FlowError::Invalid(format!("journaled result of side effect {key:?}: {e}")));
+        }
+        let idempotency_key = format!("{}/{key}", self.run.id);
+        let value = effect(idempotency_key).await?;
+        self.record(Entry::SideEffect { key: key.to_string(), result: encoding::encode(&value) }).await?;
+        Ok(value)
+    }
+
+    /// Reports a progress step (shown to clients waiting for the flow).
+    pub async fn progress(&self, step: &str) -> Result<(), FlowError> {
+        if self.replay(&Ask::Progress(step.to_string()))?.is_some() {
+            return Ok(());
+        }
+        self.record(Entry::Progress(step.to_string())).await?;
+        let _ = self.shared.progress.send((self.run.id, step.to_string()));
+        Ok(())
+    }
+
+    /// Runs the registered flow `name` as part of this one (its steps join this journal).
+    pub async fn subflow(&self, name: &str, args: serde_json::Value) -> Result<serde_json::Value, FlowError> {
+        let def = self
+            .shared
+            .registry
+            .get(name)
+            .ok_or_else(|| FlowError::UnknownFlow { name: name.to_string(), known: self.shared.registry.names() })?;
+        (def.run)(self.clone(), args).await
+    }
+}

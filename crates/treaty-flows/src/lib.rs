@@ -1,0 +1,26 @@
+//! # treaty-flows
+//!
+//! Durable flows (white paper "Flow framework"): a flow is an `async fn` over a
+//! [`FlowContext`]; every step that touches the world — opening a session, sending, receiving,
+//! reading the clock, drawing randomness, sleeping, running a side effect, reporting progress —
+//! is journaled in the node database before it counts. After a crash the [`FlowEngine`]
+//! replays each unfinished flow against its journal and it carries on live. A flow whose code
+//! asks for a different step than its journal holds stops with [`FlowError::CodeChanged`].
+
+mod context;
+mod engine;
+mod error;
+pub mod journal;
+pub mod protocol;
+pub mod store;
+
+pub use context::{FlowContext, Session};
+pub use engine::{CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, Registry, Transport};
+pub use error::FlowError;
+pub use journal::{Entry, FlowId, Received};
+pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore};
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}

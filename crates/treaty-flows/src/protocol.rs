@@ -1,0 +1,37 @@
+//! Flow sessions on the wire: what flows send each other, as the payload of messages on topic
+//! [`FLOW_TOPIC`]. A session is named by the id its initiator chose (the message's session id)
+//! and by which side a message is for, so both sides use the same id without a handshake.
+
+use serde::{Deserialize, Serialize};
+
+/// The messaging topic of flow sessions.
+pub const FLOW_TOPIC: &str = "treaty.flow";
+
+/// One session message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionMessage {
+    /// Opens the session: the receiver starts the responder registered for `flow`.
+    Init {
+        /// The initiating flow's name.
+        flow: String,
+        /// Its version.
+        version: u32,
+        /// The first message, if the initiator sent before it received.
+        payload: Option<Vec<u8>>,
+    },
+    /// A message.
+    Data(Vec<u8>),
+    /// The sender's flow failed on purpose; the message is for the receiver's flow.
+    Error(String),
+    /// The sender's flow ended.
+    End,
+}
+
+/// A session message and which side it is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// True when it goes to the side that opened the session.
+    pub to_initiator: bool,
+    /// The message.
+    pub message: SessionMessage,
+}

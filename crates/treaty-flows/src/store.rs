@@ -1,0 +1,200 @@
+//! Where flows and their journals are kept. [`FlowStore`] is implemented over the node
+//! database by [`crate::sql::SqlFlowStore`] (what nodes run) and in memory by
+//! [`MemoryFlowStore`] (unit tests and simulation only).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use treaty_core::X500Name;
+use treaty_net::messaging::StoreError;
+
+use crate::journal::{Entry, FlowId};
+
+/// Where a flow is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FlowStatus {
+    /// Running or waiting (for a message, a time); resumed after a restart.
+    Runnable,
+    /// Stopped by a failure the operator must look at; `retry` resumes it, `kill` ends it.
+    Hospitalized,
+    /// Ended with an error (its own, or its counterparty's).
+    Failed,
+    /// Ended with a result.
+    Completed,
+    /// Ended by the operator.
+    Killed,
+    /// Held by the operator; not resumed until retried.
+    Paused,
+}
+
+impl FlowStatus {
+    /// Whether the flow has ended for good.
+    pub fn is_final(self) -> bool {
+        matches!(self, FlowStatus::Failed | FlowStatus::Completed | FlowStatus::Killed)
+    }
+
+    /// The name used in JSON, the database and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStatus::Runnable => "RUNNABLE",
+            FlowStatus::Hospitalized => "HOSPITALIZED",
+            FlowStatus::Failed => "FAILED",
+            FlowStatus::Completed => "COMPLETED",
+            FlowStatus::Killed => "KILLED",
+            FlowStatus::Paused => "PAUSED",
+        }
+    }
+
+    /// Parses [`FlowStatus::as_str`].
+    pub fn parse(s: &str) -> Option<FlowStatus> {
+        [FlowStatus::Runnable, FlowStatus::Hospitalized, FlowStatus::Failed, FlowStatus::Completed, FlowStatus::Killed, FlowStatus::Paused]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// A flow as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// Its id.
+    pub id: FlowId,
+    /// The registered flow name.
+    pub name: String,
+    /// The flow's version.
+    pub version: u32,
+    /// Its arguments (JSON).
+    pub args: Vec<u8>,
+    /// Its status.
+    pub status: FlowStatus,
+    /// Its result (JSON) once completed.
+    pub result: Option<Vec<u8>>,
+    /// Why it failed, was hospitalized or killed.
+    pub error: Option<String>,
+    /// The client id it was started with, if any (unique among flows).
+    pub client_id: Option<String>,
+    /// For a responder: the initiating party and its session id.
+    pub initiator: Option<(X500Name, u64)>,
+    /// Created (microseconds since the Unix epoch).
+    pub created_at: i64,
+    /// Last status change (microseconds since the Unix epoch).
+    pub updated_at: i64,
+}
+
+/// What [`FlowStore::create`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// A new flow.
+    New,
+    /// The flow existed already (same id, or same client id): nothing was written.
+    Existing(FlowId),
+}
+
+/// The flows table and the journal. Every method that writes is durable when it returns Ok.
+pub trait FlowStore: Send + Sync + 'static {
+    /// Adds a flow, unless one with its id or its client id exists.
+    fn create(&self, record: FlowRecord) -> impl Future<Output = Result<Created, StoreError>> + Send;
+    /// Appends journal entry number `index` (0-based); refuses any other index than the next.
+    fn append(&self, id: FlowId, index: usize, entry: &Entry) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The journal, in order.
+    fn journal(&self, id: FlowId) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+    /// Sets the status (and the result or error with it).
+    fn set_status(
+        &self,
+        id: FlowId,
+        status: FlowStatus,
+        result: Option<Vec<u8>>,
+        error: Option<String>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// One flow.
+    fn get(&self, id: FlowId) -> impl Future<Output = Result<Option<FlowRecord>, StoreError>> + Send;
+    /// Every flow, oldest first.
+    fn list(&self) -> impl Future<Output = Result<Vec<FlowRecord>, StoreError>> + Send;
+    /// Flows to resume after a restart: the runnable ones.
+    fn runnable(&self) -> impl Future<Output = Result<Vec<FlowRecord>, StoreError>> + Send;
+}
+
+#[derive(Default)]
+struct Memory {
+    flows: BTreeMap<FlowId, (u64, FlowRecord)>,
+    journals: BTreeMap<FlowId, Vec<Entry>>,
+    next: u64,
+}
+
+/// In-memory [`FlowStore`] (tests and simulation only: not durable).
+#[derive(Default)]
+pub struct MemoryFlowStore(Mutex<Memory>);
+
+impl MemoryFlowStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn by_age(m: &Memory, keep: impl Fn(&FlowRecord) -> bool) -> Vec<FlowRecord> {
+    let mut all: Vec<&(u64, FlowRecord)> = m.flows.values().filter(|(_, r)| keep(r)).collect();
+    all.sort_by_key(|(n, _)| *n);
+    all.into_iter().map(|(_, r)| r.clone()).collect()
+}
+
+impl FlowStore for MemoryFlowStore {
+    async fn create(&self, record: FlowRecord) -> Result<Created, StoreError> {
+        Ok(self.with(|m| {
+            if m.flows.contains_key(&record.id) {
+                return Created::Existing(record.id);
+            }
+            if let Some(client) = &record.client_id
+                && let Some((_, r)) = m.flows.values().find(|(_, r)| r.client_id.as_ref() == Some(client))
+            {
+                return Created::Existing(r.id);
+            }
+            m.next += 1;
+            m.journals.insert(record.id, Vec::new());
+            m.flows.insert(record.id, (m.next, record));
+            Created::New
+        }))
+    }
+
+    async fn append(&self, id: FlowId, index: usize, entry: &Entry) -> Result<(), StoreError> {
+        self.with(|m| {
+            let journal = m.journals.get_mut(&id).ok_or_else(|| StoreError::permanent(format!("no flow {id}")))?;
+            if journal.len() != index {
+                return Err(StoreError::permanent(format!(
+                    "flow {id}: journal entry {index} appended, but the journal has {}",
+                    journal.len()
+                )));
+            }
+            journal.push(entry.clone());
+            Ok(())
+        })
+    }
+
+    async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.with(|m| m.journals.get(&id).cloned().unwrap_or_default()))
+    }
+
+    async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
+        self.with(|m| {
+            let (_, r) = m.flows.get_mut(&id).ok_or_else(|| StoreError::permanent(format!("no flow {id}")))?;
+            r.status = status;
+            r.result = result;
+            r.error = error;
+            r.updated_at = crate::now_micros();
+            Ok(())
+        })
+    }
+
+    async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
+        Ok(self.with(|m| m.flows.get(&id).map(|(_, r)| r.clone())))
+    }
+
+    async fn list(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        Ok(self.with(|m| by_age(m, |_| true)))
+    }
+
+    async fn runnable(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        Ok(self.with(|m| by_age(m, |r| r.status == FlowStatus::Runnable)))
+    }
+}

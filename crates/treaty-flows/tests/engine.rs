@@ -1,0 +1,367 @@
+//! The flow engine over the simulated network with in-memory stores: sessions, errors,
+//! replay after crashes of either side, code changes, client ids, draining, the counterparty
+//! check. The same engine runs in nodes over SQLite/PostgreSQL and TLS.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use treaty_core::X500Name;
+use treaty_flows::*;
+use treaty_net::messaging::{MemoryMessageStore, Messenger, MessengerConfig, PeerDirectory};
+use treaty_net::sim::{SimConnector, SimNetwork};
+
+const ALICE: &str = "O=Alice,L=London,C=GB";
+const BOB: &str = "O=Bob,L=Paris,C=FR";
+
+fn name(s: &str) -> X500Name {
+    s.parse().unwrap()
+}
+
+fn fast() -> MessengerConfig {
+    MessengerConfig {
+        ack_timeout: Duration::from_millis(200),
+        retry_min: Duration::from_millis(5),
+        retry_max: Duration::from_millis(100),
+        rescan_interval: Duration::from_millis(100),
+        ..MessengerConfig::default()
+    }
+}
+
+type Directory = Arc<RwLock<HashMap<X500Name, Vec<String>>>>;
+
+/// What survives a crash: the stores.
+#[derive(Clone, Default)]
+struct Disk {
+    messages: Arc<MemoryMessageStore>,
+    flows: Arc<MemoryFlowStore>,
+}
+
+struct Node {
+    engine: FlowEngine,
+    messenger: Messenger<MemoryMessageStore, SimConnector>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    net: SimNetwork,
+    address: String,
+}
+
+impl Node {
+    async fn start(net: &SimNetwork, dir: &Directory, legal: &str, disk: &Disk, registry: Registry, options: EngineOptions) -> Node {
+        let me = name(legal);
+        let address = format!("sim:{legal}");
+        dir.write().unwrap().insert(me.clone(), vec![address.clone()]);
+        let d = dir.clone();
+        let directory: Arc<dyn PeerDirectory> = Arc::new(move |p: &X500Name| d.read().unwrap().get(p).cloned().unwrap_or_default());
+        let (messenger, mut inbox) = Messenger::new(me.clone(), disk.messages.clone(), net.connector(&me), directory, fast());
+        let engine = FlowEngine::new(me.clone(), disk.flows.clone(), Arc::new(messenger.clone()), registry, options);
+        engine.resume().await.unwrap();
+        let mut tasks = Vec::new();
+        let e = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = inbox.recv().await {
+                if m.topic == protocol::FLOW_TOPIC {
+                    e.deliver(m).await.unwrap();
+                }
+            }
+        }));
+        messenger.start().await.unwrap();
+        let mut incoming = net.listen(&address, &me);
+        let server = messenger.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some((link, peer)) = incoming.recv().await {
+                let server = server.clone();
+                tokio::spawn(async move { server.serve_link(link, peer).await });
+            }
+        }));
+        Node { engine, messenger, tasks, net: net.clone(), address }
+    }
+
+    /// Everything in memory is lost; the stores survive.
+    fn crash(self) {
+        self.engine.shutdown();
+        self.messenger.shutdown();
+        for t in self.tasks {
+            t.abort();
+        }
+        self.net.unlisten(&self.address);
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PingArgs {
+    to: String,
+    count: u32,
+}
+
+/// Test knobs shared with the flow bodies.
+#[derive(Default)]
+struct Knobs {
+    side_effects: AtomicU32,
+    responder_received: AtomicU32,
+    /// The responder takes a permit before each answer: tests hold it back.
+    gate: Option<Arc<Semaphore>>,
+}
+
+fn registry(knobs: Arc<Knobs>) -> Registry {
+    let mut r = Registry::new();
+    let k = knobs.clone();
+    r.flow("Ping", 1, move |ctx: FlowContext, args: PingArgs| {
+        let k = k.clone();
+        async move {
+            let started = ctx.now().await?;
+            let nonce = ctx.random().await?;
+            let session = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+            ctx.send(&session, &args.count).await?;
+            let mut total = 0u64;
+            for i in 0..args.count {
+                ctx.progress(&format!("ping {i}")).await?;
+                let answer: u64 = ctx.send_and_receive(&session, &u64::from(i)).await?;
+                total += answer;
+            }
+            let effect = ctx
+                .side_effect("count", |_key| {
+                    let k = k.clone();
+                    async move { Ok(k.side_effects.fetch_add(1, Ordering::SeqCst) + 1) }
+                })
+                .await?;
+            Ok(json!({ "total": total, "started": started, "nonce": nonce, "effect": effect }))
+        }
+    });
+    let k = knobs.clone();
+    r.responder("Ping", move |ctx: FlowContext| {
+        let k = k.clone();
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+            let count: u32 = ctx.receive(&session).await?;
+            for _ in 0..count {
+                let i: u64 = ctx.receive(&session).await?;
+                k.responder_received.fetch_add(1, Ordering::SeqCst);
+                if let Some(gate) = &k.gate {
+                    gate.acquire().await.map_err(|e| FlowError::Invalid(e.to_string()))?.forget();
+                }
+                ctx.send(&session, &(i * 10)).await?;
+            }
+            Ok(())
+        }
+    });
+    r.flow("Refuse", 1, |ctx: FlowContext, to: String| async move {
+        let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+        let answer: String = ctx.send_and_receive(&session, &"please".to_string()).await?;
+        Ok(answer)
+    });
+    r.responder("Refuse", |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        let _: String = ctx.receive(&session).await?;
+        Err(FlowError::Exception("no thanks".into()))
+    });
+    r.flow("Silent", 1, |ctx: FlowContext, to: String| async move {
+        let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+        let answer: String = ctx.send_and_receive(&session, &"hello?".to_string()).await?;
+        Ok(answer)
+    });
+    r.responder("Silent", |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        let _: String = ctx.receive(&session).await?;
+        Ok(())
+    });
+    r.flow("Orphan", 1, |ctx: FlowContext, to: String| async move {
+        let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+        let answer: String = ctx.send_and_receive(&session, &"anyone?".to_string()).await?;
+        Ok(answer)
+    });
+    r
+}
+
+async fn pair(knobs: Arc<Knobs>) -> (SimNetwork, Directory, Disk, Disk, Node, Node) {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let (da, db) = (Disk::default(), Disk::default());
+    let alice = Node::start(&net, &dir, ALICE, &da, registry(knobs.clone()), EngineOptions::default()).await;
+    let bob = Node::start(&net, &dir, BOB, &db, registry(knobs), EngineOptions::default()).await;
+    (net, dir, da, db, alice, bob)
+}
+
+async fn finished(engine: &FlowEngine, id: FlowId) -> FlowRecord {
+    tokio::time::timeout(Duration::from_secs(20), engine.wait(id)).await.expect("flow finished in time").unwrap()
+}
+
+fn result(r: &FlowRecord) -> serde_json::Value {
+    assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
+    serde_json::from_slice(r.result.as_ref().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn two_parties_converse_and_both_sides_complete() {
+    let knobs = Arc::new(Knobs::default());
+    let (_n, _d, _da, _db, alice, bob) = pair(knobs.clone()).await;
+    let mut progress = alice.engine.progress();
+    let id = alice.engine.start("Ping", json!({"to": BOB, "count": 5}), None).await.unwrap();
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(result(&r)["total"], 100);
+    assert_eq!(progress.recv().await.unwrap(), (id, "ping 0".to_string()));
+    // Bob's responder completed too.
+    let bob_flows = bob.engine.list().await.unwrap();
+    assert_eq!(bob_flows.len(), 1);
+    let responder = finished(&bob.engine, bob_flows[0].id).await;
+    assert_eq!(responder.status, FlowStatus::Completed);
+    assert_eq!(responder.initiator.as_ref().map(|(p, _)| p.clone()), Some(name(ALICE)));
+    assert_eq!(knobs.responder_received.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn an_initiator_killed_mid_conversation_finishes_exactly_once_after_restart() {
+    let gate = Arc::new(Semaphore::new(2));
+    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (net, dir, da, _db, alice, bob) = pair(knobs.clone()).await;
+    let id = alice.engine.start("Ping", json!({"to": BOB, "count": 4}), None).await.unwrap();
+    // Bob answers twice, then is held: Alice waits for the third answer when she dies.
+    while knobs.responder_received.load(Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = da.flows.journal(id).await.unwrap();
+    alice.crash();
+    gate.add_permits(10);
+    let alice = Node::start(&net, &dir, ALICE, &da, registry(knobs.clone()), EngineOptions::default()).await;
+    let r = finished(&alice.engine, id).await;
+    let out = result(&r);
+    assert_eq!(out["total"], 60);
+    // Replay returned the journaled clock and randomness, not new ones.
+    assert_eq!(before[0], Entry::Now(out["started"].as_i64().unwrap()));
+    assert_eq!(before[1], Entry::Random(out["nonce"].as_u64().unwrap()));
+    assert_eq!(knobs.side_effects.load(Ordering::SeqCst), 1);
+    assert_eq!(knobs.responder_received.load(Ordering::SeqCst), 4, "Bob saw a message twice or missed one");
+    let responder = bob.engine.list().await.unwrap();
+    assert_eq!(finished(&bob.engine, responder[0].id).await.status, FlowStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_responder_killed_mid_conversation_resumes_and_finishes() {
+    let gate = Arc::new(Semaphore::new(1));
+    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (net, dir, _da, db, alice, bob) = pair(knobs.clone()).await;
+    let id = alice.engine.start("Ping", json!({"to": BOB, "count": 3}), None).await.unwrap();
+    while knobs.responder_received.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bob.crash();
+    // The replayed responder counts again what it journaled: subtract it.
+    knobs.responder_received.store(0, Ordering::SeqCst);
+    gate.add_permits(10);
+    let bob = Node::start(&net, &dir, BOB, &db, registry(knobs.clone()), EngineOptions::default()).await;
+    assert_eq!(result(&finished(&alice.engine, id).await)["total"], 30);
+    let responder = bob.engine.list().await.unwrap();
+    assert_eq!(responder.len(), 1, "a redelivered opening message started a second responder");
+    assert_eq!(finished(&bob.engine, responder[0].id).await.status, FlowStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_flow_exception_reaches_the_other_side_with_its_message() {
+    let (_n, _d, _da, _db, alice, _bob) = pair(Arc::default()).await;
+    let id = alice.engine.start("Refuse", json!(BOB), None).await.unwrap();
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    let error = r.error.unwrap();
+    assert!(error.contains("O=Bob, L=Paris, C=FR ended flow Refuse with an error: no thanks"), "{error}");
+}
+
+#[tokio::test]
+async fn a_counterparty_that_ends_early_gives_session_ended() {
+    let (_n, _d, _da, _db, alice, _bob) = pair(Arc::default()).await;
+    let id = alice.engine.start("Silent", json!(BOB), None).await.unwrap();
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    let error = r.error.unwrap();
+    assert!(error.contains("session ended") && error.contains("O=Bob, L=Paris, C=FR") && error.contains("Silent"), "{error}");
+}
+
+#[tokio::test]
+async fn a_counterparty_without_the_responder_says_so() {
+    let (_n, _d, _da, _db, alice, _bob) = pair(Arc::default()).await;
+    let id = alice.engine.start("Orphan", json!(BOB), None).await.unwrap();
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    assert!(r.error.as_deref().unwrap().contains("has no responder for flow Orphan"), "{r:?}");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_what_is_wrong() {
+    let (_n, _d, _da, _db, alice, _bob) = pair(Arc::default()).await;
+    let e = alice.engine.start("Pong", json!({}), None).await.unwrap_err().to_string();
+    assert!(e.contains("no flow named \"Pong\"") && e.contains("Ping"), "{e}");
+    let e = alice.engine.start("Ping", json!({"to": BOB}), None).await.unwrap_err().to_string();
+    assert!(e.contains("arguments of flow Ping") && e.contains("count"), "{e}");
+    let e = alice.engine.start("Ping", json!({"to": BOB, "count": "three"}), None).await.unwrap_err().to_string();
+    assert!(e.contains("arguments of flow Ping"), "{e}");
+    assert!(alice.engine.list().await.unwrap().is_empty(), "a refused request left a flow behind");
+}
+
+#[tokio::test]
+async fn the_same_client_id_returns_the_same_flow() {
+    let (_n, _d, _da, _db, alice, _bob) = pair(Arc::default()).await;
+    let a = alice.engine.start("Ping", json!({"to": BOB, "count": 1}), Some("order-42".into())).await.unwrap();
+    let b = alice.engine.start("Ping", json!({"to": BOB, "count": 1}), Some("order-42".into())).await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(result(&finished(&alice.engine, a).await)["total"], 0);
+    assert_eq!(alice.engine.list().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn changed_flow_code_is_hospitalized_not_run_differently_and_can_be_killed() {
+    let gate = Arc::new(Semaphore::new(0));
+    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (net, dir, da, _db, alice, _bob) = pair(knobs.clone()).await;
+    let id = alice.engine.start("Ping", json!({"to": BOB, "count": 2}), None).await.unwrap();
+    while knobs.responder_received.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    alice.crash();
+    // The new code reads randomness before the clock.
+    let mut changed = Registry::new();
+    changed.flow("Ping", 2, |ctx: FlowContext, _args: PingArgs| async move {
+        ctx.random().await?;
+        ctx.now().await?;
+        Ok(0)
+    });
+    let alice = Node::start(&net, &dir, ALICE, &da, changed, EngineOptions::default()).await;
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(r.status, FlowStatus::Hospitalized);
+    let error = r.error.unwrap();
+    assert!(error.contains("flow code changed") && error.contains("draw randomness") && error.contains("read the clock"), "{error}");
+    let killed = alice.engine.kill(id).await.unwrap();
+    assert_eq!(killed.status, FlowStatus::Killed);
+}
+
+#[tokio::test]
+async fn a_draining_node_starts_no_new_flows() {
+    let (_n, _d, _da, _db, alice, _bob) = pair(Arc::default()).await;
+    alice.engine.set_draining(true);
+    let e = alice.engine.start("Ping", json!({"to": BOB, "count": 1}), None).await.unwrap_err();
+    assert_eq!(e, FlowError::Draining);
+    alice.engine.set_draining(false);
+    let id = alice.engine.start("Ping", json!({"to": BOB, "count": 1}), None).await.unwrap();
+    assert_eq!(finished(&alice.engine, id).await.status, FlowStatus::Completed);
+}
+
+#[tokio::test]
+async fn the_counterparty_check_refuses_before_anything_is_sent() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let check: CounterpartyCheck =
+        Arc::new(
+            |party: &X500Name, flow: &str| {
+                if party.organisation() == "Bob" { Err(format!("Bob is not a member for {flow}")) } else { Ok(()) }
+            },
+        );
+    let options = EngineOptions { counterparty_check: Some(check), ..EngineOptions::default() };
+    let alice = Node::start(&net, &dir, ALICE, &Disk::default(), registry(Arc::default()), options).await;
+    let _bob = Node::start(&net, &dir, BOB, &Disk::default(), registry(Arc::default()), EngineOptions::default()).await;
+    let id = alice.engine.start("Ping", json!({"to": BOB, "count": 1}), None).await.unwrap();
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    assert!(r.error.as_deref().unwrap().contains("Bob is not a member for Ping"), "{r:?}");
+    assert!(_bob.engine.list().await.unwrap().is_empty(), "Bob heard from a refused flow");
+}
