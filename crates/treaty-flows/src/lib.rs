@@ -12,12 +12,14 @@ mod engine;
 mod error;
 pub mod journal;
 pub mod protocol;
+pub mod sql;
 pub mod store;
 
 pub use context::{FlowContext, Session};
 pub use engine::{CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, Registry, Transport};
 pub use error::FlowError;
 pub use journal::{Entry, FlowId, Received};
+pub use sql::{FLOW_MIGRATIONS, SqlFlowStore};
 pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore};
 
 /// Microseconds since the Unix epoch.

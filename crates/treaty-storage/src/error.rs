@@ -107,7 +107,8 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn query(context: impl Into<String>, source: sqlx::Error) -> StorageError {
+    /// A failed query, with what was being done (for other crates' stores).
+    pub fn query(context: impl Into<String>, source: sqlx::Error) -> StorageError {
         StorageError::Query { context: context.into(), source }
     }
 

@@ -1,0 +1,232 @@
+//! [`FlowStore`] in the node database (SQLite or PostgreSQL): tables `treaty_flows` and
+//! `treaty_flow_journal`, owned by this crate ([`FLOW_MIGRATIONS`]). Journal entries are
+//! stored as their BCS bytes; a flow's session id as a bit-cast signed 64-bit integer.
+
+use sqlx::Row;
+use treaty_core::encoding;
+use treaty_net::messaging::StoreError;
+use treaty_storage::{Database, Migration, Migrations, Pool, StorageError, WriteTransaction};
+
+use crate::journal::{Entry, FlowId};
+use crate::store::{Created, FlowRecord, FlowStatus, FlowStore};
+
+/// The flows component's migrations.
+pub const FLOW_MIGRATIONS: Migrations = Migrations {
+    component: "flows",
+    sqlite: &[Migration { version: 1, description: "flows and their journals", sql: include_str!("../migrations/sqlite/0001_flows.sql") }],
+    postgres: &[Migration {
+        version: 1,
+        description: "flows and their journals",
+        sql: include_str!("../migrations/postgres/0001_flows.sql"),
+    }],
+};
+
+/// [`FlowStore`] over a [`Database`].
+#[derive(Clone, Debug)]
+pub struct SqlFlowStore {
+    db: Database,
+}
+
+impl SqlFlowStore {
+    /// Applies the flows migrations and returns the store.
+    pub async fn open(db: &Database) -> Result<SqlFlowStore, StorageError> {
+        db.migrate(&FLOW_MIGRATIONS).await?;
+        Ok(SqlFlowStore { db: db.clone() })
+    }
+}
+
+fn err(what: &str, e: sqlx::Error) -> StoreError {
+    StoreError::from(StorageError::query(what.to_string(), e))
+}
+
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db.pool() {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+macro_rules! in_write {
+    ($db:expr, $what:expr, $tx:ident => $body:expr) => {
+        match $db.begin_write().await.map_err(StoreError::from)? {
+            WriteTransaction::Sqlite { tx: mut $tx, guard } => {
+                let out = $body;
+                $tx.commit().await.map_err(|e| err($what, e))?;
+                drop(guard);
+                out
+            }
+            WriteTransaction::Postgres { tx: mut $tx } => {
+                let out = $body;
+                $tx.commit().await.map_err(|e| err($what, e))?;
+                out
+            }
+        }
+    };
+}
+
+fn session_to_db(s: u64) -> i64 {
+    i64::from_ne_bytes(s.to_ne_bytes())
+}
+
+fn session_from_db(s: i64) -> u64 {
+    u64::from_ne_bytes(s.to_ne_bytes())
+}
+
+const COLUMNS: &str =
+    "flow_id, name, version, args, status, result, error, client_id, initiator_party, initiator_session, created_at, updated_at";
+
+type Row12 =
+    (Vec<u8>, String, i64, Vec<u8>, String, Option<Vec<u8>>, Option<String>, Option<String>, Option<String>, Option<i64>, i64, i64);
+
+fn record(row: Row12) -> Result<FlowRecord, StoreError> {
+    let (id, name, version, args, status, result, error, client_id, party, session, created_at, updated_at) = row;
+    let corrupt = |what: String| StoreError::permanent(format!("treaty_flows: {what}"));
+    let id = FlowId(uuid::Uuid::from_slice(&id).map_err(|e| corrupt(format!("flow id: {e}")))?);
+    let status = FlowStatus::parse(&status).ok_or_else(|| corrupt(format!("flow {id}: unknown status {status:?}")))?;
+    let initiator = match (party, session) {
+        (Some(p), Some(s)) => Some((p.parse().map_err(|e| corrupt(format!("flow {id}: initiator {p:?}: {e}")))?, session_from_db(s))),
+        _ => None,
+    };
+    Ok(FlowRecord {
+        id,
+        name,
+        version: u32::try_from(version).map_err(|_| corrupt(format!("flow {id}: version {version}")))?,
+        args,
+        status,
+        result,
+        error,
+        client_id,
+        initiator,
+        created_at,
+        updated_at,
+    })
+}
+
+macro_rules! fetch_records {
+    ($pool:expr, $sql:expr, $($bind:expr),*) => {{
+        let rows = sqlx::query(sqlx::AssertSqlSafe($sql)) $(.bind($bind))* .fetch_all($pool).await.map_err(|e| err("reading treaty_flows", e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row: Row12 = (|| Ok::<Row12, sqlx::Error>((
+                r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?,
+                r.try_get(6)?, r.try_get(7)?, r.try_get(8)?, r.try_get(9)?, r.try_get(10)?, r.try_get(11)?,
+            )))().map_err(|e| err("reading treaty_flows", e))?;
+            out.push(record(row)?);
+        }
+        out
+    }};
+}
+
+impl FlowStore for SqlFlowStore {
+    async fn create(&self, r: FlowRecord) -> Result<Created, StoreError> {
+        let what = "inserting into treaty_flows";
+        let sql = format!(
+            "INSERT INTO treaty_flows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING"
+        );
+        let (party, session) = match &r.initiator {
+            Some((p, s)) => (Some(p.to_string()), Some(session_to_db(*s))),
+            None => (None, None),
+        };
+        let inserted = in_write!(self.db, what, tx => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(r.id.0.as_bytes().as_slice())
+                .bind(r.name.as_str())
+                .bind(i64::from(r.version))
+                .bind(r.args.as_slice())
+                .bind(r.status.as_str())
+                .bind(r.result.as_deref())
+                .bind(r.error.as_deref())
+                .bind(r.client_id.as_deref())
+                .bind(party.as_deref())
+                .bind(session)
+                .bind(r.created_at)
+                .bind(r.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(what, e))?
+                .rows_affected()
+        });
+        if inserted == 1 {
+            return Ok(Created::New);
+        }
+        let sql = format!("SELECT {COLUMNS} FROM treaty_flows WHERE flow_id = $1 OR client_id = $2 ORDER BY seq LIMIT 1");
+        let existing = on_pool!(self.db, pool => fetch_records!(pool, sql.clone(), r.id.0.as_bytes().as_slice(), r.client_id.as_deref()));
+        existing
+            .first()
+            .map(|e| Created::Existing(e.id))
+            .ok_or_else(|| StoreError::permanent(format!("flow {} was neither inserted nor found", r.id)))
+    }
+
+    async fn append(&self, id: FlowId, index: usize, entry: &Entry) -> Result<(), StoreError> {
+        let what = "appending to treaty_flow_journal";
+        let bytes = encoding::encode(entry);
+        let idx = i64::try_from(index).map_err(|_| StoreError::permanent(format!("flow {id}: journal index {index}")))?;
+        let sql = "INSERT INTO treaty_flow_journal (flow_id, idx, entry) SELECT $1, $2, $3 \
+                   WHERE (SELECT COUNT(*) FROM treaty_flow_journal WHERE flow_id = $1) = $2";
+        let inserted = in_write!(self.db, what, tx => {
+            sqlx::query(sql)
+                .bind(id.0.as_bytes().as_slice())
+                .bind(idx)
+                .bind(bytes.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(what, e))?
+                .rows_affected()
+        });
+        if inserted != 1 {
+            return Err(StoreError::permanent(format!("flow {id}: journal entry {index} is not the next one")));
+        }
+        Ok(())
+    }
+
+    async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, StoreError> {
+        let sql = "SELECT entry FROM treaty_flow_journal WHERE flow_id = $1 ORDER BY idx";
+        let rows: Vec<Vec<u8>> = on_pool!(self.db, pool => {
+            let rows = sqlx::query(sql).bind(id.0.as_bytes().as_slice()).fetch_all(pool).await.map_err(|e| err("reading treaty_flow_journal", e))?;
+            rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(|e| err("reading treaty_flow_journal", e))?
+        });
+        rows.iter()
+            .enumerate()
+            .map(|(i, b)| encoding::decode(b).map_err(|e| StoreError::permanent(format!("treaty_flow_journal: flow {id} entry {i}: {e}"))))
+            .collect()
+    }
+
+    async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
+        let what = "updating treaty_flows";
+        let sql = "UPDATE treaty_flows SET status = $2, result = $3, error = $4, updated_at = $5 WHERE flow_id = $1";
+        let updated = in_write!(self.db, what, tx => {
+            sqlx::query(sql)
+                .bind(id.0.as_bytes().as_slice())
+                .bind(status.as_str())
+                .bind(result.as_deref())
+                .bind(error.as_deref())
+                .bind(crate::now_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(what, e))?
+                .rows_affected()
+        });
+        if updated != 1 {
+            return Err(StoreError::permanent(format!("no flow {id}")));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM treaty_flows WHERE flow_id = $1");
+        let mut found = on_pool!(self.db, pool => fetch_records!(pool, sql.clone(), id.0.as_bytes().as_slice()));
+        Ok(found.pop())
+    }
+
+    async fn list(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM treaty_flows ORDER BY seq");
+        Ok(on_pool!(self.db, pool => fetch_records!(pool, sql.clone(),)))
+    }
+
+    async fn runnable(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM treaty_flows WHERE status = $1 ORDER BY seq");
+        Ok(on_pool!(self.db, pool => fetch_records!(pool, sql.clone(), FlowStatus::Runnable.as_str())))
+    }
+}
