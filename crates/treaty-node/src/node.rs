@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, X500Name, encoding};
+use treaty_flows::protocol::FLOW_TOPIC;
+use treaty_flows::{EngineOptions, FlowContext, FlowEngine, FlowError, Registry, SqlFlowStore};
 use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
 use treaty_net::messaging::{InboundMessage, MessageId, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
 use treaty_net::signed::Signed;
@@ -72,6 +74,8 @@ pub struct RunningNode {
     pub view: watch::Receiver<Arc<NetworkView>>,
     /// The network parameters it runs under.
     pub parameters: NetworkParameters,
+    /// Its flow engine.
+    pub flows: FlowEngine,
     /// How long start-up took.
     pub started_in: Duration,
     tasks: Vec<JoinHandle<()>>,
@@ -80,6 +84,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Stops the node's tasks. Everything durable stays in the database.
     pub fn stop(self) {
+        self.flows.shutdown();
         self.messenger.shutdown();
         for t in self.tasks {
             t.abort();
@@ -148,7 +153,15 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
 
     let mut tasks = vec![follower];
     tasks.push(tokio::spawn(follow_view(view.clone(), keys.tls.revoked.clone(), db.clone())));
-    tasks.push(tokio::spawn(diagnostics(messenger.clone(), inbox)));
+    let flow_store = SqlFlowStore::open(&db).await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
+    let flows =
+        FlowEngine::new(config.legal_name.clone(), Arc::new(flow_store), Arc::new(messenger.clone()), registry(), EngineOptions::default());
+    // Flows resume from their journals before messages are redelivered, so those find them.
+    let resumed = flows.resume().await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
+    if resumed > 0 {
+        tracing::info!("resumed {resumed} flow(s) from their journals");
+    }
+    tasks.push(tokio::spawn(dispatch(messenger.clone(), flows.clone(), inbox)));
     // Messages stored but not processed before a restart are handed over before new ones can
     // arrive: start the messenger, then accept connections.
     messenger.start().await.map_err(|e| NodeError::Database { url, message: e.to_string() })?;
@@ -182,7 +195,7 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
             Err(_) => {}
         }
     }));
-    Ok(RunningNode { name: config.legal_name.clone(), db, messenger, view, parameters, started_in: began.elapsed(), tasks })
+    Ok(RunningNode { name: config.legal_name.clone(), db, messenger, view, parameters, flows, started_in: began.elapsed(), tasks })
 }
 
 /// Follows the network map in the background. The view starts from the node's verified local
@@ -273,10 +286,44 @@ async fn follow_view(
     }
 }
 
-/// Answers pings, records pongs; leaves everything else in the inbox for the flow engine.
-async fn diagnostics(messenger: NodeMessenger, mut inbox: mpsc::Receiver<InboundMessage>) {
+/// The flows every node has. `Echo {"to": NAME, "message": TEXT}` sends the text to the
+/// party's node, whose responder sends it back; it returns `{"echo": TEXT, "from": NAME}`.
+pub fn registry() -> Registry {
+    #[derive(serde::Deserialize)]
+    struct EchoArgs {
+        to: String,
+        message: String,
+    }
+    let mut r = Registry::new();
+    r.flow(ECHO, 1, |ctx: FlowContext, args: EchoArgs| async move {
+        let to: X500Name = args.to.parse().map_err(|e| FlowError::InvalidArguments { flow: ECHO.into(), reason: format!("to: {e}") })?;
+        ctx.progress("sending").await?;
+        let session = ctx.initiate(&to).await?;
+        let echo: String = ctx.send_and_receive(&session, &args.message).await?;
+        ctx.progress("answered").await?;
+        Ok(serde_json::json!({ "echo": echo, "from": to.to_string() }))
+    });
+    r.responder(ECHO, |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("echo responder without a session".into()))?;
+        let text: String = ctx.receive(&session).await?;
+        ctx.send(&session, &text).await
+    });
+    r
+}
+
+/// The built-in round-trip flow (see [`registry`]).
+pub const ECHO: &str = "Echo";
+
+/// Routes incoming messages: flow sessions to the flow engine, pings answered, pongs recorded.
+async fn dispatch(messenger: NodeMessenger, flows: FlowEngine, mut inbox: mpsc::Receiver<InboundMessage>) {
     while let Some(m) = inbox.recv().await {
         match m.topic.as_str() {
+            FLOW_TOPIC => {
+                let (sender, id) = (m.sender.clone(), m.id);
+                if let Err(e) = flows.deliver(m).await {
+                    tracing::warn!("flow message {id} from {sender} not handled (it stays in the inbox): {e}");
+                }
+            }
             PING => {
                 let payload = [m.id.0.as_bytes().as_slice(), &m.payload].concat();
                 let pong = Outgoing { destination: m.sender.clone(), session: m.session, topic: PONG.into(), payload };
