@@ -6,6 +6,7 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod flow;
 mod network;
 mod node;
 
@@ -29,6 +30,11 @@ enum Command {
     Network {
         #[command(subcommand)]
         command: NetworkCommand,
+    },
+    /// Starts, lists and kills flows on a running node (client RPC).
+    Flow {
+        #[command(subcommand)]
+        command: FlowCommand,
     },
     /// Runs and inspects one node.
     Node {
@@ -110,6 +116,53 @@ enum NetworkCommand {
         /// The directory `treaty network bootstrap` created.
         #[arg(long)]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowCommand {
+    /// Starts a flow by name with JSON arguments.
+    Start {
+        /// The node's directory (its node.toml names the RPC address).
+        #[arg(long)]
+        node: PathBuf,
+        /// The flow's name (e.g. Echo).
+        name: String,
+        /// The arguments as JSON, e.g. '{"to": "O=Bob,L=Paris,C=FR", "message": "hi"}'.
+        #[arg(long, default_value = "null")]
+        args: String,
+        /// Wait for the flow to finish, showing its progress steps.
+        #[arg(long)]
+        wait: bool,
+        /// Makes the start idempotent: the same client id returns the same flow.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the node's flows, oldest first.
+    List {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Only flows with this status (RUNNABLE, HOSPITALIZED, FAILED, COMPLETED, KILLED, PAUSED).
+        #[arg(long)]
+        status: Option<String>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kills a flow; its counterparties are told.
+    Kill {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// The flow's id.
+        flow_id: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -201,6 +254,11 @@ fn main() -> ExitCode {
         Command::Demo { json, chain } => demo::run(json, chain),
         Command::Network { command } => network(command),
         Command::Node { command } => node_command(command),
+        Command::Flow { command } => match command {
+            FlowCommand::Start { node, name, args, wait, client_id, json } => flow::start(&node, &name, &args, wait, client_id, json),
+            FlowCommand::List { node, status, json } => flow::list(&node, status, json),
+            FlowCommand::Kill { node, flow_id, json } => flow::kill(&node, &flow_id, json),
+        },
         Command::Bench { command: BenchCommand::Messaging { count, batch, payload, json } } => {
             bench::messaging(count, batch, payload, json)
         }

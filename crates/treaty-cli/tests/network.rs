@@ -457,3 +457,60 @@ fn a_node_on_postgresql_receives_what_was_sent_while_it_was_down() {
     drop(_bob);
     pg.drop_with(&rt);
 }
+
+#[test]
+fn flows_start_list_and_fail_clearly_through_the_cli() {
+    let net = Net::new("flows", &[ALICE, BOB]);
+    let _map = net.map();
+    let _alice = net.node(ALICE);
+    let _bob = net.node(BOB);
+    net.await_known(ALICE, BOB, false);
+    let alice = net.node_dir(ALICE);
+    let node = alice.to_str().unwrap();
+
+    let args = format!(r#"{{"to": "{BOB}", "message": "hi Bob"}}"#);
+    let (code, out, err) = run(&["flow", "start", "--node", node, "Echo", "--args", &args, "--wait", "--json", "--client-id", "c-1"]);
+    assert_eq!(code, 0, "{err}");
+    let flow: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(flow["status"], "COMPLETED");
+    assert_eq!(flow["result"]["echo"], "hi Bob");
+    assert_eq!(flow["progress"], serde_json::json!(["sending", "answered"]));
+    // The same client id: the same flow, not a second one.
+    let (code, out, _) = run(&["flow", "start", "--node", node, "Echo", "--args", &args, "--json", "--client-id", "c-1"]);
+    assert_eq!(code, 0);
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["flow_id"], flow["flow_id"]);
+
+    // Bad requests: each names what is wrong, and the node carries on.
+    let (code, _, err) = run(&["flow", "start", "--node", node, "Ecko", "--args", "{}"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no flow named \"Ecko\"") && err.contains("Echo"), "{err}");
+    let (code, _, err) = run(&["flow", "start", "--node", node, "Echo", "--args", "{not json"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--args is not valid JSON"), "{err}");
+    let (code, _, err) = run(&["flow", "start", "--node", node, "Echo", "--args", &format!(r#"{{"to": "{BOB}"}}"#)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("arguments of flow Echo") && err.contains("message"), "{err}");
+    let (code, _, err) = run(&["flow", "kill", "--node", node, flow["flow_id"].as_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already ended"), "{err}");
+
+    let (code, out, err) = run(&["flow", "list", "--node", node, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["flows"].as_array().unwrap().len(), 1, "{list}");
+    // Bob ran the responder.
+    let (code, out, _) = run(&["flow", "list", "--node", net.node_dir(BOB).to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    let bob: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bob["flows"][0]["initiator"], "O=Alice, L=London, C=GB");
+    assert_eq!(bob["flows"][0]["status"], "COMPLETED");
+}
+
+#[test]
+fn flow_commands_say_when_the_node_is_not_running() {
+    let net = Net::new("norpc", &[ALICE]);
+    let (code, _, err) = run(&["flow", "list", "--node", net.node_dir(ALICE).to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is the node running?"), "{err}");
+}

@@ -280,6 +280,16 @@ impl FlowEngine {
         self.shared.draining.store(draining, Ordering::SeqCst);
     }
 
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// The names of the flows clients can start.
+    pub fn flow_names(&self) -> Vec<String> {
+        self.shared.registry.names()
+    }
+
     /// Flows still running (for draining: done when this is empty).
     pub fn running(&self) -> usize {
         lock(&self.shared.runs).len()

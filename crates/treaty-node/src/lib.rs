@@ -7,3 +7,4 @@
 pub mod config;
 pub mod keys;
 pub mod node;
+pub mod rpc;

@@ -46,9 +46,11 @@ pub enum NodeError {
     /// The network parameters.
     #[error("network parameters: {0}")]
     Parameters(String),
-    /// The p2p port.
-    #[error("cannot listen on {address} (p2p.listen): {error}")]
+    /// A listening port.
+    #[error("cannot listen on {address} ({key}): {error}")]
     Listen {
+        /// The configuration key.
+        key: &'static str,
         /// The address.
         address: SocketAddr,
         /// The error.
@@ -139,7 +141,10 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
     let url = config.raw.database.url.clone();
     let db = Database::open(&url, &config.dir).await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
     let (signed_parameters, parameters) = parameters(config, &db).await?;
-    let listener = TcpListener::bind(config.p2p).await.map_err(|error| NodeError::Listen { address: config.p2p, error })?;
+    let listener =
+        TcpListener::bind(config.p2p).await.map_err(|error| NodeError::Listen { key: "p2p.listen", address: config.p2p, error })?;
+    let rpc_listener =
+        TcpListener::bind(config.rpc).await.map_err(|error| NodeError::Listen { key: "rpc.listen", address: config.rpc, error })?;
 
     let client = MapClient::new(&config.raw.network_map.url).map_err(|e| NodeError::Map(e.to_string()))?;
     let (view, follower) = follow_map(config, &keys, &db, &client, &signed_parameters, &parameters).await;
@@ -175,6 +180,23 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
         .await;
         if let Err(e) = served {
             tracing::error!("p2p listener stopped: {e}");
+        }
+    }));
+
+    let service = crate::rpc::RpcService {
+        name: config.legal_name.to_string(),
+        addresses: vec![config.raw.p2p.listen.clone()],
+        flows: flows.clone(),
+        view: view.clone(),
+    };
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc_listener);
+        let served = tonic::transport::Server::builder()
+            .add_service(treaty_rpc::v1::node_server::NodeServer::new(service))
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::error!("client RPC stopped: {e}");
         }
     }));
 
