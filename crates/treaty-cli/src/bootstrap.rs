@@ -23,7 +23,7 @@ use treaty_core::{KeyPair, NetworkParameters, NotaryInfo, Party, SignatureScheme
 use treaty_net::map::kinds;
 use treaty_net::pki::{self, CertRole, CertifiedKey, RevocationList, Validity};
 use treaty_net::{keystore, signed::Signed};
-use treaty_node::config::{DatabaseConfig, Listen, NetworkMapConfig, NodeConfig, NotaryConfig};
+use treaty_node::config::{DatabaseConfig, Listen, NetworkMapConfig, NodeConfig, NotaryConfig, RpcConfig, RpcUser, hash_password};
 
 /// What to bootstrap.
 pub struct Request {
@@ -107,6 +107,19 @@ fn free_ports(count: u16) -> Result<Vec<u16>> {
         }
     }
     bail!("could not find {count} free ports on 127.0.0.1")
+}
+
+/// Writes a file only its owner can read.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -211,10 +224,19 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
             keystore::write_key(&keys.join("service.key"), &id.key)?;
         }
         let (p2p, rpc) = (format!("127.0.0.1:{}", ports[1 + 2 * i]), format!("127.0.0.1:{}", ports[2 + 2 * i]));
+        // An RPC administrator with a fresh password, kept beside the keys (mode 0600); the CLI
+        // reads it from there.
+        let password = hex::encode(rand::random::<[u8; 16]>());
+        write_secret(&dir.join("rpc-password"), format!("{password}\n").as_bytes())?;
+        let admin = RpcUser {
+            name: "admin".into(),
+            password_hash: hash_password(&password).map_err(|e| anyhow::anyhow!("hashing the RPC password: {e}"))?,
+            permissions: vec!["ALL".into()],
+        };
         let config = NodeConfig {
             legal_name: m.name.to_string(),
             p2p: Listen { listen: p2p.clone() },
-            rpc: Listen { listen: rpc.clone() },
+            rpc: RpcConfig { listen: rpc.clone(), users: vec![admin] },
             network_map: NetworkMapConfig { url: map_url.clone(), trusted_key: map.key.public().to_string(), poll_seconds: Some(2) },
             database: DatabaseConfig { url: "sqlite://node.db".into() },
             notary: m.notary.as_ref().map(|(s, v)| NotaryConfig { validating: *v, service_name: (req.cluster > 1).then(|| s.to_string()) }),

@@ -507,6 +507,48 @@ fn flows_start_list_and_fail_clearly_through_the_cli() {
     assert_eq!(bob["flows"][0]["status"], "COMPLETED");
 }
 
+fn run_as(user: &str, password: &str, args: &[&str]) -> (i32, String, String) {
+    let out = treaty().args(args).env("TREATY_RPC_USER", user).env("TREATY_RPC_PASSWORD", password).output().expect("treaty runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn rpc_users_authenticate_and_hold_only_their_permissions() {
+    let net = Net::new("rpcauth", &[ALICE, BOB]);
+    // A second user who may only read flows.
+    let config = net.node_dir(ALICE).join("node.toml");
+    let hash = treaty_node::config::hash_password("viewer-secret").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[[rpc.users]]\nname = \"viewer\"\npassword_hash = \"{hash}\"\npermissions = [\"ReadFlows\"]\n"));
+    std::fs::write(&config, text).unwrap();
+    let _map = net.map();
+    let _alice = net.node(ALICE);
+    let node = net.node_dir(ALICE);
+    let node = node.to_str().unwrap();
+    let args = format!(r#"{{"to": "{BOB}", "message": "x"}}"#);
+
+    let (code, _, err) = run_as("admin", "not-the-password", &["flow", "list", "--node", node]);
+    assert_ne!(code, 0);
+    assert!(err.contains("wrong user name or password"), "{err}");
+    let (code, _, err) = run_as("viewer", "viewer-secret", &["flow", "start", "--node", node, "Echo", "--args", &args]);
+    assert_ne!(code, 0);
+    assert!(err.contains("\"viewer\" lacks permission StartFlow.Echo"), "{err}");
+    let (code, out, err) = run_as("viewer", "viewer-secret", &["flow", "list", "--node", node, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"flows\": []"), "{out}");
+}
+
+#[test]
+fn an_unknown_rpc_permission_is_a_config_error_naming_it() {
+    let net = Net::new("badperm", &[ALICE]);
+    let config = net.node_dir(ALICE).join("node.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"ALL\"", "\"EVERYTHING\"");
+    std::fs::write(&config, text).unwrap();
+    let (code, _, err) = run(&["node", "run", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("rpc.users") && err.contains("unknown permission \"EVERYTHING\""), "{err}");
+}
+
 #[test]
 fn flow_commands_say_when_the_node_is_not_running() {
     let net = Net::new("norpc", &[ALICE]);

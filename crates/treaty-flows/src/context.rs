@@ -339,8 +339,9 @@ impl FlowContext {
         if self.replay(&Ask::Progress(step.to_string()))?.is_some() {
             return Ok(());
         }
+        let index = self.step_index();
         self.record(Entry::Progress(step.to_string())).await?;
-        let _ = self.shared.progress.send((self.run.id, step.to_string()));
+        let _ = self.shared.progress.send((self.run.id, index, step.to_string()));
         Ok(())
     }
 

@@ -220,7 +220,7 @@ pub(crate) struct Shared {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) registry: Registry,
     pub(crate) counterparty_check: Option<CounterpartyCheck>,
-    pub(crate) progress: broadcast::Sender<(FlowId, String)>,
+    pub(crate) progress: broadcast::Sender<(FlowId, usize, String)>,
     runs: Mutex<HashMap<FlowId, Running>>,
     sessions: Mutex<HashMap<SessionKey, FlowId>>,
     changes: watch::Sender<u64>,
@@ -270,9 +270,14 @@ impl FlowEngine {
         FlowEngine { shared: Arc::new(shared) }
     }
 
-    /// Progress steps of every flow, as they are reported.
-    pub fn progress(&self) -> broadcast::Receiver<(FlowId, String)> {
+    /// Progress steps of every flow as they are reported: flow, journal index, step.
+    pub fn progress(&self) -> broadcast::Receiver<(FlowId, usize, String)> {
         self.shared.progress.subscribe()
+    }
+
+    /// A flow's journal (for a watcher that joins late: its progress steps so far).
+    pub async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, FlowError> {
+        Ok(self.shared.store.journal(id).await?)
     }
 
     /// Refuses new flows (draining for an upgrade) or accepts them again.

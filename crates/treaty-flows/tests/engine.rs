@@ -202,7 +202,7 @@ async fn two_parties_converse_and_both_sides_complete() {
     let id = alice.engine.start("Ping", json!({"to": BOB, "count": 5}), None).await.unwrap();
     let r = finished(&alice.engine, id).await;
     assert_eq!(result(&r)["total"], 100);
-    assert_eq!(progress.recv().await.unwrap(), (id, "ping 0".to_string()));
+    assert_eq!(progress.recv().await.unwrap(), (id, 4, "ping 0".to_string()));
     // Bob's responder completed too.
     let bob_flows = bob.engine.list().await.unwrap();
     assert_eq!(bob_flows.len(), 1);

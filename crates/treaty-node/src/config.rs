@@ -39,8 +39,8 @@ pub struct NodeConfig {
     pub legal_name: String,
     /// Peer-to-peer listener.
     pub p2p: Listen,
-    /// Client RPC listener.
-    pub rpc: Listen,
+    /// Client RPC listener and users.
+    pub rpc: RpcConfig,
     /// Where the network map is and whose signature it must carry.
     pub network_map: NetworkMapConfig,
     /// The node database.
@@ -56,6 +56,40 @@ pub struct NodeConfig {
 pub struct Listen {
     /// `host:port`.
     pub listen: String,
+}
+
+/// Client RPC: where it listens and who may use it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcConfig {
+    /// `host:port`.
+    pub listen: String,
+    /// The users; with none, every call is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<RpcUser>,
+}
+
+/// An RPC user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcUser {
+    /// The user name (sent as `treaty-user` metadata).
+    pub name: String,
+    /// The password's Argon2id hash in PHC form (`$argon2id$v=19$…`); see [`hash_password`].
+    pub password_hash: String,
+    /// What the user may do: `ALL`, `StartFlow.<name>`, `StartFlow.*`, `ReadFlows`, `KillFlow`,
+    /// `RetryFlow`, `ReadNetwork`, `Drain`.
+    pub permissions: Vec<String>,
+}
+
+/// Permissions an RPC user can hold.
+pub const PERMISSIONS: &[&str] = &["ALL", "StartFlow.*", "ReadFlows", "KillFlow", "RetryFlow", "ReadNetwork", "Drain"];
+
+/// Hashes an RPC password with Argon2id (default parameters, random salt), in PHC form.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| e.to_string())?;
+    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 /// The network map.
@@ -160,6 +194,26 @@ impl NodeConfig {
         let addr = |key: &'static str, v: &str| v.parse::<SocketAddr>().map_err(|e| invalid(key, format!("{v:?} is not host:port ({e})")));
         let p2p = addr("p2p.listen", &raw.p2p.listen)?;
         let rpc = addr("rpc.listen", &raw.rpc.listen)?;
+        for (i, user) in raw.rpc.users.iter().enumerate() {
+            let key = "rpc.users";
+            if user.name.is_empty() {
+                return Err(invalid(key, format!("user {} has an empty name", i + 1)));
+            }
+            argon2::PasswordHash::new(&user.password_hash)
+                .map_err(|e| invalid(key, format!("password_hash of user {:?} is not an Argon2 PHC string ({e})", user.name)))?;
+            for p in &user.permissions {
+                if !PERMISSIONS.contains(&p.as_str()) && p.strip_prefix("StartFlow.").is_none_or(|f| f.is_empty()) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "user {:?}: unknown permission {p:?} (known: {}, StartFlow.<flow name>)",
+                            user.name,
+                            PERMISSIONS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
         if p2p == rpc {
             return Err(invalid("rpc.listen", format!("{rpc} is also the p2p address")));
         }

@@ -189,10 +189,15 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
         flows: flows.clone(),
         view: view.clone(),
     };
+    let users = Arc::new(crate::rpc::RpcUsers::new(&config.raw.rpc.users));
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc_listener);
         let served = tonic::transport::Server::builder()
-            .add_service(treaty_rpc::v1::node_server::NodeServer::new(service))
+            .add_service(treaty_rpc::v1::node_server::NodeServer::with_interceptor(service, move |mut request: tonic::Request<()>| {
+                let caller = users.authenticate(request.metadata())?;
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }))
             .serve_with_incoming(incoming)
             .await;
         if let Err(e) = served {
