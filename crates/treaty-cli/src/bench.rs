@@ -57,6 +57,37 @@ async fn baseline_sqlite(dir: &std::path::Path) -> Result<f64> {
     Ok(n as f64 / began.elapsed().as_secs_f64())
 }
 
+/// A fresh two-node network (Alice, Bob) and its map, all in this process; returns when Alice
+/// knows Bob's address.
+async fn two_nodes(scratch: &std::path::Path) -> Result<(tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, Vec<node::RunningNode>)> {
+    let req = bootstrap::Request {
+        dir: scratch.to_path_buf(),
+        nodes: vec!["O=Alice,L=London,C=GB".into(), "O=Bob,L=Paris,C=FR".into()],
+        notaries: vec![],
+        validating: false,
+        cluster: 1,
+    };
+    let created = bootstrap::bootstrap(&req)?;
+    let map_server = treaty_netmap::MapServer::load(&scratch.join("network"))?;
+    let listen = created.network_map.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let map_task = tokio::spawn(map_server.serve(listener, std::future::pending()));
+    let mut nodes = Vec::new();
+    for n in &created.nodes {
+        let mut config = NodeConfig::load(&std::path::Path::new(&n.dir).join("node.toml"))?;
+        config.poll_interval = Duration::from_millis(200);
+        nodes.push(node::start(&config).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes[0].view.borrow().addresses(&nodes[1].name).is_none() {
+        if Instant::now() > deadline {
+            bail!("Alice did not learn Bob's address from the network map");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((map_task, nodes))
+}
+
 /// Two nodes of a fresh local network in this process, a network map beside them; Alice
 /// sends `count` messages to Bob through her durable outbox, in `batch`-sized sends, and the
 /// clock stops when Bob has acknowledged storing the last one.
@@ -67,32 +98,8 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
     let scratch = std::env::temp_dir().join(format!("treaty-bench-messaging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     let result = runtime()?.block_on(async {
-        let req = bootstrap::Request {
-            dir: scratch.clone(),
-            nodes: vec!["O=Alice,L=London,C=GB".into(), "O=Bob,L=Paris,C=FR".into()],
-            notaries: vec![],
-            validating: false,
-            cluster: 1,
-        };
-        let created = bootstrap::bootstrap(&req)?;
-        let map_server = treaty_netmap::MapServer::load(&scratch.join("network"))?;
-        let listen = created.network_map.trim_start_matches("http://").to_string();
-        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let map_task = tokio::spawn(map_server.serve(listener, std::future::pending()));
-        let mut nodes = Vec::new();
-        for n in &created.nodes {
-            let mut config = NodeConfig::load(&std::path::Path::new(&n.dir).join("node.toml"))?;
-            config.poll_interval = Duration::from_millis(200);
-            nodes.push(node::start(&config).await?);
-        }
+        let (map_task, nodes) = two_nodes(&scratch).await?;
         let (alice, bob) = (&nodes[0], &nodes[1]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while alice.view.borrow().addresses(&bob.name).is_none() {
-            if Instant::now() > deadline {
-                bail!("Alice did not learn Bob's address from the network map");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let sqlite = baseline_sqlite(&scratch).await?;
         let began = Instant::now();
         let sender = alice.messenger.clone();
@@ -145,6 +152,92 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
         println!(
             "{} durable messages of {} bytes, Alice → Bob over mutual TLS, SQLite both ends: {:.2} s, {:.0} messages/s",
             report.messages, report.payload_bytes, report.seconds, report.messages_per_sec
+        );
+        println!(
+            "baseline on this machine: {:.0} Ed25519 sign+verify/s, {:.0} durable SQLite commits/s",
+            report.baseline.ed25519_sign_verify_per_sec, report.baseline.sqlite_commits_per_sec
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct FlowsReport {
+    scenario: &'static str,
+    flows: usize,
+    concurrency: usize,
+    seconds: f64,
+    flows_per_sec: f64,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+    baseline: Baseline,
+}
+
+/// `treaty bench flows --scenario pingpong`: Echo flows from Alice to Bob (a session, a
+/// message each way, both sides' journals and statuses in SQLite), `concurrency` at a time.
+pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Result<()> {
+    if scenario != "pingpong" {
+        bail!("scenario {scenario:?} is not available yet: pingpong is (issue and pay come with the finance flows)");
+    }
+    if count == 0 || concurrency == 0 {
+        bail!("--count and --concurrency must be at least 1");
+    }
+    let scratch = std::env::temp_dir().join(format!("treaty-bench-flows-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result: Result<FlowsReport> = runtime()?.block_on(async {
+        let (map_task, nodes) = two_nodes(&scratch).await?;
+        let sqlite = baseline_sqlite(&scratch).await?;
+        let engine = nodes[0].flows.clone();
+        let bob = nodes[1].name.to_string();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let began = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..concurrency {
+            let (engine, bob, next) = (engine.clone(), bob.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let t = Instant::now();
+                    let id = engine.start(node::ECHO, serde_json::json!({"to": bob, "message": "ping"}), None).await?;
+                    let done = engine.wait(id).await?;
+                    if done.status != treaty_flows::FlowStatus::Completed {
+                        bail!("flow {id} ended {}: {:?}", done.status.as_str(), done.error);
+                    }
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok::<Vec<f64>, anyhow::Error>(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for w in workers {
+            latencies.extend(w.await??);
+        }
+        let seconds = began.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+        map_task.abort();
+        for n in nodes {
+            n.stop();
+        }
+        Ok(FlowsReport {
+            scenario: "pingpong",
+            flows: count,
+            concurrency,
+            seconds,
+            flows_per_sec: count as f64 / seconds,
+            latency_ms_p50: pct(0.5),
+            latency_ms_p99: pct(0.99),
+            baseline: Baseline { ed25519_sign_verify_per_sec: baseline_ed25519()?, sqlite_commits_per_sec: sqlite },
+        })
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} ping-pong flows Alice → Bob ({} at a time), durable at both ends: {:.2} s, {:.0} flows/s, latency p50 {:.1} ms, p99 {:.1} ms",
+            report.flows, report.concurrency, report.seconds, report.flows_per_sec, report.latency_ms_p50, report.latency_ms_p99
         );
         println!(
             "baseline on this machine: {:.0} Ed25519 sign+verify/s, {:.0} durable SQLite commits/s",

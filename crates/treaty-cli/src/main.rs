@@ -168,6 +168,21 @@ enum FlowCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Flows per second and their latency between two nodes.
+    Flows {
+        /// pingpong (issue and pay come with the finance flows).
+        #[arg(long, default_value = "pingpong")]
+        scenario: String,
+        /// Flows to run.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Flows in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Durable messages per second between two nodes over mutual TLS (SQLite at both ends).
     Messaging {
         /// Messages to send.
@@ -261,6 +276,9 @@ fn main() -> ExitCode {
         },
         Command::Bench { command: BenchCommand::Messaging { count, batch, payload, json } } => {
             bench::messaging(count, batch, payload, json)
+        }
+        Command::Bench { command: BenchCommand::Flows { scenario, count, concurrency, json } } => {
+            bench::flows(&scenario, count, concurrency, json)
         }
     };
     match result {

@@ -552,8 +552,10 @@ impl FlowEngine {
     pub async fn wait(&self, id: FlowId) -> Result<FlowRecord, FlowError> {
         let mut changes = self.shared.changes.subscribe();
         loop {
-            let record = self.shared.store.get(id).await?.ok_or_else(|| FlowError::Invalid(format!("no flow {id} on this node")))?;
+            // Running first: a flow leaves `runs` only after its final status is stored, so a
+            // record read after seeing it gone is final.
             let running = lock(&self.shared.runs).contains_key(&id);
+            let record = self.shared.store.get(id).await?.ok_or_else(|| FlowError::Invalid(format!("no flow {id} on this node")))?;
             if record.status != FlowStatus::Runnable || !running {
                 return Ok(record);
             }
