@@ -27,6 +27,9 @@ pg_env=$(scripts/pg.sh start)
 eval "$pg_env"
 trap 'scripts/pg.sh stop' EXIT
 export TREATY_TEST_POSTGRES_URL TREATY_REQUIRE_POSTGRES=1
+# A Python with grpcio for the test that drives a node's RPC from Python.
+TREATY_PYTHON=$(scripts/python-env.sh)
+export TREATY_PYTHON TREATY_REQUIRE_PYTHON=1
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

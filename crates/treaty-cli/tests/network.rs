@@ -556,3 +556,38 @@ fn flow_commands_say_when_the_node_is_not_running() {
     assert_ne!(code, 0);
     assert!(err.contains("is the node running?"), "{err}");
 }
+
+#[test]
+fn a_python_grpc_client_starts_a_flow_and_streams_its_progress() {
+    let Ok(python) = std::env::var("TREATY_PYTHON") else {
+        assert!(
+            !std::env::var("TREATY_REQUIRE_PYTHON").is_ok_and(|v| v == "1"),
+            "TREATY_REQUIRE_PYTHON=1 but TREATY_PYTHON is not set: run scripts/test.sh, or TREATY_PYTHON=$(scripts/python-env.sh)"
+        );
+        eprintln!("skipped: TREATY_PYTHON not set (TREATY_PYTHON=$(scripts/python-env.sh) to run the Python client test)");
+        return;
+    };
+    let net = Net::new("python", &[ALICE, BOB]);
+    let _map = net.map();
+    let _alice = net.node(ALICE);
+    let _bob = net.node(BOB);
+    net.await_known(ALICE, BOB, false);
+    let text = std::fs::read_to_string(net.node_dir(ALICE).join("node.toml")).unwrap();
+    let config: toml::Value = toml::from_str(&text).unwrap();
+    let rpc = config["rpc"]["listen"].as_str().unwrap().to_string();
+    let password = std::fs::read_to_string(net.node_dir(ALICE).join("rpc-password")).unwrap().trim().to_string();
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let proto = here.join("../treaty-rpc/proto");
+    let out = Command::new(python)
+        .arg(here.join("tests/python/echo_client.py"))
+        .args([proto.to_str().unwrap(), &rpc, "admin", &password, BOB, "from Python"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["node"], "O=Alice, L=London, C=GB");
+    assert_eq!(report["status"], "COMPLETED", "{report}");
+    assert_eq!(report["result"]["echo"], "from Python");
+    assert_eq!(report["progress"], serde_json::json!(["sending", "answered"]));
+    assert_eq!(report["unknown_flow_error"]["code"], "NOT_FOUND", "{report}");
+}
