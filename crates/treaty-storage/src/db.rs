@@ -13,6 +13,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::error::{Context, StorageError};
 use crate::migrate::{LEDGER_MIGRATIONS, MESSAGING_MIGRATIONS, NETWORK_MAP_MIGRATIONS};
 
+/// SQLite's pool, this process's writer lock and its group commit ([`Database::sqlite_group`]).
+pub type SqliteGroup<'a> = (&'a SqlitePool, &'a Arc<Mutex<()>>, &'a Arc<GroupCommit>);
+
 /// How long a SQLite connection waits for another process's write lock before failing.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,7 +30,7 @@ const POSTGRES_MAX_CONNECTIONS: u32 = 10;
 pub(crate) enum Backend {
     /// SQLite. Writers in this process take `writer` first, so they queue here instead of
     /// polling SQLite's lock; `BEGIN IMMEDIATE` and the busy timeout cover other processes.
-    Sqlite { pool: SqlitePool, writer: Arc<Mutex<()>> },
+    Sqlite { pool: SqlitePool, writer: Arc<Mutex<()>>, group: Arc<GroupCommit> },
     /// PostgreSQL.
     Postgres { pool: PgPool },
 }
@@ -111,16 +114,57 @@ macro_rules! with_pool {
 /// commits it; an early return through `?` rolls it back.
 macro_rules! write_tx {
     ($db:expr, $what:expr, $tx:ident => $body:expr) => {
-        match $db.begin_write().await? {
-            $crate::db::WriteTransaction::Sqlite { tx: mut $tx, guard } => {
-                let out = $body;
-                $tx.commit().await.map_err(|e| $crate::error::StorageError::query(format!("committing ({})", $what), e))?;
-                drop(guard);
-                out
+        match $db.backend() {
+            $crate::db::Backend::Sqlite { pool, writer, group } => {
+                let (mut state, epoch) = group.join(pool, writer).await?;
+                let conn = match state.open.as_mut() {
+                    Some((tx, _)) => &mut **tx,
+                    None => return Err($crate::error::StorageError::GroupCommit("no open transaction".into()).into()),
+                };
+                sqlx::query("SAVEPOINT treaty_write").execute(&mut *conn).await.ctx("SAVEPOINT")?;
+                state.in_body = true;
+                let conn = match state.open.as_mut() {
+                    Some((tx, _)) => &mut **tx,
+                    None => return Err($crate::error::StorageError::GroupCommit("no open transaction".into()).into()),
+                };
+                let result: Result<_, $crate::error::StorageError> = async {
+                    let $tx: &mut sqlx::SqliteConnection = &mut *conn;
+                    Ok($body)
+                }
+                .await;
+                let out = match result {
+                    Ok(out) => {
+                        sqlx::query("RELEASE treaty_write").execute(&mut *conn).await.ctx("RELEASE")?;
+                        state.in_body = false;
+                        Ok(out)
+                    }
+                    Err(e) => {
+                        // Only this writer's statements are undone; the others commit.
+                        let _ = sqlx::query("ROLLBACK TO treaty_write").execute(&mut *conn).await;
+                        let _ = sqlx::query("RELEASE treaty_write").execute(&mut *conn).await;
+                        state.in_body = false;
+                        Err(e)
+                    }
+                };
+                drop(state);
+                // Committed by a task of its own, so a caller cancelled while it waits cannot
+                // leave the shared transaction open.
+                let committer = group.clone();
+                let committed = tokio::spawn(async move { committer.commit(epoch).await }).await;
+                let out = out?;
+                match committed {
+                    Ok(Ok(())) => out,
+                    Ok(Err(e)) => return Err($crate::error::StorageError::GroupCommit(format!("{} ({e})", $what)).into()),
+                    Err(e) => return Err($crate::error::StorageError::GroupCommit(format!("{} ({e})", $what)).into()),
+                }
             }
-            $crate::db::WriteTransaction::Postgres { tx: mut $tx } => {
-                let out = $body;
-                $tx.commit().await.map_err(|e| $crate::error::StorageError::query(format!("committing ({})", $what), e))?;
+            $crate::db::Backend::Postgres { pool } => {
+                let mut pgtx = pool.begin().await.ctx("beginning a write transaction")?;
+                let out = {
+                    let $tx: &mut sqlx::PgConnection = &mut *pgtx;
+                    $body
+                };
+                pgtx.commit().await.map_err(|e| $crate::error::StorageError::query(format!("committing ({})", $what), e))?;
                 out
             }
         }
@@ -163,7 +207,7 @@ impl Database {
                 .connect_with(options)
                 .await
                 .map_err(|source| StorageError::Connect { url: shown.clone(), source })?;
-            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())) }
+            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())), group: Arc::default() }
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(invalid("no file path after sqlite:// (expected sqlite://PATH, e.g. sqlite://node.db)"));
@@ -208,7 +252,7 @@ impl Database {
                     Err(source) => return Err(StorageError::Connect { url: format!("{shown} (file {})", file.display()), source }),
                 }
             };
-            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())) }
+            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())), group: Arc::default() }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|e| invalid(&format!("not a valid PostgreSQL URL: {e}")))?;
             // One direct attempt first: the pool would retry an unreachable server until its
@@ -233,6 +277,15 @@ impl Database {
             db.migrate(migrations).await?;
         }
         Ok(db)
+    }
+
+    /// SQLite's group commit, for other crates' stores (see [`GroupCommit`]); `None` on
+    /// PostgreSQL, whose server groups concurrent commits itself.
+    pub fn sqlite_group(&self) -> Option<SqliteGroup<'_>> {
+        match self.backend() {
+            Backend::Sqlite { pool, writer, group } => Some((pool, writer, group)),
+            Backend::Postgres { .. } => None,
+        }
     }
 
     pub(crate) fn backend(&self) -> &Backend {
@@ -267,7 +320,7 @@ impl Database {
     /// failing with SQLITE_BUSY halfway through.
     pub async fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
         match self.backend() {
-            Backend::Sqlite { pool, writer } => {
+            Backend::Sqlite { pool, writer, .. } => {
                 let guard = writer.clone().lock_owned().await;
                 let tx = pool.begin_with("BEGIN IMMEDIATE").await.ctx("beginning a write transaction (BEGIN IMMEDIATE)")?;
                 Ok(WriteTransaction::Sqlite { tx, guard })
@@ -368,5 +421,112 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}
+
+/// Group commit for SQLite. Writers of this process run their statements, each inside its own
+/// savepoint, in one shared transaction; the first of them to finish commits it for all, so
+/// concurrent writers share one fsync instead of queueing for their own. A writer returns only
+/// after the transaction holding its statements has committed (or with the commit's error).
+/// A writer whose statements fail rolls back to its savepoint and fails alone.
+#[derive(Debug, Default)]
+pub struct GroupCommit {
+    state: Mutex<GroupState>,
+    committed: std::sync::Mutex<Committed>,
+    notify: tokio::sync::Notify,
+}
+
+/// The shared transaction of a [`GroupCommit`].
+#[derive(Debug, Default)]
+pub struct GroupState {
+    /// The open shared transaction and the process writer lock it holds.
+    pub open: Option<(Transaction<'static, Sqlite>, OwnedMutexGuard<()>)>,
+    /// A writer is inside its savepoint. Still set when the next writer (or the committer)
+    /// comes, the writer was cancelled half-way: its statements are rolled back first.
+    pub in_body: bool,
+    /// The epoch of the open (or next) transaction.
+    epoch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Committed {
+    /// Every epoch below this one has been committed (or failed).
+    below: u64,
+    /// Recent failed commits: epoch → error.
+    failed: std::collections::VecDeque<(u64, String)>,
+}
+
+impl GroupCommit {
+    /// Joins the open transaction (opening one if needed). Returns the locked state, whose
+    /// `open` transaction the caller runs its statements on, and the epoch it joined.
+    pub async fn join(
+        &self,
+        pool: &SqlitePool,
+        writer: &Arc<Mutex<()>>,
+    ) -> Result<(tokio::sync::MutexGuard<'_, GroupState>, u64), StorageError> {
+        let mut state = self.state.lock().await;
+        Self::undo_cancelled(&mut state).await?;
+        if state.open.is_none() {
+            let guard = writer.clone().lock_owned().await;
+            let tx = pool.begin_with("BEGIN IMMEDIATE").await.ctx("beginning a write transaction (BEGIN IMMEDIATE)")?;
+            state.open = Some((tx, guard));
+        }
+        let epoch = state.epoch;
+        Ok((state, epoch))
+    }
+
+    /// Rolls back the savepoint of a writer that was cancelled inside it.
+    async fn undo_cancelled(state: &mut GroupState) -> Result<(), StorageError> {
+        if state.in_body {
+            if let Some((tx, _)) = state.open.as_mut() {
+                sqlx::query("ROLLBACK TO treaty_write").execute(&mut **tx).await.ctx("rolling back a cancelled write")?;
+                sqlx::query("RELEASE treaty_write").execute(&mut **tx).await.ctx("rolling back a cancelled write")?;
+            }
+            state.in_body = false;
+        }
+        Ok(())
+    }
+
+    /// Waits until the transaction of `epoch` has committed, committing it if nobody has yet.
+    pub async fn commit(&self, epoch: u64) -> Result<(), StorageError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+                if c.below > epoch {
+                    return match c.failed.iter().find(|(e, _)| *e == epoch) {
+                        Some((_, error)) => Err(StorageError::GroupCommit(error.clone())),
+                        None => Ok(()),
+                    };
+                }
+            }
+            let mut state = self.state.lock().await;
+            if state.epoch == epoch {
+                Self::undo_cancelled(&mut state).await?;
+            }
+            if state.epoch == epoch
+                && let Some((tx, guard)) = state.open.take()
+            {
+                state.epoch += 1;
+                drop(state);
+                let result = tx.commit().await.map_err(|e| e.to_string());
+                drop(guard);
+                let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+                c.below = epoch + 1;
+                if let Err(error) = &result {
+                    c.failed.push_back((epoch, error.clone()));
+                    if c.failed.len() > 64 {
+                        c.failed.pop_front();
+                    }
+                }
+                drop(c);
+                self.notify.notify_waiters();
+                return result.map_err(StorageError::GroupCommit);
+            }
+            drop(state);
+            notified.await;
+        }
     }
 }

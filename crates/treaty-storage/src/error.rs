@@ -101,6 +101,9 @@ pub enum StorageError {
         /// The driver's reason.
         source: sqlx::Error,
     },
+    /// The shared (group) transaction a write was part of failed to commit.
+    #[error("committing a group of writes failed: {0}")]
+    GroupCommit(String),
     /// A message id was enqueued while already in the outbox.
     #[error("message {0} is already in the outbox")]
     DuplicateOutboxMessage(String),

@@ -162,6 +162,7 @@ db_tests!(
     network_map_round_trip,
     data_survives_reopening,
     concurrent_writers_all_succeed,
+    a_failing_writer_among_concurrent_ones_fails_alone,
     concurrent_opens_migrate_once,
     migrations_record_and_reapply,
     migration_checksum_change_refused,
@@ -402,6 +403,41 @@ async fn concurrent_writers_all_succeed(fx: &Fixture) {
     }
     assert_eq!(db.transactions().count().await.unwrap(), 200);
     assert_eq!(db.messages().unprocessed(10_000).await.unwrap().len(), 200);
+    db.close().await;
+}
+
+/// Writers that share a (group) commit: the one whose statements fail is undone and told;
+/// the others' writes all land.
+async fn a_failing_writer_among_concurrent_ones_fails_alone(fx: &Fixture) {
+    let db = fx.open().await;
+    let dest = name("Bob");
+    let taken = out(&dest, 1, b"first");
+    db.messages().enqueue(vec![taken.clone()]).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let db = db.clone();
+        let dest = dest.clone();
+        let taken = taken.clone();
+        tasks.push(tokio::spawn(async move {
+            // Writer 7 repeats an id already in the outbox, after a good message of its own.
+            let batch = if t == 7 { vec![out(&dest, 7, b"mine"), taken] } else { vec![out(&dest, t, b"ok")] };
+            db.messages().enqueue(batch).await
+        }));
+    }
+    let mut failures = 0;
+    for (t, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(()) => assert_ne!(t, 7, "the duplicate was accepted"),
+            Err(e) => {
+                assert_eq!(t, 7, "writer {t} failed: {e}");
+                failures += 1;
+            }
+        }
+    }
+    assert_eq!(failures, 1);
+    let outbox = db.messages().outbox(&dest, 100).await.unwrap();
+    assert_eq!(outbox.len(), 16, "15 good writes and the first message");
+    assert!(!outbox.iter().any(|m| m.payload == b"mine"), "part of the failed write landed");
     db.close().await;
 }
 
