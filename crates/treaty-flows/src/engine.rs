@@ -371,10 +371,7 @@ impl FlowEngine {
 
     fn spawn(&self, record: FlowRecord, journal: Vec<Entry>, def: Arc<FlowDef>) -> Arc<Run> {
         let run = Arc::new(Run::new(record.id, record.name.clone(), record.version, journal, record.initiator.clone()));
-        for (session, party, _) in run.open_sessions() {
-            let initiator = record.initiator.as_ref().is_none_or(|(_, s)| *s != session);
-            self.shared.bind(party, session, initiator, record.id);
-        }
+        // Route every session the journal opened (and a responder's own) to this flow.
         for (id, s) in lock(&run.sessions).iter() {
             if let Some(p) = &s.party {
                 self.shared.bind(p.clone(), *id, s.initiator, record.id);
