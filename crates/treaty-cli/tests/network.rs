@@ -170,6 +170,26 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Starts a node that will abort at a failpoint; returns without waiting for readiness
+    /// beyond the ready line.
+    fn start_with_env(label: &str, cmd: &mut Command, key: &str, value: &str) -> Proc {
+        Proc::start(label, cmd.env(key, value))
+    }
+
+    /// Waits for the process to end on its own (a failpoint).
+    fn wait_exit(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop at its failpoint", self.label);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -590,4 +610,88 @@ fn a_python_grpc_client_starts_a_flow_and_streams_its_progress() {
     assert_eq!(report["result"]["echo"], "from Python");
     assert_eq!(report["progress"], serde_json::json!(["sending", "answered"]));
     assert_eq!(report["unknown_flow_error"]["code"], "NOT_FOUND", "{report}");
+}
+
+/// Kills Alice's node (abort, as SIGKILL) right after each journal entry of an Echo flow in
+/// turn, and Bob's after each of his responder's: after a restart the flow completes once,
+/// and Bob's responder saw Alice's message once.
+#[test]
+fn a_two_party_flow_killed_at_every_step_finishes_exactly_once() {
+    let net = Net::new("failpoints", &[ALICE, BOB]);
+    let _map = net.map();
+    let args = format!(r#"{{"to": "{BOB}", "message": "once"}}"#);
+    let alice_dir = net.node_dir(ALICE);
+    let bob_dir = net.node_dir(BOB);
+    let (alice_cfg, bob_cfg) = (alice_dir.join("node.toml"), bob_dir.join("node.toml"));
+    // Alice journals 5 entries per Echo (progress, open, send, receive, progress); Bob 2.
+    let cases: Vec<(&str, u64)> = (1..=5).map(|n| ("alice", n)).chain((1..=2).map(|n| ("bob", n))).collect();
+    let mut bob_flows_before = 0;
+    for (round, (who, n)) in cases.into_iter().enumerate() {
+        let client_id = format!("round-{round}");
+        let node = |dir: &Path, cfg: &Path, victim: bool| {
+            let mut cmd = treaty();
+            cmd.args(["node", "run", "--config", cfg.to_str().unwrap()]);
+            let label = dir.file_name().unwrap().to_string_lossy().into_owned();
+            if victim {
+                Proc::start_with_env(&label, &mut cmd, "TREATY_FAILPOINT_AFTER_JOURNAL", &n.to_string())
+            } else {
+                Proc::start(&label, &mut cmd)
+            }
+        };
+        let alice = node(&alice_dir, &alice_cfg, who == "alice");
+        let bob = node(&bob_dir, &bob_cfg, who == "bob");
+        net.await_known(ALICE, BOB, false);
+        let (code, out, err) =
+            run(&["flow", "start", "--node", alice_dir.to_str().unwrap(), "Echo", "--args", &args, "--client-id", &client_id, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let id = serde_json::from_str::<Value>(&out).unwrap()["flow_id"].as_str().unwrap().to_string();
+        // The victim dies at its failpoint; the other is stopped; both come back.
+        let (victim, other) = if who == "alice" { (alice, bob) } else { (bob, alice) };
+        let status = victim.wait_exit();
+        assert!(!status.success(), "{who} should have died at journal entry {n}");
+        other.stop();
+        let _alice = net.node(ALICE);
+        let _bob = net.node(BOB);
+        let (code, out, err) = run(&[
+            "flow",
+            "start",
+            "--node",
+            alice_dir.to_str().unwrap(),
+            "Echo",
+            "--args",
+            &args,
+            "--client-id",
+            &client_id,
+            "--wait",
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{who} killed after journal entry {n}: {err}");
+        let flow: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(flow["flow_id"], id.as_str(), "the client id found another flow");
+        assert_eq!(flow["result"]["echo"], "once");
+        // Bob ran exactly one more responder, and it received Alice's message once.
+        let (code, out, _) = run(&["flow", "list", "--node", bob_dir.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0);
+        let bob_flows: Value = serde_json::from_str(&out).unwrap();
+        let flows = bob_flows["flows"].as_array().unwrap();
+        assert_eq!(
+            flows.len(),
+            bob_flows_before + 1,
+            "{who} killed after entry {n}: Bob ran {} responders",
+            flows.len() - bob_flows_before
+        );
+        bob_flows_before = flows.len();
+        let last = flows.last().unwrap();
+        eventually("Bob's responder completes", || {
+            let (_, out, _) = run(&["flow", "list", "--node", bob_dir.to_str().unwrap(), "--json"]);
+            let v: Value = serde_json::from_str(&out).unwrap();
+            v["flows"].as_array().unwrap().iter().any(|f| f["flow_id"] == last["flow_id"] && f["status"] == "COMPLETED")
+        });
+        let rt = rt();
+        let db = net.db(BOB, &rt);
+        let pings = rt.block_on(db.messages().inbox(Some(treaty_flows::protocol::FLOW_TOPIC))).unwrap();
+        let from_alice = pings.iter().filter(|(m, _)| m.sender == name(ALICE)).count();
+        // Each round Alice sends Bob exactly an Init (with the message) and an End; no copies.
+        assert_eq!(from_alice, 2 * (round + 1), "{who} killed after entry {n}: Bob's inbox holds {from_alice} flow messages from Alice");
+    }
 }

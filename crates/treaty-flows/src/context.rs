@@ -151,6 +151,7 @@ impl FlowContext {
     async fn record(&self, entry: Entry) -> Result<(), FlowError> {
         let index = *lock(&self.run.cursor);
         self.shared.store.append(self.run.id, index, &entry).await?;
+        failpoint();
         lock(&self.run.journal).push(entry);
         *lock(&self.run.cursor) += 1;
         Ok(())
@@ -353,5 +354,19 @@ impl FlowContext {
             .get(name)
             .ok_or_else(|| FlowError::UnknownFlow { name: name.to_string(), known: self.shared.registry.names() })?;
         (def.run)(self.clone(), args).await
+    }
+}
+
+/// Crash testing: with `TREATY_FAILPOINT_AFTER_JOURNAL=N` in the environment, the process
+/// aborts (no destructors, no flushing — as good as SIGKILL) right after the N-th journal entry
+/// it writes. For tests only; see crates/treaty-cli/tests/network.rs.
+fn failpoint() {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if let Some(n) = *AT.get_or_init(|| std::env::var("TREATY_FAILPOINT_AFTER_JOURNAL").ok().and_then(|v| v.parse().ok()))
+        && COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n
+    {
+        eprintln!("failpoint: aborting after journal entry {n}");
+        std::process::abort();
     }
 }
