@@ -59,7 +59,7 @@ async fn baseline_sqlite(dir: &std::path::Path) -> Result<f64> {
 
 /// A fresh two-node network (Alice, Bob) and its map, all in this process; returns when Alice
 /// knows Bob's address.
-async fn two_nodes(
+pub(crate) async fn two_nodes(
     scratch: &std::path::Path,
 ) -> Result<(tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, Vec<node::RunningNode>)> {
     let req = bootstrap::Request {

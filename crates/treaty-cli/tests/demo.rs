@@ -35,6 +35,12 @@ fn demo_json_reports_every_outcome() {
     assert!(step(&doc, "sandbox")["fuel"].as_u64().unwrap() > 0);
     assert_eq!(step(&doc, "sandbox")["cached_modules"], 1);
     assert!(step(&doc, "attachment")["module_bytes"].as_u64().unwrap() > 1000);
+    // Two real nodes ran a durable flow between them, and the network was removed.
+    assert_eq!(step(&doc, "network")["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(step(&doc, "flow")["result"]["echo"], "hello from Alice");
+    assert!(step(&doc, "flow")["journal_entries"].as_u64().unwrap() >= 3);
+    let dir = step(&doc, "network")["dir"].as_str().unwrap();
+    assert!(!std::path::Path::new(dir).exists(), "the demo left its temporary network behind in {dir}");
 }
 
 #[test]
