@@ -55,43 +55,16 @@ macro_rules! in_write {
     ($db:expr, $what:expr, $tx:ident => $body:expr) => {
         match $db.sqlite_group() {
             Some((pool, writer, group)) => {
-                let (mut state, epoch) = group.join(pool, writer).await.map_err(StoreError::from)?;
-                let Some((tx, _)) = state.open.as_mut() else {
-                    return Err(StoreError::transient("no open transaction"));
-                };
-                sqlx::query("SAVEPOINT treaty_write").execute(&mut **tx).await.map_err(|e| err($what, e))?;
-                state.in_body = true;
-                let Some((tx, _)) = state.open.as_mut() else {
-                    return Err(StoreError::transient("no open transaction"));
-                };
-                let conn: &mut sqlx::SqliteConnection = &mut **tx;
+                let mut write = group.begin(pool, writer).await.map_err(StoreError::from)?;
                 let result: Result<_, StoreError> = async {
-                    let $tx: &mut sqlx::SqliteConnection = &mut *conn;
+                    let $tx: &mut sqlx::SqliteConnection = write.conn().map_err(StoreError::from)?;
                     Ok($body)
                 }
                 .await;
-                let out = match result {
-                    Ok(out) => {
-                        sqlx::query("RELEASE treaty_write").execute(&mut *conn).await.map_err(|e| err($what, e))?;
-                        state.in_body = false;
-                        Ok(out)
-                    }
-                    Err(e) => {
-                        let _ = sqlx::query("ROLLBACK TO treaty_write").execute(&mut *conn).await;
-                        let _ = sqlx::query("RELEASE treaty_write").execute(&mut *conn).await;
-                        state.in_body = false;
-                        Err(e)
-                    }
-                };
-                drop(state);
-                let committer = group.clone();
-                let committed = tokio::spawn(async move { committer.commit(epoch).await }).await;
-                let out = out?;
-                match committed {
-                    Ok(Ok(())) => out,
-                    Ok(Err(e)) => return Err(StoreError::from(e)),
-                    Err(e) => return Err(StoreError::transient(format!("{}: {e}", $what))),
-                }
+                let finished = write.finish(result.is_ok()).await;
+                let out = result?;
+                finished.map_err(StoreError::from)?;
+                out
             }
             None => match $db.begin_write().await.map_err(StoreError::from)? {
                 WriteTransaction::Postgres { tx: mut pgtx } => {

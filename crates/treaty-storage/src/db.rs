@@ -116,47 +116,16 @@ macro_rules! write_tx {
     ($db:expr, $what:expr, $tx:ident => $body:expr) => {
         match $db.backend() {
             $crate::db::Backend::Sqlite { pool, writer, group } => {
-                let (mut state, epoch) = group.join(pool, writer).await?;
-                let conn = match state.open.as_mut() {
-                    Some((tx, _)) => &mut **tx,
-                    None => return Err($crate::error::StorageError::GroupCommit("no open transaction".into()).into()),
-                };
-                sqlx::query("SAVEPOINT treaty_write").execute(&mut *conn).await.ctx("SAVEPOINT")?;
-                state.in_body = true;
-                let conn = match state.open.as_mut() {
-                    Some((tx, _)) => &mut **tx,
-                    None => return Err($crate::error::StorageError::GroupCommit("no open transaction".into()).into()),
-                };
+                let mut write = group.begin(pool, writer).await?;
                 let result: Result<_, $crate::error::StorageError> = async {
-                    let $tx: &mut sqlx::SqliteConnection = &mut *conn;
+                    let $tx: &mut sqlx::SqliteConnection = write.conn()?;
                     Ok($body)
                 }
                 .await;
-                let out = match result {
-                    Ok(out) => {
-                        sqlx::query("RELEASE treaty_write").execute(&mut *conn).await.ctx("RELEASE")?;
-                        state.in_body = false;
-                        Ok(out)
-                    }
-                    Err(e) => {
-                        // Only this writer's statements are undone; the others commit.
-                        let _ = sqlx::query("ROLLBACK TO treaty_write").execute(&mut *conn).await;
-                        let _ = sqlx::query("RELEASE treaty_write").execute(&mut *conn).await;
-                        state.in_body = false;
-                        Err(e)
-                    }
-                };
-                drop(state);
-                // Committed by a task of its own, so a caller cancelled while it waits cannot
-                // leave the shared transaction open.
-                let committer = group.clone();
-                let committed = tokio::spawn(async move { committer.commit(epoch).await }).await;
-                let out = out?;
-                match committed {
-                    Ok(Ok(())) => out,
-                    Ok(Err(e)) => return Err($crate::error::StorageError::GroupCommit(format!("{} ({e})", $what)).into()),
-                    Err(e) => return Err($crate::error::StorageError::GroupCommit(format!("{} ({e})", $what)).into()),
-                }
+                let finished = write.finish(result.is_ok()).await;
+                let out = result?;
+                finished.map_err(|e| $crate::error::StorageError::GroupCommit(format!("{} ({e})", $what)))?;
+                out
             }
             $crate::db::Backend::Postgres { pool } => {
                 let mut pgtx = pool.begin().await.ctx("beginning a write transaction")?;
@@ -438,12 +407,12 @@ pub struct GroupCommit {
 
 /// The shared transaction of a [`GroupCommit`].
 #[derive(Debug, Default)]
-pub struct GroupState {
+pub(crate) struct GroupState {
     /// The open shared transaction and the process writer lock it holds.
-    pub open: Option<(Transaction<'static, Sqlite>, OwnedMutexGuard<()>)>,
+    open: Option<(Transaction<'static, Sqlite>, OwnedMutexGuard<()>)>,
     /// A writer is inside its savepoint. Still set when the next writer (or the committer)
     /// comes, the writer was cancelled half-way: its statements are rolled back first.
-    pub in_body: bool,
+    in_body: bool,
     /// The epoch of the open (or next) transaction.
     epoch: u64,
 }
@@ -457,9 +426,20 @@ struct Committed {
 }
 
 impl GroupCommit {
+    /// Starts one writer's part: joins the open shared transaction (opening one if needed)
+    /// and opens the writer's savepoint. Run the statements on [`GroupWrite::conn`], then call
+    /// [`GroupWrite::finish`].
+    pub async fn begin(self: &Arc<Self>, pool: &SqlitePool, writer: &Arc<Mutex<()>>) -> Result<GroupWrite<'_>, StorageError> {
+        let (mut state, epoch) = self.join(pool, writer).await?;
+        let (tx, _) = state.open.as_mut().ok_or_else(|| StorageError::GroupCommit("no open transaction".into()))?;
+        sqlx::query("SAVEPOINT treaty_write").execute(&mut **tx).await.ctx("SAVEPOINT")?;
+        state.in_body = true;
+        Ok(GroupWrite { state, epoch, group: self.clone() })
+    }
+
     /// Joins the open transaction (opening one if needed). Returns the locked state, whose
     /// `open` transaction the caller runs its statements on, and the epoch it joined.
-    pub async fn join(
+    async fn join(
         &self,
         pool: &SqlitePool,
         writer: &Arc<Mutex<()>>,
@@ -488,7 +468,7 @@ impl GroupCommit {
     }
 
     /// Waits until the transaction of `epoch` has committed, committing it if nobody has yet.
-    pub async fn commit(&self, epoch: u64) -> Result<(), StorageError> {
+    async fn commit(&self, epoch: u64) -> Result<(), StorageError> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -528,5 +508,47 @@ impl GroupCommit {
             drop(state);
             notified.await;
         }
+    }
+}
+
+/// One writer's part of a [`GroupCommit`] transaction, its savepoint open. Holding it keeps
+/// other writers of this process waiting, so run the statements and finish.
+pub struct GroupWrite<'a> {
+    state: tokio::sync::MutexGuard<'a, GroupState>,
+    epoch: u64,
+    group: Arc<GroupCommit>,
+}
+
+impl GroupWrite<'_> {
+    /// The connection to run this writer's statements on.
+    pub fn conn(&mut self) -> Result<&mut sqlx::SqliteConnection, StorageError> {
+        match self.state.open.as_mut() {
+            Some((tx, _)) => Ok(&mut **tx),
+            None => Err(StorageError::GroupCommit("no open transaction".into())),
+        }
+    }
+
+    /// Keeps (`keep`) or undoes this writer's statements, then waits until the shared
+    /// transaction has committed. The commit runs in a task of its own, so a caller cancelled
+    /// while it waits cannot leave the transaction open.
+    pub async fn finish(mut self, keep: bool) -> Result<(), StorageError> {
+        let released = match self.state.open.as_mut() {
+            Some((tx, _)) if keep => sqlx::query("RELEASE treaty_write").execute(&mut **tx).await.ctx("RELEASE").map(|_| ()),
+            Some((tx, _)) => {
+                // Only this writer's statements are undone; the others commit.
+                let undone = sqlx::query("ROLLBACK TO treaty_write").execute(&mut **tx).await.ctx("ROLLBACK TO");
+                undone.and(sqlx::query("RELEASE treaty_write").execute(&mut **tx).await.ctx("RELEASE")).map(|_| ())
+            }
+            None => Err(StorageError::GroupCommit("no open transaction".into())),
+        };
+        // If the savepoint could not be closed, the next writer (or the committer) undoes it.
+        if released.is_ok() {
+            self.state.in_body = false;
+        }
+        let GroupWrite { state, epoch, group } = self;
+        drop(state);
+        let committed = tokio::spawn(async move { group.commit(epoch).await }).await;
+        released?;
+        committed.map_err(|e| StorageError::GroupCommit(e.to_string()))?
     }
 }

@@ -21,7 +21,7 @@ mod messaging;
 pub mod migrate;
 mod netmap;
 
-pub use db::{BackendKind, Database, GroupCommit, GroupState, Pool, SQLITE_BUSY_TIMEOUT, SqliteGroup, WriteTransaction};
+pub use db::{BackendKind, Database, GroupCommit, GroupWrite, Pool, SQLITE_BUSY_TIMEOUT, SqliteGroup, WriteTransaction};
 pub use error::StorageError;
 pub use ledger::{AttachmentStore, IdentityRecord, IdentityStore, TransactionStore};
 pub use messaging::SqlMessageStore;
