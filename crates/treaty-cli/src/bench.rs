@@ -33,6 +33,15 @@ struct MessagingReport {
     baseline: Baseline,
 }
 
+impl Baseline {
+    fn print(&self) {
+        println!(
+            "baseline on this machine: {:.0} Ed25519 sign+verify/s, {:.0} durable SQLite commits/s",
+            self.ed25519_sign_verify_per_sec, self.sqlite_commits_per_sec
+        );
+    }
+}
+
 fn baseline_ed25519() -> Result<f64> {
     let key = KeyPair::from_seed(SignatureScheme::Ed25519, [7; 32])?;
     let public = key.public();
@@ -155,10 +164,7 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
             "{} durable messages of {} bytes, Alice → Bob over mutual TLS, SQLite both ends: {:.2} s, {:.0} messages/s",
             report.messages, report.payload_bytes, report.seconds, report.messages_per_sec
         );
-        println!(
-            "baseline on this machine: {:.0} Ed25519 sign+verify/s, {:.0} durable SQLite commits/s",
-            report.baseline.ed25519_sign_verify_per_sec, report.baseline.sqlite_commits_per_sec
-        );
+        report.baseline.print();
     }
     Ok(())
 }
@@ -241,10 +247,7 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
             "{} ping-pong flows Alice → Bob ({} at a time), durable at both ends: {:.2} s, {:.0} flows/s, latency p50 {:.1} ms, p99 {:.1} ms",
             report.flows, report.concurrency, report.seconds, report.flows_per_sec, report.latency_ms_p50, report.latency_ms_p99
         );
-        println!(
-            "baseline on this machine: {:.0} Ed25519 sign+verify/s, {:.0} durable SQLite commits/s",
-            report.baseline.ed25519_sign_verify_per_sec, report.baseline.sqlite_commits_per_sec
-        );
+        report.baseline.print();
     }
     Ok(())
 }
