@@ -60,6 +60,16 @@ pub enum FlowError {
         /// Why.
         reason: String,
     },
+    /// A transaction a counterparty sent (or one in its back-chain) was refused.
+    #[error("transaction {id} from {party} is refused: {reason}")]
+    InvalidTransaction {
+        /// The transaction's id (as the sender named it).
+        id: String,
+        /// The sender.
+        party: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No flow of that name is registered.
     #[error("no flow named {name:?} is registered; known flows: {}", known.join(", "))]
     UnknownFlow {

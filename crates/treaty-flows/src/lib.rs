@@ -11,7 +11,9 @@ mod context;
 mod engine;
 mod error;
 pub mod journal;
+pub mod ledger;
 pub mod protocol;
+pub mod resolve;
 pub mod sql;
 pub mod store;
 
@@ -19,6 +21,8 @@ pub use context::{FlowContext, Session};
 pub use engine::{CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, Registry, Transport};
 pub use error::FlowError;
 pub use journal::{Entry, FlowId, Received};
+pub use ledger::{AttachmentCheck, Ledger, MemoryLedger};
+pub use resolve::{ReceiveOptions, ReceivedTransaction, receive_transaction, send_transaction};
 pub use sql::{FLOW_MIGRATIONS, SqlFlowStore};
 pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore};
 

@@ -29,7 +29,7 @@ pub use bundle::{Bundle, BundleError, Manifest};
 pub use constraints::ConstraintError;
 pub use error::SandboxError;
 pub use host::RunOutcome;
-pub use store::{AttachmentStore, MemoryAttachmentStore};
+pub use store::{AttachmentStore, MemoryAttachmentStore, check_attachment};
 
 /// A bundle checked and (if it has a module) compiled.
 struct Loaded {

@@ -22,6 +22,21 @@ pub trait AttachmentStore: Send + Sync {
     fn get(&self, id: &SecureHash) -> Option<Attachment>;
 }
 
+/// Checks an attachment bundle as an upload is checked — format, manifest, signatures, size
+/// limits, namespace ownership — and describes it. Its id is the SHA-256 of `bytes`.
+pub fn check_attachment(bytes: &[u8], params: &NetworkParameters) -> Result<Attachment, SandboxError> {
+    let id = SecureHash::sha256(bytes);
+    let b = bundle::parse(bytes, &params.sandbox).map_err(|error| SandboxError::Bundle { id, error })?;
+    constraints::check_namespaces(&b, params)?;
+    Ok(Attachment {
+        id,
+        contracts: b.manifest.contracts.clone(),
+        files: b.manifest.data_files.clone(),
+        signers: b.signers.clone(),
+        content: Arc::from(bytes),
+    })
+}
+
 /// An in-memory [`AttachmentStore`].
 pub struct MemoryAttachmentStore {
     params: NetworkParameters,
@@ -37,16 +52,8 @@ impl MemoryAttachmentStore {
 
 impl AttachmentStore for MemoryAttachmentStore {
     fn upload(&self, bytes: &[u8]) -> Result<SecureHash, SandboxError> {
-        let id = SecureHash::sha256(bytes);
-        let b = bundle::parse(bytes, &self.params.sandbox).map_err(|error| SandboxError::Bundle { id, error })?;
-        constraints::check_namespaces(&b, &self.params)?;
-        let a = Attachment {
-            id,
-            contracts: b.manifest.contracts.clone(),
-            files: b.manifest.data_files.clone(),
-            signers: b.signers.clone(),
-            content: Arc::from(bytes),
-        };
+        let a = check_attachment(bytes, &self.params)?;
+        let id = a.id;
         if let Ok(mut items) = self.items.write() {
             items.insert(id, a);
         }

@@ -1,0 +1,129 @@
+//! The seam between the standard flows and a node's ledger: recorded transactions and
+//! attachments, the contract verifier, and the limits of the network.
+//!
+//! The node implements [`Ledger`] over its database and the wasm sandbox; tests implement it
+//! in memory with native contracts. The standard flows (see [`crate::resolve`] and
+//! [`crate::standard`]) touch the ledger only through it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use treaty_core::{Attachment, ContractVerifier, Limits, SecureHash, SignedTransaction};
+
+use crate::error::FlowError;
+
+/// A node's ledger as the standard flows see it.
+pub trait Ledger: Send + Sync + 'static {
+    /// Recorded transactions by id, in the order asked (`None` for an id not recorded).
+    fn transactions(&self, ids: &[SecureHash]) -> impl Future<Output = Result<Vec<Option<SignedTransaction>>, FlowError>> + Send;
+    /// For each of `ids`, whether it is recorded.
+    fn recorded(&self, ids: &[SecureHash]) -> impl Future<Output = Result<Vec<bool>, FlowError>> + Send;
+    /// Stored attachments by id, checked, in the order asked (`None` for one not stored).
+    fn attachments(&self, ids: &[SecureHash]) -> impl Future<Output = Result<Vec<Option<Attachment>>, FlowError>> + Send;
+    /// Checks an attachment bundle (format, signatures, namespace ownership) without storing it.
+    fn check_attachment(&self, bytes: &[u8]) -> Result<Attachment, String>;
+    /// Records attachments, then transactions (dependencies first), all in one database
+    /// transaction. Idempotent: what is recorded already stays as it is.
+    fn record(&self, attachments: &[Attachment], transactions: &[SignedTransaction]) -> impl Future<Output = Result<(), FlowError>> + Send;
+    /// Runs contract code (the wasm sandbox in a node).
+    fn verifier(&self) -> &dyn ContractVerifier;
+    /// The network's limits on a transaction.
+    fn limits(&self) -> Limits;
+    /// The largest message the network carries (bytes).
+    fn max_message_size(&self) -> usize;
+}
+
+/// Checks an attachment bundle and describes it (see [`Ledger::check_attachment`]).
+pub type AttachmentCheck = Arc<dyn Fn(&[u8]) -> Result<Attachment, String> + Send + Sync>;
+
+/// An in-memory [`Ledger`] (tests and simulation: not durable).
+pub struct MemoryLedger {
+    transactions: Mutex<HashMap<SecureHash, SignedTransaction>>,
+    attachments: Mutex<BTreeMap<SecureHash, Attachment>>,
+    verifier: Arc<dyn ContractVerifier>,
+    check: AttachmentCheck,
+    max_message_size: usize,
+}
+
+impl MemoryLedger {
+    /// An empty ledger verifying contracts with `verifier` and attachments with `check`.
+    pub fn new(verifier: Arc<dyn ContractVerifier>, check: AttachmentCheck, max_message_size: usize) -> MemoryLedger {
+        MemoryLedger { transactions: Mutex::default(), attachments: Mutex::default(), verifier, check, max_message_size }
+    }
+
+    /// Records a transaction without checking it (test set-up).
+    pub fn insert(&self, stx: SignedTransaction) {
+        self.insert_as(stx.id(), stx);
+    }
+
+    /// Records `stx` under `id`, even if that is not its id (tests of tampered ledgers).
+    pub fn insert_as(&self, id: SecureHash, stx: SignedTransaction) {
+        crate::context::lock(&self.transactions).insert(id, stx);
+    }
+
+    /// A recorded transaction.
+    pub fn get(&self, id: &SecureHash) -> Option<SignedTransaction> {
+        crate::context::lock(&self.transactions).get(id).cloned()
+    }
+
+    /// Stores an attachment without checking it (test set-up).
+    pub fn insert_attachment(&self, a: Attachment) {
+        crate::context::lock(&self.attachments).insert(a.id, a);
+    }
+
+    /// How many transactions are recorded.
+    pub fn len(&self) -> usize {
+        crate::context::lock(&self.transactions).len()
+    }
+
+    /// Whether no transaction is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Ledger for MemoryLedger {
+    async fn transactions(&self, ids: &[SecureHash]) -> Result<Vec<Option<SignedTransaction>>, FlowError> {
+        let txs = crate::context::lock(&self.transactions);
+        Ok(ids.iter().map(|id| txs.get(id).cloned()).collect())
+    }
+
+    async fn recorded(&self, ids: &[SecureHash]) -> Result<Vec<bool>, FlowError> {
+        let txs = crate::context::lock(&self.transactions);
+        Ok(ids.iter().map(|id| txs.contains_key(id)).collect())
+    }
+
+    async fn attachments(&self, ids: &[SecureHash]) -> Result<Vec<Option<Attachment>>, FlowError> {
+        let a = crate::context::lock(&self.attachments);
+        Ok(ids.iter().map(|id| a.get(id).cloned()).collect())
+    }
+
+    fn check_attachment(&self, bytes: &[u8]) -> Result<Attachment, String> {
+        (self.check)(bytes)
+    }
+
+    async fn record(&self, attachments: &[Attachment], transactions: &[SignedTransaction]) -> Result<(), FlowError> {
+        let mut a = crate::context::lock(&self.attachments);
+        for x in attachments {
+            a.entry(x.id).or_insert_with(|| x.clone());
+        }
+        let mut txs = crate::context::lock(&self.transactions);
+        for stx in transactions {
+            txs.entry(stx.id()).or_insert_with(|| stx.clone());
+        }
+        Ok(())
+    }
+
+    fn verifier(&self) -> &dyn ContractVerifier {
+        self.verifier.as_ref()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+}

@@ -1,0 +1,474 @@
+//! Sending a transaction with its back-chain: `SendTransaction` / `ReceiveTransaction` and
+//! `ResolveTransactions` (white paper "Data visibility and dependency resolution").
+//!
+//! The sender sends the transaction, then serves what the receiver asks for — transactions
+//! and attachments in the dependency graph of what it sent, nothing else (no fishing). The
+//! receiver walks the graph breadth first from the transaction's inputs and references,
+//! downloading only what its ledger lacks, verifies everything in dependency order (contracts
+//! in the sandbox, in parallel where the graph allows), and records it; a transaction that
+//! fails is named in the error.
+//!
+//! A chain is deep, not wide: asking one level at a time would cost a round trip per
+//! transaction. So each request carries a *prefetch* allowance: the sender adds that many
+//! further ancestors of what was asked, breadth first. The receiver grows the allowance while
+//! everything prefetched was new to it and shrinks it when prefetched transactions turn out
+//! to be known already, so a long chain arrives in a few large batches and a nearly-known
+//! graph costs little waste.
+//!
+//! Every decision that depends on the receiver's database ("which of these do I have?") is a
+//! journaled side effect, so replay after a crash asks the same questions in the same order.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use treaty_core::{Attachment, LedgerTransaction, MapResolver, SecureHash, SignedTransaction, VerifyOptions, verify_transaction};
+
+use crate::context::{FlowContext, Session};
+use crate::error::FlowError;
+use crate::ledger::Ledger;
+
+/// What the receiver asks the sender for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Request {
+    /// These transactions, plus up to `prefetch` more of their ancestors, breadth first.
+    Transactions { want: Vec<SecureHash>, prefetch: u32 },
+    /// These attachments (as many as fit one message; the receiver asks again for the rest).
+    Attachments(Vec<SecureHash>),
+    /// Resolution is over: the sender stops serving.
+    Done,
+}
+
+/// Items as the sender names them, with their bytes (decoded and checked by the receiver).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Batch {
+    items: Vec<(SecureHash, Vec<u8>)>,
+}
+
+/// Most transaction ids in one request.
+const MAX_WANT: usize = 2048;
+/// The prefetch allowance of a first request, and its ceiling.
+const FIRST_PREFETCH: u32 = 64;
+const MAX_PREFETCH: u32 = 8192;
+
+/// What [`receive_transaction`] got.
+#[derive(Clone, Debug)]
+pub struct ReceivedTransaction {
+    /// The transaction, verified.
+    pub transaction: SignedTransaction,
+    /// It resolved (inputs, references, attachments).
+    pub ledger_transaction: LedgerTransaction,
+    /// How many back-chain transactions were downloaded, verified and recorded.
+    pub resolved: usize,
+}
+
+/// Options for [`receive_transaction`].
+#[derive(Clone, Debug, Default)]
+pub struct ReceiveOptions {
+    /// Record the transaction itself once verified (its back-chain is always recorded).
+    pub record: bool,
+    /// Required keys that may lack signatures (e.g. the notary's, before notarisation).
+    pub allowed_missing: Vec<treaty_core::PublicKey>,
+}
+
+/// The ids a transaction depends on: the transactions of its inputs and references.
+pub fn dependencies(stx: &SignedTransaction) -> Vec<SecureHash> {
+    let c = stx.tx().components();
+    let mut seen = HashSet::new();
+    c.inputs.iter().chain(&c.references).map(|r| r.txhash).filter(|h| seen.insert(*h)).collect()
+}
+
+fn invalid(id: &SecureHash, party: &Session, reason: impl Into<String>) -> FlowError {
+    FlowError::InvalidTransaction { id: id.to_string(), party: party.party.to_string(), reason: reason.into() }
+}
+
+/// Sends `stx` on `session` and serves the receiver's requests for its back-chain until the
+/// receiver is done. Returns how many transactions were served.
+pub async fn send_transaction<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+    stx: &SignedTransaction,
+) -> Result<usize, FlowError> {
+    ctx.send(session, &Batch { items: vec![(stx.id(), stx.to_bytes())] }).await?;
+    serve(ctx, session, ledger, stx).await
+}
+
+/// Serves the back-chain of `top` (already sent) until the receiver says it is done.
+async fn serve<L: Ledger>(ctx: &FlowContext, session: &Session, ledger: &Arc<L>, top: &SignedTransaction) -> Result<usize, FlowError> {
+    let mut allowed: HashSet<SecureHash> = dependencies(top).into_iter().collect();
+    let mut allowed_attachments: HashSet<SecureHash> = top.tx().components().attachments.iter().copied().collect();
+    let mut sent: HashSet<SecureHash> = HashSet::new();
+    let budget = ledger.max_message_size().saturating_mul(3) / 4;
+    loop {
+        match ctx.receive::<Request>(session).await? {
+            Request::Done => return Ok(sent.len()),
+            Request::Transactions { want, prefetch } => {
+                if let Some(x) = want.iter().find(|id| !allowed.contains(id)) {
+                    return Err(FlowError::Exception(format!(
+                        "{} asked for transaction {x}, which is not in the dependency graph of what was sent to it",
+                        session.party
+                    )));
+                }
+                let batch = transactions_batch(ledger.as_ref(), &want, prefetch, budget, &sent).await?;
+                for (id, bytes) in &batch.items {
+                    sent.insert(*id);
+                    let stx = SignedTransaction::from_bytes(bytes, &ledger.limits())
+                        .map_err(|e| FlowError::Invalid(format!("recorded transaction {id}: {e}")))?;
+                    allowed.extend(dependencies(&stx));
+                    allowed_attachments.extend(stx.tx().components().attachments.iter().copied());
+                }
+                ctx.send(session, &batch).await?;
+            }
+            Request::Attachments(ids) => {
+                if let Some(x) = ids.iter().find(|id| !allowed_attachments.contains(id)) {
+                    return Err(FlowError::Exception(format!(
+                        "{} asked for attachment {x}, which no transaction it was sent refers to",
+                        session.party
+                    )));
+                }
+                let mut batch = Batch::default();
+                let mut size = 0usize;
+                for (id, a) in ids.iter().zip(ledger.attachments(&ids).await?) {
+                    let a = a.ok_or_else(|| FlowError::Exception(format!("attachment {id} is not stored here")))?;
+                    if !batch.items.is_empty() && size + a.content.len() > budget {
+                        break;
+                    }
+                    size += a.content.len();
+                    batch.items.push((*id, a.content.to_vec()));
+                }
+                ctx.send(session, &batch).await?;
+            }
+        }
+    }
+}
+
+/// The wanted transactions (as many as fit `budget`, at least one) and up to `prefetch` of
+/// their ancestors not sent before, breadth first.
+async fn transactions_batch<L: Ledger>(
+    ledger: &L,
+    want: &[SecureHash],
+    prefetch: u32,
+    budget: usize,
+    sent: &HashSet<SecureHash>,
+) -> Result<Batch, FlowError> {
+    let wanted: HashSet<SecureHash> = want.iter().copied().collect();
+    let mut batch = Batch::default();
+    let (mut size, mut extra) = (0usize, 0u32);
+    let mut visited: HashSet<SecureHash> = wanted.clone();
+    let mut level: Vec<SecureHash> = want.to_vec();
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for (id, stx) in level.iter().zip(ledger.transactions(&level).await?) {
+            let is_wanted = wanted.contains(id);
+            let Some(stx) = stx else {
+                if is_wanted {
+                    return Err(FlowError::Exception(format!("transaction {id} is not recorded here")));
+                }
+                continue;
+            };
+            let bytes = stx.to_bytes();
+            if !batch.items.is_empty() && size + bytes.len() > budget {
+                return Ok(batch);
+            }
+            if !is_wanted {
+                if extra >= prefetch {
+                    return Ok(batch);
+                }
+                extra += 1;
+            }
+            size += bytes.len();
+            batch.items.push((*id, bytes));
+            for d in dependencies(&stx) {
+                if !sent.contains(&d) && visited.insert(d) {
+                    next.push(d);
+                }
+            }
+        }
+        if prefetch == 0 {
+            break;
+        }
+        level = next;
+    }
+    Ok(batch)
+}
+
+/// Receives a transaction sent with [`send_transaction`], resolves and verifies its back-chain
+/// and the transaction itself, and records them (the transaction itself if `options.record`).
+pub async fn receive_transaction<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+    options: ReceiveOptions,
+) -> Result<ReceivedTransaction, FlowError> {
+    let top: Batch = ctx.receive(session).await?;
+    let [(claimed, bytes)] = <[(SecureHash, Vec<u8>); 1]>::try_from(top.items)
+        .map_err(|items| FlowError::Exception(format!("{} sent {} transactions where one was expected", session.party, items.len())))?;
+    let stx = decode(&claimed, &bytes, session, ledger.as_ref())?;
+    // An error here ends the flow, and the engine tells the sender, which stops serving.
+    let resolved = resolve(ctx, session, ledger, &stx).await?;
+    ctx.send(session, &Request::Done).await?;
+    let count = resolved.transactions.len();
+    // Verifying and recording are not journaled: they give the same answer on replay, and
+    // recording is idempotent.
+    let ledger_transaction = verify_all(ledger, resolved, &stx, session, &options).await?;
+    Ok(ReceivedTransaction { transaction: stx, ledger_transaction, resolved: count })
+}
+
+fn decode<L: Ledger>(claimed: &SecureHash, bytes: &[u8], session: &Session, ledger: &L) -> Result<SignedTransaction, FlowError> {
+    let stx = SignedTransaction::from_bytes(bytes, &ledger.limits())
+        .map_err(|e| invalid(claimed, session, format!("it does not decode: {e}")))?;
+    if stx.id() != *claimed {
+        return Err(invalid(claimed, session, format!("its content does not match its id: it hashes to {}", stx.id())));
+    }
+    Ok(stx)
+}
+
+/// The back-chain downloaded for a transaction, not yet verified.
+struct Downloaded {
+    /// New transactions, dependencies first.
+    transactions: Vec<SignedTransaction>,
+    /// New attachments, checked.
+    attachments: Vec<Attachment>,
+}
+
+/// Downloads what the ledger lacks of `top`'s back-chain (transactions and attachments) from
+/// the sender on `session`.
+async fn resolve<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+    top: &SignedTransaction,
+) -> Result<Downloaded, FlowError> {
+    let mut have: HashMap<SecureHash, SignedTransaction> = HashMap::new();
+    let mut queued: HashSet<SecureHash> = HashSet::new();
+    let mut queue: VecDeque<SecureHash> = VecDeque::new();
+    for d in unrecorded(ctx, ledger, "resolve.unrecorded.0", dependencies(top)).await? {
+        if queued.insert(d) {
+            queue.push_back(d);
+        }
+    }
+    let mut prefetch = FIRST_PREFETCH;
+    let mut round = 0usize;
+    while !queue.is_empty() {
+        round += 1;
+        let want: Vec<SecureHash> = queue.drain(..queue.len().min(MAX_WANT)).collect();
+        ctx.send(session, &Request::Transactions { want: want.clone(), prefetch }).await?;
+        let batch: Batch = ctx.receive(session).await?;
+        let mut pool: HashMap<SecureHash, SignedTransaction> = HashMap::with_capacity(batch.items.len());
+        for (claimed, bytes) in &batch.items {
+            pool.insert(*claimed, decode(claimed, bytes, session, ledger.as_ref())?);
+        }
+        // Wanted ones the sender could not fit come first next round.
+        let mut accepted = Vec::new();
+        for id in want.iter().rev() {
+            match pool.remove(id) {
+                Some(stx) => accepted.push(stx),
+                None => queue.push_front(*id),
+            }
+        }
+        if accepted.is_empty() {
+            return Err(FlowError::Exception(format!("{} sent none of the {} transactions asked for", session.party, want.len())));
+        }
+        // One question to the database per round: which of everything this batch mentions
+        // (the prefetched transactions and every dependency) is recorded already?
+        let mut mentioned: Vec<SecureHash> = pool.keys().copied().collect();
+        for stx in accepted.iter().chain(pool.values()) {
+            mentioned.extend(dependencies(stx).into_iter().filter(|d| !have.contains_key(d) && !queued.contains(d)));
+        }
+        mentioned.sort();
+        mentioned.dedup();
+        let unknown: HashSet<SecureHash> =
+            unrecorded(ctx, ledger, &format!("resolve.unrecorded.{round}"), mentioned).await?.into_iter().collect();
+        // Walk from what was asked into what was prefetched, as far as it is new here.
+        let mut stack: Vec<SignedTransaction> = accepted;
+        while let Some(stx) = stack.pop() {
+            for d in dependencies(&stx) {
+                if have.contains_key(&d) || queued.contains(&d) || !unknown.contains(&d) {
+                    continue;
+                }
+                match pool.remove(&d) {
+                    Some(p) => stack.push(p),
+                    None => {
+                        queued.insert(d);
+                        queue.push_back(d);
+                    }
+                }
+            }
+            queued.insert(stx.id());
+            have.insert(stx.id(), stx);
+        }
+        // Prefetched transactions left over were known here already: prefetch less.
+        prefetch = if pool.is_empty() { (prefetch.max(1) * 2).min(MAX_PREFETCH) } else { prefetch / 4 };
+    }
+    let transactions = dependency_order(have);
+    let attachments = fetch_attachments(ctx, session, ledger, top, &transactions).await?;
+    Ok(Downloaded { transactions, attachments })
+}
+
+/// Those of `ids` the ledger has not recorded (a journaled question).
+async fn unrecorded<L: Ledger>(ctx: &FlowContext, ledger: &Arc<L>, key: &str, ids: Vec<SecureHash>) -> Result<Vec<SecureHash>, FlowError> {
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    ctx.side_effect(key, |_| {
+        let ledger = ledger.clone();
+        async move {
+            let recorded = ledger.recorded(&ids).await?;
+            Ok(ids.into_iter().zip(recorded).filter(|(_, r)| !r).map(|(id, _)| id).collect())
+        }
+    })
+    .await
+}
+
+/// `txs` ordered so every transaction comes after those of them it depends on (ties by id).
+fn dependency_order(mut txs: HashMap<SecureHash, SignedTransaction>) -> Vec<SignedTransaction> {
+    let mut ids: Vec<SecureHash> = txs.keys().copied().collect();
+    ids.sort();
+    let mut done: HashSet<SecureHash> = HashSet::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
+    for root in ids {
+        // Iterative post-order depth-first walk (chains are deep: no recursion).
+        let mut stack: Vec<(SecureHash, bool)> = vec![(root, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if done.contains(&id) {
+                continue;
+            }
+            if expanded {
+                done.insert(id);
+                if let Some(stx) = txs.remove(&id) {
+                    out.push(stx);
+                }
+                continue;
+            }
+            let Some(stx) = txs.get(&id) else { continue };
+            stack.push((id, true));
+            let mut deps = dependencies(stx);
+            deps.sort();
+            for d in deps.into_iter().rev() {
+                if !done.contains(&d) && txs.contains_key(&d) {
+                    stack.push((d, false));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Downloads the attachments that `top` and `txs` refer to and the ledger lacks.
+async fn fetch_attachments<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+    top: &SignedTransaction,
+    txs: &[SignedTransaction],
+) -> Result<Vec<Attachment>, FlowError> {
+    let mut ids: Vec<SecureHash> =
+        txs.iter().chain(std::iter::once(top)).flat_map(|t| t.tx().components().attachments.iter().copied()).collect();
+    ids.sort();
+    ids.dedup();
+    let mut missing: VecDeque<SecureHash> = ctx
+        .side_effect("resolve.attachments", |_| {
+            let ledger = ledger.clone();
+            async move {
+                let stored = ledger.attachments(&ids).await?;
+                Ok(ids.into_iter().zip(stored).filter(|(_, a)| a.is_none()).map(|(id, _)| id).collect::<Vec<_>>())
+            }
+        })
+        .await?
+        .into();
+    let mut got = Vec::new();
+    while !missing.is_empty() {
+        let want: Vec<SecureHash> = missing.iter().copied().collect();
+        ctx.send(session, &Request::Attachments(want)).await?;
+        let batch: Batch = ctx.receive(session).await?;
+        if batch.items.is_empty() {
+            return Err(FlowError::Exception(format!("{} sent none of the {} attachments asked for", session.party, missing.len())));
+        }
+        for (claimed, bytes) in batch.items {
+            let Some(pos) = missing.iter().position(|m| *m == claimed) else {
+                return Err(FlowError::Exception(format!("{} sent attachment {claimed}, which was not asked for", session.party)));
+            };
+            missing.remove(pos);
+            let actual = SecureHash::sha256(&bytes);
+            if actual != claimed {
+                return Err(FlowError::Exception(format!(
+                    "attachment {claimed} from {} does not match its id: it hashes to {actual}",
+                    session.party
+                )));
+            }
+            let a = ledger
+                .check_attachment(&bytes)
+                .map_err(|e| FlowError::Exception(format!("attachment {claimed} from {}: {e}", session.party)))?;
+            got.push(a);
+        }
+    }
+    Ok(got)
+}
+
+/// Verifies the downloaded back-chain in dependency order (in parallel: every input is in
+/// hand), then `top`; records the back-chain (and `top` if `options.record`) in one database
+/// transaction. Names the first transaction that fails.
+async fn verify_all<L: Ledger>(
+    ledger: &Arc<L>,
+    downloaded: Downloaded,
+    top: &SignedTransaction,
+    session: &Session,
+    options: &ReceiveOptions,
+) -> Result<LedgerTransaction, FlowError> {
+    let allowed_missing = options.allowed_missing.clone();
+    // Everything the transactions point at: downloaded, or recorded here.
+    let mut resolver = MapResolver::default();
+    let mut local: Vec<SecureHash> = Vec::new();
+    let downloaded_ids: HashSet<SecureHash> = downloaded.transactions.iter().map(SignedTransaction::id).collect();
+    for stx in downloaded.transactions.iter().chain(std::iter::once(top)) {
+        resolver.add_transaction(stx.tx());
+        local.extend(dependencies(stx).into_iter().filter(|d| !downloaded_ids.contains(d)));
+    }
+    local.sort();
+    local.dedup();
+    for (id, stx) in local.iter().zip(ledger.transactions(&local).await?) {
+        let stx = stx.ok_or_else(|| FlowError::Invalid(format!("transaction {id} was recorded here but is gone")))?;
+        resolver.add_transaction(stx.tx());
+    }
+    let mut attachment_ids: Vec<SecureHash> =
+        downloaded.transactions.iter().chain(std::iter::once(top)).flat_map(|t| t.tx().components().attachments.iter().copied()).collect();
+    attachment_ids.sort();
+    attachment_ids.dedup();
+    for a in &downloaded.attachments {
+        resolver.add_attachment(a.clone());
+    }
+    for a in ledger.attachments(&attachment_ids).await?.into_iter().flatten() {
+        resolver.add_attachment(a);
+    }
+    let ledger2 = ledger.clone();
+    let top2 = top.clone();
+    let (chain, verdicts) = tokio::task::spawn_blocking(move || {
+        use rayon::prelude::*;
+        let verifier = ledger2.verifier();
+        let chain = downloaded.transactions;
+        let verdicts: Vec<Result<LedgerTransaction, treaty_core::TransactionError>> =
+            chain.par_iter().map(|stx| verify_transaction(stx, &resolver, verifier, &VerifyOptions::default())).collect();
+        let top_verdict = verify_transaction(&top2, &resolver, verifier, &VerifyOptions { allowed_missing });
+        ((chain, downloaded.attachments), (verdicts, top_verdict))
+    })
+    .await
+    .map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))?;
+    let ((chain, attachments), (verdicts, top_verdict)) = (chain, verdicts);
+    for (stx, v) in chain.iter().zip(verdicts) {
+        if let Err(e) = v {
+            return Err(invalid(
+                &stx.id(),
+                session,
+                format!("it is in the back-chain of {} and fails verification: {} {e}", top.id(), e.code()),
+            ));
+        }
+    }
+    let ltx = top_verdict.map_err(|e| invalid(&top.id(), session, format!("{} {e}", e.code())))?;
+    let mut chain = chain;
+    if options.record {
+        chain.push(top.clone());
+    }
+    ledger.record(&attachments, &chain).await?;
+    Ok(ltx)
+}

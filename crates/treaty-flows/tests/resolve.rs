@@ -1,0 +1,209 @@
+//! `SendTransaction` / `ReceiveTransaction` with back-chain resolution, between two flow
+//! engines over the simulated network: long chains, partly known chains, tampered
+//! transactions named, fishing refused, a crash in the middle of a download. Contracts run
+//! natively here; crates/treaty-cli/tests/network.rs runs the same flows between real nodes
+//! with the wasm sandbox.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use treaty_core::{NetworkParameters, SecureHash, SignedTransaction, TransactionSignature};
+use treaty_flows::*;
+use treaty_net::sim::SimNetwork;
+use treaty_testkit::{TokenChain, token_chain};
+
+fn ledger() -> Arc<MemoryLedger> {
+    let params = NetworkParameters::default();
+    let check: AttachmentCheck = Arc::new(move |bytes: &[u8]| treaty_sandbox::check_attachment(bytes, &params).map_err(|e| e.to_string()));
+    Arc::new(MemoryLedger::new(Arc::new(treaty_testkit::native_contracts()), check, 1024 * 1024))
+}
+
+/// Alice's ledger holds the whole chain and its attachment.
+fn seed(l: &MemoryLedger, chain: &TokenChain) {
+    let params = NetworkParameters::default();
+    l.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &params).unwrap());
+    for stx in &chain.transactions {
+        l.insert(stx.clone());
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ShareArgs {
+    to: String,
+    tx: SecureHash,
+}
+
+/// The wire shape of the resolution protocol, for a misbehaving receiver.
+#[derive(Serialize, Deserialize)]
+enum Request {
+    Transactions { want: Vec<SecureHash>, prefetch: u32 },
+    Attachments(Vec<SecureHash>),
+    Done,
+}
+
+fn registry(l: Arc<MemoryLedger>) -> Registry {
+    let mut r = Registry::new();
+    for name in ["Share", "ShareFishing"] {
+        let l1 = l.clone();
+        r.flow(name, 1, move |ctx: FlowContext, args: ShareArgs| {
+            let l = l1.clone();
+            async move {
+                let stx = l.get(&args.tx).ok_or_else(|| FlowError::Exception(format!("no transaction {}", args.tx)))?;
+                let session = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+                let served = send_transaction(&ctx, &session, &l, &stx).await?;
+                let resolved: u64 = ctx.receive(&session).await?;
+                Ok(json!({ "served": served, "resolved": resolved }))
+            }
+        });
+    }
+    let l2 = l.clone();
+    r.responder("Share", move |ctx: FlowContext| {
+        let l = l2.clone();
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+            let got = receive_transaction(&ctx, &session, &l, ReceiveOptions { record: true, ..ReceiveOptions::default() }).await?;
+            ctx.send(&session, &(got.resolved as u64)).await
+        }
+    });
+    // Asks for the notary's... no: for a transaction outside what was sent.
+    r.responder("ShareFishing", move |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        let _top: (Vec<(SecureHash, Vec<u8>)>,) = ctx.receive(&session).await?;
+        let secret = SecureHash::sha256(b"some other transaction id");
+        ctx.send(&session, &Request::Transactions { want: vec![secret], prefetch: 0 }).await?;
+        let _: (Vec<(SecureHash, Vec<u8>)>,) = ctx.receive(&session).await?;
+        Ok(())
+    });
+    r
+}
+
+struct Pair {
+    _net: SimNetwork,
+    alice: Node,
+    bob: Node,
+    alice_ledger: Arc<MemoryLedger>,
+    bob_ledger: Arc<MemoryLedger>,
+    net: SimNetwork,
+    dir: Directory,
+    bob_disk: Disk,
+}
+
+async fn pair() -> Pair {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let (alice_ledger, bob_ledger) = (ledger(), ledger());
+    let bob_disk = Disk::default();
+    let alice = Node::start(&net, &dir, ALICE, &Disk::default(), registry(alice_ledger.clone()), EngineOptions::default()).await;
+    let bob = Node::start(&net, &dir, BOB, &bob_disk, registry(bob_ledger.clone()), EngineOptions::default()).await;
+    Pair { _net: net.clone(), alice, bob, alice_ledger, bob_ledger, net, dir, bob_disk }
+}
+
+async fn share(p: &Pair, flow: &str, tx: SecureHash) -> FlowRecord {
+    let id = p.alice.engine.start(flow, json!({ "to": BOB, "tx": tx }), None).await.unwrap();
+    finished(&p.alice.engine, id).await
+}
+
+#[tokio::test]
+async fn a_chain_of_1000_resolves_in_a_few_round_trips() {
+    let p = pair().await;
+    let chain = token_chain(999, 1).unwrap();
+    seed(&p.alice_ledger, &chain);
+    let r = share(&p, "Share", chain.tip().id()).await;
+    assert_eq!(result(&r), json!({ "served": 999, "resolved": 999 }));
+    assert_eq!(p.bob_ledger.len(), 1000, "Bob recorded the tip and its whole back-chain");
+    for stx in &chain.transactions {
+        assert_eq!(p.bob_ledger.get(&stx.id()).as_ref(), Some(stx));
+    }
+    // Breadth first with a growing prefetch: ~log2(1000/64) requests, not 1000.
+    let journal = p.alice.engine.journal(r.id).await.unwrap();
+    let requests = journal.iter().filter(|e| matches!(e, Entry::Received { .. })).count();
+    assert!(requests <= 10, "{requests} messages received by the sender");
+}
+
+#[tokio::test]
+async fn only_what_the_receiver_lacks_is_downloaded() {
+    let p = pair().await;
+    let chain = token_chain(300, 2).unwrap();
+    seed(&p.alice_ledger, &chain);
+    // Bob knows the first 200 already (and the attachment).
+    seed(&p.bob_ledger, &TokenChain { transactions: chain.transactions[..200].to_vec(), ..token_chain(0, 2).unwrap() });
+    let r = share(&p, "Share", chain.tip().id()).await;
+    let out = result(&r);
+    assert_eq!(out["resolved"], 100, "{out}");
+    assert!(out["served"].as_u64().unwrap() < 200, "bounded waste: {out}");
+    assert_eq!(p.bob_ledger.len(), 301);
+}
+
+#[tokio::test]
+async fn a_transaction_whose_bytes_were_altered_is_named_and_nothing_recorded() {
+    let p = pair().await;
+    let chain = token_chain(99, 3).unwrap();
+    seed(&p.alice_ledger, &chain);
+    let victim = chain.transactions[40].id();
+    // Alice's copy of transaction 40 is another transaction's content under its id.
+    p.alice_ledger.insert_as(victim, token_chain(0, 99).unwrap().transactions[0].clone());
+    let r = share(&p, "Share", chain.tip().id()).await;
+    assert_eq!(r.status, FlowStatus::Failed, "{r:?}");
+    let err = r.error.unwrap();
+    assert!(err.contains(&victim.to_string()) && err.contains("does not match its id"), "{err}");
+    assert_eq!(p.bob_ledger.len(), 0, "nothing recorded");
+}
+
+#[tokio::test]
+async fn a_forged_signature_in_the_back_chain_is_named() {
+    let p = pair().await;
+    let chain = token_chain(99, 4).unwrap();
+    seed(&p.alice_ledger, &chain);
+    let victim = &chain.transactions[60];
+    // Same content (same id), the owner's signature replaced by one over another id.
+    let other = token_chain(0, 98).unwrap();
+    let forged: Vec<TransactionSignature> = vec![other.transactions[0].sigs()[0].clone(), victim.sigs()[1].clone()];
+    p.alice_ledger.insert(SignedTransaction::new(victim.tx().clone(), forged));
+    let r = share(&p, "Share", chain.tip().id()).await;
+    assert_eq!(r.status, FlowStatus::Failed, "{r:?}");
+    let err = r.error.unwrap();
+    assert!(err.contains(&victim.id().to_string()) && err.contains("TX-"), "{err}");
+    assert_eq!(p.bob_ledger.len(), 0, "nothing recorded");
+}
+
+#[tokio::test]
+async fn the_sender_refuses_to_serve_outside_the_dependency_graph() {
+    let p = pair().await;
+    let chain = token_chain(3, 5).unwrap();
+    seed(&p.alice_ledger, &chain);
+    let r = share(&p, "ShareFishing", chain.tip().id()).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    let err = r.error.unwrap();
+    assert!(err.contains("not in the dependency graph"), "{err}");
+}
+
+#[tokio::test]
+async fn a_receiver_crashing_mid_download_finishes_once_after_restart() {
+    let p = pair().await;
+    let chain = token_chain(2000, 6).unwrap();
+    seed(&p.alice_ledger, &chain);
+    let id = p.alice.engine.start("Share", json!({ "to": BOB, "tx": chain.tip().id() }), None).await.unwrap();
+    // Wait until Bob's responder has journaled a few rounds, then crash Bob.
+    let bob_flow = loop {
+        let flows = p.bob.engine.list().await.unwrap();
+        if let Some(f) = flows.first()
+            && p.bob.engine.journal(f.id).await.unwrap().len() >= 5
+        {
+            break f.id;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let Pair { bob, bob_disk, net, dir, bob_ledger, alice, .. } = p;
+    bob.crash();
+    let bob = Node::start(&net, &dir, BOB, &bob_disk, registry(bob_ledger.clone()), EngineOptions::default()).await;
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(result(&r)["resolved"], 2000);
+    assert_eq!(finished(&bob.engine, bob_flow).await.status, FlowStatus::Completed);
+    assert_eq!(bob_ledger.len(), 2001);
+    assert_eq!(bob.engine.list().await.unwrap().len(), 1, "one responder, replayed");
+}

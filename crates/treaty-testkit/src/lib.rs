@@ -1,0 +1,138 @@
+//! # treaty-testkit
+//!
+//! Fixtures shared by tests and benchmarks: a chain of token transactions over the project's
+//! test contracts (`test.Token` in `contracts/test-contracts`), each spending the previous
+//! one's output, signed by its owner and a notary — the shape of a long-lived asset's
+//! back-chain. The same chain verifies natively ([`native_contracts`]) and in the wasm sandbox
+//! (its attachment is the compiled test-contracts module, [`TokenChain::attachment`]).
+
+use std::collections::BTreeMap;
+
+use treaty_core::{
+    AttachmentConstraint, Command, KeyPair, NativeContracts, PLATFORM_VERSION, Party, PrivacySalt, SecureHash, SignatureScheme,
+    SignedTransaction, StateRef, TransactionBuilder, TransactionError, TransactionState,
+};
+use treaty_sandbox::bundle;
+pub use treaty_test_contracts::{Token, TokenCommand};
+
+/// The token contract's name.
+pub const TOKEN: &str = "test.Token";
+
+/// The test-contracts module packed as an attachment bundle defining [`TOKEN`].
+pub fn token_bundle() -> Vec<u8> {
+    let manifest = bundle::Manifest {
+        name: "test-contracts".into(),
+        version: "1.0.0".into(),
+        contracts: vec![TOKEN.into()],
+        module: Some(bundle::MODULE.into()),
+        data_files: vec![],
+    };
+    bundle::pack(&manifest, Some(treaty_contracts::TEST_CONTRACTS_WASM), &BTreeMap::new(), &[])
+}
+
+/// The token contract as a native function (no sandbox), for tests of the flows themselves.
+pub fn native_contracts() -> NativeContracts {
+    NativeContracts::new().with(TOKEN, treaty_test_contracts::token)
+}
+
+/// A deterministic Ed25519 key (test and benchmark identities only).
+pub fn key(seed: u8) -> Result<KeyPair, String> {
+    KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).map_err(|e| e.to_string())
+}
+
+/// A chain of token transactions: an issue, then moves back and forth between two holders.
+pub struct TokenChain {
+    /// The attachment bundle holding the token contract (see [`token_bundle`]).
+    pub attachment: Vec<u8>,
+    /// Its id (SHA-256 of the bundle).
+    pub attachment_id: SecureHash,
+    /// The transactions, oldest (the issue) first; each spends output 0 of the one before.
+    pub transactions: Vec<SignedTransaction>,
+    /// The notary every transaction names.
+    pub notary: Party,
+}
+
+impl TokenChain {
+    /// The last transaction (the tip).
+    pub fn tip(&self) -> &SignedTransaction {
+        &self.transactions[self.transactions.len() - 1]
+    }
+}
+
+/// Builds a chain of `moves + 1` transactions: an issue of 100 tokens, then `moves` moves,
+/// each signed by its owner and by the notary (as if notarised). `seed` varies the salts, so
+/// two chains with different seeds share no transaction.
+pub fn token_chain(moves: usize, seed: u64) -> Result<TokenChain, String> {
+    let attachment = token_bundle();
+    let attachment_id = SecureHash::sha256(&attachment);
+    let (notary_key, a_key, b_key) = (key(3)?, key(1)?, key(2)?);
+    let party = |name: &str, k: &KeyPair| -> Result<Party, String> {
+        Ok(Party { name: name.parse().map_err(|e| format!("{e}"))?, owning_key: k.public() })
+    };
+    let notary = party("O=Chain Notary,L=Zurich,C=CH", &notary_key)?;
+    let holders = [(party("O=Holder A,L=London,C=GB", &a_key)?, a_key), (party("O=Holder B,L=Paris,C=FR", &b_key)?, b_key)];
+    let salt = |i: usize| {
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&seed.to_le_bytes());
+        s[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        PrivacySalt(s)
+    };
+    let state = |owner: &Party| {
+        TransactionState::new(
+            &Token { owner: owner.clone().into(), amount: 100 },
+            TOKEN,
+            notary.clone(),
+            AttachmentConstraint::Hash(attachment_id),
+        )
+    };
+    let issue = TransactionBuilder::new(Some(notary.clone()))
+        .output(state(&holders[0].0))
+        .command(Command::new(&TokenCommand::Issue, vec![holders[0].0.owning_key.clone()]))
+        .attachment(attachment_id)
+        .build(salt(0))
+        .map_err(|e| e.to_string())?;
+    let sign = |wtx: treaty_core::WireTransaction, keys: &[&KeyPair]| {
+        let id = wtx.id();
+        SignedTransaction::new(wtx, keys.iter().map(|k| k.sign_transaction(&id, PLATFORM_VERSION)).collect())
+    };
+    let mut transactions = Vec::with_capacity(moves + 1);
+    transactions.push(sign(issue, &[&holders[0].1]));
+    for i in 0..moves {
+        let (from, to) = (&holders[i % 2], &holders[(i + 1) % 2]);
+        let prev = transactions[transactions.len() - 1].id();
+        let wtx = TransactionBuilder::new(Some(notary.clone()))
+            .input(StateRef { txhash: prev, index: 0 })
+            .output(state(&to.0))
+            .command(Command::new(&TokenCommand::Move, vec![from.0.owning_key.clone()]))
+            .attachment(attachment_id)
+            .summary("Move 100 tokens")
+            .build(salt(i + 1))
+            .map_err(|e: TransactionError| e.to_string())?;
+        transactions.push(sign(wtx, &[&from.1, &notary_key]));
+    }
+    Ok(TokenChain { attachment, attachment_id, transactions, notary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use treaty_core::{MapResolver, NetworkParameters, VerifyOptions, verify_transaction};
+
+    /// The chain verifies in order, natively and in the sandbox.
+    #[test]
+    fn chain_verifies_natively_and_in_the_sandbox() {
+        let chain = token_chain(20, 7).unwrap();
+        let params = NetworkParameters::default();
+        let sandbox = treaty_sandbox::Sandbox::new(params.clone()).unwrap();
+        let mut resolver = MapResolver::default();
+        resolver.add_attachment(treaty_sandbox::check_attachment(&chain.attachment, &params).unwrap());
+        let native = native_contracts();
+        for stx in &chain.transactions {
+            verify_transaction(stx, &resolver, &native, &VerifyOptions::default()).unwrap();
+            verify_transaction(stx, &resolver, &sandbox, &VerifyOptions::default()).unwrap();
+            resolver.add_transaction(stx.tx());
+        }
+        assert_eq!(chain.transactions.len(), 21);
+        assert_ne!(token_chain(1, 8).unwrap().tip().id(), token_chain(1, 7).unwrap().tip().id());
+    }
+}
