@@ -695,3 +695,77 @@ fn a_two_party_flow_killed_at_every_step_finishes_exactly_once() {
         assert_eq!(from_alice, 2 * (round + 1), "{who} killed after entry {n}: Bob's inbox holds {from_alice} flow messages from Alice");
     }
 }
+
+/// Records `txs` (and the chain's attachment) in a stopped node's database, as if received.
+fn seed_ledger(net: &Net, legal: &str, chain: &treaty_testkit::TokenChain, txs: &[(treaty_core::SecureHash, Vec<u8>)], rt: &tokio::runtime::Runtime) {
+    let db = net.db(legal, rt);
+    let txs: Vec<(treaty_core::SecureHash, &[u8])> = txs.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+    rt.block_on(db.transactions().record(&[(chain.attachment_id, &chain.attachment)], &txs)).unwrap();
+    rt.block_on(db.close());
+}
+
+fn encoded(chain: &treaty_testkit::TokenChain) -> Vec<(treaty_core::SecureHash, Vec<u8>)> {
+    chain.transactions.iter().map(|t| (t.id(), t.to_bytes())).collect()
+}
+
+#[test]
+fn a_back_chain_of_1000_resolves_between_nodes_and_a_tampered_transaction_is_named() {
+    let net = Net::new("backchain", &[ALICE, BOB]);
+    let rt = rt();
+    // Alice holds three chains: a sound one of 1,001 transactions; one whose transaction 50
+    // carries a forged signature; one whose transaction 30 was replaced by other bytes.
+    let sound = treaty_testkit::token_chain(1000, 1).unwrap();
+    let forged = treaty_testkit::token_chain(100, 2).unwrap();
+    let altered = treaty_testkit::token_chain(100, 3).unwrap();
+    let mut txs = encoded(&sound);
+    let mut f = encoded(&forged);
+    let victim = &forged.transactions[50];
+    let stranger = treaty_testkit::token_chain(0, 4).unwrap();
+    let sigs = vec![stranger.transactions[0].sigs()[0].clone(), victim.sigs()[1].clone()];
+    f[50].1 = treaty_core::SignedTransaction::new(victim.tx().clone(), sigs).to_bytes();
+    let mut a = encoded(&altered);
+    a[30].1 = stranger.transactions[0].to_bytes();
+    txs.extend(f);
+    txs.extend(a);
+    seed_ledger(&net, ALICE, &sound, &txs, &rt);
+
+    let _map = net.map();
+    let _alice = net.node(ALICE);
+    let _bob = net.node(BOB);
+    net.await_known(ALICE, BOB, false);
+    let node = net.node_dir(ALICE);
+    let send = |tip: &treaty_core::SecureHash| {
+        let args = format!(r#"{{"transaction": "{tip}", "to": "{BOB}"}}"#);
+        run(&["flow", "start", "--node", node.to_str().unwrap(), "SendTransaction", "--args", &args, "--wait", "--json"])
+    };
+    let bob_count = || {
+        let db = net.db(BOB, &rt);
+        let n = rt.block_on(db.transactions().count()).unwrap();
+        rt.block_on(db.close());
+        n
+    };
+
+    let (code, out, err) = send(&sound.tip().id());
+    assert_eq!(code, 0, "{err}");
+    let flow: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(flow["result"]["resolved"], 1000, "{flow}");
+    assert_eq!(flow["progress"], serde_json::json!(["sending", "recorded by the receiver"]));
+    assert_eq!(bob_count(), 1001, "Bob recorded the transaction and its whole back-chain");
+
+    let (code, out, _) = send(&forged.tip().id());
+    assert_ne!(code, 0);
+    let flow: Value = serde_json::from_str(&out).unwrap();
+    let error = flow["error"].as_str().unwrap();
+    assert!(error.contains(&victim.id().to_string()) && error.contains("TX-"), "{error}");
+    let (code, out, _) = send(&altered.tip().id());
+    assert_ne!(code, 0);
+    let flow: Value = serde_json::from_str(&out).unwrap();
+    let error = flow["error"].as_str().unwrap();
+    assert!(error.contains(&altered.transactions[30].id().to_string()) && error.contains("does not match its id"), "{error}");
+    assert_eq!(bob_count(), 1001, "nothing of a refused chain was recorded");
+
+    // A transaction Alice does not have: a clear error before anything is sent.
+    let (code, _, err) = send(&stranger.tip().id());
+    assert_ne!(code, 0);
+    assert!(err.contains("no transaction") && err.contains("recorded on this node"), "{err}");
+}

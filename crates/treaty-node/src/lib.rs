@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod keys;
+pub mod ledger;
 pub mod node;
 pub mod rpc;

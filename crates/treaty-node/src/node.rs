@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, X500Name, encoding};
+use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, SecureHash, SignedTransaction, X500Name, encoding};
 use treaty_flows::protocol::FLOW_TOPIC;
-use treaty_flows::{EngineOptions, FlowContext, FlowEngine, FlowError, Registry, SqlFlowStore};
+use treaty_flows::{
+    EngineOptions, FlowContext, FlowEngine, FlowError, Ledger, ReceiveOptions, Registry, SqlFlowStore, receive_transaction, send_transaction,
+};
 use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
 use treaty_net::messaging::{InboundMessage, MessageId, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
 use treaty_net::signed::Signed;
@@ -23,6 +25,7 @@ use treaty_storage::{Database, IdentityRecord, SqlMessageStore};
 
 use crate::config::LoadedConfig;
 use crate::keys::{KeysError, NodeKeys};
+use crate::ledger::NodeLedger;
 
 /// Topic of the diagnostic ping; the receiver answers with [`PONG`].
 pub const PING: &str = "treaty.diagnostics.ping";
@@ -78,6 +81,8 @@ pub struct RunningNode {
     pub parameters: NetworkParameters,
     /// Its flow engine.
     pub flows: FlowEngine,
+    /// Its ledger: transactions, attachments, contract verification.
+    pub ledger: Arc<NodeLedger>,
     /// How long start-up took.
     pub started_in: Duration,
     tasks: Vec<JoinHandle<()>>,
@@ -159,8 +164,14 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
     let mut tasks = vec![follower];
     tasks.push(tokio::spawn(follow_view(view.clone(), keys.tls.revoked.clone(), db.clone())));
     let flow_store = SqlFlowStore::open(&db).await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
-    let flows =
-        FlowEngine::new(config.legal_name.clone(), Arc::new(flow_store), Arc::new(messenger.clone()), registry(), EngineOptions::default());
+    let ledger = Arc::new(NodeLedger::new(db.clone(), parameters.clone()));
+    let flows = FlowEngine::new(
+        config.legal_name.clone(),
+        Arc::new(flow_store),
+        Arc::new(messenger.clone()),
+        registry(ledger.clone()),
+        EngineOptions::default(),
+    );
     // Flows resume from their journals before messages are redelivered, so those find them.
     let resumed = flows.resume().await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
     if resumed > 0 {
@@ -222,7 +233,7 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
             Err(_) => {}
         }
     }));
-    Ok(RunningNode { name: config.legal_name.clone(), db, messenger, view, parameters, flows, started_in: began.elapsed(), tasks })
+    Ok(RunningNode { name: config.legal_name.clone(), db, messenger, view, parameters, flows, ledger, started_in: began.elapsed(), tasks })
 }
 
 /// Follows the network map in the background. The view starts from the node's verified local
@@ -313,15 +324,51 @@ async fn follow_view(
     }
 }
 
-/// The flows every node has. `Echo {"to": NAME, "message": TEXT}` sends the text to the
-/// party's node, whose responder sends it back; it returns `{"echo": TEXT, "from": NAME}`.
-pub fn registry() -> Registry {
+/// The flows every node has (documented in docs/flows.md, part of the stable surface):
+/// - `Echo {"to": NAME, "message": TEXT}` sends the text to the party's node, whose responder
+///   sends it back; it returns `{"echo": TEXT, "from": NAME}`.
+/// - `SendTransaction {"transaction": ID, "to": NAME}` sends a recorded transaction to the
+///   party, whose node resolves its back-chain from this one, verifies and records it all;
+///   it returns `{"transaction": ID, "to": NAME, "resolved": N}` (N back-chain transactions
+///   the receiver lacked).
+pub fn registry(ledger: Arc<NodeLedger>) -> Registry {
     #[derive(serde::Deserialize)]
     struct EchoArgs {
         to: String,
         message: String,
     }
+    #[derive(serde::Deserialize)]
+    struct SendArgs {
+        transaction: String,
+        to: String,
+    }
     let mut r = Registry::new();
+    let l = ledger.clone();
+    r.flow(SEND_TRANSACTION, 1, move |ctx: FlowContext, args: SendArgs| {
+        let ledger = l.clone();
+        async move {
+            let bad = |field: &str, e: String| FlowError::InvalidArguments { flow: SEND_TRANSACTION.into(), reason: format!("{field}: {e}") };
+            let id: SecureHash = args.transaction.parse().map_err(|e| bad("transaction", format!("{e}")))?;
+            let to: X500Name = args.to.parse().map_err(|e| bad("to", format!("{e}")))?;
+            let [stx] = <[Option<SignedTransaction>; 1]>::try_from(ledger.transactions(&[id]).await?).unwrap_or([None]);
+            let stx = stx.ok_or_else(|| bad("transaction", format!("no transaction {id} is recorded on this node")))?;
+            ctx.progress("sending").await?;
+            let session = ctx.initiate(&to).await?;
+            send_transaction(&ctx, &session, &ledger, &stx).await?;
+            let resolved: u64 = ctx.receive(&session).await?;
+            ctx.progress("recorded by the receiver").await?;
+            Ok(serde_json::json!({ "transaction": id.to_string(), "to": to.to_string(), "resolved": resolved }))
+        }
+    });
+    r.responder(SEND_TRANSACTION, move |ctx: FlowContext| {
+        let ledger = ledger.clone();
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("SendTransaction responder without a session".into()))?;
+            let options = ReceiveOptions { record: true, ..ReceiveOptions::default() };
+            let got = receive_transaction(&ctx, &session, &ledger, options).await?;
+            ctx.send(&session, &(got.resolved as u64)).await
+        }
+    });
     r.flow(ECHO, 1, |ctx: FlowContext, args: EchoArgs| async move {
         let to: X500Name = args.to.parse().map_err(|e| FlowError::InvalidArguments { flow: ECHO.into(), reason: format!("to: {e}") })?;
         ctx.progress("sending").await?;
@@ -340,6 +387,8 @@ pub fn registry() -> Registry {
 
 /// The built-in round-trip flow (see [`registry`]).
 pub const ECHO: &str = "Echo";
+/// The built-in flow that shares a recorded transaction with its back-chain (see [`registry`]).
+pub const SEND_TRANSACTION: &str = "SendTransaction";
 
 /// Routes incoming messages: flow sessions to the flow engine, pings answered, pongs recorded.
 async fn dispatch(messenger: NodeMessenger, flows: FlowEngine, mut inbox: mpsc::Receiver<InboundMessage>) {

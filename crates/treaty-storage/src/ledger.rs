@@ -58,6 +58,7 @@ impl Database {
     }
 }
 
+const INSERT_ATTACHMENT: &str = "INSERT INTO treaty_attachments (id, bytes, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 const INSERT_TX: &str = "INSERT INTO treaty_transactions (id, bytes, recorded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 
 impl TransactionStore {
@@ -80,6 +81,50 @@ impl TransactionStore {
             }
             new
         }))
+    }
+
+    /// Records attachments and transactions (in the order given) in one database transaction,
+    /// idempotently: what is recorded already stays as it is. The caller checks every id.
+    pub async fn record(&self, attachments: &[(SecureHash, &[u8])], txs: &[(SecureHash, &[u8])]) -> Result<(), StorageError> {
+        let now = now_millis();
+        let what = "recording attachments and transactions";
+        write_tx!(self.db, what, tx => {
+            for (id, bytes) in attachments {
+                sqlx::query(INSERT_ATTACHMENT).bind(id.as_bytes().as_slice()).bind(*bytes).bind(now).execute(&mut *tx).await.ctx(what)?;
+            }
+            for (id, bytes) in txs {
+                sqlx::query(INSERT_TX).bind(id.as_bytes().as_slice()).bind(*bytes).bind(now).execute(&mut *tx).await.ctx(what)?;
+            }
+        });
+        Ok(())
+    }
+
+    /// The bytes recorded under each of `ids`, in order (`None` where nothing is recorded).
+    pub async fn get_many(&self, ids: &[SecureHash]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let what = "reading treaty_transactions";
+        with_pool!(self.db, pool => {
+            let mut conn = pool.acquire().await.ctx(what)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = sqlx::query("SELECT bytes FROM treaty_transactions WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(&mut *conn).await.ctx(what)?;
+                out.push(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().ctx(what)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// For each of `ids`, whether it is recorded.
+    pub async fn contains_many(&self, ids: &[SecureHash]) -> Result<Vec<bool>, StorageError> {
+        let what = "reading treaty_transactions";
+        with_pool!(self.db, pool => {
+            let mut conn = pool.acquire().await.ctx(what)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = sqlx::query("SELECT 1 FROM treaty_transactions WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(&mut *conn).await.ctx(what)?;
+                out.push(row.is_some());
+            }
+            Ok(out)
+        })
     }
 
     /// The bytes recorded under `id`.
@@ -135,7 +180,7 @@ impl AttachmentStore {
         let now = now_millis();
         let what = "inserting into treaty_attachments";
         Ok(write_tx!(self.db, what, tx => {
-            let done = sqlx::query("INSERT INTO treaty_attachments (id, bytes, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+            let done = sqlx::query(INSERT_ATTACHMENT)
                 .bind(id.as_bytes().as_slice())
                 .bind(bytes)
                 .bind(now)

@@ -157,6 +157,7 @@ macro_rules! message_store_tests {
 db_tests!(
     transactions_round_trip,
     transactions_batch_put,
+    ledger_record_and_batch_reads,
     attachments_round_trip,
     identities_round_trip,
     network_map_round_trip,
@@ -254,6 +255,20 @@ async fn transactions_batch_put(fx: &Fixture) {
     assert_eq!(txs.get(&b).await.unwrap().as_deref(), Some(b"B".as_slice()));
     assert_eq!(txs.ids().await.unwrap(), vec![b, a, c], "recording order");
     assert_eq!(txs.put_all(&[]).await.unwrap(), Vec::<bool>::new());
+    db.close().await;
+}
+
+async fn ledger_record_and_batch_reads(fx: &Fixture) {
+    let db = fx.open().await;
+    let txs = db.transactions();
+    let (a, b, c, att) = (SecureHash::sha256(b"a"), SecureHash::sha256(b"b"), SecureHash::sha256(b"c"), SecureHash::sha256(b"att"));
+    assert!(txs.put(&b, b"B").await.unwrap());
+    txs.record(&[(att, b"ATT".as_slice())], &[(a, b"A".as_slice()), (b, b"B2")]).await.unwrap();
+    txs.record(&[(att, b"ATT2".as_slice())], &[]).await.unwrap();
+    assert_eq!(txs.get_many(&[c, a, b]).await.unwrap(), vec![None, Some(b"A".to_vec()), Some(b"B".to_vec())], "first bytes kept");
+    assert_eq!(txs.contains_many(&[a, c, b]).await.unwrap(), vec![true, false, true]);
+    assert_eq!(db.attachments().get(&att).await.unwrap().as_deref(), Some(b"ATT".as_slice()));
+    assert_eq!(txs.ids().await.unwrap(), vec![b, a], "recording order");
     db.close().await;
 }
 

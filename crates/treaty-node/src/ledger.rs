@@ -1,0 +1,126 @@
+//! The node's ledger as flows see it ([`treaty_flows::Ledger`]): transactions and attachments
+//! in the node database, contracts run in the wasm sandbox under the network's parameters.
+//!
+//! The sandbox (a wasmtime engine) is created on first use, so a node that never verifies a
+//! transaction never pays for it; checked attachments are cached by id, so a bundle's
+//! signatures are checked once per process.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use treaty_core::{
+    Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, SecureHash, SignedTransaction,
+};
+use treaty_flows::{FlowError, Ledger};
+use treaty_sandbox::Sandbox;
+use treaty_storage::{Database, StorageError};
+
+/// Transactions and attachments in the node database; contracts in the sandbox.
+pub struct NodeLedger {
+    db: Database,
+    params: NetworkParameters,
+    sandbox: OnceLock<Result<Sandbox, String>>,
+    attachments: Mutex<HashMap<SecureHash, Attachment>>,
+}
+
+impl NodeLedger {
+    /// The ledger of the node with database `db` on a network with `params`.
+    pub fn new(db: Database, params: NetworkParameters) -> NodeLedger {
+        NodeLedger { db, params, sandbox: OnceLock::new(), attachments: Mutex::new(HashMap::new()) }
+    }
+
+    /// Checks and stores an attachment bundle; returns its id (the same bytes, the same id).
+    pub async fn import_attachment(&self, bytes: &[u8]) -> Result<SecureHash, String> {
+        let a = self.check_attachment(bytes)?;
+        self.db.attachments().put(&a.id, bytes).await.map_err(|e| e.to_string())?;
+        Ok(a.id)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SecureHash, Attachment>> {
+        self.attachments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn storage(e: StorageError) -> FlowError {
+    FlowError::Store(e.into())
+}
+
+impl Ledger for NodeLedger {
+    async fn transactions(&self, ids: &[SecureHash]) -> Result<Vec<Option<SignedTransaction>>, FlowError> {
+        let limits = self.limits();
+        let rows = self.db.transactions().get_many(ids).await.map_err(storage)?;
+        ids.iter()
+            .zip(rows)
+            .map(|(id, bytes)| {
+                bytes
+                    .map(|b| SignedTransaction::from_bytes(&b, &limits).map_err(|e| FlowError::Invalid(format!("recorded transaction {id} does not decode: {e}"))))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    async fn recorded(&self, ids: &[SecureHash]) -> Result<Vec<bool>, FlowError> {
+        self.db.transactions().contains_many(ids).await.map_err(storage)
+    }
+
+    async fn attachments(&self, ids: &[SecureHash]) -> Result<Vec<Option<Attachment>>, FlowError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(a) = self.cache().get(id).cloned() {
+                out.push(Some(a));
+                continue;
+            }
+            let Some(bytes) = self.db.attachments().get(id).await.map_err(storage)? else {
+                out.push(None);
+                continue;
+            };
+            let a = self.check_attachment(&bytes).map_err(|e| FlowError::Invalid(format!("stored attachment {id}: {e}")))?;
+            self.cache().insert(*id, a.clone());
+            out.push(Some(a));
+        }
+        Ok(out)
+    }
+
+    fn check_attachment(&self, bytes: &[u8]) -> Result<Attachment, String> {
+        treaty_sandbox::check_attachment(bytes, &self.params).map_err(|e| format!("{} {e}", e.code()))
+    }
+
+    async fn record(&self, attachments: &[Attachment], transactions: &[SignedTransaction]) -> Result<(), FlowError> {
+        let encoded: Vec<(SecureHash, Vec<u8>)> = transactions.iter().map(|t| (t.id(), t.to_bytes())).collect();
+        let txs: Vec<(SecureHash, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        let atts: Vec<(SecureHash, &[u8])> = attachments.iter().map(|a| (a.id, &a.content[..])).collect();
+        self.db.transactions().record(&atts, &txs).await.map_err(storage)?;
+        let mut cache = self.cache();
+        for a in attachments {
+            cache.insert(a.id, a.clone());
+        }
+        Ok(())
+    }
+
+    fn verifier(&self) -> &dyn ContractVerifier {
+        match self.sandbox.get_or_init(|| Sandbox::new(self.params.clone()).map_err(|e| e.to_string())) {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                static BROKEN: OnceLock<Broken> = OnceLock::new();
+                BROKEN.get_or_init(|| Broken(e.clone()))
+            }
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_transaction_bytes: usize::try_from(self.params.max_transaction_size).unwrap_or(usize::MAX), ..Limits::default() }
+    }
+
+    fn max_message_size(&self) -> usize {
+        usize::try_from(self.params.max_message_size).unwrap_or(usize::MAX)
+    }
+}
+
+/// The verifier when the sandbox cannot be created: every contract is refused, saying why.
+struct Broken(String);
+
+impl ContractVerifier for Broken {
+    fn verify_contract(&self, contract: &str, _tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejection> {
+        Err(ContractRejection::new(format!("contract {contract} cannot run: the sandbox failed to start: {}", self.0)))
+    }
+}
