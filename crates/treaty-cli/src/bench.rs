@@ -251,3 +251,74 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
     }
     Ok(())
 }
+
+#[derive(Serialize)]
+struct ResolveReport {
+    scenario: &'static str,
+    transactions: usize,
+    seconds: f64,
+    transactions_per_sec: f64,
+    /// Messages Bob's side received (the transaction, then one batch per request).
+    batches_received: usize,
+    baseline: Baseline,
+}
+
+/// `treaty bench resolve`: Alice holds a chain of `length` token transactions (the test
+/// contracts' `test.Token`, each signed by its owner and a notary); Bob holds none. The clock
+/// runs from starting `SendTransaction` on Alice until it completes: Bob has downloaded the
+/// back-chain breadth first, verified every transaction (signatures, and the contract in the
+/// wasm sandbox) in dependency order, and recorded them all in SQLite.
+pub fn resolve(length: usize, json: bool) -> Result<()> {
+    if length < 2 {
+        bail!("--length must be at least 2 (an issue and a move)");
+    }
+    let scratch = std::env::temp_dir().join(format!("treaty-bench-resolve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result: Result<ResolveReport> = runtime()?.block_on(async {
+        let chain = treaty_testkit::token_chain(length - 1, rand::random()).map_err(anyhow::Error::msg)?;
+        let (map_task, nodes) = two_nodes(&scratch).await?;
+        let encoded: Vec<(SecureHash, Vec<u8>)> = chain.transactions.iter().map(|t| (t.id(), t.to_bytes())).collect();
+        let txs: Vec<(SecureHash, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        nodes[0].db.transactions().record(&[(chain.attachment_id, &chain.attachment)], &txs).await?;
+        let sqlite = baseline_sqlite(&scratch).await?;
+        let args = serde_json::json!({ "transaction": chain.tip().id().to_string(), "to": nodes[1].name.to_string() });
+        let began = Instant::now();
+        let id = nodes[0].flows.start(node::SEND_TRANSACTION, args, None).await?;
+        let done = nodes[0].flows.wait(id).await?;
+        let seconds = began.elapsed().as_secs_f64();
+        if done.status != treaty_flows::FlowStatus::Completed {
+            bail!("SendTransaction ended {}: {}", done.status.as_str(), done.error.unwrap_or_default());
+        }
+        let recorded = nodes[1].db.transactions().count().await?;
+        if recorded != length as u64 {
+            bail!("Bob recorded {recorded} transactions, expected {length}");
+        }
+        let bob_flow = nodes[1].flows.list().await?.first().map(|f| f.id).context("Bob ran no responder")?;
+        let batches_received =
+            nodes[1].flows.journal(bob_flow).await?.iter().filter(|e| matches!(e, treaty_flows::Entry::Received { .. })).count();
+        map_task.abort();
+        for n in nodes {
+            n.stop();
+        }
+        Ok(ResolveReport {
+            scenario: "resolve",
+            transactions: length,
+            seconds,
+            transactions_per_sec: length as f64 / seconds,
+            batches_received,
+            baseline: Baseline { ed25519_sign_verify_per_sec: baseline_ed25519()?, sqlite_commits_per_sec: sqlite },
+        })
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "back-chain of {} transactions resolved, verified (wasm contracts) and recorded by Bob in {:.2} s: {:.0} tx/s, {} messages received",
+            report.transactions, report.seconds, report.transactions_per_sec, report.batches_received
+        );
+        report.baseline.print();
+    }
+    Ok(())
+}

@@ -183,6 +183,16 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Back-chain resolution: Alice sends the tip of an N-transaction chain to Bob, who lacks
+    /// all of it, downloads, verifies (contracts in the wasm sandbox) and records it.
+    Resolve {
+        /// Transactions in the chain (the tip's back-chain is one less).
+        #[arg(long, default_value_t = 10_000)]
+        length: usize,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Durable messages per second between two nodes over mutual TLS (SQLite at both ends).
     Messaging {
         /// Messages to send.
@@ -280,6 +290,7 @@ fn main() -> ExitCode {
         Command::Bench { command: BenchCommand::Flows { scenario, count, concurrency, json } } => {
             bench::flows(&scenario, count, concurrency, json)
         }
+        Command::Bench { command: BenchCommand::Resolve { length, json } } => bench::resolve(length, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -697,7 +697,13 @@ fn a_two_party_flow_killed_at_every_step_finishes_exactly_once() {
 }
 
 /// Records `txs` (and the chain's attachment) in a stopped node's database, as if received.
-fn seed_ledger(net: &Net, legal: &str, chain: &treaty_testkit::TokenChain, txs: &[(treaty_core::SecureHash, Vec<u8>)], rt: &tokio::runtime::Runtime) {
+fn seed_ledger(
+    net: &Net,
+    legal: &str,
+    chain: &treaty_testkit::TokenChain,
+    txs: &[(treaty_core::SecureHash, Vec<u8>)],
+    rt: &tokio::runtime::Runtime,
+) {
     let db = net.db(legal, rt);
     let txs: Vec<(treaty_core::SecureHash, &[u8])> = txs.iter().map(|(id, b)| (*id, b.as_slice())).collect();
     rt.block_on(db.transactions().record(&[(chain.attachment_id, &chain.attachment)], &txs)).unwrap();

@@ -110,11 +110,9 @@ async fn serve<L: Ledger>(ctx: &FlowContext, session: &Session, ledger: &Arc<L>,
                         session.party
                     )));
                 }
-                let batch = transactions_batch(ledger.as_ref(), &want, prefetch, budget, &sent).await?;
-                for (id, bytes) in &batch.items {
-                    sent.insert(*id);
-                    let stx = SignedTransaction::from_bytes(bytes, &ledger.limits())
-                        .map_err(|e| FlowError::Invalid(format!("recorded transaction {id}: {e}")))?;
+                let (batch, served) = transactions_batch(ledger.as_ref(), &want, prefetch, budget, &sent).await?;
+                for stx in served {
+                    sent.insert(stx.id());
                     allowed.extend(dependencies(&stx));
                     allowed_attachments.extend(stx.tx().components().attachments.iter().copied());
                 }
@@ -144,14 +142,15 @@ async fn serve<L: Ledger>(ctx: &FlowContext, session: &Session, ledger: &Arc<L>,
 }
 
 /// The wanted transactions (as many as fit `budget`, at least one) and up to `prefetch` of
-/// their ancestors not sent before, breadth first.
+/// their ancestors not sent before, breadth first: the batch, and its transactions decoded.
 async fn transactions_batch<L: Ledger>(
     ledger: &L,
     want: &[SecureHash],
     prefetch: u32,
     budget: usize,
     sent: &HashSet<SecureHash>,
-) -> Result<Batch, FlowError> {
+) -> Result<(Batch, Vec<SignedTransaction>), FlowError> {
+    let mut served = Vec::new();
     let wanted: HashSet<SecureHash> = want.iter().copied().collect();
     let mut batch = Batch::default();
     let (mut size, mut extra) = (0usize, 0u32);
@@ -169,11 +168,11 @@ async fn transactions_batch<L: Ledger>(
             };
             let bytes = stx.to_bytes();
             if !batch.items.is_empty() && size + bytes.len() > budget {
-                return Ok(batch);
+                return Ok((batch, served));
             }
             if !is_wanted {
                 if extra >= prefetch {
-                    return Ok(batch);
+                    return Ok((batch, served));
                 }
                 extra += 1;
             }
@@ -184,13 +183,14 @@ async fn transactions_batch<L: Ledger>(
                     next.push(d);
                 }
             }
+            served.push(stx);
         }
         if prefetch == 0 {
             break;
         }
         level = next;
     }
-    Ok(batch)
+    Ok((batch, served))
 }
 
 /// Receives a transaction sent with [`send_transaction`], resolves and verifies its back-chain
@@ -224,6 +224,21 @@ fn decode<L: Ledger>(claimed: &SecureHash, bytes: &[u8], session: &Session, ledg
     Ok(stx)
 }
 
+/// Decodes a batch and checks every id (in parallel: computing an id hashes the transaction).
+async fn decode_all<L: Ledger>(
+    batch: Batch,
+    session: &Session,
+    ledger: &Arc<L>,
+) -> Result<HashMap<SecureHash, SignedTransaction>, FlowError> {
+    let (session, ledger) = (session.clone(), ledger.clone());
+    tokio::task::spawn_blocking(move || {
+        use rayon::prelude::*;
+        batch.items.par_iter().map(|(claimed, bytes)| Ok((*claimed, decode(claimed, bytes, &session, ledger.as_ref())?))).collect()
+    })
+    .await
+    .map_err(|e| FlowError::Invalid(format!("decoding task failed: {e}")))?
+}
+
 /// The back-chain downloaded for a transaction, not yet verified.
 struct Downloaded {
     /// New transactions, dependencies first.
@@ -255,10 +270,7 @@ async fn resolve<L: Ledger>(
         let want: Vec<SecureHash> = queue.drain(..queue.len().min(MAX_WANT)).collect();
         ctx.send(session, &Request::Transactions { want: want.clone(), prefetch }).await?;
         let batch: Batch = ctx.receive(session).await?;
-        let mut pool: HashMap<SecureHash, SignedTransaction> = HashMap::with_capacity(batch.items.len());
-        for (claimed, bytes) in &batch.items {
-            pool.insert(*claimed, decode(claimed, bytes, session, ledger.as_ref())?);
-        }
+        let mut pool: HashMap<SecureHash, SignedTransaction> = decode_all(batch, session, ledger).await?;
         // Wanted ones the sender could not fit come first next round.
         let mut accepted = Vec::new();
         for id in want.iter().rev() {

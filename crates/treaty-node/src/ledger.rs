@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use treaty_core::{
-    Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, SecureHash, SignedTransaction,
+    Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, SecureHash,
+    SignedTransaction,
 };
 use treaty_flows::{FlowError, Ledger};
 use treaty_sandbox::Sandbox;
@@ -53,7 +54,10 @@ impl Ledger for NodeLedger {
             .zip(rows)
             .map(|(id, bytes)| {
                 bytes
-                    .map(|b| SignedTransaction::from_bytes(&b, &limits).map_err(|e| FlowError::Invalid(format!("recorded transaction {id} does not decode: {e}"))))
+                    .map(|b| {
+                        SignedTransaction::from_bytes(&b, &limits)
+                            .map_err(|e| FlowError::Invalid(format!("recorded transaction {id} does not decode: {e}")))
+                    })
                     .transpose()
             })
             .collect()

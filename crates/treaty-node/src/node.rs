@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, SecureHash, SignedTransaction, X500Name, encoding};
 use treaty_flows::protocol::FLOW_TOPIC;
 use treaty_flows::{
-    EngineOptions, FlowContext, FlowEngine, FlowError, Ledger, ReceiveOptions, Registry, SqlFlowStore, receive_transaction, send_transaction,
+    EngineOptions, FlowContext, FlowEngine, FlowError, Ledger, ReceiveOptions, Registry, SqlFlowStore, receive_transaction,
+    send_transaction,
 };
 use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
 use treaty_net::messaging::{InboundMessage, MessageId, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
@@ -347,7 +348,8 @@ pub fn registry(ledger: Arc<NodeLedger>) -> Registry {
     r.flow(SEND_TRANSACTION, 1, move |ctx: FlowContext, args: SendArgs| {
         let ledger = l.clone();
         async move {
-            let bad = |field: &str, e: String| FlowError::InvalidArguments { flow: SEND_TRANSACTION.into(), reason: format!("{field}: {e}") };
+            let bad =
+                |field: &str, e: String| FlowError::InvalidArguments { flow: SEND_TRANSACTION.into(), reason: format!("{field}: {e}") };
             let id: SecureHash = args.transaction.parse().map_err(|e| bad("transaction", format!("{e}")))?;
             let to: X500Name = args.to.parse().map_err(|e| bad("to", format!("{e}")))?;
             let [stx] = <[Option<SignedTransaction>; 1]>::try_from(ledger.transactions(&[id]).await?).unwrap_or([None]);
@@ -363,7 +365,8 @@ pub fn registry(ledger: Arc<NodeLedger>) -> Registry {
     r.responder(SEND_TRANSACTION, move |ctx: FlowContext| {
         let ledger = ledger.clone();
         async move {
-            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("SendTransaction responder without a session".into()))?;
+            let session =
+                ctx.initiating_session().ok_or_else(|| FlowError::Invalid("SendTransaction responder without a session".into()))?;
             let options = ReceiveOptions { record: true, ..ReceiveOptions::default() };
             let got = receive_transaction(&ctx, &session, &ledger, options).await?;
             ctx.send(&session, &(got.resolved as u64)).await

@@ -1,5 +1,7 @@
 //! The ledger component's tables: transactions, attachments and identities.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Row;
 use treaty_core::{PublicKey, SecureHash, X500Name, encoding};
 
@@ -58,6 +60,14 @@ impl Database {
     }
 }
 
+/// Ids per `IN (...)` query: well under SQLite's and PostgreSQL's bind-parameter limits.
+const IN_CHUNK: usize = 500;
+
+/// `$1, $2, …, $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 const INSERT_ATTACHMENT: &str = "INSERT INTO treaty_attachments (id, bytes, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 const INSERT_TX: &str = "INSERT INTO treaty_transactions (id, bytes, recorded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 
@@ -102,29 +112,42 @@ impl TransactionStore {
     /// The bytes recorded under each of `ids`, in order (`None` where nothing is recorded).
     pub async fn get_many(&self, ids: &[SecureHash]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         let what = "reading treaty_transactions";
-        with_pool!(self.db, pool => {
-            let mut conn = pool.acquire().await.ctx(what)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let row = sqlx::query("SELECT bytes FROM treaty_transactions WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(&mut *conn).await.ctx(what)?;
-                out.push(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose().ctx(what)?);
-            }
-            Ok(out)
-        })
+        let mut found: HashMap<SecureHash, Vec<u8>> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let sql = format!("SELECT id, bytes FROM treaty_transactions WHERE id IN ({})", placeholders(chunk.len()));
+            with_pool!(self.db, pool => {
+                // Only placeholders are interpolated; every id is a bound parameter.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for id in chunk {
+                    q = q.bind(id.as_bytes().as_slice());
+                }
+                for row in q.fetch_all(pool).await.ctx(what)? {
+                    let id = hash_from("treaty_transactions", &row.try_get::<Vec<u8>, _>(0).ctx(what)?)?;
+                    found.insert(id, row.try_get::<Vec<u8>, _>(1).ctx(what)?);
+                }
+            });
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
     }
 
     /// For each of `ids`, whether it is recorded.
     pub async fn contains_many(&self, ids: &[SecureHash]) -> Result<Vec<bool>, StorageError> {
         let what = "reading treaty_transactions";
-        with_pool!(self.db, pool => {
-            let mut conn = pool.acquire().await.ctx(what)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let row = sqlx::query("SELECT 1 FROM treaty_transactions WHERE id = $1").bind(id.as_bytes().as_slice()).fetch_optional(&mut *conn).await.ctx(what)?;
-                out.push(row.is_some());
-            }
-            Ok(out)
-        })
+        let mut found: HashSet<SecureHash> = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let sql = format!("SELECT id FROM treaty_transactions WHERE id IN ({})", placeholders(chunk.len()));
+            with_pool!(self.db, pool => {
+                // Only placeholders are interpolated; every id is a bound parameter.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for id in chunk {
+                    q = q.bind(id.as_bytes().as_slice());
+                }
+                for row in q.fetch_all(pool).await.ctx(what)? {
+                    found.insert(hash_from("treaty_transactions", &row.try_get::<Vec<u8>, _>(0).ctx(what)?)?);
+                }
+            });
+        }
+        Ok(ids.iter().map(|id| found.contains(id)).collect())
     }
 
     /// The bytes recorded under `id`.
