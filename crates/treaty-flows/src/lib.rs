@@ -20,7 +20,7 @@ pub use engine::{CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, 
 pub use error::FlowError;
 pub use journal::{Entry, FlowId, Received};
 pub use sql::{FLOW_MIGRATIONS, SqlFlowStore};
-pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore};
+pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore, ParkedFlow, Parking};
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn now_micros() -> i64 {
