@@ -874,23 +874,25 @@ impl FlowEngine {
 
     async fn open_responder(&self, message: InboundMessage, flow: String, version: u32, payload: Option<Vec<u8>>) -> Result<(), FlowError> {
         let id = FlowId::responder_for(&message.id);
-        {
+        // The responder exists: a payload is handed to it (dropped there if it journaled it
+        // already); an opening message without one has done its work.
+        let exists = {
             let mut t = lock(&self.shared.table);
-            match t.runs.get_mut(&id) {
-                Some(Slot::Live(run, _)) => {
-                    if let Some(p) = payload {
-                        run.push(message.session, message.id, Received::Data(p));
-                    }
+            match (t.runs.get_mut(&id), &payload) {
+                (Some(Slot::Live(run, _)), Some(p)) => {
+                    run.push(message.session, message.id, Received::Data(p.clone()));
                     return Ok(());
                 }
-                Some(Slot::Reviving(pending)) => {
-                    if let Some(p) = payload {
-                        pending.push((message.session, message.id, Received::Data(p)));
-                    }
+                (Some(Slot::Reviving(pending)), Some(p)) => {
+                    pending.push((message.session, message.id, Received::Data(p.clone())));
                     return Ok(());
                 }
-                None => {}
+                (Some(_), None) => true,
+                (None, _) => false,
             }
+        };
+        if exists {
+            return self.shared.transport.processed(vec![message.id]).await;
         }
         if self.shared.store.get(id).await?.is_some() {
             // Started before and ended, parked or held: the opening message has done its work
@@ -987,9 +989,15 @@ impl FlowEngine {
                 }
                 run
             }
-            // Parked, being brought back, or not running: its sessions are in its journal.
+            // Parked, being brought back, or not running: its sessions are in its journal. One it
+            // opened may have been opened on the wire without a journaled step (an initiator
+            // that received first), so tell them all: a counterparty that never heard of a
+            // session drops the message.
             _ => {
-                Arc::new(Run::new(id, record.name.clone(), record.version, self.shared.store.journal(id).await?, record.initiator.clone()))
+                let journal = self.shared.store.journal(id).await?;
+                let run = Run::new(id, record.name.clone(), record.version, journal, record.initiator.clone());
+                run.assume_opened();
+                Arc::new(run)
             }
         };
         self.tell_sessions(&run, SessionMessage::Error(FlowError::Killed.for_counterparty()), "error").await?;

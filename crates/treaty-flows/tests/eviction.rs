@@ -658,3 +658,27 @@ async fn a_receive_first_initiator_restarted_after_its_receive_sends_data_not_a_
     let inits = sent.iter().filter(|m| matches!(m, SessionMessage::Init { .. })).count();
     assert_eq!(inits, 1, "the session was opened twice: {sent:?}");
 }
+
+#[tokio::test]
+async fn a_parked_flow_can_be_killed_and_its_counterparty_is_told() {
+    let store = Arc::new(MemoryFlowStore::default());
+    let wire = Arc::new(Wire::default());
+    let engine = engine(store.clone(), &wire, parked_at_once());
+    let id = engine.start("Wait", json!(1), None).await.unwrap();
+    let s = session(&*store, id).await;
+    until("the flow is parked", || engine.parked() == 1).await;
+    assert_eq!(engine.kill(id).await.unwrap().status, FlowStatus::Killed);
+    assert_eq!((engine.resident(), engine.parked(), engine.running()), (0, 0, 0));
+    let told = wire.sent.lock().unwrap().iter().any(|(_, to, session, payload)| {
+        *to == name(BOB)
+            && *session == s
+            && matches!(encoding::decode::<Envelope>(payload).unwrap().message, SessionMessage::Error(ref m) if m.contains("killed"))
+    });
+    assert!(told, "Bob was not told");
+    assert!(store.parked_session(&name(BOB), s, true).await.unwrap().is_none());
+    // Bob's late answer finds no flow: dropped, the flow stays killed.
+    let late = from_bob(s, &"too late".to_string());
+    engine.deliver(late.clone()).await.unwrap();
+    assert!(wire.processed.lock().unwrap().contains(&late.id));
+    assert_eq!(engine.get(id).await.unwrap().unwrap().status, FlowStatus::Killed);
+}
