@@ -1,8 +1,14 @@
 //! [`FlowContext`]: everything a flow may do to the world, each step journaled before it
 //! counts and answered from the journal when the flow is replayed after a restart.
+//!
+//! A flow that waits — at a receive with nothing queued for it, or in `sleep_until` — says so
+//! in its [`Inbox`]; the engine may then park it (drop it from memory, see `engine.rs`) and
+//! bring it back by replaying its journal when a message or its wake time comes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,6 +39,25 @@ pub(crate) struct SessionState {
     pub(crate) init_sent: bool,
 }
 
+/// What a waiting flow waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// A message, at a receive with nothing queued for it.
+    Message,
+    /// Its wake time (microseconds since the Unix epoch), in `sleep_until`.
+    Sleep(i64),
+}
+
+/// Messages delivered to a flow and not yet journaled, and whether it waits.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub(crate) queues: HashMap<u64, VecDeque<(MessageId, Received)>>,
+    /// Set while the flow is suspended at a receive or a sleep; cleared before it does anything
+    /// else. Kept under the same lock as the queues, so "waiting with nothing queued" is one
+    /// observation.
+    pub(crate) waiting: Option<Wait>,
+}
+
 /// A flow's in-memory state while it runs.
 pub(crate) struct Run {
     pub(crate) id: FlowId,
@@ -41,10 +66,20 @@ pub(crate) struct Run {
     pub(crate) journal: Mutex<Vec<Entry>>,
     pub(crate) cursor: Mutex<usize>,
     pub(crate) seen: Mutex<HashSet<MessageId>>,
-    pub(crate) queues: Mutex<HashMap<u64, VecDeque<(MessageId, Received)>>>,
+    pub(crate) inbox: Mutex<Inbox>,
     pub(crate) sessions: Mutex<HashMap<u64, SessionState>>,
     pub(crate) notify: Notify,
     pub(crate) opened: Mutex<u64>,
+    /// Asks the flow's task to park it (idle too long, or the engine is over its cap).
+    pub(crate) park_now: Notify,
+    /// The engine's cap asked for this flow to be parked and has not heard back.
+    pub(crate) park_requested: AtomicBool,
+    /// The journal length of a parking of this flow that holds in the store (so parking it
+    /// again at that length writes nothing).
+    pub(crate) parked_len: Mutex<Option<usize>>,
+    /// Its key in the engine's index of waiting flows (0: not in it). Changed under the
+    /// engine's table lock.
+    pub(crate) idle: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -56,14 +91,15 @@ impl Run {
         let mut seen = HashSet::new();
         let mut sessions: HashMap<u64, SessionState> = HashMap::new();
         for e in &journal {
+            if let Entry::Received { message, .. } = e {
+                seen.insert(*message);
+            }
             match e {
-                Entry::Received { message, .. } => {
-                    seen.insert(*message);
-                }
                 Entry::Opened { session, party } => {
                     sessions.insert(*session, SessionState { party: Some(party.clone()), initiator: true, init_sent: false });
                 }
-                Entry::Sent { session, .. } => {
+                // Receiving on a session the flow opened means it was opened on the wire.
+                Entry::Sent { session, .. } | Entry::Received { session, .. } => {
                     if let Some(s) = sessions.get_mut(session) {
                         s.init_sent = true;
                     }
@@ -81,17 +117,53 @@ impl Run {
             journal: Mutex::new(journal),
             cursor: Mutex::new(0),
             seen: Mutex::new(seen),
-            queues: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(Inbox::default()),
             sessions: Mutex::new(sessions),
             notify: Notify::new(),
             opened: Mutex::new(0),
+            park_now: Notify::new(),
+            park_requested: AtomicBool::new(false),
+            parked_len: Mutex::new(None),
+            idle: AtomicU64::new(0),
         }
     }
 
     /// Queues a received message for its session and wakes the flow.
     pub(crate) fn push(&self, session: u64, id: MessageId, received: Received) {
-        lock(&self.queues).entry(session).or_default().push_back((id, received));
+        lock(&self.inbox).queues.entry(session).or_default().push_back((id, received));
         self.notify.notify_one();
+    }
+
+    /// The next message queued for `session`; with none, the flow is marked waiting.
+    fn take(&self, session: u64) -> Option<(MessageId, Received)> {
+        let mut inbox = lock(&self.inbox);
+        let next = inbox.queues.get_mut(&session).and_then(VecDeque::pop_front);
+        inbox.waiting = if next.is_none() { Some(Wait::Message) } else { None };
+        next
+    }
+
+    fn set_waiting(&self, waiting: Option<Wait>) {
+        lock(&self.inbox).waiting = waiting;
+    }
+
+    /// What the flow waits for, if it waits with nothing queued on any session: then it can
+    /// be parked without losing a delivered message.
+    pub(crate) fn parkable(&self) -> Option<Wait> {
+        let inbox = lock(&self.inbox);
+        if inbox.queues.values().all(VecDeque::is_empty) { inbox.waiting } else { None }
+    }
+
+    /// Every session as the engine routes messages: (party, session id, whether this flow opened it).
+    pub(crate) fn session_keys(&self) -> Vec<(X500Name, u64, bool)> {
+        lock(&self.sessions).iter().filter_map(|(id, s)| s.party.clone().map(|p| (p, *id, s.initiator))).collect()
+    }
+
+    /// Counts every session as opened on the wire (for telling them all when killing a flow
+    /// rebuilt from its journal).
+    pub(crate) fn assume_opened(&self) {
+        for s in lock(&self.sessions).values_mut() {
+            s.init_sent = true;
+        }
     }
 
     /// Sessions to tell when the flow ends: (session id, party, whether the message goes to the initiator).
@@ -229,7 +301,11 @@ impl FlowContext {
     pub async fn receive<T: DeserializeOwned>(&self, session: &Session) -> Result<T, FlowError> {
         let ask = Ask::Receive(session.id);
         let outcome = match self.replay(&ask)? {
-            Some(Entry::Received { outcome, .. }) => outcome,
+            Some(Entry::Received { outcome, .. }) => {
+                // It received, so the session was opened: a later send is Data, not a second Init.
+                self.mark_init_sent(session);
+                outcome
+            }
             _ => self.receive_live(session).await?,
         };
         match outcome {
@@ -256,16 +332,17 @@ impl FlowContext {
         }
         loop {
             let notified = self.run.notify.notified();
-            let next = lock(&self.run.queues).get_mut(&session.id).and_then(VecDeque::pop_front);
+            let next = self.run.take(session.id);
             match next {
                 Some((id, received)) => {
+                    self.shared.not_idle(&self.run);
                     if lock(&self.run.seen).contains(&id) {
                         self.shared.transport.processed(vec![id]).await?;
                         continue;
                     }
                     if let Err(e) = self.record(Entry::Received { session: session.id, message: id, outcome: received.clone() }).await {
                         // Not journaled: keep it for the retry.
-                        lock(&self.run.queues).entry(session.id).or_default().push_front((id, received));
+                        lock(&self.run.inbox).queues.entry(session.id).or_default().push_front((id, received));
                         return Err(e);
                     }
                     lock(&self.run.seen).insert(id);
@@ -279,8 +356,35 @@ impl FlowContext {
                     });
                     return Ok(received);
                 }
-                None => notified.await,
+                None => {
+                    self.shared.idle(&self.run);
+                    self.idle_wait(notified, None).await;
+                }
             }
+        }
+    }
+
+    /// Waits for `wake` (a message's notification, or the end of a sleep); if that takes
+    /// longer than the engine's eviction threshold, asks for the flow to be parked meanwhile
+    /// (the request is the task's to carry out: see `FlowEngine::drive`). `length` is how long
+    /// `wake` will take at most, when known.
+    async fn idle_wait(&self, wake: impl std::future::Future<Output = ()>, length: Option<Duration>) {
+        match self.shared.options.evict_after {
+            Some(after) if after.is_zero() => {
+                self.run.park_now.notify_one();
+                wake.await;
+            }
+            Some(after) if length.is_none_or(|l| l > after) => {
+                tokio::pin!(wake);
+                tokio::select! {
+                    () = &mut wake => {}
+                    () = tokio::time::sleep(after) => {
+                        self.run.park_now.notify_one();
+                        wake.await;
+                    }
+                }
+            }
+            _ => wake.await,
         }
     }
 
@@ -318,7 +422,12 @@ impl FlowContext {
         }
         let wait = until.saturating_sub(crate::now_micros());
         if wait > 0 {
-            tokio::time::sleep(std::time::Duration::from_micros(wait as u64)).await;
+            let wait = Duration::from_micros(wait.unsigned_abs());
+            self.run.set_waiting(Some(Wait::Sleep(until)));
+            self.shared.idle(&self.run);
+            self.idle_wait(tokio::time::sleep(wait), Some(wait)).await;
+            self.run.set_waiting(None);
+            self.shared.not_idle(&self.run);
         }
         self.record(Entry::Slept(until)).await
     }

@@ -8,27 +8,37 @@
 //! live. Messages a flow sends have ids derived from the flow id and the step, so a step that
 //! was sent but not yet journaled when the node died is sent again with the same id and the
 //! receiver's inbox drops the copy.
+//!
+//! Replay is also how the engine keeps many waiting flows without keeping them in memory. A
+//! flow that waits (at a receive with nothing queued, or in a long sleep) longer than
+//! [`EngineOptions::evict_after`], or that is among the longest-waiting when more than
+//! [`EngineOptions::max_in_memory`] flows are in memory, is *parked*: its task writes a
+//! [`Parking`] (its sessions, its wake time) to the store and ends, dropping the flow where it
+//! waits. A message on one of its sessions, or its wake time, brings it back: its journal is
+//! read and it replays to where it waited, exactly as after a restart. At start-up parked
+//! flows are only indexed (id and wake time), not loaded. See docs/flows.md, "Parked flows",
+//! for why no message is lost or handled twice on the way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::AbortHandle;
 use treaty_core::{X500Name, encoding};
 use treaty_net::messaging::{Connector, InboundMessage, MessageId, MessageStore, Messenger, Outgoing, StoreError};
 
-use crate::context::{FlowContext, Run, lock};
+use crate::context::{FlowContext, Run, Wait, lock};
 use crate::error::FlowError;
 use crate::journal::{Entry, FlowId, Received};
 use crate::protocol::{Envelope, FLOW_TOPIC, SessionMessage};
-use crate::store::{Created, FlowRecord, FlowStatus, FlowStore};
+use crate::store::{Created, FlowRecord, FlowStatus, FlowStore, ParkedFlow, Parking};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -40,9 +50,6 @@ pub type FlowFn = Arc<dyn Fn(FlowContext, Value) -> BoxFuture<'static, Result<Va
 pub type CounterpartyCheck = Arc<dyn Fn(&X500Name, &str) -> Result<(), String> + Send + Sync>;
 
 type ArgsCheck = Arc<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
-
-/// A running flow and its task.
-type Running = (Arc<Run>, Option<AbortHandle>);
 
 /// A registered flow.
 pub struct FlowDef {
@@ -162,7 +169,15 @@ pub(crate) trait DynStore: Send + Sync {
     ) -> BoxFuture<'_, Result<(), StoreError>>;
     fn get(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowRecord>, StoreError>>;
     fn list(&self) -> BoxFuture<'_, Result<Vec<FlowRecord>, StoreError>>;
-    fn runnable(&self) -> BoxFuture<'_, Result<Vec<FlowRecord>, StoreError>>;
+    fn park<'a>(&'a self, parking: &'a Parking) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn parked_session<'a>(
+        &'a self,
+        party: &'a X500Name,
+        session: u64,
+        initiator: bool,
+    ) -> BoxFuture<'a, Result<Option<FlowId>, StoreError>>;
+    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedFlow>, StoreError>>;
+    fn awake(&self) -> BoxFuture<'_, Result<Vec<FlowRecord>, StoreError>>;
 }
 
 impl<T: FlowStore> DynStore for T {
@@ -190,8 +205,22 @@ impl<T: FlowStore> DynStore for T {
     fn list(&self) -> BoxFuture<'_, Result<Vec<FlowRecord>, StoreError>> {
         Box::pin(FlowStore::list(self))
     }
-    fn runnable(&self) -> BoxFuture<'_, Result<Vec<FlowRecord>, StoreError>> {
-        Box::pin(FlowStore::runnable(self))
+    fn park<'a>(&'a self, parking: &'a Parking) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(FlowStore::park(self, parking))
+    }
+    fn parked_session<'a>(
+        &'a self,
+        party: &'a X500Name,
+        session: u64,
+        initiator: bool,
+    ) -> BoxFuture<'a, Result<Option<FlowId>, StoreError>> {
+        Box::pin(FlowStore::parked_session(self, party, session, initiator))
+    }
+    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedFlow>, StoreError>> {
+        Box::pin(FlowStore::parked(self))
+    }
+    fn awake(&self) -> BoxFuture<'_, Result<Vec<FlowRecord>, StoreError>> {
+        Box::pin(FlowStore::awake(self))
     }
 }
 
@@ -204,15 +233,99 @@ pub struct EngineOptions {
     pub retry_delay: Duration,
     /// The counterparty check, if any.
     pub counterparty_check: Option<CounterpartyCheck>,
+    /// A flow waiting this long (for a message, or in a sleep that lasts longer) is parked:
+    /// dropped from memory and brought back from its journal when its message or wake time
+    /// comes. `None`: only the cap parks flows; zero: parked as soon as it waits.
+    pub evict_after: Option<Duration>,
+    /// Flows kept in memory at most: beyond this the longest-waiting flows are parked (a flow
+    /// that is busy is never parked, so this is exceeded while more flows than this are busy).
+    pub max_in_memory: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { retries: 5, retry_delay: Duration::from_millis(200), counterparty_check: None }
+        EngineOptions {
+            retries: 5,
+            retry_delay: Duration::from_millis(200),
+            counterparty_check: None,
+            evict_after: Some(Duration::from_secs(5)),
+            max_in_memory: 10_000,
+        }
     }
 }
 
 type SessionKey = (X500Name, u64, bool);
+
+/// A message for a flow that is not in memory yet: session, id, what it carries.
+type Pending = (u64, MessageId, Received);
+
+/// A flow the engine holds in memory.
+enum Slot {
+    /// Running or waiting: its state and its task.
+    Live(Arc<Run>, Option<AbortHandle>),
+    /// Being brought back from its journal; messages for it wait here meanwhile.
+    Reviving(Vec<Pending>),
+}
+
+/// What the engine knows about its flows, under one lock: a message is routed, a flow parked
+/// or brought back, each as one step under it.
+#[derive(Default)]
+struct Table {
+    /// Flows in memory.
+    runs: HashMap<FlowId, Slot>,
+    /// How many of `runs` are `Reviving`.
+    reviving: usize,
+    /// Sessions of flows in memory → the flow.
+    sessions: HashMap<SessionKey, FlowId>,
+    /// Parked flows (not in `runs`) and their wake times: the whole in-memory cost of a parked
+    /// flow. Its sessions are in the store.
+    parked: HashMap<FlowId, Option<i64>>,
+    /// Parked sleeping flows by wake time.
+    sleepers: BTreeSet<(i64, FlowId)>,
+    /// Flows in memory that wait, by when they began to (a sequence number): the cap parks
+    /// the first ones.
+    idle: BTreeSet<(u64, FlowId)>,
+    next_idle: u64,
+    /// Parkings the cap asked for that have not finished.
+    requested: usize,
+}
+
+impl Table {
+    /// Removes a flow's slot and what routes to it.
+    fn remove(&mut self, id: FlowId) -> Option<Slot> {
+        let slot = self.runs.remove(&id)?;
+        match &slot {
+            Slot::Live(run, _) => {
+                for (party, session, initiator) in run.session_keys() {
+                    if self.sessions.get(&(party.clone(), session, initiator)) == Some(&id) {
+                        self.sessions.remove(&(party, session, initiator));
+                    }
+                }
+                let seq = run.idle.swap(0, Ordering::SeqCst);
+                if seq != 0 {
+                    self.idle.remove(&(seq, id));
+                }
+            }
+            Slot::Reviving(_) => self.reviving -= 1,
+        }
+        Some(slot)
+    }
+
+    fn unpark(&mut self, id: FlowId) -> Option<Option<i64>> {
+        let parked = self.parked.remove(&id)?;
+        if let Some(wake) = parked {
+            self.sleepers.remove(&(wake, id));
+        }
+        Some(parked)
+    }
+
+    fn park(&mut self, id: FlowId, wake: Option<i64>) {
+        self.parked.insert(id, wake);
+        if let Some(wake) = wake {
+            self.sleepers.insert((wake, id));
+        }
+    }
+}
 
 pub(crate) struct Shared {
     pub(crate) me: X500Name,
@@ -221,20 +334,67 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) counterparty_check: Option<CounterpartyCheck>,
     pub(crate) progress: broadcast::Sender<(FlowId, usize, String)>,
-    runs: Mutex<HashMap<FlowId, Running>>,
-    sessions: Mutex<HashMap<SessionKey, FlowId>>,
+    pub(crate) options: EngineOptions,
+    table: Mutex<Table>,
     changes: watch::Sender<u64>,
     draining: AtomicBool,
-    options: EngineOptions,
+    /// Wakes the alarm task when an earlier wake time is parked.
+    alarm: Arc<Notify>,
+    alarm_task: OnceLock<AbortHandle>,
 }
 
 impl Shared {
     pub(crate) fn bind(&self, party: X500Name, session: u64, initiator: bool, flow: FlowId) {
-        lock(&self.sessions).insert((party, session, initiator), flow);
+        lock(&self.table).sessions.insert((party, session, initiator), flow);
     }
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The flow has begun to wait (idempotent while it waits).
+    pub(crate) fn idle(&self, run: &Arc<Run>) {
+        let mut t = lock(&self.table);
+        if run.idle.load(Ordering::SeqCst) == 0 && matches!(t.runs.get(&run.id), Some(Slot::Live(r, _)) if Arc::ptr_eq(r, run)) {
+            t.next_idle += 1;
+            let seq = t.next_idle;
+            t.idle.insert((seq, run.id));
+            run.idle.store(seq, Ordering::SeqCst);
+        }
+        self.over_cap(&mut t);
+    }
+
+    /// The flow no longer waits.
+    pub(crate) fn not_idle(&self, run: &Run) {
+        let mut t = lock(&self.table);
+        let seq = run.idle.swap(0, Ordering::SeqCst);
+        if seq != 0 {
+            t.idle.remove(&(seq, run.id));
+        }
+    }
+
+    /// Over the cap, asks the longest-waiting flows (not asked yet) to park.
+    fn over_cap(&self, t: &mut Table) {
+        let mut excess = t.runs.len().saturating_sub(self.options.max_in_memory).saturating_sub(t.requested);
+        if excess == 0 {
+            return;
+        }
+        let mut asked = Vec::new();
+        for (_, id) in &t.idle {
+            if excess == 0 {
+                break;
+            }
+            if let Some(Slot::Live(run, _)) = t.runs.get(id)
+                && !run.park_requested.swap(true, Ordering::SeqCst)
+            {
+                asked.push(run.clone());
+                excess -= 1;
+            }
+        }
+        t.requested += asked.len();
+        for run in asked {
+            run.park_now.notify_one();
+        }
     }
 }
 
@@ -261,11 +421,12 @@ impl FlowEngine {
             registry,
             counterparty_check: options.counterparty_check.clone(),
             progress: broadcast::channel(1024).0,
-            runs: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
+            options,
+            table: Mutex::new(Table::default()),
             changes: watch::channel(0).0,
             draining: AtomicBool::new(false),
-            options,
+            alarm: Arc::new(Notify::new()),
+            alarm_task: OnceLock::new(),
         };
         FlowEngine { shared: Arc::new(shared) }
     }
@@ -295,29 +456,70 @@ impl FlowEngine {
         self.shared.registry.names()
     }
 
-    /// Flows still running (for draining: done when this is empty).
+    /// Flows still running, in memory or parked (for draining: done when this is zero).
     pub fn running(&self) -> usize {
-        lock(&self.shared.runs).len()
+        let t = lock(&self.shared.table);
+        t.runs.len() + t.parked.len()
     }
 
-    /// Restarts every runnable flow from its journal. Returns how many.
+    /// Flows in memory now (running, waiting, or being brought back).
+    pub fn resident(&self) -> usize {
+        lock(&self.shared.table).runs.len()
+    }
+
+    /// Flows parked: waiting for a message or a time with nothing of them in memory but their id.
+    pub fn parked(&self) -> usize {
+        lock(&self.shared.table).parked.len()
+    }
+
+    /// Whether flow `id` is in memory now.
+    pub fn is_resident(&self, id: FlowId) -> bool {
+        lock(&self.shared.table).runs.contains_key(&id)
+    }
+
+    /// Restarts every runnable flow that is not parked from its journal, and indexes the
+    /// parked ones (they come back when their message or wake time comes). A parked flow whose
+    /// registered version differs from the one that parked it, or that is no longer
+    /// registered, is restarted instead, so a code change shows at start-up. Returns how many
+    /// flows were restarted.
     pub async fn resume(&self) -> Result<usize, FlowError> {
-        let records = self.shared.store.runnable().await?;
+        let mut replay = Vec::new();
+        let sleepers = {
+            let parked = self.shared.store.parked().await?;
+            let mut t = lock(&self.shared.table);
+            for p in parked {
+                let registered = if p.responder {
+                    self.shared.registry.responders.contains_key(&p.name)
+                } else {
+                    self.shared.registry.get(&p.name).is_some_and(|def| def.version == p.version)
+                };
+                if !registered {
+                    replay.push(p.id);
+                } else if !t.runs.contains_key(&p.id) {
+                    t.park(p.id, p.wake_at);
+                }
+            }
+            !t.sleepers.is_empty()
+        };
+        if sleepers {
+            self.ensure_alarm();
+        }
+        let mut records = self.shared.store.awake().await?;
+        for id in replay {
+            records.extend(self.shared.store.get(id).await?);
+        }
         let mut n = 0;
         for record in records {
-            if lock(&self.shared.runs).contains_key(&record.id) {
+            if lock(&self.shared.table).runs.contains_key(&record.id) {
                 continue;
             }
             let journal = self.shared.store.journal(record.id).await?;
             match self.def_for(&record) {
                 Some(def) => {
-                    self.spawn(record, journal, def);
+                    self.install(record, journal, def, None, false);
                     n += 1;
                 }
-                None => {
-                    let error = format!("flow {} is no longer registered on this node", record.name);
-                    self.shared.store.set_status(record.id, FlowStatus::Hospitalized, None, Some(error)).await?;
-                }
+                None => self.unregistered(&record).await?,
             }
         }
         self.shared.changed();
@@ -330,6 +532,12 @@ impl FlowEngine {
         } else {
             self.shared.registry.get(&record.name)
         }
+    }
+
+    async fn unregistered(&self, record: &FlowRecord) -> Result<(), FlowError> {
+        let error = format!("flow {} is no longer registered on this node", record.name);
+        self.shared.store.set_status(record.id, FlowStatus::Hospitalized, None, Some(error)).await?;
+        Ok(())
     }
 
     /// Starts flow `name` with JSON `args`. With a `client_id`, a second start with the same
@@ -362,30 +570,50 @@ impl FlowEngine {
             Created::Existing(id) => Ok(id),
             Created::New => {
                 let id = record.id;
-                self.spawn(record, Vec::new(), def);
+                self.install(record, Vec::new(), def, None, false);
                 self.shared.changed();
                 Ok(id)
             }
         }
     }
 
-    fn spawn(&self, record: FlowRecord, journal: Vec<Entry>, def: Arc<FlowDef>) -> Arc<Run> {
-        let run = Arc::new(Run::new(record.id, record.name.clone(), record.version, journal, record.initiator.clone()));
-        // Route every session the journal opened (and a responder's own) to this flow.
-        for (id, s) in lock(&run.sessions).iter() {
-            if let Some(p) = &s.party {
-                self.shared.bind(p.clone(), *id, s.initiator, record.id);
-            }
-        }
+    /// Puts a flow in memory and starts its task: it runs from the start, replaying `journal`.
+    /// `parked_len`: the journal length of a parking of it that holds in the store. When
+    /// `reviving`, messages that came while its journal was read are handed to it — and if its
+    /// `Reviving` slot is gone (killed meanwhile), nothing is started.
+    fn install(
+        &self,
+        record: FlowRecord,
+        journal: Vec<Entry>,
+        def: Arc<FlowDef>,
+        parked_len: Option<usize>,
+        reviving: bool,
+    ) -> Option<Arc<Run>> {
+        let id = record.id;
+        let run = Arc::new(Run::new(id, record.name.clone(), record.version, journal, record.initiator.clone()));
+        *lock(&run.parked_len) = parked_len;
         let args: Value = serde_json::from_slice(&record.args).unwrap_or(Value::Null);
-        lock(&self.shared.runs).insert(record.id, (run.clone(), None));
+        let mut t = lock(&self.shared.table);
+        match t.remove(id) {
+            Some(Slot::Reviving(pending)) => {
+                for (session, message, received) in pending {
+                    run.push(session, message, received);
+                }
+            }
+            None if reviving => return None,
+            _ => {}
+        }
+        t.unpark(id);
+        // Route every session the journal opened (and a responder's own) to this flow.
+        for key in run.session_keys() {
+            t.sessions.insert(key, id);
+        }
         let engine = self.clone();
         let task_run = run.clone();
         let task = tokio::spawn(async move { engine.drive(task_run, def, args).await });
-        if let Some(entry) = lock(&self.shared.runs).get_mut(&record.id) {
-            entry.1 = Some(task.abort_handle());
-        }
-        run
+        t.runs.insert(id, Slot::Live(run.clone(), Some(task.abort_handle())));
+        self.shared.over_cap(&mut t);
+        Some(run)
     }
 
     async fn drive(&self, run: Arc<Run>, def: Arc<FlowDef>, args: Value) {
@@ -393,7 +621,20 @@ impl FlowEngine {
         let outcome = loop {
             *lock(&run.cursor) = 0;
             let ctx = FlowContext { run: run.clone(), shared: self.shared.clone() };
-            match (def.run)(ctx, args.clone()).await {
+            let mut flow = (def.run)(ctx, args.clone());
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    () = run.park_now.notified() => match self.park(&run).await {
+                        // Parked: the flow is dropped where it waits, and comes back by replay.
+                        Ok(true) => return,
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("flow {} ({}) could not be parked and stays in memory: {e}", run.id, run.name),
+                    },
+                    result = &mut flow => break result,
+                }
+            };
+            match result {
                 Err(e) if e.is_transient() && attempt < self.shared.options.retries => {
                     let delay = self.shared.options.retry_delay * 2u32.saturating_pow(attempt);
                     tracing::warn!("flow {} ({}) failed transiently, retrying in {delay:?}: {e}", run.id, run.name);
@@ -406,6 +647,140 @@ impl FlowEngine {
         if let Err(e) = self.finish(&run, outcome).await {
             tracing::error!("flow {} ({}): could not record its end: {e}", run.id, run.name);
         }
+    }
+
+    /// Parks `run` if it waits with nothing queued: writes its parking, then — if still no
+    /// message has come for it — drops it from memory. Runs in the flow's own task between two
+    /// polls of the flow, so the flow cannot move meanwhile; only messages can arrive, and they
+    /// are queued under the table lock, which the last step holds. Returns whether it parked.
+    async fn park(&self, run: &Arc<Run>) -> Result<bool, FlowError> {
+        let parked = self.try_park(run).await;
+        if run.park_requested.swap(false, Ordering::SeqCst) {
+            let mut t = lock(&self.shared.table);
+            t.requested = t.requested.saturating_sub(1);
+        }
+        parked
+    }
+
+    async fn try_park(&self, run: &Arc<Run>) -> Result<bool, FlowError> {
+        let Some(wait) = run.parkable() else { return Ok(false) };
+        let journal_len = lock(&run.journal).len();
+        if *lock(&run.cursor) != journal_len {
+            return Ok(false);
+        }
+        let wake_at = match wait {
+            Wait::Message => None,
+            Wait::Sleep(until) => Some(until),
+        };
+        if *lock(&run.parked_len) != Some(journal_len) {
+            let parking = Parking { id: run.id, journal_len, wake_at, sessions: run.session_keys() };
+            self.shared.store.park(&parking).await?;
+            *lock(&run.parked_len) = Some(journal_len);
+        }
+        {
+            let mut t = lock(&self.shared.table);
+            // A message that came while the parking was written is queued: the flow carries
+            // on (and the parking goes stale as soon as it journals that message).
+            if run.parkable().is_none() {
+                return Ok(false);
+            }
+            // Killed (or shut down) meanwhile.
+            if !matches!(t.runs.get(&run.id), Some(Slot::Live(r, _)) if Arc::ptr_eq(r, run)) {
+                return Ok(false);
+            }
+            t.remove(run.id);
+            t.park(run.id, wake_at);
+        }
+        if wake_at.is_some() {
+            self.ensure_alarm();
+            self.shared.alarm.notify_one();
+        }
+        Ok(true)
+    }
+
+    /// Brings flow `id` back into memory from its journal (if it is not there already), with
+    /// `message` for it. Parked flows come back this way when a message or their wake time
+    /// comes; the flow replays to where it waited and carries on live.
+    async fn revive(&self, id: FlowId, message: Option<Pending>) -> Result<(), FlowError> {
+        let was_parked = {
+            let mut t = lock(&self.shared.table);
+            match t.runs.get_mut(&id) {
+                Some(Slot::Live(run, _)) => {
+                    if let Some((session, message, received)) = message {
+                        run.push(session, message, received);
+                    }
+                    return Ok(());
+                }
+                Some(Slot::Reviving(pending)) => {
+                    pending.extend(message);
+                    return Ok(());
+                }
+                None => {}
+            }
+            let was_parked = t.unpark(id);
+            t.runs.insert(id, Slot::Reviving(message.into_iter().collect()));
+            t.reviving += 1;
+            was_parked
+        };
+        let loaded = async {
+            let record = self.shared.store.get(id).await?;
+            let journal = match &record {
+                Some(r) if r.status == FlowStatus::Runnable => self.shared.store.journal(id).await?,
+                _ => Vec::new(),
+            };
+            Ok::<_, FlowError>((record, journal))
+        }
+        .await;
+        let give_up = |this: &FlowEngine, back: Option<Option<i64>>| {
+            let mut t = lock(&this.shared.table);
+            let pending = match t.runs.get(&id) {
+                Some(Slot::Reviving(_)) => match t.remove(id) {
+                    Some(Slot::Reviving(pending)) => pending,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            if let Some(wake) = back {
+                t.park(id, wake);
+            }
+            pending
+        };
+        match loaded {
+            Err(e) => {
+                // Its messages stay unprocessed in the inbox: they come back at the next start.
+                give_up(self, was_parked);
+                Err(e)
+            }
+            Ok((Some(record), journal)) if record.status == FlowStatus::Runnable => match self.def_for(&record) {
+                Some(def) => {
+                    let parked_len = was_parked.map(|_| journal.len());
+                    self.install(record, journal, def, parked_len, true);
+                    Ok(())
+                }
+                None => {
+                    give_up(self, None);
+                    self.unregistered(&record).await
+                }
+            },
+            Ok(_) => {
+                // It has ended (or never existed here): its messages have nothing left to do.
+                let pending = give_up(self, None);
+                if pending.is_empty() {
+                    Ok(())
+                } else {
+                    self.shared.transport.processed(pending.into_iter().map(|(_, m, _)| m).collect()).await
+                }
+            }
+        }
+    }
+
+    /// Starts the task that wakes parked sleeping flows, once.
+    fn ensure_alarm(&self) {
+        self.shared.alarm_task.get_or_init(|| {
+            let shared = Arc::downgrade(&self.shared);
+            let alarm = self.shared.alarm.clone();
+            tokio::spawn(alarm_clock(shared, alarm)).abort_handle()
+        });
     }
 
     async fn tell_sessions(&self, run: &Run, message: SessionMessage, tag: &str) -> Result<(), FlowError> {
@@ -431,17 +806,30 @@ impl FlowEngine {
             }
         };
         self.shared.store.set_status(run.id, status, result, error).await?;
-        self.forget(run.id);
+        self.forget(run.id, Some(run));
         Ok(())
     }
 
-    fn forget(&self, id: FlowId) {
-        lock(&self.shared.runs).remove(&id);
-        lock(&self.shared.sessions).retain(|_, f| *f != id);
+    /// Drops what the engine holds of a flow that has ended — of `run` only, if given: a flow
+    /// retried meanwhile runs as a new run that must stay.
+    fn forget(&self, id: FlowId, run: Option<&Run>) {
+        {
+            let mut t = lock(&self.shared.table);
+            let ours = match (run, t.runs.get(&id)) {
+                (Some(run), Some(Slot::Live(r, _))) => std::ptr::eq(Arc::as_ptr(r), run),
+                (Some(_), Some(Slot::Reviving(_))) => false,
+                _ => true,
+            };
+            if ours {
+                t.remove(id);
+                t.unpark(id);
+            }
+        }
         self.shared.changed();
     }
 
-    /// Hands the engine a message from the messenger (topic [`FLOW_TOPIC`]).
+    /// Hands the engine a message from the messenger (topic [`FLOW_TOPIC`]). A message for a
+    /// parked flow brings it back from its journal first.
     pub async fn deliver(&self, message: InboundMessage) -> Result<(), FlowError> {
         let envelope: Envelope = match encoding::decode(&message.payload) {
             Ok(e) => e,
@@ -450,42 +838,65 @@ impl FlowEngine {
                 return self.shared.transport.processed(vec![message.id]).await;
             }
         };
-        match envelope.message {
-            SessionMessage::Init { flow, version, payload } => self.open_responder(message, flow, version, payload).await,
-            other => {
-                let key = (message.sender.clone(), message.session, envelope.to_initiator);
-                let flow = lock(&self.shared.sessions).get(&key).copied();
-                let run = flow.and_then(|f| lock(&self.shared.runs).get(&f).map(|(r, _)| r.clone()));
-                match run {
-                    Some(run) => {
-                        let received = match other {
-                            SessionMessage::Data(bytes) => Received::Data(bytes),
-                            SessionMessage::Error(m) => Received::Error(m),
-                            _ => Received::Ended,
-                        };
-                        run.push(message.session, message.id, received);
-                        Ok(())
-                    }
-                    None => {
-                        tracing::debug!("message from {} for session {:x} has no running flow; dropped", message.sender, message.session);
-                        self.shared.transport.processed(vec![message.id]).await
-                    }
+        let received = match envelope.message {
+            SessionMessage::Init { flow, version, payload } => return self.open_responder(message, flow, version, payload).await,
+            SessionMessage::Data(bytes) => Received::Data(bytes),
+            SessionMessage::Error(m) => Received::Error(m),
+            SessionMessage::End => Received::Ended,
+        };
+        let key = (message.sender.clone(), message.session, envelope.to_initiator);
+        let pending = (message.session, message.id, received);
+        let maybe_parked = {
+            let mut t = lock(&self.shared.table);
+            let flow = t.sessions.get(&key).copied();
+            match flow.and_then(|f| t.runs.get_mut(&f)) {
+                Some(Slot::Live(run, _)) => {
+                    run.push(pending.0, pending.1, pending.2);
+                    return Ok(());
                 }
+                Some(Slot::Reviving(waiting)) => {
+                    waiting.push(pending);
+                    return Ok(());
+                }
+                None => !t.parked.is_empty() || t.reviving > 0,
+            }
+        };
+        // Not in memory: a parked flow's, or one that has ended.
+        let parked = if maybe_parked { self.shared.store.parked_session(&key.0, key.1, key.2).await? } else { None };
+        match parked {
+            Some(flow) => self.revive(flow, Some(pending)).await,
+            None => {
+                tracing::debug!("message from {} for session {:x} has no running flow; dropped", message.sender, message.session);
+                self.shared.transport.processed(vec![message.id]).await
             }
         }
     }
 
     async fn open_responder(&self, message: InboundMessage, flow: String, version: u32, payload: Option<Vec<u8>>) -> Result<(), FlowError> {
         let id = FlowId::responder_for(&message.id);
-        let existing = lock(&self.shared.runs).get(&id).map(|(r, _)| r.clone());
-        if let Some(run) = existing {
-            if let Some(p) = payload {
-                run.push(message.session, message.id, Received::Data(p));
+        // The responder exists: a payload is handed to it (dropped there if it journaled it
+        // already); an opening message without one has done its work.
+        let exists = {
+            let mut t = lock(&self.shared.table);
+            match (t.runs.get_mut(&id), &payload) {
+                (Some(Slot::Live(run, _)), Some(p)) => {
+                    run.push(message.session, message.id, Received::Data(p.clone()));
+                    return Ok(());
+                }
+                (Some(Slot::Reviving(pending)), Some(p)) => {
+                    pending.push((message.session, message.id, Received::Data(p.clone())));
+                    return Ok(());
+                }
+                (Some(_), None) => true,
+                (None, _) => false,
             }
-            return Ok(());
+        };
+        if exists {
+            return self.shared.transport.processed(vec![message.id]).await;
         }
         if self.shared.store.get(id).await?.is_some() {
-            // Started before and ended (or parked): the opening message has done its work.
+            // Started before and ended, parked or held: the opening message has done its work
+            // (a responder journals its opening payload before it can be parked).
             return self.shared.transport.processed(vec![message.id]).await;
         }
         if self.shared.draining.load(Ordering::SeqCst) {
@@ -518,10 +929,10 @@ impl FlowEngine {
             updated_at: now,
         };
         self.shared.store.create(record.clone()).await?;
-        let run = self.spawn(record, Vec::new(), def);
-        match payload {
-            Some(p) => run.push(message.session, message.id, Received::Data(p)),
-            None => self.shared.transport.processed(vec![message.id]).await?,
+        let run = self.install(record, Vec::new(), def, None, false);
+        match (payload, run) {
+            (Some(p), Some(run)) => run.push(message.session, message.id, Received::Data(p)),
+            _ => self.shared.transport.processed(vec![message.id]).await?,
         }
         self.shared.changed();
         Ok(())
@@ -549,11 +960,15 @@ impl FlowEngine {
     pub async fn wait(&self, id: FlowId) -> Result<FlowRecord, FlowError> {
         let mut changes = self.shared.changes.subscribe();
         loop {
-            // Running first: a flow leaves `runs` only after its final status is stored, so a
+            // In flight first: a flow leaves memory (and the parked set) only after its final
+            // status is stored — parking moves it from one to the other in one step — so a
             // record read after seeing it gone is final.
-            let running = lock(&self.shared.runs).contains_key(&id);
+            let in_flight = {
+                let t = lock(&self.shared.table);
+                t.runs.contains_key(&id) || t.parked.contains_key(&id)
+            };
             let record = self.shared.store.get(id).await?.ok_or_else(|| FlowError::Invalid(format!("no flow {id} on this node")))?;
-            if record.status != FlowStatus::Runnable || !running {
+            if record.status != FlowStatus::Runnable || !in_flight {
                 return Ok(record);
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
@@ -566,21 +981,28 @@ impl FlowEngine {
         if record.status.is_final() {
             return Err(FlowError::Invalid(format!("flow {id} has already ended ({})", record.status.as_str())));
         }
-        let entry = lock(&self.shared.runs).remove(&id);
-        let run = match entry {
-            Some((run, task)) => {
+        let slot = lock(&self.shared.table).remove(id);
+        let run = match slot {
+            Some(Slot::Live(run, task)) => {
                 if let Some(t) = task {
                     t.abort();
                 }
                 run
             }
-            None => {
-                Arc::new(Run::new(id, record.name.clone(), record.version, self.shared.store.journal(id).await?, record.initiator.clone()))
+            // Parked, being brought back, or not running: its sessions are in its journal. One it
+            // opened may have been opened on the wire without a journaled step (an initiator
+            // that received first), so tell them all: a counterparty that never heard of a
+            // session drops the message.
+            _ => {
+                let journal = self.shared.store.journal(id).await?;
+                let run = Run::new(id, record.name.clone(), record.version, journal, record.initiator.clone());
+                run.assume_opened();
+                Arc::new(run)
             }
         };
         self.tell_sessions(&run, SessionMessage::Error(FlowError::Killed.for_counterparty()), "error").await?;
         self.shared.store.set_status(id, FlowStatus::Killed, None, Some(FlowError::Killed.to_string())).await?;
-        self.forget(id);
+        self.forget(id, None);
         Ok(self.shared.store.get(id).await?.unwrap_or(record))
     }
 
@@ -599,18 +1021,60 @@ impl FlowEngine {
         self.shared.store.set_status(id, FlowStatus::Runnable, None, None).await?;
         record.status = FlowStatus::Runnable;
         let journal = self.shared.store.journal(id).await?;
-        self.spawn(record, journal, def);
+        self.install(record, journal, def, None, false);
         self.shared.changed();
         Ok(())
     }
 
-    /// Stops every running flow's task (the node is shutting down); they resume from their
-    /// journals at the next start.
+    /// Stops every running flow's task and the alarm of parked sleeping flows (the node is
+    /// shutting down); they resume from their journals at the next start.
     pub fn shutdown(&self) {
-        for (_, (_, task)) in lock(&self.shared.runs).drain() {
-            if let Some(t) = task {
-                t.abort();
+        let mut t = lock(&self.shared.table);
+        for (_, slot) in t.runs.drain() {
+            if let Slot::Live(_, Some(task)) = slot {
+                task.abort();
             }
+        }
+        t.reviving = 0;
+        t.sessions.clear();
+        t.idle.clear();
+        if let Some(alarm) = self.shared.alarm_task.get() {
+            alarm.abort();
+        }
+    }
+}
+
+/// Wakes parked sleeping flows at their wake times: one task for all of them, sleeping until
+/// the earliest (or until an earlier one is parked). Holds the engine only while it works.
+async fn alarm_clock(shared: Weak<Shared>, alarm: Arc<Notify>) {
+    loop {
+        let notified = alarm.notified();
+        let next = {
+            let Some(shared) = shared.upgrade() else { return };
+            let engine = FlowEngine { shared };
+            let now = crate::now_micros();
+            let due: Vec<FlowId> = {
+                let t = lock(&engine.shared.table);
+                t.sleepers.iter().take_while(|(wake, _)| *wake <= now).map(|(_, id)| *id).collect()
+            };
+            for id in due {
+                if let Err(e) = engine.revive(id, None).await {
+                    tracing::warn!("flow {id} could not be woken, trying again in a second: {e}");
+                    let mut t = lock(&engine.shared.table);
+                    if let Some(wake) = t.parked.get(&id).copied().flatten() {
+                        t.sleepers.remove(&(wake, id));
+                        t.park(id, Some(now + 1_000_000));
+                    }
+                }
+            }
+            lock(&engine.shared.table).sleepers.first().map(|(wake, _)| *wake)
+        };
+        match next {
+            Some(wake) => {
+                let wait = Duration::from_micros(wake.saturating_sub(crate::now_micros()).max(0).unsigned_abs());
+                let _ = tokio::time::timeout(wait, notified).await;
+            }
+            None => notified.await,
         }
     }
 }

@@ -24,7 +24,7 @@ pub use journal::{Entry, FlowId, Received};
 pub use ledger::{AttachmentCheck, Ledger, MemoryLedger};
 pub use resolve::{ReceiveOptions, ReceivedTransaction, receive_transaction, send_transaction};
 pub use sql::{FLOW_MIGRATIONS, SqlFlowStore};
-pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore};
+pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore, ParkedFlow, Parking};
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn now_micros() -> i64 {

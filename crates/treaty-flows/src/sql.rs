@@ -1,25 +1,31 @@
-//! [`FlowStore`] in the node database (SQLite or PostgreSQL): tables `treaty_flows` and
-//! `treaty_flow_journal`, owned by this crate ([`FLOW_MIGRATIONS`]). Journal entries are
-//! stored as their BCS bytes; a flow's session id as a bit-cast signed 64-bit integer.
+//! [`FlowStore`] in the node database (SQLite or PostgreSQL): tables `treaty_flows`,
+//! `treaty_flow_journal`, and for parked flows `treaty_flow_parked` and
+//! `treaty_flow_parked_sessions`, owned by this crate ([`FLOW_MIGRATIONS`]). Journal entries
+//! are stored as their BCS bytes; a session id as a bit-cast signed 64-bit integer.
 
 use sqlx::Row;
-use treaty_core::encoding;
+use treaty_core::{X500Name, encoding};
 use treaty_net::messaging::StoreError;
 use treaty_storage::{Database, Migration, Migrations, Pool, StorageError, WriteTransaction};
 
 use crate::journal::{Entry, FlowId};
-use crate::store::{Created, FlowRecord, FlowStatus, FlowStore};
+use crate::store::{Created, FlowRecord, FlowStatus, FlowStore, ParkedFlow, Parking};
 
 /// The flows component's migrations.
 pub const FLOW_MIGRATIONS: Migrations = Migrations {
     component: "flows",
-    sqlite: &[Migration { version: 1, description: "flows and their journals", sql: include_str!("../migrations/sqlite/0001_flows.sql") }],
-    postgres: &[Migration {
-        version: 1,
-        description: "flows and their journals",
-        sql: include_str!("../migrations/postgres/0001_flows.sql"),
-    }],
+    sqlite: &[
+        Migration { version: 1, description: "flows and their journals", sql: include_str!("../migrations/sqlite/0001_flows.sql") },
+        Migration { version: 2, description: "parked flows", sql: include_str!("../migrations/sqlite/0002_parked.sql") },
+    ],
+    postgres: &[
+        Migration { version: 1, description: "flows and their journals", sql: include_str!("../migrations/postgres/0001_flows.sql") },
+        Migration { version: 2, description: "parked flows", sql: include_str!("../migrations/postgres/0002_parked.sql") },
+    ],
 };
+
+/// A parking holds while the journal has no entry at its length (journals have no gaps).
+const PARKING_HOLDS: &str = "NOT EXISTS (SELECT 1 FROM treaty_flow_journal j WHERE j.flow_id = p.flow_id AND j.idx = p.journal_len)";
 
 /// [`FlowStore`] over a [`Database`].
 #[derive(Clone, Debug)]
@@ -79,6 +85,10 @@ macro_rules! in_write {
             },
         }
     };
+}
+
+fn flow_id(bytes: &[u8], table: &str) -> Result<FlowId, StoreError> {
+    uuid::Uuid::from_slice(bytes).map(FlowId).map_err(|e| StoreError::permanent(format!("{table}: flow id: {e}")))
 }
 
 fn session_to_db(s: u64) -> i64 {
@@ -211,8 +221,9 @@ impl FlowStore for SqlFlowStore {
     async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
         let what = "updating treaty_flows";
         let sql = "UPDATE treaty_flows SET status = $2, result = $3, error = $4, updated_at = $5 WHERE flow_id = $1";
+        let unpark = status != FlowStatus::Runnable;
         let updated = in_write!(self.db, what, tx => {
-            sqlx::query(sql)
+            let updated = sqlx::query(sql)
                 .bind(id.0.as_bytes().as_slice())
                 .bind(status.as_str())
                 .bind(result.as_deref())
@@ -221,7 +232,13 @@ impl FlowStore for SqlFlowStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| err(what, e))?
-                .rows_affected()
+                .rows_affected();
+            if unpark {
+                for sql in ["DELETE FROM treaty_flow_parked_sessions WHERE flow_id = $1", "DELETE FROM treaty_flow_parked WHERE flow_id = $1"] {
+                    sqlx::query(sql).bind(id.0.as_bytes().as_slice()).execute(&mut *tx).await.map_err(|e| err(what, e))?;
+                }
+            }
+            updated
         });
         if updated != 1 {
             return Err(StoreError::permanent(format!("no flow {id}")));
@@ -242,6 +259,81 @@ impl FlowStore for SqlFlowStore {
 
     async fn runnable(&self) -> Result<Vec<FlowRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM treaty_flows WHERE status = $1 ORDER BY seq");
+        Ok(on_pool!(self.db, pool => fetch_records!(pool, sql.clone(), FlowStatus::Runnable.as_str())))
+    }
+
+    async fn park(&self, parking: &Parking) -> Result<(), StoreError> {
+        let what = "parking a flow";
+        let id = parking.id;
+        let len = i64::try_from(parking.journal_len).map_err(|_| StoreError::permanent(format!("flow {id}: journal length")))?;
+        let sessions: Vec<(String, i64, bool)> =
+            parking.sessions.iter().map(|(party, session, initiator)| (party.to_string(), session_to_db(*session), *initiator)).collect();
+        let park = "INSERT INTO treaty_flow_parked (flow_id, journal_len, wake_at) VALUES ($1, $2, $3) \
+                    ON CONFLICT (flow_id) DO UPDATE SET journal_len = excluded.journal_len, wake_at = excluded.wake_at";
+        let session = "INSERT INTO treaty_flow_parked_sessions (party, session, initiator, flow_id) VALUES ($1, $2, $3, $4) \
+                       ON CONFLICT (party, session, initiator) DO UPDATE SET flow_id = excluded.flow_id";
+        in_write!(self.db, what, tx => {
+            sqlx::query(park)
+                .bind(id.0.as_bytes().as_slice())
+                .bind(len)
+                .bind(parking.wake_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(what, e))?;
+            for (party, s, initiator) in &sessions {
+                sqlx::query(session)
+                    .bind(party.as_str())
+                    .bind(*s)
+                    .bind(*initiator)
+                    .bind(id.0.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| err(what, e))?;
+            }
+        });
+        Ok(())
+    }
+
+    async fn parked_session(&self, party: &X500Name, session: u64, initiator: bool) -> Result<Option<FlowId>, StoreError> {
+        let what = "reading treaty_flow_parked_sessions";
+        let sql = "SELECT flow_id FROM treaty_flow_parked_sessions WHERE party = $1 AND session = $2 AND initiator = $3";
+        let party = party.to_string();
+        let found: Option<Vec<u8>> = on_pool!(self.db, pool => {
+            let row = sqlx::query(sql).bind(party.as_str()).bind(session_to_db(session)).bind(initiator).fetch_optional(pool).await.map_err(|e| err(what, e))?;
+            row.map(|r| r.try_get(0)).transpose().map_err(|e| err(what, e))?
+        });
+        found.map(|b| flow_id(&b, "treaty_flow_parked_sessions")).transpose()
+    }
+
+    async fn parked(&self) -> Result<Vec<ParkedFlow>, StoreError> {
+        let what = "reading treaty_flow_parked";
+        let sql = format!(
+            "SELECT p.flow_id, f.name, f.version, f.initiator_party, p.wake_at FROM treaty_flow_parked p \
+             JOIN treaty_flows f ON f.flow_id = p.flow_id WHERE f.status = $1 AND {PARKING_HOLDS} ORDER BY f.seq"
+        );
+        type Row5 = (Vec<u8>, String, i64, Option<String>, Option<i64>);
+        let rows: Vec<Row5> = on_pool!(self.db, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(FlowStatus::Runnable.as_str()).fetch_all(pool).await.map_err(|e| err(what, e))?;
+            rows.iter()
+                .map(|r| Ok::<Row5, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(what, e))?
+        });
+        rows.into_iter()
+            .map(|(id, name, version, party, wake_at)| {
+                let id = flow_id(&id, "treaty_flow_parked")?;
+                let version =
+                    u32::try_from(version).map_err(|_| StoreError::permanent(format!("treaty_flows: flow {id}: version {version}")))?;
+                Ok(ParkedFlow { id, name, version, responder: party.is_some(), wake_at })
+            })
+            .collect()
+    }
+
+    async fn awake(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM treaty_flows f WHERE f.status = $1 AND NOT EXISTS \
+             (SELECT 1 FROM treaty_flow_parked p WHERE p.flow_id = f.flow_id AND {PARKING_HOLDS}) ORDER BY f.seq"
+        );
         Ok(on_pool!(self.db, pool => fetch_records!(pool, sql.clone(), FlowStatus::Runnable.as_str())))
     }
 }

@@ -1,8 +1,14 @@
 //! Where flows and their journals are kept. [`FlowStore`] is implemented over the node
 //! database by [`crate::sql::SqlFlowStore`] (what nodes run) and in memory by
 //! [`MemoryFlowStore`] (unit tests and simulation only).
+//!
+//! Besides flows and journals the store keeps *parkings*: a flow evicted from memory while it
+//! waits (for a message or a time) leaves a [`Parking`] saying how to find it again — its
+//! sessions, so a message for it can be routed, and its wake time. A parking holds only while
+//! the journal has exactly the length it was written at: once the flow journals another step
+//! it is stale and ignored, so a flow is never taken for parked after it moved on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Mutex;
 
@@ -92,6 +98,35 @@ pub enum Created {
     Existing(FlowId),
 }
 
+/// How to find a parked flow again (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parking {
+    /// The flow.
+    pub id: FlowId,
+    /// Its journal's length when it was parked; the parking holds while the journal has
+    /// exactly this many entries.
+    pub journal_len: usize,
+    /// For a flow sleeping until a time: when it wakes (microseconds since the Unix epoch).
+    pub wake_at: Option<i64>,
+    /// Its sessions: counterparty, session id, and whether this flow opened the session.
+    pub sessions: Vec<(X500Name, u64, bool)>,
+}
+
+/// A parked flow as a restart indexes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedFlow {
+    /// The flow.
+    pub id: FlowId,
+    /// Its registered name.
+    pub name: String,
+    /// Its version.
+    pub version: u32,
+    /// Whether it is a responder.
+    pub responder: bool,
+    /// When it wakes, if it sleeps.
+    pub wake_at: Option<i64>,
+}
+
 /// The flows table and the journal. Every method that writes is durable when it returns Ok.
 pub trait FlowStore: Send + Sync + 'static {
     /// Adds a flow, unless one with its id or its client id exists.
@@ -100,7 +135,8 @@ pub trait FlowStore: Send + Sync + 'static {
     fn append(&self, id: FlowId, index: usize, entry: &Entry) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The journal, in order.
     fn journal(&self, id: FlowId) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
-    /// Sets the status (and the result or error with it).
+    /// Sets the status (and the result or error with it). Any other status than
+    /// [`FlowStatus::Runnable`] also removes the flow's parking.
     fn set_status(
         &self,
         id: FlowId,
@@ -114,13 +150,47 @@ pub trait FlowStore: Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<Vec<FlowRecord>, StoreError>> + Send;
     /// Flows to resume after a restart: the runnable ones.
     fn runnable(&self) -> impl Future<Output = Result<Vec<FlowRecord>, StoreError>> + Send;
+    /// Records that a flow is parked, replacing an earlier parking of it.
+    fn park(&self, parking: &Parking) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The flow parked with session (`party`, `session`, `initiator`), if any (its parking may
+    /// be stale: the caller checks the flow).
+    fn parked_session(
+        &self,
+        party: &X500Name,
+        session: u64,
+        initiator: bool,
+    ) -> impl Future<Output = Result<Option<FlowId>, StoreError>> + Send;
+    /// Runnable flows whose parking holds, with their wake times: a restart indexes these
+    /// instead of loading them.
+    fn parked(&self) -> impl Future<Output = Result<Vec<ParkedFlow>, StoreError>> + Send;
+    /// Runnable flows that are not parked, oldest first: what a restart runs.
+    fn awake(&self) -> impl Future<Output = Result<Vec<FlowRecord>, StoreError>> + Send;
 }
 
 #[derive(Default)]
 struct Memory {
     flows: BTreeMap<FlowId, (u64, FlowRecord)>,
     journals: BTreeMap<FlowId, Vec<Entry>>,
+    parkings: BTreeMap<FlowId, Parking>,
+    parked_sessions: HashMap<(X500Name, u64, bool), FlowId>,
     next: u64,
+}
+
+impl Memory {
+    /// Whether `id` is runnable and its parking holds.
+    fn parked(&self, id: &FlowId) -> bool {
+        let runnable = self.flows.get(id).is_some_and(|(_, r)| r.status == FlowStatus::Runnable);
+        let holds = self.parkings.get(id).is_some_and(|p| self.journals.get(id).map_or(0, Vec::len) == p.journal_len);
+        runnable && holds
+    }
+
+    fn unpark(&mut self, id: &FlowId) {
+        if let Some(p) = self.parkings.remove(id) {
+            for (party, session, initiator) in p.sessions {
+                self.parked_sessions.remove(&(party, session, initiator));
+            }
+        }
+    }
 }
 
 /// In-memory [`FlowStore`] (tests and simulation only: not durable).
@@ -182,6 +252,9 @@ impl FlowStore for MemoryFlowStore {
             r.result = result;
             r.error = error;
             r.updated_at = crate::now_micros();
+            if status != FlowStatus::Runnable {
+                m.unpark(&id);
+            }
             Ok(())
         })
     }
@@ -196,5 +269,49 @@ impl FlowStore for MemoryFlowStore {
 
     async fn runnable(&self) -> Result<Vec<FlowRecord>, StoreError> {
         Ok(self.with(|m| by_age(m, |r| r.status == FlowStatus::Runnable)))
+    }
+
+    async fn park(&self, parking: &Parking) -> Result<(), StoreError> {
+        self.with(|m| {
+            for (party, session, initiator) in &parking.sessions {
+                m.parked_sessions.insert((party.clone(), *session, *initiator), parking.id);
+            }
+            m.parkings.insert(parking.id, parking.clone());
+        });
+        Ok(())
+    }
+
+    async fn parked_session(&self, party: &X500Name, session: u64, initiator: bool) -> Result<Option<FlowId>, StoreError> {
+        Ok(self.with(|m| m.parked_sessions.get(&(party.clone(), session, initiator)).copied()))
+    }
+
+    async fn parked(&self) -> Result<Vec<ParkedFlow>, StoreError> {
+        Ok(self.with(|m| {
+            let mut parked: Vec<(u64, ParkedFlow)> = m
+                .parkings
+                .values()
+                .filter(|p| m.parked(&p.id))
+                .filter_map(|p| {
+                    let (seq, r) = m.flows.get(&p.id)?;
+                    let flow = ParkedFlow {
+                        id: p.id,
+                        name: r.name.clone(),
+                        version: r.version,
+                        responder: r.initiator.is_some(),
+                        wake_at: p.wake_at,
+                    };
+                    Some((*seq, flow))
+                })
+                .collect();
+            parked.sort_by_key(|(seq, _)| *seq);
+            parked.into_iter().map(|(_, p)| p).collect()
+        }))
+    }
+
+    async fn awake(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        Ok(self.with(|m| {
+            let parked: HashSet<FlowId> = m.parkings.keys().filter(|id| m.parked(id)).copied().collect();
+            by_age(m, |r| r.status == FlowStatus::Runnable && !parked.contains(&r.id))
+        }))
     }
 }

@@ -34,7 +34,7 @@ async fn suite<S: FlowStore>(store: &S) {
     assert_eq!(store.create(a.clone()).await.unwrap(), Created::Existing(a.id));
     assert_eq!(store.create(record("Pay", Some("client-1"))).await.unwrap(), Created::Existing(a.id));
     assert_eq!(store.get(a.id).await.unwrap().unwrap(), a);
-    assert_eq!(store.get(b.id).await.unwrap().unwrap().initiator, Some((party, u64::MAX - 7)));
+    assert_eq!(store.get(b.id).await.unwrap().unwrap().initiator, Some((party.clone(), u64::MAX - 7)));
     assert_eq!(store.list().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![a.id, b.id]);
     assert!(store.get(FlowId::random()).await.unwrap().is_none());
 
@@ -57,6 +57,39 @@ async fn suite<S: FlowStore>(store: &S) {
     assert_eq!(store.get(b.id).await.unwrap().unwrap().error.as_deref(), Some("why"));
     assert!(store.runnable().await.unwrap().is_empty());
     assert!(store.set_status(FlowId::random(), FlowStatus::Killed, None, None).await.is_err());
+
+    // parkings: found by session, listed for start-up while the journal has not grown
+    let c = record("Ask", None);
+    let mut d = record("Answer", None);
+    d.initiator = Some((party.clone(), 9));
+    store.create(c.clone()).await.unwrap();
+    store.create(d.clone()).await.unwrap();
+    store.append(c.id, 0, &Entry::Opened { session: u64::MAX, party: party.clone() }).await.unwrap();
+    let parking = Parking { id: c.id, journal_len: 1, wake_at: None, sessions: vec![(party.clone(), u64::MAX, true)] };
+    store.park(&parking).await.unwrap();
+    store.park(&parking).await.unwrap(); // parking again replaces
+    assert_eq!(store.parked_session(&party, u64::MAX, true).await.unwrap(), Some(c.id));
+    assert_eq!(store.parked_session(&party, u64::MAX, false).await.unwrap(), None, "the side of the session matters");
+    let parked = store.parked().await.unwrap();
+    assert_eq!(parked, vec![ParkedFlow { id: c.id, name: "Ask".into(), version: 3, responder: false, wake_at: None }]);
+    assert_eq!(store.awake().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![d.id]);
+    // a journal that grew makes the parking stale: the flow is awake again
+    store.append(c.id, 1, &Entry::Now(1)).await.unwrap();
+    assert!(store.parked().await.unwrap().is_empty());
+    assert_eq!(store.awake().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![c.id, d.id]);
+    // parked again, asleep, next to a parked responder
+    store.park(&Parking { wake_at: Some(77), journal_len: 2, ..parking.clone() }).await.unwrap();
+    store.park(&Parking { id: d.id, journal_len: 0, wake_at: None, sessions: vec![(party.clone(), 9, false)] }).await.unwrap();
+    let parked = store.parked().await.unwrap();
+    assert_eq!(
+        parked.iter().map(|p| (p.id, p.wake_at, p.responder)).collect::<Vec<_>>(),
+        vec![(c.id, Some(77), false), (d.id, None, true)]
+    );
+    assert!(store.awake().await.unwrap().is_empty());
+    // a flow that ends is parked no more
+    store.set_status(c.id, FlowStatus::Completed, None, None).await.unwrap();
+    assert_eq!(store.parked_session(&party, u64::MAX, true).await.unwrap(), None);
+    assert_eq!(store.parked().await.unwrap().iter().map(|p| p.id).collect::<Vec<_>>(), vec![d.id]);
 }
 
 #[tokio::test]
