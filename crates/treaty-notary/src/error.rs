@@ -80,4 +80,9 @@ impl NotaryError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, NotaryError::Conflict { .. } | NotaryError::TooManyInputs { .. } | NotaryError::TimeWindowInvalid { .. })
     }
+
+    /// A storage failure while doing `context`.
+    pub(crate) fn storage(context: impl Into<String>, reason: impl std::fmt::Display) -> NotaryError {
+        NotaryError::Storage { context: context.into(), reason: reason.to_string() }
+    }
 }

@@ -11,7 +11,8 @@
 //!   batch of requests, in order, to a state. Every provider runs them — on a redb write
 //!   transaction, on rows read from PostgreSQL, on a map — and a Raft provider will run them on
 //!   its state machine, with the leader's time in each log entry.
-//! - Providers: [`MemoryUniquenessProvider`] (tests).
+//! - Providers: [`RedbUniquenessProvider`] (one node, one redb file) and
+//!   [`MemoryUniquenessProvider`] (tests).
 //! - Durable providers batch: concurrent requests queue for one writer, which applies a whole
 //!   batch in one storage transaction, commits it (one fsync), and only then answers each
 //!   caller. An `Ok` answer is therefore durable.
@@ -21,9 +22,11 @@
 //! See `docs/notary.md` for the semantics, the conflict shape and the storage layouts.
 
 pub mod apply;
+mod batch;
 mod error;
 mod provider;
 mod request;
+mod single_node;
 mod time_window;
 
 pub use apply::{DEFAULT_MAX_INPUTS, MemoryState, Rules, UniquenessState};
@@ -32,4 +35,5 @@ pub use provider::{
     CommitFuture, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY, MemoryUniquenessProvider, UniquenessConfig, UniquenessProvider,
 };
 pub use request::{CommitRequest, Conflict, ConsumingTx, StateConflict, StateKind};
+pub use single_node::{FORMAT_VERSION, MAX_LINGER, RedbUniquenessProvider};
 pub use time_window::{DEFAULT_TIME_TOLERANCE_MICROS, TimeWindowCheck};
