@@ -11,7 +11,8 @@
 //!   batch of requests, in order, to a state. Every provider runs them — on a redb write
 //!   transaction, on rows read from PostgreSQL, on a map — and a Raft provider will run them on
 //!   its state machine, with the leader's time in each log entry.
-//! - Providers: [`RedbUniquenessProvider`] (one node, one redb file) and
+//! - Providers: [`RedbUniquenessProvider`] (one node, one redb file), [`PostgresUniquenessProvider`]
+//!   (a SQL cluster; several notary processes may share the database) and
 //!   [`MemoryUniquenessProvider`] (tests).
 //! - Durable providers batch: concurrent requests queue for one writer, which applies a whole
 //!   batch in one storage transaction, commits it (one fsync), and only then answers each
@@ -24,6 +25,7 @@
 pub mod apply;
 mod batch;
 mod error;
+mod postgres;
 mod provider;
 mod request;
 mod single_node;
@@ -31,6 +33,7 @@ mod time_window;
 
 pub use apply::{DEFAULT_MAX_INPUTS, MemoryState, Rules, UniquenessState};
 pub use error::NotaryError;
+pub use postgres::{MAX_BATCH_ATTEMPTS, NOTARY_MIGRATIONS, PostgresUniquenessProvider};
 pub use provider::{
     CommitFuture, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY, MemoryUniquenessProvider, UniquenessConfig, UniquenessProvider,
 };

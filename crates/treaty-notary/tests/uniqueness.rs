@@ -1,6 +1,7 @@
 //! One suite for every uniqueness provider, written once as functions over a [`Fixture`] and
-//! declared per provider by `suite!`: `memory::NAME`, `redb::NAME`. Provider-specific tests
-//! follow the suite.
+//! declared per provider by `suite!`: `memory::NAME`, `redb::NAME`, `postgres::NAME`
+//! (a fresh database per test when `TREATY_TEST_POSTGRES_URL` is set; skipped with a message
+//! otherwise, unless `TREATY_REQUIRE_POSTGRES=1`). Provider-specific tests follow the suite.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use treaty_core::{SecureHash, StateRef, TimeWindow, Timestamp, X500Name, encoding};
 use treaty_notary::*;
+use treaty_storage::Database;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -86,6 +88,78 @@ impl Fixture for RedbFixture {
     }
 }
 
+/// A fresh PostgreSQL database for one test.
+struct PgFixture {
+    admin: String,
+    name: String,
+    url: String,
+    dir: TempDir,
+}
+
+/// The PostgreSQL provider with the database handle it runs on.
+struct PgProvider {
+    provider: PostgresUniquenessProvider,
+    db: Database,
+}
+
+impl UniquenessProvider for PgProvider {
+    fn commit(&self, request: CommitRequest, now: Timestamp) -> CommitFuture<'_> {
+        self.provider.commit(request, now)
+    }
+}
+
+impl PgFixture {
+    /// A fresh database, or None (after saying so) if no server is configured.
+    async fn new() -> Option<PgFixture> {
+        let Ok(admin) = std::env::var("TREATY_TEST_POSTGRES_URL") else {
+            if std::env::var("TREATY_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                panic!(
+                    "TREATY_REQUIRE_POSTGRES=1 but TREATY_TEST_POSTGRES_URL is not set: start PostgreSQL with \
+                     `eval \"$(scripts/pg.sh start)\"` (or run scripts/test.sh, which does)"
+                );
+            }
+            eprintln!("skipped: TREATY_TEST_POSTGRES_URL not set (eval \"$(scripts/pg.sh start)\" to run the PostgreSQL tests)");
+            return None;
+        };
+        let name = format!("treaty_notary_test_{}", unique_suffix());
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| panic!("cannot connect to {admin}: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.expect("create test database");
+        pool.close().await;
+        let (base, _) = admin.rsplit_once('/').expect("URL has a database path");
+        let url = format!("{base}/{name}");
+        Some(PgFixture { admin, name, url, dir: TempDir::new() })
+    }
+
+    async fn database(&self) -> Database {
+        Database::open(&self.url, self.dir.path()).await.unwrap_or_else(|e| panic!("open {}: {e}", self.url))
+    }
+
+    async fn cleanup(self) {
+        let pool = sqlx::PgPool::connect(&self.admin).await.expect("connect admin");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&pool)
+            .await
+            .expect("drop test database");
+        pool.close().await;
+    }
+}
+
+impl Fixture for PgFixture {
+    type P = PgProvider;
+    async fn open(&self, config: UniquenessConfig) -> PgProvider {
+        let db = self.database().await;
+        let provider = PostgresUniquenessProvider::open(&db, config).await.unwrap_or_else(|e| panic!("open: {e}"));
+        PgProvider { provider, db }
+    }
+    async fn close(&self, provider: PgProvider) {
+        provider.provider.close().await;
+        provider.db.close().await;
+    }
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
 /// Declares each suite function once per provider.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -102,6 +176,16 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(&super::RedbFixture::new()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(fx) = super::PgFixture::new().await else { return };
+                    super::$name(&fx).await;
+                    fx.cleanup().await;
                 }
             )*
         }
@@ -375,6 +459,58 @@ async fn redb_refuses_a_file_already_open() {
     let err = RedbUniquenessProvider::open(fx.file(), UniquenessConfig::default()).await.unwrap_err();
     assert!(err.to_string().contains("already open"), "{err}");
     p.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only
+
+#[tokio::test]
+async fn postgres_provider_refuses_sqlite() {
+    let dir = TempDir::new();
+    let db = Database::open("sqlite::memory:", dir.path()).await.unwrap();
+    let err = PostgresUniquenessProvider::open(&db, UniquenessConfig::default()).await.unwrap_err();
+    assert_eq!(err.code(), "NOTARY-OPEN");
+    assert!(err.to_string().contains("needs a postgres:// database"), "{err}");
+    db.close().await;
+}
+
+/// Two notary processes (two providers, each with its own connection pool) share one database
+/// and race for the same states: each state is consumed exactly once, and every loser is told
+/// the winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_notaries_sharing_a_database() {
+    let Some(fx) = PgFixture::new().await else { return };
+    let (one, two) = (Arc::new(fx.open(UniquenessConfig::default()).await), Arc::new(fx.open(UniquenessConfig::default()).await));
+    const STATES: u32 = 20;
+    const SPENDERS: u32 = 10;
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..STATES {
+        for i in 0..SPENDERS {
+            let p = if (s + i) % 2 == 0 { one.clone() } else { two.clone() };
+            tasks.spawn(async move {
+                let id = format!("s{s}-spender{i}");
+                // Each spender also takes a state of its own, so batches overlap only partly.
+                let r = p.commit(request(&id, &[s, 1000 + s * SPENDERS + i], &[], alice()), NOW).await;
+                (s, id, r)
+            });
+        }
+    }
+    let results = tasks.join_all().await;
+    for s in 0..STATES {
+        let of_s: Vec<_> = results.iter().filter(|(state, _, _)| *state == s).collect();
+        let winners: Vec<&String> = of_s.iter().filter(|(_, _, r)| r.is_ok()).map(|(_, id, _)| id).collect();
+        assert_eq!(winners.len(), 1, "state {s}: {winners:?}");
+        for (_, id, r) in of_s.iter().filter(|(_, id, _)| id != winners[0]) {
+            let c = conflict_of(r.clone());
+            assert_eq!(c.states.len(), 1, "{id}: only the contested state conflicts");
+            assert_eq!(c.states[&state(s)].consumed_by.tx_id, tx(winners[0]), "{id}");
+        }
+    }
+    for p in [one, two] {
+        let Ok(p) = Arc::try_unwrap(p) else { panic!("provider still shared") };
+        fx.close(p).await;
+    }
+    fx.cleanup().await;
 }
 
 /// A log damaged outside redb (bytes flipped in its middle) is refused at open with an error
