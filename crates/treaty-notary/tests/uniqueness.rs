@@ -538,3 +538,72 @@ async fn redb_refuses_a_damaged_file() {
     let message = err.to_string();
     assert!(message.contains(&fx.file().display().to_string()) && message.contains("damaged"), "{message}");
 }
+
+/// Every commit answered Ok survives the process being killed (SIGKILL) at any moment: this
+/// test runs itself as a child process that commits as fast as it can and prints each
+/// acknowledged transaction, kills it mid-stream, and checks each acknowledged state is
+/// consumed by its transaction in the reopened file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_every_acknowledged_commit_survives_a_kill() {
+    const CHILD: &str = "TREATY_NOTARY_KILL_CHILD";
+    if let Ok(file) = std::env::var(CHILD) {
+        let p = Arc::new(RedbUniquenessProvider::open(&file, UniquenessConfig::default()).await.unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..16u32 {
+            let p = p.clone();
+            tasks.spawn(async move {
+                for i in (worker..1_000_000).step_by(16) {
+                    p.commit(request(&format!("t{i}"), &[i], &[], alice()), NOW).await.unwrap();
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ACK {i}").unwrap();
+                    out.flush().unwrap();
+                }
+            });
+        }
+        tasks.join_all().await;
+        return;
+    }
+
+    let fx = RedbFixture::new();
+    std::fs::create_dir_all(fx.file().parent().unwrap()).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "redb_every_acknowledged_commit_survives_a_kill", "--nocapture", "--test-threads=1"])
+        .env(CHILD, fx.file())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let acked = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut acked = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("ACK ") {
+                acked.push(n.parse::<u32>().unwrap());
+                if acked.len() == 3000 {
+                    child.kill().unwrap();
+                }
+            }
+        }
+        child.wait().unwrap();
+        acked
+    })
+    .await
+    .unwrap();
+    assert!(acked.len() >= 3000, "the child acknowledged only {} commits before it ended", acked.len());
+
+    let p = fx.open(UniquenessConfig::default()).await;
+    let mut probes = tokio::task::JoinSet::new();
+    let p = Arc::new(p);
+    for i in acked {
+        let p = p.clone();
+        probes.spawn(async move { (i, p.commit(request(&format!("probe{i}"), &[i], &[], bob()), NOW).await) });
+    }
+    for (i, result) in probes.join_all().await {
+        assert_eq!(conflict_of(result).states[&state(i)].consumed_by, consumer(&format!("t{i}"), 0, alice()), "state {i}");
+    }
+    let Ok(p) = Arc::try_unwrap(p) else { panic!("provider still shared") };
+    p.close().await;
+}
