@@ -32,11 +32,12 @@ mod single_node;
 mod time_window;
 
 pub use apply::{DEFAULT_MAX_INPUTS, MemoryState, Rules, UniquenessState};
+pub use batch::MAX_LINGER;
 pub use error::NotaryError;
 pub use postgres::{MAX_BATCH_ATTEMPTS, NOTARY_MIGRATIONS, PostgresUniquenessProvider};
 pub use provider::{
     CommitFuture, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY, MemoryUniquenessProvider, UniquenessConfig, UniquenessProvider,
 };
 pub use request::{CommitRequest, Conflict, ConsumingTx, StateConflict, StateKind};
-pub use single_node::{FORMAT_VERSION, MAX_LINGER, RedbUniquenessProvider};
+pub use single_node::{FORMAT_VERSION, RedbUniquenessProvider};
 pub use time_window::{DEFAULT_TIME_TOLERANCE_MICROS, TimeWindowCheck};

@@ -28,7 +28,7 @@
 //! a bounded number of times.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::mpsc;
@@ -37,7 +37,7 @@ use treaty_core::{SecureHash, StateRef, Timestamp, X500Name};
 use treaty_storage::{Database, Migration, Migrations, Pool, StorageError};
 
 use crate::apply::{MemoryState, Rules, UniquenessState, apply_batch};
-use crate::batch::{BatchResult, Job, answer, submit};
+use crate::batch::{BatchResult, Job, Linger, answer, submit};
 use crate::error::NotaryError;
 use crate::provider::{CommitFuture, UniquenessConfig, UniquenessProvider};
 use crate::request::{CommitRequest, ConsumingTx};
@@ -93,10 +93,15 @@ impl UniquenessProvider for PostgresUniquenessProvider {
     }
 }
 
+/// The writer task: batch (see [`Linger`]), apply, commit, answer, until the queue closes.
 async fn write_loop(pool: PgPool, mut queue: mpsc::Receiver<Job>, rules: Rules, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
+    let mut linger = Linger::default();
     while queue.recv_many(&mut jobs, max_batch).await > 0 {
+        linger.wait_async(&mut queue, &mut jobs, max_batch).await;
+        let started = Instant::now();
         let result = commit_batch(&pool, &jobs, &rules).await;
+        linger.committed(jobs.len(), started.elapsed());
         if let Err(e) = &result {
             tracing::error!(requests = jobs.len(), error = %e, "uniqueness log batch failed");
         }
@@ -217,11 +222,13 @@ async fn try_batch(pool: &PgPool, jobs: &[Job], rules: &Rules) -> Result<Vec<Res
         };
         read.consumed.insert(state, by);
     }
-    let ids: Vec<Vec<u8>> = tx_ids.iter().map(|t| t.0.to_vec()).collect();
-    let rows = sqlx::query(SELECT_TXS).bind(&ids).fetch_all(&mut *tx).await.map_err(q("reading treaty_notary_transactions"))?;
-    for row in rows {
-        let id: Vec<u8> = row.try_get(0).map_err(q("reading treaty_notary_transactions"))?;
-        read.committed.insert(hash_from(&id, "tx_id")?);
+    if !tx_ids.is_empty() {
+        let ids: Vec<Vec<u8>> = tx_ids.iter().map(|t| t.0.to_vec()).collect();
+        let rows = sqlx::query(SELECT_TXS).bind(&ids).fetch_all(&mut *tx).await.map_err(q("reading treaty_notary_transactions"))?;
+        for row in rows {
+            let id: Vec<u8> = row.try_get(0).map_err(q("reading treaty_notary_transactions"))?;
+            read.committed.insert(hash_from(&id, "tx_id")?);
+        }
     }
 
     // 2. The rules, on the overlay.
@@ -259,8 +266,10 @@ async fn try_batch(pool: &PgPool, jobs: &[Job], rules: &Rules) -> Result<Vec<Res
         tx.rollback().await.map_err(q("rolling back a batch that lost a race"))?;
         return Err(Attempt::LostRace);
     }
-    let ids: Vec<Vec<u8>> = new_txs.iter().map(|t| t.0.to_vec()).collect();
-    sqlx::query(INSERT_TXS).bind(&ids).execute(&mut *tx).await.map_err(q("inserting into treaty_notary_transactions"))?;
+    if !new_txs.is_empty() {
+        let ids: Vec<Vec<u8>> = new_txs.iter().map(|t| t.0.to_vec()).collect();
+        sqlx::query(INSERT_TXS).bind(&ids).execute(&mut *tx).await.map_err(q("inserting into treaty_notary_transactions"))?;
+    }
     tx.commit().await.map_err(q("committing a batch"))?;
     Ok(answers)
 }

@@ -17,14 +17,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redb::{Database, DatabaseError, Durability, ReadableTable, Table, TableDefinition};
 use tokio::sync::mpsc;
 use treaty_core::{SecureHash, StateRef, Timestamp, encoding};
 
 use crate::apply::{Rules, UniquenessState, apply_batch};
-use crate::batch::{BatchResult, Job, answer, submit};
+use crate::batch::{BatchResult, Job, Linger, answer, submit};
 use crate::error::NotaryError;
 use crate::provider::{CommitFuture, UniquenessConfig, UniquenessProvider};
 use crate::request::{CommitRequest, ConsumingTx};
@@ -142,47 +142,21 @@ fn open_file(path: &Path, verify: bool) -> Result<Database, NotaryError> {
     }
 }
 
-/// The longest the writer waits for more requests before committing a batch.
-pub const MAX_LINGER: Duration = Duration::from_millis(1);
-
-/// The writer thread: batch, apply, commit, answer, until the queue closes.
-///
-/// Callers answered by one batch come back within microseconds with their next request, but
-/// the writer would otherwise start the next batch with only the first of them and make the
-/// rest wait a whole commit: batches would alternate between tiny and full. So when fewer
-/// requests are queued than the previous batch held, the writer waits a little for the others
-/// — until as many are queued, for at most a quarter of the last commit's duration (and never
-/// more than [`MAX_LINGER`]). Under light load the previous batch was small and it does not wait.
+/// The writer thread: batch (see [`Linger`]), apply, commit, answer, until the queue closes.
 fn write_loop(db: Database, mut queue: mpsc::Receiver<Job>, rules: Rules, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
-    let (mut expected, mut last_commit) = (1usize, Duration::ZERO);
+    let mut linger = Linger::default();
     while queue.blocking_recv_many(&mut jobs, max_batch) > 0 {
-        linger(&mut queue, &mut jobs, expected.min(max_batch), (last_commit / 4).min(MAX_LINGER));
-        expected = jobs.len();
+        linger.wait_blocking(&mut queue, &mut jobs, max_batch);
         let started = Instant::now();
         let result = commit_batch(&db, &jobs, &rules);
-        last_commit = started.elapsed();
-
+        linger.committed(jobs.len(), started.elapsed());
         if let Err(e) = &result {
             tracing::error!(requests = jobs.len(), error = %e, "uniqueness log batch failed");
         }
         answer(&mut jobs, result);
     }
     // Dropping `db` closes the file.
-}
-
-/// Takes queued jobs until there are `target` or `wait` has passed.
-fn linger(queue: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, target: usize, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    while jobs.len() < target {
-        match queue.try_recv() {
-            Ok(job) => jobs.push(job),
-            Err(mpsc::error::TryRecvError::Disconnected) => return,
-            Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= deadline => return,
-            // Short sleeps leave the (possibly only other) core to the callers.
-            Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(20)),
-        }
-    }
 }
 
 /// The log as seen from inside one write transaction.
