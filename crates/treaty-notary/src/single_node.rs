@@ -15,11 +15,10 @@
 //! refusals or retries) is not committed at all: its answers rest on data already durable.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use redb::{Database, DatabaseError, Durability, ReadableTable, Table, TableDefinition};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tokio::sync::mpsc;
 use treaty_core::{SecureHash, StateRef, Timestamp, encoding};
 
@@ -51,7 +50,7 @@ fn key(state: &StateRef) -> [u8; 36] {
 pub struct RedbUniquenessProvider {
     queue: mpsc::Sender<Job>,
     rules: Rules,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: JoinHandle<()>,
     path: PathBuf,
 }
 
@@ -73,7 +72,7 @@ impl RedbUniquenessProvider {
             std::thread::Builder::new().name("notary-redb-writer".into()).spawn(move || write_loop(db, jobs, rules, max_batch)).map_err(
                 |e| NotaryError::Open { location: path.display().to_string(), reason: format!("cannot start the writer thread: {e}") },
             )?;
-        Ok(RedbUniquenessProvider { queue, rules, writer: Mutex::new(Some(writer)), path })
+        Ok(RedbUniquenessProvider { queue, rules, writer, path })
     }
 
     /// The file.
@@ -87,11 +86,8 @@ impl RedbUniquenessProvider {
     pub async fn close(self) {
         let RedbUniquenessProvider { queue, writer, .. } = self;
         drop(queue);
-        let handle = writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            // The writer thread only panics on a bug; there is nothing to add to its message.
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        // The writer thread only panics on a bug; there is nothing to add to its message.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
 }
 
@@ -116,29 +112,40 @@ fn open_file(path: &Path, verify: bool) -> Result<Database, NotaryError> {
             other => other.to_string(),
         })
     })?;
-    let write = || -> Result<Option<u64>, redb::Error> {
+    // Only an empty file (new, or created by an open that did not finish) is initialised: a
+    // redb file of something else is refused unchanged.
+    let inspect = || -> Result<(Option<u64>, bool), redb::Error> {
+        let read = db.begin_read()?;
+        let empty = read.list_tables()?.next().is_none();
+        let format = match read.open_table(META) {
+            Ok(meta) => meta.get("format")?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((format, empty))
+    };
+    let initialise = || -> Result<(), redb::Error> {
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
-        let found = {
-            let mut meta = tx.open_table(META)?;
-            let found = meta.get("format")?.map(|v| v.value());
-            if found.is_none() {
-                meta.insert("format", FORMAT_VERSION)?;
-            }
-            tx.open_table(CONSUMED)?;
-            tx.open_table(COMMITTED)?;
-            found
-        };
+        tx.open_table(META)?.insert("format", FORMAT_VERSION)?;
+        tx.open_table(CONSUMED)?;
+        tx.open_table(COMMITTED)?;
         tx.commit()?;
-        Ok(found)
+        Ok(())
     };
-    match write() {
-        Ok(None) => Ok(db),
-        Ok(Some(FORMAT_VERSION)) => Ok(db),
-        Ok(Some(other)) => Err(open_error(format!(
+    let not_a_log = |e: redb::Error| open_error(format!("not a uniqueness log of this Treaty: {e}"));
+    match inspect().map_err(not_a_log)? {
+        (Some(FORMAT_VERSION), _) => Ok(db),
+        (Some(other), _) => Err(open_error(format!(
             "it has format version {other} but this Treaty reads only version {FORMAT_VERSION} (written by a newer Treaty?)"
         ))),
-        Err(e) => Err(open_error(format!("not a uniqueness log of this Treaty: {e}"))),
+        (None, true) => {
+            initialise().map_err(|e| open_error(format!("cannot initialise it: {e}")))?;
+            Ok(db)
+        }
+        (None, false) => Err(open_error(
+            "a redb database, but not a uniqueness log (it has other tables and no format record); refusing to change it".into(),
+        )),
     }
 }
 

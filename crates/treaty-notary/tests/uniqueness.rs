@@ -453,6 +453,30 @@ async fn redb_refuses_a_file_that_is_not_a_log() {
 }
 
 #[tokio::test]
+async fn redb_refuses_another_redb_database_and_leaves_it_alone() {
+    const OTHER: ::redb::TableDefinition<&str, &str> = ::redb::TableDefinition::new("accounts");
+    let dir = TempDir::new();
+    let file = dir.path().join("wallet.redb");
+    {
+        let db = ::redb::Database::create(&file).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(OTHER).unwrap().insert("alice", "100").unwrap();
+        tx.commit().unwrap();
+    }
+    let err = RedbUniquenessProvider::open(&file, UniquenessConfig::default()).await.unwrap_err();
+    assert_eq!(err.code(), "NOTARY-OPEN");
+    assert!(err.to_string().contains("not a uniqueness log") && err.to_string().contains("wallet.redb"), "{err}");
+    let db = ::redb::Database::open(&file).unwrap();
+    let tables: Vec<String> = ::redb::ReadableDatabase::begin_read(&db)
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| ::redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert_eq!(tables, vec!["accounts".to_string()], "nothing was added to the other database");
+}
+
+#[tokio::test]
 async fn redb_refuses_a_file_already_open() {
     let fx = RedbFixture::new();
     let p = fx.open(UniquenessConfig::default()).await;
