@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use treaty_core::{KeyPair, SecureHash, SignatureScheme};
+use treaty_flows::Ledger;
 use treaty_net::messaging::Outgoing;
 use treaty_node::config::NodeConfig;
 use treaty_node::node;
@@ -277,9 +278,9 @@ pub fn resolve(length: usize, json: bool) -> Result<()> {
     let result: Result<ResolveReport> = runtime()?.block_on(async {
         let chain = treaty_testkit::token_chain(length - 1, rand::random()).map_err(anyhow::Error::msg)?;
         let (map_task, nodes) = two_nodes(&scratch).await?;
-        let encoded: Vec<(SecureHash, Vec<u8>)> = chain.transactions.iter().map(|t| (t.id(), t.to_bytes())).collect();
-        let txs: Vec<(SecureHash, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
-        nodes[0].db.transactions().record(&[(chain.attachment_id, &chain.attachment)], &txs).await?;
+        let ledger = &nodes[0].ledger;
+        let attachment = ledger.check_attachment(&chain.attachment).map_err(anyhow::Error::msg)?;
+        ledger.record(&[attachment], &chain.transactions).await?;
         let sqlite = baseline_sqlite(&scratch).await?;
         let args = serde_json::json!({ "transaction": chain.tip().id().to_string(), "to": nodes[1].name.to_string() });
         let began = Instant::now();

@@ -696,22 +696,22 @@ fn a_two_party_flow_killed_at_every_step_finishes_exactly_once() {
     }
 }
 
-/// Records `txs` (and the chain's attachment) in a stopped node's database, as if received.
-fn seed_ledger(
-    net: &Net,
-    legal: &str,
-    chain: &treaty_testkit::TokenChain,
-    txs: &[(treaty_core::SecureHash, Vec<u8>)],
-    rt: &tokio::runtime::Runtime,
-) {
+type Encoded = (treaty_core::SecureHash, Vec<u8>, Vec<treaty_core::SecureHash>);
+
+/// Records `txs` (id, bytes, dependencies) and the chain's attachment in a stopped node's
+/// database, as if received.
+fn seed_ledger(net: &Net, legal: &str, chain: &treaty_testkit::TokenChain, txs: &[Encoded], rt: &tokio::runtime::Runtime) {
     let db = net.db(legal, rt);
-    let txs: Vec<(treaty_core::SecureHash, &[u8])> = txs.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+    let txs: Vec<treaty_storage::Recorded> =
+        txs.iter().map(|(id, b, d)| treaty_storage::Recorded { id: *id, bytes: b, dependencies: d }).collect();
     rt.block_on(db.transactions().record(&[(chain.attachment_id, &chain.attachment)], &txs)).unwrap();
     rt.block_on(db.close());
 }
 
-fn encoded(chain: &treaty_testkit::TokenChain) -> Vec<(treaty_core::SecureHash, Vec<u8>)> {
-    chain.transactions.iter().map(|t| (t.id(), t.to_bytes())).collect()
+/// A chain's transactions as recorded: the dependencies always the original's, so a tampered
+/// copy keeps its place in the graph.
+fn encoded(chain: &treaty_testkit::TokenChain) -> Vec<Encoded> {
+    chain.transactions.iter().map(|t| (t.id(), t.to_bytes(), treaty_flows::resolve::dependencies(t))).collect()
 }
 
 #[test]

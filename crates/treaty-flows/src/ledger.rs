@@ -17,6 +17,9 @@ use crate::error::FlowError;
 pub trait Ledger: Send + Sync + 'static {
     /// Recorded transactions by id, in the order asked (`None` for an id not recorded).
     fn transactions(&self, ids: &[SecureHash]) -> impl Future<Output = Result<Vec<Option<SignedTransaction>>, FlowError>> + Send;
+    /// Up to `limit` ancestors of `ids` that are recorded, nearest first (a hint for
+    /// prefetching: it may stop short, and the walk continues by decoding transactions).
+    fn ancestors(&self, ids: &[SecureHash], limit: usize) -> impl Future<Output = Result<Vec<SecureHash>, FlowError>> + Send;
     /// For each of `ids`, whether it is recorded.
     fn recorded(&self, ids: &[SecureHash]) -> impl Future<Output = Result<Vec<bool>, FlowError>> + Send;
     /// Stored attachments by id, checked, in the order asked (`None` for one not stored).
@@ -87,6 +90,25 @@ impl Ledger for MemoryLedger {
     async fn transactions(&self, ids: &[SecureHash]) -> Result<Vec<Option<SignedTransaction>>, FlowError> {
         let txs = crate::context::lock(&self.transactions);
         Ok(ids.iter().map(|id| txs.get(id).cloned()).collect())
+    }
+
+    async fn ancestors(&self, ids: &[SecureHash], limit: usize) -> Result<Vec<SecureHash>, FlowError> {
+        let txs = crate::context::lock(&self.transactions);
+        let mut seen: std::collections::HashSet<SecureHash> = std::collections::HashSet::new();
+        let mut queue: std::collections::VecDeque<SecureHash> = ids.iter().copied().collect();
+        let mut out = Vec::new();
+        while let Some(id) = queue.pop_front() {
+            for d in txs.get(&id).map(crate::resolve::dependencies).unwrap_or_default() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if seen.insert(d) && txs.contains_key(&d) {
+                    out.push(d);
+                    queue.push_back(d);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn recorded(&self, ids: &[SecureHash]) -> Result<Vec<bool>, FlowError> {

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use treaty_core::{Attachment, LedgerTransaction, MapResolver, SecureHash, SignedTransaction, VerifyOptions, verify_transaction};
 
 use crate::context::{FlowContext, Session};
@@ -155,10 +156,31 @@ async fn transactions_batch<L: Ledger>(
     let mut batch = Batch::default();
     let (mut size, mut extra) = (0usize, 0u32);
     let mut visited: HashSet<SecureHash> = wanted.clone();
+    // The ledger's dependency index names the ancestors ahead of the walk, so they load in
+    // a few queries rather than one per level (a chain is one transaction per level).
+    let mut preloaded: HashMap<SecureHash, SignedTransaction> = HashMap::new();
+    if prefetch > 0 {
+        let hint: Vec<SecureHash> = ledger.ancestors(want, prefetch as usize).await?.into_iter().filter(|id| !sent.contains(id)).collect();
+        for (id, stx) in hint.iter().zip(ledger.transactions(&hint).await?) {
+            if let Some(stx) = stx {
+                preloaded.insert(*id, stx);
+            }
+        }
+    }
     let mut level: Vec<SecureHash> = want.to_vec();
     while !level.is_empty() {
         let mut next = Vec::new();
-        for (id, stx) in level.iter().zip(ledger.transactions(&level).await?) {
+        let rest: Vec<SecureHash> = level.iter().filter(|id| !preloaded.contains_key(id)).copied().collect();
+        let mut loaded: HashMap<SecureHash, SignedTransaction> = HashMap::new();
+        if !rest.is_empty() {
+            for (id, stx) in rest.iter().zip(ledger.transactions(&rest).await?) {
+                if let Some(stx) = stx {
+                    loaded.insert(*id, stx);
+                }
+            }
+        }
+        for id in &level {
+            let stx = preloaded.remove(id).or_else(|| loaded.remove(id));
             let is_wanted = wanted.contains(id);
             let Some(stx) = stx else {
                 if is_wanted {
@@ -206,12 +228,32 @@ pub async fn receive_transaction<L: Ledger>(
         .map_err(|items| FlowError::Exception(format!("{} sent {} transactions where one was expected", session.party, items.len())))?;
     let stx = decode(&claimed, &bytes, session, ledger.as_ref())?;
     // An error here ends the flow, and the engine tells the sender, which stops serving.
-    let resolved = resolve(ctx, session, ledger, &stx).await?;
+    let downloaded = resolve(ctx, session, ledger, &stx).await?;
     ctx.send(session, &Request::Done).await?;
-    let count = resolved.transactions.len();
     // Verifying and recording are not journaled: they give the same answer on replay, and
     // recording is idempotent.
-    let ledger_transaction = verify_all(ledger, resolved, &stx, session, &options).await?;
+    let verdicts = downloaded.verdicts.await.map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))??;
+    let mut chain = downloaded.transactions;
+    if let Some(stx) = chain.iter().find(|t| verdicts.failures.contains_key(&t.id())) {
+        let e = &verdicts.failures[&stx.id()];
+        return Err(invalid(
+            &stx.id(),
+            session,
+            format!("it is in the back-chain of {} and fails verification: {} {e}", claimed, e.code()),
+        ));
+    }
+    let (resolver, top, allowed_missing) = (verdicts.resolver, stx.clone(), options.allowed_missing.clone());
+    let l = ledger.clone();
+    let ledger_transaction =
+        tokio::task::spawn_blocking(move || verify_transaction(&top, &resolver, l.verifier(), &VerifyOptions { allowed_missing }))
+            .await
+            .map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))?
+            .map_err(|e| invalid(&claimed, session, format!("{} {e}", e.code())))?;
+    let count = chain.len();
+    if options.record {
+        chain.push(stx.clone());
+    }
+    ledger.record(&downloaded.attachments, &chain).await?;
     Ok(ReceivedTransaction { transaction: stx, ledger_transaction, resolved: count })
 }
 
@@ -239,33 +281,150 @@ async fn decode_all<L: Ledger>(
     .map_err(|e| FlowError::Invalid(format!("decoding task failed: {e}")))?
 }
 
-/// The back-chain downloaded for a transaction, not yet verified.
+/// The back-chain downloaded for a transaction, its verification under way.
 struct Downloaded {
     /// New transactions, dependencies first.
     transactions: Vec<SignedTransaction>,
     /// New attachments, checked.
     attachments: Vec<Attachment>,
+    /// The verification pipeline's result.
+    verdicts: tokio::task::JoinHandle<Result<Verdicts, FlowError>>,
+}
+
+/// Work for the verification pipeline, which runs beside the download.
+enum Job {
+    /// Transactions that others point at (resolution only): recorded here, or downloaded.
+    Known(Vec<SignedTransaction>),
+    /// Attachments the transactions use.
+    Attachments(Vec<Attachment>),
+    /// Downloaded transactions whose dependencies are all in hand: verify them.
+    Verify(Vec<SignedTransaction>),
+}
+
+/// What the verification pipeline found.
+struct Verdicts {
+    /// Everything the transactions point at, for verifying the top transaction.
+    resolver: MapResolver,
+    /// The transactions that failed, and why.
+    failures: HashMap<SecureHash, treaty_core::TransactionError>,
+}
+
+/// Starts the verification pipeline: one task that takes jobs in order, verifying each group
+/// on the CPU pool (in parallel within the group) while the flow downloads the next batch.
+fn verifier<L: Ledger>(ledger: Arc<L>) -> (mpsc::UnboundedSender<Job>, tokio::task::JoinHandle<Result<Verdicts, FlowError>>) {
+    let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
+    let handle = tokio::spawn(async move {
+        let mut resolver = MapResolver::default();
+        let mut failures = HashMap::new();
+        while let Some(job) = rx.recv().await {
+            match job {
+                Job::Known(txs) => txs.iter().for_each(|t| resolver.add_transaction(t.tx())),
+                Job::Attachments(a) => a.into_iter().for_each(|x| resolver.add_attachment(x)),
+                Job::Verify(group) => {
+                    let ledger = ledger.clone();
+                    let (back, failed) = tokio::task::spawn_blocking(move || {
+                        use rayon::prelude::*;
+                        let verifier = ledger.verifier();
+                        let check = |stx: &SignedTransaction| {
+                            verify_transaction(stx, &resolver, verifier, &VerifyOptions::default()).err().map(|e| (stx.id(), e))
+                        };
+                        // The first alone: it compiles the contract code, once, before the
+                        // rest run in parallel and find it cached.
+                        let mut failed: Vec<_> = group.first().and_then(check).into_iter().collect();
+                        if group.len() > 1 {
+                            failed.extend(group[1..].par_iter().filter_map(check).collect::<Vec<_>>());
+                        }
+                        (resolver, failed)
+                    })
+                    .await
+                    .map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))?;
+                    resolver = back;
+                    failures.extend(failed);
+                }
+            }
+        }
+        Ok(Verdicts { resolver, failures })
+    });
+    (jobs, handle)
 }
 
 /// Downloads what the ledger lacks of `top`'s back-chain (transactions and attachments) from
-/// the sender on `session`.
+/// the sender on `session`, handing each transaction to the verification pipeline as soon as
+/// everything it points at is in hand.
 async fn resolve<L: Ledger>(
     ctx: &FlowContext,
     session: &Session,
     ledger: &Arc<L>,
     top: &SignedTransaction,
 ) -> Result<Downloaded, FlowError> {
+    let (jobs, verdicts) = verifier(ledger.clone());
+    let send_job = |job: Job| jobs.send(job).map_err(|_| FlowError::Invalid("the verification pipeline stopped".into()));
     let mut have: HashMap<SecureHash, SignedTransaction> = HashMap::new();
     let mut queued: HashSet<SecureHash> = HashSet::new();
     let mut queue: VecDeque<SecureHash> = VecDeque::new();
-    for d in unrecorded(ctx, ledger, "resolve.unrecorded.0", dependencies(top)).await? {
-        if queued.insert(d) {
-            queue.push_back(d);
+    // Dependencies recorded here, and those of them handed to the pipeline.
+    let mut local: HashSet<SecureHash> = HashSet::new();
+    let mut local_sent: HashSet<SecureHash> = HashSet::new();
+    let mut attachments_seen: HashSet<SecureHash> = HashSet::new();
+    let mut downloaded_attachments: Vec<Attachment> = Vec::new();
+    let mut undispatched: Vec<SecureHash> = Vec::new();
+
+    let top_deps = dependencies(top);
+    let missing: HashSet<SecureHash> = unrecorded(ctx, ledger, "resolve.unrecorded.0", top_deps.clone()).await?.into_iter().collect();
+    for d in top_deps {
+        if missing.contains(&d) {
+            if queued.insert(d) {
+                queue.push_back(d);
+            }
+        } else {
+            local.insert(d);
         }
     }
+    let mut new_txs: Vec<SecureHash> = Vec::new();
     let mut prefetch = FIRST_PREFETCH;
     let mut round = 0usize;
-    while !queue.is_empty() {
+    loop {
+        // Hand over what the transactions of the last round need, then those now ready.
+        let mut attachment_ids: Vec<SecureHash> = new_txs
+            .iter()
+            .filter_map(|id| have.get(id))
+            .chain(std::iter::once(top).filter(|_| round == 0))
+            .flat_map(|t| t.tx().components().attachments.iter().copied())
+            .filter(|a| attachments_seen.insert(*a))
+            .collect();
+        attachment_ids.sort();
+        if !attachment_ids.is_empty() {
+            let (fetched, stored) =
+                fetch_attachments(ctx, session, ledger, &format!("resolve.attachments.{round}"), attachment_ids).await?;
+            send_job(Job::Attachments(fetched.iter().cloned().chain(stored).collect()))?;
+            downloaded_attachments.extend(fetched);
+        }
+        let mut known: Vec<SecureHash> = local.iter().filter(|d| !local_sent.contains(*d)).copied().collect();
+        if !known.is_empty() {
+            known.sort();
+            let loaded = ledger.transactions(&known).await?;
+            let mut txs = Vec::with_capacity(known.len());
+            for (id, stx) in known.iter().zip(loaded) {
+                txs.push(stx.ok_or_else(|| FlowError::Invalid(format!("transaction {id} was recorded here but is gone")))?);
+                local_sent.insert(*id);
+            }
+            send_job(Job::Known(txs))?;
+        }
+        if !new_txs.is_empty() {
+            send_job(Job::Known(new_txs.iter().filter_map(|id| have.get(id).cloned()).collect()))?;
+        }
+        undispatched.extend(new_txs.drain(..));
+        let (ready, waiting): (Vec<SecureHash>, Vec<SecureHash>) = undispatched
+            .iter()
+            .partition(|id| have.get(*id).is_some_and(|t| dependencies(t).iter().all(|d| have.contains_key(d) || local.contains(d))));
+        undispatched = waiting;
+        if !ready.is_empty() {
+            send_job(Job::Verify(ready.iter().filter_map(|id| have.get(id).cloned()).collect()))?;
+        }
+        if queue.is_empty() {
+            break;
+        }
+
         round += 1;
         let want: Vec<SecureHash> = queue.drain(..queue.len().min(MAX_WANT)).collect();
         ctx.send(session, &Request::Transactions { want: want.clone(), prefetch }).await?;
@@ -286,7 +445,7 @@ async fn resolve<L: Ledger>(
         // (the prefetched transactions and every dependency) is recorded already?
         let mut mentioned: Vec<SecureHash> = pool.keys().copied().collect();
         for stx in accepted.iter().chain(pool.values()) {
-            mentioned.extend(dependencies(stx).into_iter().filter(|d| !have.contains_key(d) && !queued.contains(d)));
+            mentioned.extend(dependencies(stx).into_iter().filter(|d| !have.contains_key(d) && !queued.contains(d) && !local.contains(d)));
         }
         mentioned.sort();
         mentioned.dedup();
@@ -296,7 +455,11 @@ async fn resolve<L: Ledger>(
         let mut stack: Vec<SignedTransaction> = accepted;
         while let Some(stx) = stack.pop() {
             for d in dependencies(&stx) {
-                if have.contains_key(&d) || queued.contains(&d) || !unknown.contains(&d) {
+                if have.contains_key(&d) || queued.contains(&d) || local.contains(&d) {
+                    continue;
+                }
+                if !unknown.contains(&d) {
+                    local.insert(d);
                     continue;
                 }
                 match pool.remove(&d) {
@@ -308,14 +471,17 @@ async fn resolve<L: Ledger>(
                 }
             }
             queued.insert(stx.id());
+            new_txs.push(stx.id());
             have.insert(stx.id(), stx);
         }
         // Prefetched transactions left over were known here already: prefetch less.
         prefetch = if pool.is_empty() { (prefetch.max(1) * 2).min(MAX_PREFETCH) } else { prefetch / 4 };
     }
-    let transactions = dependency_order(have);
-    let attachments = fetch_attachments(ctx, session, ledger, top, &transactions).await?;
-    Ok(Downloaded { transactions, attachments })
+    if !undispatched.is_empty() {
+        send_job(Job::Verify(undispatched.iter().filter_map(|id| have.get(id).cloned()).collect()))?;
+    }
+    drop(jobs);
+    Ok(Downloaded { transactions: dependency_order(have), attachments: downloaded_attachments, verdicts })
 }
 
 /// Those of `ids` the ledger has not recorded (a journaled question).
@@ -367,20 +533,18 @@ fn dependency_order(mut txs: HashMap<SecureHash, SignedTransaction>) -> Vec<Sign
     out
 }
 
-/// Downloads the attachments that `top` and `txs` refer to and the ledger lacks.
+/// Of the attachments `ids`, downloads those the ledger lacks (checked); returns them and the
+/// stored ones.
 async fn fetch_attachments<L: Ledger>(
     ctx: &FlowContext,
     session: &Session,
     ledger: &Arc<L>,
-    top: &SignedTransaction,
-    txs: &[SignedTransaction],
-) -> Result<Vec<Attachment>, FlowError> {
-    let mut ids: Vec<SecureHash> =
-        txs.iter().chain(std::iter::once(top)).flat_map(|t| t.tx().components().attachments.iter().copied()).collect();
-    ids.sort();
-    ids.dedup();
+    key: &str,
+    ids: Vec<SecureHash>,
+) -> Result<(Vec<Attachment>, Vec<Attachment>), FlowError> {
+    let stored: Vec<Attachment> = ledger.attachments(&ids).await?.into_iter().flatten().collect();
     let mut missing: VecDeque<SecureHash> = ctx
-        .side_effect("resolve.attachments", |_| {
+        .side_effect(key, |_| {
             let ledger = ledger.clone();
             async move {
                 let stored = ledger.attachments(&ids).await?;
@@ -415,72 +579,5 @@ async fn fetch_attachments<L: Ledger>(
             got.push(a);
         }
     }
-    Ok(got)
-}
-
-/// Verifies the downloaded back-chain in dependency order (in parallel: every input is in
-/// hand), then `top`; records the back-chain (and `top` if `options.record`) in one database
-/// transaction. Names the first transaction that fails.
-async fn verify_all<L: Ledger>(
-    ledger: &Arc<L>,
-    downloaded: Downloaded,
-    top: &SignedTransaction,
-    session: &Session,
-    options: &ReceiveOptions,
-) -> Result<LedgerTransaction, FlowError> {
-    let allowed_missing = options.allowed_missing.clone();
-    // Everything the transactions point at: downloaded, or recorded here.
-    let mut resolver = MapResolver::default();
-    let mut local: Vec<SecureHash> = Vec::new();
-    let downloaded_ids: HashSet<SecureHash> = downloaded.transactions.iter().map(SignedTransaction::id).collect();
-    for stx in downloaded.transactions.iter().chain(std::iter::once(top)) {
-        resolver.add_transaction(stx.tx());
-        local.extend(dependencies(stx).into_iter().filter(|d| !downloaded_ids.contains(d)));
-    }
-    local.sort();
-    local.dedup();
-    for (id, stx) in local.iter().zip(ledger.transactions(&local).await?) {
-        let stx = stx.ok_or_else(|| FlowError::Invalid(format!("transaction {id} was recorded here but is gone")))?;
-        resolver.add_transaction(stx.tx());
-    }
-    let mut attachment_ids: Vec<SecureHash> =
-        downloaded.transactions.iter().chain(std::iter::once(top)).flat_map(|t| t.tx().components().attachments.iter().copied()).collect();
-    attachment_ids.sort();
-    attachment_ids.dedup();
-    for a in &downloaded.attachments {
-        resolver.add_attachment(a.clone());
-    }
-    for a in ledger.attachments(&attachment_ids).await?.into_iter().flatten() {
-        resolver.add_attachment(a);
-    }
-    let ledger2 = ledger.clone();
-    let top2 = top.clone();
-    let (chain, verdicts) = tokio::task::spawn_blocking(move || {
-        use rayon::prelude::*;
-        let verifier = ledger2.verifier();
-        let chain = downloaded.transactions;
-        let verdicts: Vec<Result<LedgerTransaction, treaty_core::TransactionError>> =
-            chain.par_iter().map(|stx| verify_transaction(stx, &resolver, verifier, &VerifyOptions::default())).collect();
-        let top_verdict = verify_transaction(&top2, &resolver, verifier, &VerifyOptions { allowed_missing });
-        ((chain, downloaded.attachments), (verdicts, top_verdict))
-    })
-    .await
-    .map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))?;
-    let ((chain, attachments), (verdicts, top_verdict)) = (chain, verdicts);
-    for (stx, v) in chain.iter().zip(verdicts) {
-        if let Err(e) = v {
-            return Err(invalid(
-                &stx.id(),
-                session,
-                format!("it is in the back-chain of {} and fails verification: {} {e}", top.id(), e.code()),
-            ));
-        }
-    }
-    let ltx = top_verdict.map_err(|e| invalid(&top.id(), session, format!("{} {e}", e.code())))?;
-    let mut chain = chain;
-    if options.record {
-        chain.push(top.clone());
-    }
-    ledger.record(&attachments, &chain).await?;
-    Ok(ltx)
+    Ok((got, stored))
 }

@@ -12,9 +12,10 @@ use treaty_core::{
     Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, SecureHash,
     SignedTransaction,
 };
+use treaty_flows::resolve::dependencies;
 use treaty_flows::{FlowError, Ledger};
 use treaty_sandbox::Sandbox;
-use treaty_storage::{Database, StorageError};
+use treaty_storage::{Database, Recorded, StorageError};
 
 /// Transactions and attachments in the node database; contracts in the sandbox.
 pub struct NodeLedger {
@@ -50,17 +51,32 @@ impl Ledger for NodeLedger {
     async fn transactions(&self, ids: &[SecureHash]) -> Result<Vec<Option<SignedTransaction>>, FlowError> {
         let limits = self.limits();
         let rows = self.db.transactions().get_many(ids).await.map_err(storage)?;
-        ids.iter()
-            .zip(rows)
-            .map(|(id, bytes)| {
-                bytes
-                    .map(|b| {
-                        SignedTransaction::from_bytes(&b, &limits)
-                            .map_err(|e| FlowError::Invalid(format!("recorded transaction {id} does not decode: {e}")))
-                    })
-                    .transpose()
-            })
-            .collect()
+        let n = ids.len();
+        let ids = ids.to_vec();
+        let decode = move || {
+            use rayon::prelude::*;
+            ids.par_iter()
+                .zip(rows.into_par_iter())
+                .map(|(id, bytes)| {
+                    bytes
+                        .map(|b| {
+                            SignedTransaction::from_bytes(&b, &limits)
+                                .map_err(|e| FlowError::Invalid(format!("recorded transaction {id} does not decode: {e}")))
+                        })
+                        .transpose()
+                })
+                .collect()
+        };
+        // Decoding hashes every component to compute the id: many at once go to the CPU pool.
+        if n > 64 {
+            tokio::task::spawn_blocking(decode).await.map_err(|e| FlowError::Invalid(format!("decoding task failed: {e}")))?
+        } else {
+            decode()
+        }
+    }
+
+    async fn ancestors(&self, ids: &[SecureHash], limit: usize) -> Result<Vec<SecureHash>, FlowError> {
+        self.db.transactions().ancestors(ids, limit).await.map_err(storage)
     }
 
     async fn recorded(&self, ids: &[SecureHash]) -> Result<Vec<bool>, FlowError> {
@@ -90,8 +106,9 @@ impl Ledger for NodeLedger {
     }
 
     async fn record(&self, attachments: &[Attachment], transactions: &[SignedTransaction]) -> Result<(), FlowError> {
-        let encoded: Vec<(SecureHash, Vec<u8>)> = transactions.iter().map(|t| (t.id(), t.to_bytes())).collect();
-        let txs: Vec<(SecureHash, &[u8])> = encoded.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        let encoded: Vec<(SecureHash, Vec<u8>, Vec<SecureHash>)> =
+            transactions.iter().map(|t| (t.id(), t.to_bytes(), dependencies(t))).collect();
+        let txs: Vec<Recorded> = encoded.iter().map(|(id, b, d)| Recorded { id: *id, bytes: b, dependencies: d }).collect();
         let atts: Vec<(SecureHash, &[u8])> = attachments.iter().map(|a| (a.id, &a.content[..])).collect();
         self.db.transactions().record(&atts, &txs).await.map_err(storage)?;
         let mut cache = self.cache();

@@ -22,6 +22,18 @@ pub struct TransactionStore {
     db: Database,
 }
 
+/// A transaction to record: its id, its canonical bytes, and the ids of the transactions its
+/// inputs and references point into.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'a> {
+    /// The transaction's id.
+    pub id: SecureHash,
+    /// Its canonical bytes.
+    pub bytes: &'a [u8],
+    /// The transactions it depends on.
+    pub dependencies: &'a [SecureHash],
+}
+
 /// Attachments, by id (`treaty_attachments`).
 #[derive(Clone, Debug)]
 pub struct AttachmentStore {
@@ -63,6 +75,17 @@ impl Database {
 /// Ids per `IN (...)` query: well under SQLite's and PostgreSQL's bind-parameter limits.
 const IN_CHUNK: usize = 500;
 
+/// Rows per multi-row INSERT (× columns stays under the bind-parameter limits).
+const ROWS_PER_INSERT: usize = 200;
+
+/// `($1, $2, $3), ($4, $5, $6), …`: `n` rows of `columns` placeholders.
+fn rows(n: usize, columns: usize) -> String {
+    (0..n)
+        .map(|r| format!("({})", (1..=columns).map(|c| format!("${}", r * columns + c)).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `$1, $2, …, $n`.
 fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
@@ -94,19 +117,64 @@ impl TransactionStore {
     }
 
     /// Records attachments and transactions (in the order given) in one database transaction,
-    /// idempotently: what is recorded already stays as it is. The caller checks every id.
-    pub async fn record(&self, attachments: &[(SecureHash, &[u8])], txs: &[(SecureHash, &[u8])]) -> Result<(), StorageError> {
+    /// idempotently: what is recorded already stays as it is. Each transaction comes with the
+    /// ids it depends on (see [`TransactionStore::ancestors`]). The caller checks every id.
+    pub async fn record(&self, attachments: &[(SecureHash, &[u8])], txs: &[Recorded<'_>]) -> Result<(), StorageError> {
         let now = now_millis();
         let what = "recording attachments and transactions";
         write_tx!(self.db, what, tx => {
             for (id, bytes) in attachments {
                 sqlx::query(INSERT_ATTACHMENT).bind(id.as_bytes().as_slice()).bind(*bytes).bind(now).execute(&mut *tx).await.ctx(what)?;
             }
-            for (id, bytes) in txs {
-                sqlx::query(INSERT_TX).bind(id.as_bytes().as_slice()).bind(*bytes).bind(now).execute(&mut *tx).await.ctx(what)?;
+            // Many rows per statement: a back-chain of thousands records in a few statements.
+            for chunk in txs.chunks(ROWS_PER_INSERT) {
+                let sql = format!("INSERT INTO treaty_transactions (id, bytes, recorded_at) VALUES {} ON CONFLICT (id) DO NOTHING", rows(chunk.len(), 3));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for r in chunk {
+                    q = q.bind(r.id.as_bytes().as_slice()).bind(r.bytes).bind(now);
+                }
+                q.execute(&mut *tx).await.ctx(what)?;
+            }
+            // A transaction's dependencies follow from its bytes, so rows for one recorded
+            // before are the same rows: inserting them again changes nothing.
+            let edges: Vec<(&SecureHash, &SecureHash)> = txs.iter().flat_map(|r| r.dependencies.iter().map(move |d| (&r.id, d))).collect();
+            for chunk in edges.chunks(ROWS_PER_INSERT) {
+                let sql = format!("INSERT INTO treaty_transaction_dependencies (tx, dep) VALUES {} ON CONFLICT DO NOTHING", rows(chunk.len(), 2));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (t, d) in chunk {
+                    q = q.bind(t.as_bytes().as_slice()).bind(d.as_bytes().as_slice());
+                }
+                q.execute(&mut *tx).await.ctx(what)?;
             }
         });
         Ok(())
+    }
+
+    /// Up to `limit` ancestors of `ids` (what they depend on, directly or not), nearest first
+    /// (breadth first), each once, `ids` themselves excluded unless reached from another.
+    /// Walks only transactions recorded with their dependencies ([`TransactionStore::record`]),
+    /// from the first 500 of `ids`: a prefetching hint, not a complete answer.
+    pub async fn ancestors(&self, ids: &[SecureHash], limit: usize) -> Result<Vec<SecureHash>, StorageError> {
+        if ids.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let what = "walking treaty_transaction_dependencies";
+        // A hint for prefetching: the walk starts from at most IN_CHUNK ids.
+        let start = ids.len().min(IN_CHUNK);
+        let sql = format!(
+            "WITH RECURSIVE walk(id) AS (SELECT dep FROM treaty_transaction_dependencies WHERE tx IN ({}) \
+             UNION SELECT d.dep FROM walk w JOIN treaty_transaction_dependencies d ON d.tx = w.id) SELECT id FROM walk LIMIT {}",
+            placeholders(start),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        );
+        with_pool!(self.db, pool => {
+            // Only placeholders and a number are interpolated; every id is a bound parameter.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in ids.iter().take(IN_CHUNK) {
+                q = q.bind(id.as_bytes().as_slice());
+            }
+            q.fetch_all(pool).await.ctx(what)?.iter().map(|r| hash_from("treaty_transaction_dependencies", &r.try_get::<Vec<u8>, _>(0).ctx(what)?)).collect()
+        })
     }
 
     /// The bytes recorded under each of `ids`, in order (`None` where nothing is recorded).

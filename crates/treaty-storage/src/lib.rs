@@ -23,7 +23,7 @@ mod netmap;
 
 pub use db::{BackendKind, Database, GroupCommit, GroupWrite, Pool, SQLITE_BUSY_TIMEOUT, SqliteGroup, WriteTransaction};
 pub use error::StorageError;
-pub use ledger::{AttachmentStore, IdentityRecord, IdentityStore, TransactionStore};
+pub use ledger::{AttachmentStore, IdentityRecord, IdentityStore, Recorded, TransactionStore};
 pub use messaging::SqlMessageStore;
 pub use migrate::{Migration, Migrations};
 pub use netmap::{CachedNode, SqlMapCache};

@@ -40,16 +40,30 @@ pub struct Migrations {
 /// The ledger component: `treaty_transactions`, `treaty_attachments`, `treaty_identities`.
 pub const LEDGER_MIGRATIONS: Migrations = Migrations {
     component: "ledger",
-    sqlite: &[Migration {
-        version: 1,
-        description: "transactions, attachments, identities",
-        sql: include_str!("../migrations/sqlite/0001_ledger.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        description: "transactions, attachments, identities",
-        sql: include_str!("../migrations/postgres/0001_ledger.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            description: "transactions, attachments, identities",
+            sql: include_str!("../migrations/sqlite/0001_ledger.sql"),
+        },
+        Migration {
+            version: 2,
+            description: "transaction dependencies",
+            sql: include_str!("../migrations/sqlite/0002_ledger_dependencies.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            description: "transactions, attachments, identities",
+            sql: include_str!("../migrations/postgres/0001_ledger.sql"),
+        },
+        Migration {
+            version: 2,
+            description: "transaction dependencies",
+            sql: include_str!("../migrations/postgres/0002_ledger_dependencies.sql"),
+        },
+    ],
 };
 
 /// The messaging component: `treaty_outbox`, `treaty_inbox`.

@@ -10,7 +10,7 @@ use treaty_core::{KeyPair, Party, SecureHash, SignatureScheme, X500Name};
 use treaty_net::map::{MapCache, MapSnapshot, NodeInfo, kinds};
 use treaty_net::messaging::{InboundMessage, MemoryMessageStore, MessageId, MessageStore, OutboundMessage};
 use treaty_net::signed::Signed;
-use treaty_storage::{BackendKind, Database, IdentityRecord, Migration, Migrations, StorageError};
+use treaty_storage::{BackendKind, Database, IdentityRecord, Migration, Migrations, Recorded, StorageError};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -158,6 +158,7 @@ db_tests!(
     transactions_round_trip,
     transactions_batch_put,
     ledger_record_and_batch_reads,
+    ancestors_walk_breadth_first,
     attachments_round_trip,
     identities_round_trip,
     network_map_round_trip,
@@ -263,12 +264,34 @@ async fn ledger_record_and_batch_reads(fx: &Fixture) {
     let txs = db.transactions();
     let (a, b, c, att) = (SecureHash::sha256(b"a"), SecureHash::sha256(b"b"), SecureHash::sha256(b"c"), SecureHash::sha256(b"att"));
     assert!(txs.put(&b, b"B").await.unwrap());
-    txs.record(&[(att, b"ATT".as_slice())], &[(a, b"A".as_slice()), (b, b"B2")]).await.unwrap();
+    let rec = |id, bytes, dependencies| Recorded { id, bytes, dependencies };
+    txs.record(&[(att, b"ATT".as_slice())], &[rec(a, b"A".as_slice(), &[c]), rec(b, b"B2", &[])]).await.unwrap();
     txs.record(&[(att, b"ATT2".as_slice())], &[]).await.unwrap();
     assert_eq!(txs.get_many(&[c, a, b]).await.unwrap(), vec![None, Some(b"A".to_vec()), Some(b"B".to_vec())], "first bytes kept");
     assert_eq!(txs.contains_many(&[a, c, b]).await.unwrap(), vec![true, false, true]);
     assert_eq!(db.attachments().get(&att).await.unwrap().as_deref(), Some(b"ATT".as_slice()));
     assert_eq!(txs.ids().await.unwrap(), vec![b, a], "recording order");
+    db.close().await;
+}
+
+async fn ancestors_walk_breadth_first(fx: &Fixture) {
+    let db = fx.open().await;
+    let txs = db.transactions();
+    // A diamond on a chain: t0 <- t1 <- {t2, t3} <- t4, plus t5 depending on t4 and t0.
+    let t: Vec<SecureHash> = (0..6u8).map(|i| SecureHash::sha256(&[i])).collect();
+    let deps: Vec<Vec<SecureHash>> = vec![vec![], vec![t[0]], vec![t[1]], vec![t[1]], vec![t[2], t[3]], vec![t[4], t[0]]];
+    let recs: Vec<Recorded> = (0..6).map(|i| Recorded { id: t[i], bytes: b"x", dependencies: &deps[i] }).collect();
+    txs.record(&[], &recs).await.unwrap();
+    let mut walk = txs.ancestors(&[t[5]], 100).await.unwrap();
+    assert_eq!(walk.len(), 5, "each ancestor once: {walk:?}");
+    assert_eq!(&walk[..2].iter().copied().collect::<std::collections::BTreeSet<_>>(), &[t[4], t[0]].into_iter().collect());
+    walk.sort();
+    let mut expected = t[..5].to_vec();
+    expected.sort();
+    assert_eq!(walk, expected);
+    assert_eq!(txs.ancestors(&[t[5]], 2).await.unwrap().len(), 2, "limit");
+    assert_eq!(txs.ancestors(&[t[0]], 10).await.unwrap(), vec![], "the issue has none");
+    assert_eq!(txs.ancestors(&[t[2], t[3]], 10).await.unwrap(), vec![t[1], t[0]]);
     db.close().await;
 }
 
