@@ -14,6 +14,7 @@ pub mod journal;
 pub mod ledger;
 pub mod protocol;
 pub mod resolve;
+pub mod signatures;
 pub mod sql;
 pub mod store;
 
@@ -23,6 +24,7 @@ pub use error::FlowError;
 pub use journal::{Entry, FlowId, Received};
 pub use ledger::{AttachmentCheck, Ledger, MemoryLedger};
 pub use resolve::{ReceiveOptions, ReceivedTransaction, receive_transaction, send_transaction};
+pub use signatures::{KeyPairs, Keys, collect_signatures, sign_transaction};
 pub use sql::{FLOW_MIGRATIONS, SqlFlowStore};
 pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore, ParkedFlow, Parking};
 

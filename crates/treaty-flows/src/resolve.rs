@@ -70,6 +70,9 @@ pub struct ReceiveOptions {
     pub record: bool,
     /// Required keys that may lack signatures (e.g. the notary's, before notarisation).
     pub allowed_missing: Vec<treaty_core::PublicKey>,
+    /// Check only the signatures present: any required key may lack one (a transaction still
+    /// collecting signatures).
+    pub any_missing: bool,
 }
 
 /// The ids a transaction depends on: the transactions of its inputs and references.
@@ -242,13 +245,22 @@ pub async fn receive_transaction<L: Ledger>(
             format!("it is in the back-chain of {} and fails verification: {} {e}", claimed, e.code()),
         ));
     }
-    let (resolver, top, allowed_missing) = (verdicts.resolver, stx.clone(), options.allowed_missing.clone());
+    let (resolver, top, allowed_missing, any_missing) =
+        (verdicts.resolver, stx.clone(), options.allowed_missing.clone(), options.any_missing);
     let l = ledger.clone();
-    let ledger_transaction =
-        tokio::task::spawn_blocking(move || verify_transaction(&top, &resolver, l.verifier(), &VerifyOptions { allowed_missing }))
-            .await
-            .map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))?
-            .map_err(|e| invalid(&claimed, session, format!("{} {e}", e.code())))?;
+    let ledger_transaction = tokio::task::spawn_blocking(move || {
+        if !any_missing {
+            return verify_transaction(&top, &resolver, l.verifier(), &VerifyOptions { allowed_missing });
+        }
+        let ltx = top.tx().to_ledger_transaction(&resolver)?;
+        ltx.verify_structure()?;
+        top.verify_signatures_present()?;
+        ltx.verify_contracts(l.verifier())?;
+        Ok(ltx)
+    })
+    .await
+    .map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))?
+    .map_err(|e| invalid(&claimed, session, format!("{} {e}", e.code())))?;
     let count = chain.len();
     if options.record {
         chain.push(stx.clone());
