@@ -425,7 +425,7 @@ async fn resolve<L: Ledger>(
         if !new_txs.is_empty() {
             send_job(Job::Known(new_txs.iter().filter_map(|id| have.get(id).cloned()).collect()))?;
         }
-        undispatched.extend(new_txs.drain(..));
+        undispatched.append(&mut new_txs);
         let (ready, waiting): (Vec<SecureHash>, Vec<SecureHash>) = undispatched
             .iter()
             .partition(|id| have.get(*id).is_some_and(|t| dependencies(t).iter().all(|d| have.contains_key(d) || local.contains(d))));

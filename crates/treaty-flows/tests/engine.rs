@@ -2,9 +2,8 @@
 //! replay after crashes of either side, code changes, client ids, draining, the counterparty
 //! check. The same engine runs in nodes over SQLite/PostgreSQL and TLS.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,84 +11,11 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use treaty_core::X500Name;
 use treaty_flows::*;
-use treaty_net::messaging::{MemoryMessageStore, Messenger, MessengerConfig, PeerDirectory};
-use treaty_net::sim::{SimConnector, SimNetwork};
+use treaty_net::sim::SimNetwork;
 
-const ALICE: &str = "O=Alice,L=London,C=GB";
-const BOB: &str = "O=Bob,L=Paris,C=FR";
+mod common;
 
-fn name(s: &str) -> X500Name {
-    s.parse().unwrap()
-}
-
-fn fast() -> MessengerConfig {
-    MessengerConfig {
-        ack_timeout: Duration::from_millis(200),
-        retry_min: Duration::from_millis(5),
-        retry_max: Duration::from_millis(100),
-        rescan_interval: Duration::from_millis(100),
-        ..MessengerConfig::default()
-    }
-}
-
-type Directory = Arc<RwLock<HashMap<X500Name, Vec<String>>>>;
-
-/// What survives a crash: the stores.
-#[derive(Clone, Default)]
-struct Disk {
-    messages: Arc<MemoryMessageStore>,
-    flows: Arc<MemoryFlowStore>,
-}
-
-struct Node {
-    engine: FlowEngine,
-    messenger: Messenger<MemoryMessageStore, SimConnector>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    net: SimNetwork,
-    address: String,
-}
-
-impl Node {
-    async fn start(net: &SimNetwork, dir: &Directory, legal: &str, disk: &Disk, registry: Registry, options: EngineOptions) -> Node {
-        let me = name(legal);
-        let address = format!("sim:{legal}");
-        dir.write().unwrap().insert(me.clone(), vec![address.clone()]);
-        let d = dir.clone();
-        let directory: Arc<dyn PeerDirectory> = Arc::new(move |p: &X500Name| d.read().unwrap().get(p).cloned().unwrap_or_default());
-        let (messenger, mut inbox) = Messenger::new(me.clone(), disk.messages.clone(), net.connector(&me), directory, fast());
-        let engine = FlowEngine::new(me.clone(), disk.flows.clone(), Arc::new(messenger.clone()), registry, options);
-        engine.resume().await.unwrap();
-        let mut tasks = Vec::new();
-        let e = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(m) = inbox.recv().await {
-                if m.topic == protocol::FLOW_TOPIC {
-                    e.deliver(m).await.unwrap();
-                }
-            }
-        }));
-        messenger.start().await.unwrap();
-        let mut incoming = net.listen(&address, &me);
-        let server = messenger.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some((link, peer)) = incoming.recv().await {
-                let server = server.clone();
-                tokio::spawn(async move { server.serve_link(link, peer).await });
-            }
-        }));
-        Node { engine, messenger, tasks, net: net.clone(), address }
-    }
-
-    /// Everything in memory is lost; the stores survive.
-    fn crash(self) {
-        self.engine.shutdown();
-        self.messenger.shutdown();
-        for t in self.tasks {
-            t.abort();
-        }
-        self.net.unlisten(&self.address);
-    }
-}
+use common::*;
 
 #[derive(Serialize, Deserialize)]
 struct PingArgs {
@@ -183,15 +109,6 @@ async fn pair(knobs: Arc<Knobs>) -> (SimNetwork, Directory, Disk, Disk, Node, No
     let alice = Node::start(&net, &dir, ALICE, &da, registry(knobs.clone()), EngineOptions::default()).await;
     let bob = Node::start(&net, &dir, BOB, &db, registry(knobs), EngineOptions::default()).await;
     (net, dir, da, db, alice, bob)
-}
-
-async fn finished(engine: &FlowEngine, id: FlowId) -> FlowRecord {
-    tokio::time::timeout(Duration::from_secs(20), engine.wait(id)).await.expect("flow finished in time").unwrap()
-}
-
-fn result(r: &FlowRecord) -> serde_json::Value {
-    assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
-    serde_json::from_slice(r.result.as_ref().unwrap()).unwrap()
 }
 
 #[tokio::test]

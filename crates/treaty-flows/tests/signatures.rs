@@ -58,7 +58,9 @@ fn registry(l: Arc<MemoryLedger>, keys: Arc<KeyPairs>, chain: Arc<TokenChain>, r
                 let (stx, required) = spend(&chain, args.amount);
                 let session = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
                 let signed = collect_signatures(&ctx, &l, stx, &required, &[session]).await?;
-                signed.verify_signatures_except(&[chain.notary.owning_key.clone()]).map_err(|e| FlowError::Exception(e.to_string()))?;
+                signed
+                    .verify_signatures_except(std::slice::from_ref(&chain.notary.owning_key))
+                    .map_err(|e| FlowError::Exception(e.to_string()))?;
                 Ok(json!({ "signatures": signed.sigs().len() }))
             }
         });
