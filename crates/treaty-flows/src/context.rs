@@ -37,6 +37,9 @@ pub(crate) struct SessionState {
     pub(crate) party: Option<X500Name>,
     pub(crate) initiator: bool,
     pub(crate) init_sent: bool,
+    /// The protocol the counterparty's responder is chosen by, if not this flow's own name
+    /// (sessions opened with [`FlowContext::initiate_as`]).
+    pub(crate) protocol: Option<(String, u32)>,
 }
 
 /// What a waiting flow waits for.
@@ -96,7 +99,8 @@ impl Run {
             }
             match e {
                 Entry::Opened { session, party } => {
-                    sessions.insert(*session, SessionState { party: Some(party.clone()), initiator: true, init_sent: false });
+                    sessions
+                        .insert(*session, SessionState { party: Some(party.clone()), initiator: true, init_sent: false, protocol: None });
                 }
                 // Receiving on a session the flow opened means it was opened on the wire.
                 Entry::Sent { session, .. } | Entry::Received { session, .. } => {
@@ -108,7 +112,7 @@ impl Run {
             }
         }
         if let Some((party, session)) = initiator {
-            sessions.insert(session, SessionState { party: Some(party), initiator: false, init_sent: true });
+            sessions.insert(session, SessionState { party: Some(party), initiator: false, init_sent: true, protocol: None });
         }
         Run {
             id,
@@ -257,9 +261,33 @@ impl FlowContext {
                 session
             }
         };
-        lock(&self.run.sessions).entry(session).or_insert(SessionState { party: Some(party.clone()), initiator: true, init_sent: false });
+        lock(&self.run.sessions).entry(session).or_insert(SessionState {
+            party: Some(party.clone()),
+            initiator: true,
+            init_sent: false,
+            protocol: None,
+        });
         self.shared.bind(party.clone(), session, true, self.run.id);
         Ok(Session { id: session, party: party.clone(), initiator: true })
+    }
+
+    /// Opens a session whose counterparty runs the responder registered for `protocol`
+    /// (version `version`) rather than for this flow's name: how a standard protocol (the
+    /// notary's, say) is spoken from inside any application flow.
+    pub async fn initiate_as(&self, party: &X500Name, protocol: &str, version: u32) -> Result<Session, FlowError> {
+        let session = self.initiate(party).await?;
+        if let Some(s) = lock(&self.run.sessions).get_mut(&session.id) {
+            s.protocol = Some((protocol.to_string(), version));
+        }
+        Ok(session)
+    }
+
+    /// The flow name and version the counterparty's responder is chosen by on `session`.
+    fn protocol(&self, session: &Session) -> (String, u32) {
+        lock(&self.run.sessions)
+            .get(&session.id)
+            .and_then(|s| s.protocol.clone())
+            .unwrap_or_else(|| (self.run.name.clone(), self.run.version))
     }
 
     async fn transmit(&self, session: &Session, id: MessageId, message: SessionMessage) -> Result<(), FlowError> {
@@ -277,7 +305,10 @@ impl FlowContext {
         let id = MessageId::derived(&MessageId(self.run.id.0), &format!("step-{}", self.step_index()));
         let payload = encoding::encode(value);
         let message = if session.initiator && !self.init_sent(session) {
-            SessionMessage::Init { flow: self.run.name.clone(), version: self.run.version, payload: Some(payload) }
+            {
+                let (flow, version) = self.protocol(session);
+                SessionMessage::Init { flow, version, payload: Some(payload) }
+            }
         } else {
             SessionMessage::Data(payload)
         };
@@ -326,8 +357,8 @@ impl FlowContext {
         if session.initiator && !self.init_sent(session) {
             // Receiving first: open the session with an empty Init (idempotent id).
             let id = MessageId::derived(&MessageId(self.run.id.0), &format!("init-{}", session.id));
-            self.transmit(session, id, SessionMessage::Init { flow: self.run.name.clone(), version: self.run.version, payload: None })
-                .await?;
+            let (flow, version) = self.protocol(session);
+            self.transmit(session, id, SessionMessage::Init { flow, version, payload: None }).await?;
             self.mark_init_sent(session);
         }
         loop {

@@ -70,6 +70,10 @@ pub enum FlowError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The notary refused the transaction (or could not take it now): which states conflicted
+    /// and with what, the time window, the signature, the notary named, or back-pressure.
+    #[error("{0}")]
+    Notary(Box<treaty_notary::NotaryRefusal>),
     /// No flow of that name is registered.
     #[error("no flow named {name:?} is registered; known flows: {}", known.join(", "))]
     UnknownFlow {

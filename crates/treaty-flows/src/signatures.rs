@@ -25,6 +25,8 @@ pub trait Keys: Send + Sync + 'static {
     fn owned(&self, keys: &[PublicKey]) -> Vec<PublicKey>;
     /// Signs transaction `id` with `key`, which must be one this node holds.
     fn sign(&self, id: &SecureHash, key: &PublicKey) -> Result<TransactionSignature, FlowError>;
+    /// Signs other bytes (a notarisation request) with `key`, which must be one this node holds.
+    fn sign_bytes(&self, key: &PublicKey, bytes: &[u8]) -> Result<Vec<u8>, FlowError>;
 }
 
 /// [`Keys`] over key pairs in memory (a node's identity key; tests).
@@ -34,6 +36,10 @@ impl KeyPairs {
     /// Signs with these key pairs.
     pub fn new(keys: Vec<KeyPair>) -> KeyPairs {
         KeyPairs(keys)
+    }
+
+    fn pair(&self, key: &PublicKey) -> Result<&KeyPair, FlowError> {
+        self.0.iter().find(|k| &k.public() == key).ok_or_else(|| FlowError::Invalid(format!("this node holds no key {}", key.short())))
     }
 }
 
@@ -50,12 +56,11 @@ impl Keys for KeyPairs {
     }
 
     fn sign(&self, id: &SecureHash, key: &PublicKey) -> Result<TransactionSignature, FlowError> {
-        let pair = self
-            .0
-            .iter()
-            .find(|k| &k.public() == key)
-            .ok_or_else(|| FlowError::Invalid(format!("this node holds no key {}", key.short())))?;
-        Ok(pair.sign_transaction(id, PLATFORM_VERSION))
+        Ok(self.pair(key)?.sign_transaction(id, PLATFORM_VERSION))
+    }
+
+    fn sign_bytes(&self, key: &PublicKey, bytes: &[u8]) -> Result<Vec<u8>, FlowError> {
+        Ok(self.pair(key)?.sign(bytes))
     }
 }
 

@@ -28,6 +28,7 @@ mod error;
 mod postgres;
 mod provider;
 mod request;
+pub mod service;
 mod single_node;
 mod time_window;
 
@@ -39,5 +40,6 @@ pub use provider::{
     CommitFuture, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY, MemoryUniquenessProvider, UniquenessConfig, UniquenessProvider,
 };
 pub use request::{CommitRequest, Conflict, ConsumingTx, StateConflict, StateKind};
+pub use service::{NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryService, request_signing_bytes};
 pub use single_node::{FORMAT_VERSION, RedbUniquenessProvider};
 pub use time_window::{DEFAULT_TIME_TOLERANCE_MICROS, TimeWindowCheck};

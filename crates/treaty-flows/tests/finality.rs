@@ -1,0 +1,182 @@
+//! Finality through a notary, between three flow engines over the simulated network: the
+//! payer notarises (non-validating: the notary sees a tear-off), records and shares; a double
+//! spend is refused naming the winner; a stale time window is refused; the payer crashing
+//! after notarisation still finishes. The notary's uniqueness log is the in-memory provider
+//! here; crates/treaty-notary/tests runs the same rules on redb and PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use treaty_core::*;
+use treaty_flows::*;
+use treaty_net::sim::SimNetwork;
+use treaty_notary::{MemoryUniquenessProvider, NotaryService, Rules};
+use treaty_testkit::{TOKEN, Token, TokenChain, TokenCommand, key, token_chain};
+
+const NOTARY: &str = "O=Chain Notary,L=Zurich,C=CH";
+
+fn ledger() -> Arc<MemoryLedger> {
+    let params = NetworkParameters::default();
+    let check: AttachmentCheck = Arc::new(move |bytes: &[u8]| treaty_sandbox::check_attachment(bytes, &params).map_err(|e| e.to_string()));
+    Arc::new(MemoryLedger::new(Arc::new(treaty_testkit::native_contracts()), check, 1024 * 1024))
+}
+
+fn alice() -> Party {
+    Party { name: name(ALICE), owning_key: key(20).unwrap().public() }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PayArgs {
+    to: String,
+    salt: u8,
+    stale: bool,
+}
+
+/// Spends the chain's tip (holder B's, key 2) to holder A, optionally with a window long past.
+fn payment(chain: &TokenChain, salt: u8, stale: bool) -> SignedTransaction {
+    let (a, b) = (key(1).unwrap(), key(2).unwrap());
+    let holder_a = Party { name: "O=Holder A,L=London,C=GB".parse().unwrap(), owning_key: a.public() };
+    let out = TransactionState::new(
+        &Token { owner: holder_a.into(), amount: 100 },
+        TOKEN,
+        chain.notary.clone(),
+        AttachmentConstraint::Hash(chain.attachment_id),
+    );
+    let mut builder = TransactionBuilder::new(Some(chain.notary.clone()))
+        .input(StateRef { txhash: chain.tip().id(), index: 0 })
+        .output(out)
+        .command(Command::new(&TokenCommand::Move, vec![b.public()]))
+        .attachment(chain.attachment_id)
+        .summary("Move 100 tokens");
+    if stale {
+        builder = builder.time_window(TimeWindow::between(Timestamp(1_000_000), Timestamp(2_000_000)).unwrap());
+    }
+    let wtx = builder.build(PrivacySalt([salt; 32])).unwrap();
+    let id = wtx.id();
+    SignedTransaction::new(wtx, vec![b.sign_transaction(&id, PLATFORM_VERSION)])
+}
+
+fn registry(l: Arc<MemoryLedger>, chain: Arc<TokenChain>, notary: Option<Arc<NotaryService>>) -> Registry {
+    let mut r = Registry::new();
+    let keys = Arc::new(KeyPairs::new(vec![key(2).unwrap(), key(20).unwrap()]));
+    let l1 = l.clone();
+    r.flow("Pay", 1, move |ctx: FlowContext, args: PayArgs| {
+        let (l, keys, chain) = (l1.clone(), keys.clone(), chain.clone());
+        async move {
+            let stx = payment(&chain, args.salt, args.stale);
+            let bob = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+            let done = finality(&ctx, &l, &keys, &alice(), stx, &[bob]).await?;
+            Ok(json!({ "tx": done.id().to_string(), "signatures": done.sigs().len() }))
+        }
+    });
+    r.responder("Pay", move |ctx: FlowContext| {
+        let l = l.clone();
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+            receive_finality(&ctx, &session, &l).await.map(|_| ())
+        }
+    });
+    if let Some(service) = notary {
+        r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
+            let service = service.clone();
+            async move { notary_responder(&ctx, &service, |who: &X500Name| (who == &name(ALICE)).then(alice)).await }
+        });
+    }
+    r
+}
+
+struct Net {
+    net: SimNetwork,
+    dir: Directory,
+    alice: Node,
+    alice_disk: Disk,
+    alice_ledger: Arc<MemoryLedger>,
+    bob_ledger: Arc<MemoryLedger>,
+    chain: Arc<TokenChain>,
+    _bob: Node,
+    _notary: Node,
+}
+
+async fn network() -> Net {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let chain = Arc::new(token_chain(3, 21).unwrap());
+    let (alice_ledger, bob_ledger, notary_ledger) = (ledger(), ledger(), ledger());
+    alice_ledger.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &NetworkParameters::default()).unwrap());
+    chain.transactions.iter().for_each(|t| alice_ledger.insert(t.clone()));
+    let provider = Arc::new(MemoryUniquenessProvider::new(Rules::default()));
+    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap());
+    let alice_disk = Disk::default();
+    let alice =
+        Node::start(&net, &dir, ALICE, &alice_disk, registry(alice_ledger.clone(), chain.clone(), None), EngineOptions::default()).await;
+    let bob =
+        Node::start(&net, &dir, BOB, &Disk::default(), registry(bob_ledger.clone(), chain.clone(), None), EngineOptions::default()).await;
+    let notary =
+        Node::start(&net, &dir, NOTARY, &Disk::default(), registry(notary_ledger, chain.clone(), Some(service)), EngineOptions::default())
+            .await;
+    Net { net, dir, alice, alice_disk, alice_ledger, bob_ledger, chain, _bob: bob, _notary: notary }
+}
+
+async fn pay(engine: &FlowEngine, salt: u8, stale: bool) -> FlowRecord {
+    let id = engine.start("Pay", json!({ "to": BOB, "salt": salt, "stale": stale }), None).await.unwrap();
+    finished(engine, id).await
+}
+
+#[tokio::test]
+async fn a_payment_is_notarised_recorded_and_shared() {
+    let n = network().await;
+    let r = pay(&n.alice.engine, 1, false).await;
+    let out = result(&r);
+    assert_eq!(out["signatures"], 2, "the owner's and the notary's");
+    let id: SecureHash = out["tx"].as_str().unwrap().parse().unwrap();
+    let mine = n.alice_ledger.get(&id).expect("Alice recorded it");
+    mine.verify_signatures_except(&[]).expect("fully signed, the notary's signature valid");
+    assert_eq!(n.bob_ledger.get(&id).as_ref(), Some(&mine), "Bob recorded the same transaction");
+    assert_eq!(n.bob_ledger.len(), 5, "with its back-chain");
+}
+
+#[tokio::test]
+async fn a_double_spend_is_refused_naming_the_transaction_that_won() {
+    let n = network().await;
+    let first = result(&pay(&n.alice.engine, 1, false).await);
+    let r = pay(&n.alice.engine, 2, false).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    let err = r.error.unwrap();
+    let tip = StateRef { txhash: n.chain.tip().id(), index: 0 };
+    assert!(err.contains(first["tx"].as_str().unwrap()) && err.contains(&tip.to_string()) && err.contains("already consumed"), "{err}");
+    assert_eq!(n.bob_ledger.len(), 5, "Bob never heard of the refused one");
+}
+
+#[tokio::test]
+async fn a_stale_time_window_is_refused() {
+    let n = network().await;
+    let r = pay(&n.alice.engine, 3, true).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    assert!(r.error.as_ref().unwrap().contains("outside the time window"), "{r:?}");
+    // Nothing was consumed: a payment with a good window goes through.
+    result(&pay(&n.alice.engine, 4, false).await);
+}
+
+#[tokio::test]
+async fn the_payer_crashing_after_notarisation_still_records_and_shares_once() {
+    let n = network().await;
+    let id = n.alice.engine.start("Pay", json!({ "to": BOB, "salt": 5, "stale": false }), None).await.unwrap();
+    // Crash Alice as soon as the notary's answer is journaled.
+    loop {
+        let journal = n.alice.engine.journal(id).await.unwrap();
+        if journal.iter().filter(|e| matches!(e, Entry::Received { .. })).count() >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let Net { alice, alice_disk, net, dir, alice_ledger, bob_ledger, chain, .. } = n;
+    alice.crash();
+    let alice = Node::start(&net, &dir, ALICE, &alice_disk, registry(alice_ledger.clone(), chain, None), EngineOptions::default()).await;
+    let out = result(&finished(&alice.engine, id).await);
+    let tx: SecureHash = out["tx"].as_str().unwrap().parse().unwrap();
+    assert!(alice_ledger.get(&tx).is_some() && bob_ledger.get(&tx).is_some());
+}

@@ -1,0 +1,221 @@
+//! The notary service's protocol and checks (white paper "Notaries and consensus").
+//!
+//! A client sends a [`NotarisationRequest`]: for a non-validating notary, a tear-off of the
+//! transaction revealing exactly its inputs, references, time window, notary and network
+//! parameters (all of each group, provably), signed by the requesting party. The service
+//! ([`NotaryService::notarise`]) checks the tear-off's proofs and completeness, that it names
+//! this notary, and the request signature; commits the inputs through its
+//! [`UniquenessProvider`] (which also checks references and the time window against the
+//! notary's clock); and signs the transaction id — the signature covers uniqueness and time
+//! together. Every refusal is a distinct [`NotaryRefusal`] the client can act on.
+//!
+//! A validating notary receives the whole transaction with its back-chain instead, verifies it
+//! completely, and then runs the same commit-and-sign step ([`NotaryService::commit_and_sign`]).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use treaty_core::{
+    FilteredTransaction, KeyPair, PLATFORM_VERSION, Party, PublicKey, SecureHash, StateRef, TimeWindow, Timestamp, TransactionSignature,
+};
+
+use crate::error::NotaryError;
+use crate::provider::UniquenessProvider;
+use crate::request::{CommitRequest, Conflict};
+
+/// Domain separation for request signatures: a request signature can never be mistaken for a
+/// transaction signature.
+const REQUEST_TAG: &[u8] = b"treaty.notarisation-request.v1";
+
+/// The bytes a requesting party signs: tag, transaction id, the notary asked.
+pub fn request_signing_bytes(tx_id: &SecureHash, notary: &Party) -> Vec<u8> {
+    let mut b = REQUEST_TAG.to_vec();
+    b.extend_from_slice(tx_id.as_bytes());
+    b.extend_from_slice(notary.name.to_string().as_bytes());
+    b
+}
+
+/// A request to a non-validating notary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotarisationRequest {
+    /// The transaction's inputs, references, time window, notary and parameters, all revealed.
+    pub transaction: FilteredTransaction,
+    /// The requesting party's signature over [`request_signing_bytes`].
+    pub signature: Vec<u8>,
+}
+
+/// Why a notary refused (or could not yet handle) a request. Crosses the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NotaryRefusal {
+    /// Some states were consumed by other transactions: which, and by what.
+    #[error("notary refused transaction {tx_id}: {conflict}")]
+    Conflict {
+        /// The refused transaction.
+        tx_id: SecureHash,
+        /// Every conflicting state and the transaction that consumed it.
+        conflict: Conflict,
+    },
+    /// The notary's time is outside the transaction's time window.
+    #[error(
+        "notary refused transaction {tx_id}: its time {notary_time} is outside the time window {window} (tolerance {tolerance_micros} µs)"
+    )]
+    TimeWindowInvalid {
+        /// The refused transaction.
+        tx_id: SecureHash,
+        /// Its window.
+        window: TimeWindow,
+        /// The notary's time.
+        notary_time: Timestamp,
+        /// The tolerance allowed either side.
+        tolerance_micros: i64,
+    },
+    /// The transaction (or the tear-off of it) is not acceptable.
+    #[error("notary refused transaction {tx_id} as invalid: {reason}")]
+    TransactionInvalid {
+        /// The refused transaction.
+        tx_id: SecureHash,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The request signature does not verify with the requesting party's key.
+    #[error("notary refused transaction {tx_id}: the request signature of {requester} is invalid")]
+    RequestSignatureInvalid {
+        /// The refused transaction.
+        tx_id: SecureHash,
+        /// Who asked.
+        requester: String,
+    },
+    /// The transaction names another notary (or none).
+    #[error("notary {this} refused transaction {tx_id}: it names notary {named}")]
+    WrongNotary {
+        /// The refused transaction.
+        tx_id: SecureHash,
+        /// The notary it names ("none" if none).
+        named: String,
+        /// This notary.
+        this: String,
+    },
+    /// The notary cannot take the request now; try again after the estimated wait.
+    #[error("notary is busy or unavailable ({reason}); retry in about {retry_after_ms} ms")]
+    Overloaded {
+        /// Why.
+        reason: String,
+        /// Estimated wait.
+        retry_after_ms: u64,
+    },
+}
+
+impl NotaryRefusal {
+    /// The stable code (`NOTARY-CONFLICT`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotaryRefusal::Conflict { .. } => "NOTARY-CONFLICT",
+            NotaryRefusal::TimeWindowInvalid { .. } => "NOTARY-TIME-WINDOW",
+            NotaryRefusal::TransactionInvalid { .. } => "NOTARY-TRANSACTION-INVALID",
+            NotaryRefusal::RequestSignatureInvalid { .. } => "NOTARY-REQUEST-SIGNATURE",
+            NotaryRefusal::WrongNotary { .. } => "NOTARY-WRONG-NOTARY",
+            NotaryRefusal::Overloaded { .. } => "NOTARY-OVERLOADED",
+        }
+    }
+}
+
+/// What a notary answers: its signature over the transaction id, or why not.
+pub type NotaryAnswer = Result<TransactionSignature, NotaryRefusal>;
+
+/// A notary service: its identity and signing key, and its uniqueness provider.
+pub struct NotaryService {
+    identity: Party,
+    key: KeyPair,
+    provider: Arc<dyn UniquenessProvider>,
+}
+
+impl NotaryService {
+    /// A service answering as `identity`, signing with `key` (whose public key is
+    /// `identity.owning_key`), committing through `provider`.
+    pub fn new(identity: Party, key: KeyPair, provider: Arc<dyn UniquenessProvider>) -> Result<NotaryService, String> {
+        if key.public() != identity.owning_key {
+            return Err(format!(
+                "the notary key {} is not the key of {} ({})",
+                key.public().short(),
+                identity.name,
+                identity.owning_key.short()
+            ));
+        }
+        Ok(NotaryService { identity, key, provider })
+    }
+
+    /// The service's identity.
+    pub fn identity(&self) -> &Party {
+        &self.identity
+    }
+
+    /// Non-validating notarisation of `request` from `requester` (whose key the caller took
+    /// from the network map) at the notary's time `now`.
+    pub async fn notarise(&self, request: &NotarisationRequest, requester: &Party, now: Timestamp) -> NotaryAnswer {
+        let ftx = &request.transaction;
+        let tx_id = ftx.id;
+        let invalid = |reason: String| NotaryRefusal::TransactionInvalid { tx_id, reason };
+        ftx.verify().map_err(|e| invalid(e.to_string()))?;
+        for g in FilteredTransaction::NOTARY_GROUPS {
+            ftx.check_all_visible(g).map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(hidden) =
+            ftx.groups.iter().map(|g| g.group).find(|g| !FilteredTransaction::NOTARY_GROUPS.iter().any(|n| n.index() == *g))
+        {
+            return Err(invalid(format!("the tear-off reveals component group {hidden}, which a non-validating notary must not see")));
+        }
+        let named = ftx.notary().map_err(|e| invalid(e.to_string()))?;
+        self.check_notary(tx_id, named.as_ref())?;
+        requester
+            .owning_key
+            .verify(&request_signing_bytes(&tx_id, &self.identity), &request.signature)
+            .map_err(|_| NotaryRefusal::RequestSignatureInvalid { tx_id, requester: requester.name.to_string() })?;
+        let inputs = ftx.inputs().map_err(|e| invalid(e.to_string()))?;
+        let references = ftx.references().map_err(|e| invalid(e.to_string()))?;
+        let time_window = ftx.time_window().map_err(|e| invalid(e.to_string()))?;
+        if inputs.is_empty() && references.is_empty() && time_window.is_none() {
+            return Err(invalid("it has no inputs, references or time window: there is nothing to notarise".into()));
+        }
+        self.commit_and_sign(tx_id, inputs, references, time_window, requester, now).await
+    }
+
+    /// Checks that `named` is this notary.
+    pub fn check_notary(&self, tx_id: SecureHash, named: Option<&Party>) -> Result<(), NotaryRefusal> {
+        if named != Some(&self.identity) {
+            return Err(NotaryRefusal::WrongNotary {
+                tx_id,
+                named: named.map_or_else(|| "none".to_string(), |p| p.name.to_string()),
+                this: self.identity.name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits the states through the provider and signs the id: the step both kinds of
+    /// notary end with.
+    pub async fn commit_and_sign(
+        &self,
+        tx_id: SecureHash,
+        inputs: Vec<StateRef>,
+        references: Vec<StateRef>,
+        time_window: Option<TimeWindow>,
+        requester: &Party,
+        now: Timestamp,
+    ) -> NotaryAnswer {
+        let request = CommitRequest { tx_id, inputs, references, time_window, requester: requester.name.clone() };
+        match self.provider.commit(request, now).await {
+            Ok(()) => Ok(self.key.sign_transaction(&tx_id, PLATFORM_VERSION)),
+            Err(NotaryError::Conflict { tx_id, conflict }) => Err(NotaryRefusal::Conflict { tx_id, conflict }),
+            Err(NotaryError::TimeWindowInvalid { tx_id, window, now, tolerance_micros }) => {
+                Err(NotaryRefusal::TimeWindowInvalid { tx_id, window, notary_time: now, tolerance_micros })
+            }
+            Err(e @ NotaryError::TooManyInputs { .. }) => Err(NotaryRefusal::TransactionInvalid { tx_id, reason: e.to_string() }),
+            Err(e) => Err(NotaryRefusal::Overloaded { reason: format!("{} {e}", e.code()), retry_after_ms: 1000 }),
+        }
+    }
+
+    /// The service's public key (what its signatures verify with).
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+}
