@@ -144,12 +144,19 @@ fn plain_text_rpc_on_loopback_refuses_oversized_and_cut_short_uploads_mid_stream
 #[test]
 fn a_drained_shutdown_waits_for_running_flows_and_the_process_exits_cleanly() {
     let net = Net::new("shutdown", &[ALICE, BOB]);
+    add_user(&net, ALICE, "viewer", Some("viewer-secret"), None, &["ReadFlows", "Drain"]);
     let _map = net.map();
     let mut alice = net.start(ALICE);
     let bob = net.start(BOB);
     net.await_known(ALICE, BOB);
     bob.stop();
     let node = net.node(ALICE);
+
+    // Stopping a node is a permission of its own.
+    let (code, _, err) = run_as("viewer", "viewer-secret", &["node", "shutdown", "--node", &node, "--drain"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("RPC user \"viewer\" lacks permission Shutdown"), "{err}");
+    assert!(alice.running());
 
     // An Echo to Bob, who is down: it waits.
     let args = format!(r#"{{"to": "{BOB}", "message": "are you there?"}}"#);
