@@ -5,7 +5,8 @@
 //! ```text
 //! DIR/network/     root.der root.key doorman.der doorman.key network-map.der network-map.key
 //!                  network-parameters.signed revocations.signed network.toml
-//! DIR/<node>/      node.toml  keys/{node-ca,identity,tls}.key  certs/{root,doorman,node-ca,identity,tls}.der
+//! DIR/<node>/      node.toml  rpc-password  keys/{node-ca,identity,tls,rpc}.key
+//!                  certs/{root,doorman,node-ca,identity,tls,rpc}.der
 //!                  (notary cluster members also hold keys/service.key and certs/service-*.der)
 //! ```
 //!
@@ -230,18 +231,22 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
         write_secret(&dir.join("rpc-password"), format!("{password}\n").as_bytes())?;
         let admin = RpcUser {
             name: "admin".into(),
-            password_hash: hash_password(&password).map_err(|e| anyhow::anyhow!("hashing the RPC password: {e}"))?,
+            password_hash: Some(hash_password(&password).map_err(|e| anyhow::anyhow!("hashing the RPC password: {e}"))?),
+            certificate_sha256: None,
             permissions: vec!["ALL".into()],
         };
         let config = NodeConfig {
             legal_name: m.name.to_string(),
             p2p: Listen { listen: p2p.clone() },
-            rpc: RpcConfig { listen: rpc.clone(), users: vec![admin] },
+            rpc: RpcConfig { listen: rpc.clone(), tls: true, users: vec![admin] },
             network_map: NetworkMapConfig { url: map_url.clone(), trusted_key: map.key.public().to_string(), poll_seconds: Some(2) },
             database: DatabaseConfig { url: "sqlite://node.db".into() },
             notary: m.notary.as_ref().map(|(s, v)| NotaryConfig { validating: *v, service_name: (req.cluster > 1).then(|| s.to_string()) }),
         };
         write(&dir.join("node.toml"), config.to_toml().as_bytes())?;
+        // RPC over TLS with a certificate from the node CA, for the RPC address.
+        let rpc_addr = rpc.parse().with_context(|| format!("{rpc} is not host:port"))?;
+        treaty_node::rpc_tls::ensure_certificate(&dir, &m.name, rpc_addr)?;
         created.push(CreatedNode {
             name: m.name.to_string(),
             dir: dir.display().to_string(),

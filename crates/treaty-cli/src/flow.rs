@@ -4,65 +4,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use treaty_node::config::NodeConfig;
 use treaty_rpc::v1 as pb;
-use treaty_rpc::v1::node_client::NodeClient;
 
+use crate::client::{connect, rpc};
 use crate::node::runtime;
-
-/// Adds the RPC credentials to every call.
-#[derive(Clone)]
-pub struct Credentials {
-    user: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-    password: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-}
-
-impl tonic::service::Interceptor for Credentials {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("treaty-user", self.user.clone());
-        request.metadata_mut().insert("treaty-password", self.password.clone());
-        Ok(request)
-    }
-}
-
-type Client = NodeClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Credentials>>;
-
-/// The RPC user: `TREATY_RPC_USER` / `TREATY_RPC_PASSWORD`, else the administrator that
-/// `treaty network bootstrap` created (password in NODE_DIR/rpc-password).
-fn credentials(node_dir: &Path) -> Result<Credentials> {
-    let user = std::env::var("TREATY_RPC_USER").unwrap_or_else(|_| "admin".into());
-    let password = match std::env::var("TREATY_RPC_PASSWORD") {
-        Ok(p) => p,
-        Err(_) => {
-            let file = node_dir.join("rpc-password");
-            std::fs::read_to_string(&file)
-                .with_context(|| format!("no RPC password: set TREATY_RPC_PASSWORD, or keep the administrator's in {}", file.display()))?
-                .trim()
-                .to_string()
-        }
-    };
-    let ascii = |what: &str, v: &str| v.parse().map_err(|_| anyhow::anyhow!("the RPC {what} must be printable ASCII"));
-    Ok(Credentials { user: ascii("user name", &user)?, password: ascii("password", &password)? })
-}
-
-async fn connect(node_dir: &Path) -> Result<Client> {
-    let config = NodeConfig::load(&node_dir.join("node.toml"))?;
-    let credentials = credentials(node_dir)?;
-    let url = format!("http://{}", config.rpc);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await.with_context(|| {
-        format!(
-            "cannot reach {}'s RPC at {url}; is the node running? (treaty node run --config {})",
-            config.legal_name,
-            node_dir.join("node.toml").display()
-        )
-    })?;
-    Ok(NodeClient::with_interceptor(channel, credentials))
-}
-
-/// The gRPC status message, without transport noise.
-fn rpc(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", e.message())
-}
 
 fn as_json(f: &pb::Flow) -> Value {
     let parse = |s: &str| if s.is_empty() { Value::Null } else { serde_json::from_str(s).unwrap_or(Value::String(s.into())) };

@@ -3,8 +3,10 @@
 //! Every command that prints data takes `--json` and then prints exactly one JSON document on
 //! standard output (see `../shared/DESIGN.md` section 6 for the stable surface).
 
+mod attachment;
 mod bench;
 mod bootstrap;
+mod client;
 mod demo;
 mod flow;
 mod network;
@@ -35,6 +37,11 @@ enum Command {
     Flow {
         #[command(subcommand)]
         command: FlowCommand,
+    },
+    /// Uploads attachment bundles to a running node and downloads them (client RPC).
+    Attachment {
+        #[command(subcommand)]
+        command: AttachmentCommand,
     },
     /// Runs and inspects one node.
     Node {
@@ -167,6 +174,35 @@ enum FlowCommand {
 }
 
 #[derive(Subcommand)]
+enum AttachmentCommand {
+    /// Uploads a bundle; prints its id (the SHA-256 of the file: the same file, the same id).
+    Upload {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// The bundle file.
+        file: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Downloads an attachment by id into a file (checked against the id before it is written).
+    Download {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// The attachment's id.
+        id: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Flows per second and their latency between two nodes.
     Flows {
@@ -218,6 +254,23 @@ enum NodeCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Stops a running node over RPC, as SIGTERM would. With --drain, it first refuses new
+    /// flows and stops only once its running flows have finished.
+    Shutdown {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Refuse new flows and wait for the running ones before stopping.
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: seconds to wait for running flows; if some remain the node stays up,
+        /// draining, and the command fails saying how many.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sends diagnostic pings from a node (through its durable outbox) and waits until the
     /// receiver has acknowledged them. The node must be running to deliver them.
     Ping {
@@ -242,6 +295,7 @@ enum NodeCommand {
 fn node_command(command: NodeCommand) -> anyhow::Result<()> {
     match command {
         NodeCommand::Run { config } => node::run(&config),
+        NodeCommand::Shutdown { node, drain, timeout, json } => node::shutdown(&node, drain, std::time::Duration::from_secs(timeout), json),
         NodeCommand::Ping { node, to, count, timeout, json } => {
             node::ping(&node, &to, count, std::time::Duration::from_secs(timeout), json)
         }
@@ -284,6 +338,10 @@ fn main() -> ExitCode {
             FlowCommand::List { node, status, json } => flow::list(&node, status, json),
             FlowCommand::Kill { node, flow_id, json } => flow::kill(&node, &flow_id, json),
         },
+        Command::Attachment { command: AttachmentCommand::Upload { node, file, json } } => attachment::upload(&node, &file, json),
+        Command::Attachment { command: AttachmentCommand::Download { node, id, out, json } } => {
+            attachment::download(&node, &id, &out, json)
+        }
         Command::Bench { command: BenchCommand::Messaging { count, batch, payload, json } } => {
             bench::messaging(count, batch, payload, json)
         }

@@ -1,4 +1,4 @@
-//! `treaty node run` and `treaty node ping`.
+//! `treaty node run`, `treaty node shutdown` and `treaty node ping`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,9 +48,67 @@ pub fn run(config: &Path) -> Result<()> {
             config.p2p,
             config.raw.network_map.url
         );
-        stop_signal().await?;
-        node.stop();
+        // SIGTERM, Ctrl-C and an RPC client's Shutdown all take the same path.
+        tokio::select! {
+            signal = stop_signal() => signal?,
+            () = node.stop_requested() => println!("treaty node {} stopping: an RPC client asked for it", config.legal_name),
+        }
+        node.shutdown().await;
         println!("treaty node {} stopped", config.legal_name);
+        Ok(())
+    })
+}
+
+/// Asks the node in `dir` to stop over RPC; with `drain`, once its running flows have finished
+/// (waiting at most `timeout`). Returns once the node has stopped answering.
+pub fn shutdown(dir: &Path, drain: bool, timeout: Duration, json: bool) -> Result<()> {
+    let config = NodeConfig::load(&dir.join("node.toml"))?;
+    runtime()?.block_on(async {
+        let mut client = crate::client::connect(dir).await?;
+        let request = treaty_rpc::v1::ShutdownRequest { drain, timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX) };
+        if drain && !json {
+            eprintln!("draining {}: new flows are refused; waiting up to {}s for running ones", config.legal_name, timeout.as_secs());
+        }
+        let status = client.shutdown(request).await.map_err(crate::client::rpc)?.into_inner();
+        drop(client);
+        // The node finishes its answer, then closes its RPC port as it exits.
+        let mut stopped = false;
+        if status.stopping {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if tokio::net::TcpStream::connect(config.rpc).await.is_err() {
+                    stopped = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if json {
+            let doc = serde_json::json!({
+                "node": config.legal_name.to_string(),
+                "stopping": status.stopping,
+                "stopped": stopped,
+                "running_flows": status.running_flows,
+                "draining": status.draining,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else if stopped {
+            println!("treaty node {} stopped", config.legal_name);
+        } else if status.stopping {
+            println!("treaty node {} is stopping", config.legal_name);
+        }
+        if !status.stopping {
+            bail!(
+                "{} flow(s) still running on {} after {}s; it has not stopped and stays draining (refusing new flows). \
+                 Run again with a longer --timeout, or without --drain to stop now (flows resume from their journals at the next start)",
+                status.running_flows,
+                config.legal_name,
+                timeout.as_secs()
+            );
+        }
+        if !stopped {
+            bail!("{} said it was stopping but its RPC port {} still accepts connections after 15s", config.legal_name, config.rpc);
+        }
         Ok(())
     })
 }

@@ -600,7 +600,15 @@ fn a_python_grpc_client_starts_a_flow_and_streams_its_progress() {
     let proto = here.join("../treaty-rpc/proto");
     let out = Command::new(python)
         .arg(here.join("tests/python/echo_client.py"))
-        .args([proto.to_str().unwrap(), &rpc, "admin", &password, BOB, "from Python"])
+        .args([
+            proto.to_str().unwrap(),
+            &rpc,
+            "admin",
+            &password,
+            BOB,
+            "from Python",
+            net.node_dir(ALICE).join("certs/root.der").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

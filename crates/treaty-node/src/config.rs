@@ -8,6 +8,7 @@
 //!
 //! [rpc]
 //! listen = "127.0.0.1:40102"
+//! tls = true                        # default; false (plain HTTP/2) only on a loopback address
 //!
 //! [network_map]
 //! url = "http://127.0.0.1:40100"
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use treaty_core::{PublicKey, X500Name};
+use treaty_core::{PublicKey, SecureHash, X500Name};
 
 /// A node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,26 +65,57 @@ pub struct Listen {
 pub struct RpcConfig {
     /// `host:port`.
     pub listen: String,
+    /// Serve RPC over TLS with the node's RPC certificate (`certs/rpc.der`, issued by the
+    /// node CA). Default true; plain HTTP/2 (`false`) is allowed only on a loopback address.
+    #[serde(default = "yes")]
+    pub tls: bool,
     /// The users; with none, every call is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<RpcUser>,
 }
 
-/// An RPC user.
+fn yes() -> bool {
+    true
+}
+
+/// An RPC user: authenticated by password, by client certificate (mutual TLS), or either.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RpcUser {
     /// The user name (sent as `treaty-user` metadata).
     pub name: String,
     /// The password's Argon2id hash in PHC form (`$argon2id$v=19$…`); see [`hash_password`].
-    pub password_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// SHA-256 of the DER client certificate that authenticates this user over mutual TLS
+    /// (hex, colons allowed: what `openssl x509 -noout -fingerprint -sha256` prints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
     /// What the user may do: `ALL`, `StartFlow.<name>`, `StartFlow.*`, `ReadFlows`, `KillFlow`,
-    /// `RetryFlow`, `ReadNetwork`, `Drain`.
+    /// `RetryFlow`, `ReadNetwork`, `Drain`, `UploadAttachment`, `DownloadAttachment`, `Shutdown`.
     pub permissions: Vec<String>,
 }
 
 /// Permissions an RPC user can hold.
-pub const PERMISSIONS: &[&str] = &["ALL", "StartFlow.*", "ReadFlows", "KillFlow", "RetryFlow", "ReadNetwork", "Drain"];
+pub const PERMISSIONS: &[&str] = &[
+    "ALL",
+    "StartFlow.*",
+    "ReadFlows",
+    "KillFlow",
+    "RetryFlow",
+    "ReadNetwork",
+    "Drain",
+    "UploadAttachment",
+    "DownloadAttachment",
+    "Shutdown",
+];
+
+/// Reads a certificate fingerprint written as 64 hex digits, optionally in colon-separated
+/// pairs and in either case.
+pub fn parse_fingerprint(text: &str) -> Result<SecureHash, String> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    hex.parse::<SecureHash>().map_err(|_| format!("{text:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"))
+}
 
 /// Hashes an RPC password with Argon2id (default parameters, random salt), in PHC form.
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -168,6 +200,8 @@ pub struct LoadedConfig {
     pub p2p: SocketAddr,
     /// RPC address.
     pub rpc: SocketAddr,
+    /// Whether RPC is served over TLS.
+    pub rpc_tls: bool,
     /// The trusted network-map key.
     pub network_map_key: PublicKey,
     /// How often to poll the network map.
@@ -194,13 +228,37 @@ impl NodeConfig {
         let addr = |key: &'static str, v: &str| v.parse::<SocketAddr>().map_err(|e| invalid(key, format!("{v:?} is not host:port ({e})")));
         let p2p = addr("p2p.listen", &raw.p2p.listen)?;
         let rpc = addr("rpc.listen", &raw.rpc.listen)?;
+        if !raw.rpc.tls && !rpc.ip().is_loopback() {
+            return Err(invalid(
+                "rpc.tls",
+                format!(
+                    "plain-text RPC (tls = false) is allowed only on a loopback address, not {rpc}: passwords would cross the network in clear"
+                ),
+            ));
+        }
+        let mut fingerprints = std::collections::BTreeMap::new();
         for (i, user) in raw.rpc.users.iter().enumerate() {
             let key = "rpc.users";
             if user.name.is_empty() {
                 return Err(invalid(key, format!("user {} has an empty name", i + 1)));
             }
-            argon2::PasswordHash::new(&user.password_hash)
-                .map_err(|e| invalid(key, format!("password_hash of user {:?} is not an Argon2 PHC string ({e})", user.name)))?;
+            if user.password_hash.is_none() && user.certificate_sha256.is_none() {
+                return Err(invalid(key, format!("user {:?} has neither password_hash nor certificate_sha256", user.name)));
+            }
+            if let Some(hash) = &user.password_hash {
+                argon2::PasswordHash::new(hash)
+                    .map_err(|e| invalid(key, format!("password_hash of user {:?} is not an Argon2 PHC string ({e})", user.name)))?;
+            }
+            if let Some(fingerprint) = &user.certificate_sha256 {
+                let f =
+                    parse_fingerprint(fingerprint).map_err(|e| invalid(key, format!("certificate_sha256 of user {:?}: {e}", user.name)))?;
+                if !raw.rpc.tls {
+                    return Err(invalid(key, format!("user {:?} has a certificate_sha256, which needs rpc.tls = true", user.name)));
+                }
+                if let Some(other) = fingerprints.insert(f, &user.name) {
+                    return Err(invalid(key, format!("users {other:?} and {:?} have the same certificate_sha256", user.name)));
+                }
+            }
             for p in &user.permissions {
                 if !PERMISSIONS.contains(&p.as_str()) && p.strip_prefix("StartFlow.").is_none_or(|f| f.is_empty()) {
                     return Err(invalid(
@@ -238,7 +296,8 @@ impl NodeConfig {
             None => None,
         };
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, network_map_key, poll_interval, notary_service })
+        let rpc_tls = raw.rpc.tls;
+        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, rpc_tls, network_map_key, poll_interval, notary_service })
     }
 
     /// The file's text.
@@ -291,5 +350,32 @@ mod tests {
         assert!(e.contains("legal_name"), "{e}");
         let e = err("legal_name = ");
         assert!(e.starts_with("/nodes/alice/node.toml:"), "{e}");
+    }
+
+    #[test]
+    fn rpc_is_tls_unless_plain_text_is_asked_for_on_a_loopback_address() {
+        let c = NodeConfig::parse(&text("", ""), Path::new("/nodes/alice/node.toml")).unwrap();
+        assert!(c.rpc_tls && c.raw.rpc.tls);
+        let plain = text("listen = \"127.0.0.1:40102\"", "listen = \"127.0.0.1:40102\"\ntls = false");
+        assert!(!NodeConfig::parse(&plain, Path::new("/nodes/alice/node.toml")).unwrap().rpc_tls);
+        let e = err(&text("listen = \"127.0.0.1:40102\"", "listen = \"0.0.0.0:40102\"\ntls = false"));
+        assert!(e.contains("key `rpc.tls`") && e.contains("only on a loopback address"), "{e}");
+    }
+
+    #[test]
+    fn rpc_users_need_a_password_or_a_certificate_fingerprint() {
+        let fp = "AB:".repeat(31) + "AB";
+        let user = |extra: &str| {
+            text("[network_map]", &format!("[[rpc.users]]\nname = \"ops\"\npermissions = [\"ReadFlows\"]\n{extra}\n[network_map]"))
+        };
+        let c = NodeConfig::parse(&user(&format!("certificate_sha256 = \"{fp}\"")), Path::new("/n/node.toml")).unwrap();
+        assert_eq!(parse_fingerprint(c.raw.rpc.users[0].certificate_sha256.as_deref().unwrap()).unwrap().to_string(), "AB".repeat(32));
+        let e = err(&user(""));
+        assert!(e.contains("key `rpc.users`") && e.contains("neither password_hash nor certificate_sha256"), "{e}");
+        let e = err(&user("certificate_sha256 = \"abc\""));
+        assert!(e.contains("certificate_sha256 of user \"ops\"") && e.contains("not a SHA-256 fingerprint"), "{e}");
+        let e = err(&user(&format!("certificate_sha256 = \"{fp}\""))
+            .replace("listen = \"127.0.0.1:40102\"", "listen = \"127.0.0.1:40102\"\ntls = false"));
+        assert!(e.contains("needs rpc.tls = true"), "{e}");
     }
 }

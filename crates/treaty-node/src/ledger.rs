@@ -31,16 +31,42 @@ impl NodeLedger {
         NodeLedger { db, params, sandbox: OnceLock::new(), attachments: Mutex::new(HashMap::new()) }
     }
 
-    /// Checks and stores an attachment bundle; returns its id (the same bytes, the same id).
-    pub async fn import_attachment(&self, bytes: &[u8]) -> Result<SecureHash, String> {
-        let a = self.check_attachment(bytes)?;
-        self.db.attachments().put(&a.id, bytes).await.map_err(|e| e.to_string())?;
-        Ok(a.id)
+    /// Checks and stores an attachment bundle; returns it (its id is the SHA-256 of the bytes,
+    /// so the same bytes give the same id) and whether it was new to this node.
+    pub async fn import_attachment(&self, bytes: &[u8]) -> Result<(Attachment, bool), ImportError> {
+        let a = self.check_attachment(bytes).map_err(ImportError::Invalid)?;
+        let new = self.db.attachments().put(&a.id, bytes).await.map_err(ImportError::Storage)?;
+        self.cache().insert(a.id, a.clone());
+        Ok((a, new))
+    }
+
+    /// A stored attachment's bytes, as uploaded.
+    pub async fn attachment_bytes(&self, id: &SecureHash) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.attachments().get(id).await
+    }
+
+    /// The largest attachment this network accepts, and the network parameter that sets it:
+    /// the sandbox's attachment limit, or the transaction size limit when that is smaller (an
+    /// attachment travels with the transactions that use it).
+    pub fn attachment_limit(&self) -> (u64, &'static str) {
+        let (attachment, transaction) = (self.params.sandbox.max_attachment_bytes, self.params.max_transaction_size);
+        if transaction < attachment { (transaction, "max_transaction_size") } else { (attachment, "sandbox.max_attachment_bytes") }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SecureHash, Attachment>> {
         self.attachments.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Why an attachment was not imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The bundle is not acceptable; the message starts with the sandbox's code.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database.
+    #[error(transparent)]
+    Storage(StorageError),
 }
 
 fn storage(e: StorageError) -> FlowError {

@@ -1,11 +1,12 @@
 //! # treaty-node
 //!
 //! A Treaty node: its configuration ([`config`]), keys ([`keys`]) and the running node
-//! ([`node`]): database, network map follower and durable mutual-TLS messaging. Flows, the
-//! vault and client RPC assemble here as they arrive.
+//! ([`node`]): database, network map follower, durable mutual-TLS messaging, flows, the ledger
+//! ([`ledger`]) and client RPC ([`rpc`], over TLS: [`rpc_tls`]). The vault assembles here next.
 
 pub mod config;
 pub mod keys;
 pub mod ledger;
 pub mod node;
 pub mod rpc;
+pub mod rpc_tls;

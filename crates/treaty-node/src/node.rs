@@ -63,6 +63,9 @@ pub enum NodeError {
     /// The network map.
     #[error("network map: {0}")]
     Map(String),
+    /// Client RPC's TLS certificate or key.
+    #[error("client RPC (rpc.tls): {0}")]
+    RpcTls(#[from] crate::rpc_tls::RpcTlsError),
 }
 
 /// The messenger a node runs.
@@ -87,11 +90,33 @@ pub struct RunningNode {
     /// How long start-up took.
     pub started_in: Duration,
     tasks: Vec<JoinHandle<()>>,
+    rpc: Option<crate::rpc::RpcServer>,
 }
 
 impl RunningNode {
+    /// Resolves when an RPC client has asked the node to stop (`Shutdown`); the process then
+    /// stops it as it would on SIGTERM.
+    pub async fn stop_requested(&self) {
+        match &self.rpc {
+            Some(rpc) => rpc.stop_requested().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the node, first letting RPC calls in flight finish (at most two seconds), so a
+    /// client that asked for the shutdown gets its answer. Then as [`RunningNode::stop`].
+    pub async fn shutdown(mut self) {
+        if let Some(rpc) = self.rpc.take() {
+            rpc.stop(Duration::from_secs(2)).await;
+        }
+        self.stop();
+    }
+
     /// Stops the node's tasks. Everything durable stays in the database.
     pub fn stop(self) {
+        if let Some(rpc) = self.rpc {
+            rpc.abort();
+        }
         self.flows.shutdown();
         self.messenger.shutdown();
         for t in self.tasks {
@@ -151,6 +176,14 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
         TcpListener::bind(config.p2p).await.map_err(|error| NodeError::Listen { key: "p2p.listen", address: config.p2p, error })?;
     let rpc_listener =
         TcpListener::bind(config.rpc).await.map_err(|error| NodeError::Listen { key: "rpc.listen", address: config.rpc, error })?;
+    let rpc_tls = if config.rpc_tls {
+        if crate::rpc_tls::ensure_certificate(&config.dir, &config.legal_name, config.rpc)? {
+            tracing::info!("issued the RPC certificate {} from the node CA", config.dir.join(crate::rpc_tls::CERTIFICATE).display());
+        }
+        Some(crate::rpc_tls::acceptor(&config.dir)?)
+    } else {
+        None
+    };
 
     let client = MapClient::new(&config.raw.network_map.url).map_err(|e| NodeError::Map(e.to_string()))?;
     let (view, follower) = follow_map(config, &keys, &db, &client, &signed_parameters, &parameters).await;
@@ -195,27 +228,14 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
         }
     }));
 
-    let service = crate::rpc::RpcService {
-        name: config.legal_name.to_string(),
-        addresses: vec![config.raw.p2p.listen.clone()],
-        flows: flows.clone(),
-        view: view.clone(),
-    };
-    let users = Arc::new(crate::rpc::RpcUsers::new(&config.raw.rpc.users));
-    tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc_listener);
-        let served = tonic::transport::Server::builder()
-            .add_service(treaty_rpc::v1::node_server::NodeServer::with_interceptor(service, move |mut request: tonic::Request<()>| {
-                let caller = users.authenticate(request.metadata())?;
-                request.extensions_mut().insert(caller);
-                Ok(request)
-            }))
-            .serve_with_incoming(incoming)
-            .await;
-        if let Err(e) = served {
-            tracing::error!("client RPC stopped: {e}");
-        }
-    }));
+    let service = crate::rpc::RpcService::new(
+        config.legal_name.to_string(),
+        vec![config.raw.p2p.listen.clone()],
+        flows.clone(),
+        view.clone(),
+        ledger.clone(),
+    );
+    let rpc = crate::rpc::serve(rpc_listener, rpc_tls, service, crate::rpc::RpcUsers::new(&config.raw.rpc.users));
 
     let info = NodeInfo {
         addresses: vec![config.raw.p2p.listen.clone()],
@@ -234,7 +254,18 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
             Err(_) => {}
         }
     }));
-    Ok(RunningNode { name: config.legal_name.clone(), db, messenger, view, parameters, flows, ledger, started_in: began.elapsed(), tasks })
+    Ok(RunningNode {
+        name: config.legal_name.clone(),
+        db,
+        messenger,
+        view,
+        parameters,
+        flows,
+        ledger,
+        started_in: began.elapsed(),
+        tasks,
+        rpc: Some(rpc),
+    })
 }
 
 /// Follows the network map in the background. The view starts from the node's verified local

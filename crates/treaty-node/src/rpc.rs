@@ -1,24 +1,33 @@
-//! The node's client RPC service (`treaty_rpc::v1`, proto/treaty/rpc/v1/node.proto).
+//! The node's client RPC service (`treaty_rpc::v1`, proto/treaty/rpc/v1/node.proto) and the
+//! server that runs it ([`serve`]): plain HTTP/2 or TLS ([`crate::rpc_tls`]), each call
+//! authenticated by password or client certificate, and a graceful stop.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use treaty_core::SecureHash;
 use treaty_flows::{FlowEngine, FlowError, FlowId, FlowRecord, FlowStatus};
 use treaty_netmap::NetworkView;
 use treaty_rpc::v1 as pb;
 
-use crate::config::RpcUser;
+use crate::config::{RpcUser, parse_fingerprint};
+use crate::ledger::{ImportError, NodeLedger};
+use crate::rpc_tls::RpcPeer;
 
-/// Who may call: the `[[rpc.users]]` of node.toml. A caller sends `treaty-user` and
-/// `treaty-password` metadata; the password is checked against its Argon2id hash once and the
-/// success remembered (by SHA-256 of user and password) so calls stay cheap.
+/// Who may call: the `[[rpc.users]]` of node.toml. A caller proves who it is with a client
+/// certificate in the TLS handshake (a user's `certificate_sha256`), or with `treaty-user`
+/// and `treaty-password` metadata; the password is checked against its Argon2id hash once and
+/// the success remembered (by SHA-256 of user, password and hash) so calls stay cheap.
 pub struct RpcUsers {
     users: HashMap<String, RpcUser>,
+    by_certificate: HashMap<SecureHash, String>,
     verified: Mutex<HashSet<SecureHash>>,
 }
 
@@ -30,23 +39,50 @@ pub struct Caller {
 }
 
 impl RpcUsers {
-    /// The configured users.
+    /// The configured users (checked by [`crate::config::NodeConfig::parse`]; a fingerprint
+    /// that does not parse matches no certificate).
     pub fn new(users: &[RpcUser]) -> RpcUsers {
-        RpcUsers { users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(), verified: Mutex::new(HashSet::new()) }
+        let by_certificate =
+            users.iter().filter_map(|u| Some((parse_fingerprint(u.certificate_sha256.as_deref()?).ok()?, u.name.clone()))).collect();
+        RpcUsers {
+            users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+            by_certificate,
+            verified: Mutex::new(HashSet::new()),
+        }
     }
 
-    /// Checks a call's credentials.
-    pub fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+    /// Checks a call's credentials: the connection's client certificate if it presented one
+    /// (it must be a user's; `treaty-user`, if sent, must name that user), else the password.
+    pub fn authenticate(&self, metadata: &tonic::metadata::MetadataMap, peer: Option<&RpcPeer>) -> Result<Caller, Status> {
         let field = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Some(fingerprint) = peer.and_then(|p| p.certificate_sha256) {
+            let user = self.by_certificate.get(&fingerprint).and_then(|n| self.users.get(n)).ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "the client certificate (SHA-256 {fingerprint}) is not an RPC user's: no [[rpc.users]] of this node has that certificate_sha256"
+                ))
+            })?;
+            if let Some(named) = field("treaty-user").filter(|n| *n != user.name) {
+                return Err(Status::unauthenticated(format!(
+                    "the client certificate is RPC user {:?}'s, but the call names user {named:?}",
+                    user.name
+                )));
+            }
+            return Ok(Caller { name: user.name.clone(), permissions: user.permissions.clone() });
+        }
         let (Some(name), Some(password)) = (field("treaty-user"), field("treaty-password")) else {
-            return Err(Status::unauthenticated("send treaty-user and treaty-password metadata (an RPC user of the node's node.toml)"));
+            return Err(Status::unauthenticated(
+                "send treaty-user and treaty-password metadata, or a client certificate (an RPC user of the node's node.toml)",
+            ));
         };
         let refused = || Status::unauthenticated(format!("wrong user name or password for {name:?}"));
         let user = self.users.get(&name).ok_or_else(refused)?;
-        let key = SecureHash::sha256(&[name.as_bytes(), &[0], password.as_bytes(), &[0], user.password_hash.as_bytes()].concat());
+        let Some(password_hash) = &user.password_hash else {
+            return Err(Status::unauthenticated(format!("RPC user {name:?} signs in with a client certificate only")));
+        };
+        let key = SecureHash::sha256(&[name.as_bytes(), &[0], password.as_bytes(), &[0], password_hash.as_bytes()].concat());
         let known = self.verified.lock().map(|v| v.contains(&key)).unwrap_or(false);
         if !known {
-            let hash = argon2::PasswordHash::new(&user.password_hash).map_err(|_| refused())?;
+            let hash = argon2::PasswordHash::new(password_hash).map_err(|_| refused())?;
             argon2::password_hash::PasswordVerifier::verify_password(&argon2::Argon2::default(), password.as_bytes(), &hash)
                 .map_err(|_| refused())?;
             if let Ok(mut v) = self.verified.lock() {
@@ -65,12 +101,91 @@ fn require<T>(request: &Request<T>, permission: &str) -> Result<(), Status> {
     if held { Ok(()) } else { Err(Status::permission_denied(format!("RPC user {:?} lacks permission {permission}", caller.name))) }
 }
 
+/// Attachment chunks: what the CLI sends and the node answers downloads with.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Uploads buffered at once (each holds up to the network's attachment limit in memory);
+/// further uploads wait their turn.
+const CONCURRENT_UPLOADS: usize = 4;
+
 /// Serves [`pb::node_server::Node`] for one node.
 pub struct RpcService {
-    pub(crate) name: String,
-    pub(crate) addresses: Vec<String>,
-    pub(crate) flows: FlowEngine,
-    pub(crate) view: watch::Receiver<Arc<NetworkView>>,
+    name: String,
+    addresses: Vec<String>,
+    flows: FlowEngine,
+    view: watch::Receiver<Arc<NetworkView>>,
+    ledger: Arc<NodeLedger>,
+    uploads: Semaphore,
+    stop: watch::Sender<bool>,
+}
+
+impl RpcService {
+    /// The service of the node `name` (peer-to-peer `addresses`) with these parts.
+    pub fn new(
+        name: String,
+        addresses: Vec<String>,
+        flows: FlowEngine,
+        view: watch::Receiver<Arc<NetworkView>>,
+        ledger: Arc<NodeLedger>,
+    ) -> RpcService {
+        RpcService { name, addresses, flows, view, ledger, uploads: Semaphore::new(CONCURRENT_UPLOADS), stop: watch::channel(false).0 }
+    }
+}
+
+/// A running RPC server: knows when a client asked the node to stop, and stops serving.
+pub struct RpcServer {
+    stop_requested: watch::Receiver<bool>,
+    stop_serving: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RpcServer {
+    /// Resolves once a client has called `Shutdown` and been told the node is stopping.
+    pub async fn stop_requested(&self) {
+        let mut requested = self.stop_requested.clone();
+        if requested.wait_for(|r| *r).await.is_err() {
+            // The service is gone: no request can come any more.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Stops accepting connections and lets the calls in flight finish (answers are sent),
+    /// for at most `grace`; then ends whatever is left (streams such as WatchNetworkMap).
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop_serving.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+
+    /// Ends the server at once.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `service` on `listener` (TLS when given an acceptor), each call authenticated
+/// against `users`.
+pub fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, service: RpcService, users: RpcUsers) -> RpcServer {
+    let stop_requested = service.stop.subscribe();
+    let (stop_serving, mut serving) = watch::channel(false);
+    let users = Arc::new(users);
+    let task = tokio::spawn(async move {
+        let incoming = crate::rpc_tls::incoming(listener, tls);
+        let node = pb::node_server::NodeServer::with_interceptor(service, move |mut request: Request<()>| {
+            let caller = users.authenticate(request.metadata(), request.extensions().get::<RpcPeer>())?;
+            request.extensions_mut().insert(caller);
+            Ok(request)
+        });
+        let stop = async move {
+            let _ = serving.wait_for(|s| *s).await;
+        };
+        if let Err(e) = tonic::transport::Server::builder().add_service(node).serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!("client RPC stopped: {e}");
+        }
+    });
+    RpcServer { stop_requested, stop_serving, task }
 }
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -131,6 +246,46 @@ impl RpcService {
     async fn record(&self, id: FlowId) -> Result<FlowRecord, Status> {
         self.flows.get(id).await.map_err(status)?.ok_or_else(|| Status::not_found(format!("no flow {id} on this node")))
     }
+
+    /// Reads an upload to its end, refusing it as soon as it passes the network's limit.
+    async fn receive_upload(&self, mut chunks: Streaming<pb::AttachmentChunk>) -> Result<Vec<u8>, Status> {
+        let (limit, parameter) = self.ledger.attachment_limit();
+        let too_large = |size: String| {
+            Status::invalid_argument(format!(
+                "attachment refused: {size} bytes, over the network's limit of {limit} bytes (network parameter {parameter})"
+            ))
+        };
+        let mut bytes = Vec::new();
+        let mut announced = None;
+        while let Some(chunk) = chunks.message().await? {
+            if announced.is_none() {
+                announced = Some(chunk.total_size);
+                if chunk.total_size > limit {
+                    return Err(too_large(chunk.total_size.to_string()));
+                }
+            }
+            if (bytes.len() + chunk.data.len()) as u64 > limit {
+                return Err(too_large(format!("more than {limit}")));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        if bytes.is_empty() {
+            return Err(Status::invalid_argument("attachment refused: the upload was empty"));
+        }
+        // A client that announced its size and sent less was cut short: storing part of a
+        // file would be worse than refusing it.
+        if let Some(total) = announced.filter(|t| *t != 0 && *t != bytes.len() as u64) {
+            return Err(Status::invalid_argument(format!(
+                "attachment refused: the upload announced {total} bytes but {} arrived",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+fn attachment_id(s: &str) -> Result<SecureHash, Status> {
+    s.parse().map_err(|_| Status::invalid_argument(format!("{s:?} is not an attachment id (64 hex digits, the SHA-256 of its bytes)")))
 }
 
 #[tonic::async_trait]
@@ -277,5 +432,74 @@ impl pb::node_server::Node for RpcService {
         require(&request, "Drain")?;
         self.flows.set_draining(request.into_inner().draining);
         Ok(Response::new(pb::DrainingStatus { draining: self.flows.is_draining(), running_flows: self.flows.running() as u32 }))
+    }
+
+    async fn upload_attachment(
+        &self,
+        request: Request<Streaming<pb::AttachmentChunk>>,
+    ) -> Result<Response<pb::UploadedAttachment>, Status> {
+        require(&request, "UploadAttachment")?;
+        let _turn = self.uploads.acquire().await.map_err(|_| Status::unavailable("the node is stopping"))?;
+        let bytes = self.receive_upload(request.into_inner()).await?;
+        let (attachment, newly_stored) = self.ledger.import_attachment(&bytes).await.map_err(|e| match e {
+            ImportError::Invalid(m) => Status::invalid_argument(format!("attachment refused: {m}")),
+            ImportError::Storage(s) if s.is_transient() => Status::unavailable(s.to_string()),
+            ImportError::Storage(s) => Status::internal(s.to_string()),
+        })?;
+        tracing::info!("attachment {} uploaded ({} bytes, new: {newly_stored})", attachment.id, bytes.len());
+        Ok(Response::new(pb::UploadedAttachment {
+            attachment_id: attachment.id.to_string(),
+            size: bytes.len() as u64,
+            newly_stored,
+            contracts: attachment.contracts.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    type DownloadAttachmentStream = EventStream<pb::AttachmentChunk>;
+
+    async fn download_attachment(&self, request: Request<pb::AttachmentRef>) -> Result<Response<Self::DownloadAttachmentStream>, Status> {
+        require(&request, "DownloadAttachment")?;
+        let id = attachment_id(&request.into_inner().attachment_id)?;
+        let bytes = self
+            .ledger
+            .attachment_bytes(&id)
+            .await
+            .map_err(|e| if e.is_transient() { Status::unavailable(e.to_string()) } else { Status::internal(e.to_string()) })?
+            .ok_or_else(|| Status::not_found(format!("no attachment {id} on this node")))?;
+        let total = bytes.len() as u64;
+        let chunks: Vec<Result<pb::AttachmentChunk, Status>> = bytes
+            .chunks(CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, c)| Ok(pb::AttachmentChunk { data: c.to_vec(), total_size: if i == 0 { total } else { 0 } }))
+            .collect();
+        Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::iter(chunks))))
+    }
+
+    async fn shutdown(&self, request: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownStatus>, Status> {
+        require(&request, "Shutdown")?;
+        let who = request.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_default();
+        let r = request.into_inner();
+        if r.drain {
+            self.flows.set_draining(true);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(r.timeout_seconds));
+            tracing::info!(
+                "RPC user {who:?} asked for a drained shutdown: waiting up to {}s for {} flow(s)",
+                r.timeout_seconds,
+                self.flows.running()
+            );
+            while self.flows.running() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            tracing::info!("RPC user {who:?} asked for shutdown");
+        }
+        let running = self.flows.running();
+        let stopping = !r.drain || running == 0;
+        if stopping {
+            self.stop.send_replace(true);
+        } else {
+            tracing::info!("drained shutdown not done: {running} flow(s) still running; the node stays up, draining");
+        }
+        Ok(Response::new(pb::ShutdownStatus { stopping, running_flows: running as u32, draining: self.flows.is_draining() }))
     }
 }

@@ -1,13 +1,18 @@
 """A Treaty RPC client in Python, from the .proto files alone: starts the Echo flow on a node
 and streams its progress. Proof that any language with gRPC can integrate.
 
-    python echo_client.py PROTO_DIR HOST:PORT USER PASSWORD TO MESSAGE
+    python echo_client.py PROTO_DIR HOST:PORT USER PASSWORD TO MESSAGE CA_FILE
+
+CA_FILE is the certificate (DER, as in a node directory, or PEM) that the node's RPC
+certificate must chain to: NODE_DIR/certs/root.der, the network root. Use "-" for a node
+with `tls = false`.
 
 Prints one JSON document: the progress steps seen and the flow's final state.
 """
 import importlib
 import json
 import os
+import ssl
 import sys
 import tempfile
 
@@ -25,11 +30,21 @@ def load_stubs(proto_dir):
     return importlib.import_module("treaty.rpc.v1.node_pb2"), importlib.import_module("treaty.rpc.v1.node_pb2_grpc")
 
 
+def open_channel(address, ca_file):
+    if ca_file == "-":
+        return grpc.insecure_channel(address)
+    with open(ca_file, "rb") as f:
+        ca = f.read()
+    if not ca.startswith(b"-----BEGIN"):
+        ca = ssl.DER_cert_to_PEM_cert(ca).encode()
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca))
+
+
 def main():
-    proto_dir, address, user, password, to, message = sys.argv[1:7]
+    proto_dir, address, user, password, to, message, ca_file = sys.argv[1:8]
     pb, rpc = load_stubs(proto_dir)
     metadata = (("treaty-user", user), ("treaty-password", password))
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, ca_file) as channel:
         node = rpc.NodeStub(channel)
         info = node.GetNodeInfo(pb.Empty(), metadata=metadata)
         started = node.StartFlow(
