@@ -42,7 +42,7 @@ enum Sent {
     /// Forwarded to the leader.
     Remote(ReplicaId, oneshot::Receiver<Response>),
     /// Not sent, and why.
-    NotSent(String),
+    Failed(String),
 }
 
 /// What a replica's tasks share.
@@ -92,17 +92,17 @@ impl Shared {
                 let proposal = Proposal { rules: self.config.uniqueness.rules, requests: requests.to_vec() };
                 match self.raft.client_write_ff(proposal).await {
                     Ok(answer) => Sent::Local(answer),
-                    Err(e) => Sent::NotSent(format!("replica {}: {e}", self.id)),
+                    Err(e) => Sent::Failed(format!("replica {}: {e}", self.id)),
                 }
             }
             Some(leader) => match self.peers.link(leader).await {
                 Ok(link) => match link.send(&Request::Forward(requests.to_vec())) {
                     Ok(answer) => Sent::Remote(leader, answer),
-                    Err(e) => Sent::NotSent(format!("leader {leader}: {e}")),
+                    Err(e) => Sent::Failed(format!("leader {leader}: {e}")),
                 },
-                Err(e) => Sent::NotSent(format!("leader {leader}: {e}")),
+                Err(e) => Sent::Failed(format!("leader {leader}: {e}")),
             },
-            None => Sent::NotSent("no leader is elected".into()),
+            None => Sent::Failed("no leader is elected".into()),
         }
     }
 
@@ -110,7 +110,7 @@ impl Shared {
     async fn outcome(&self, sent: Sent, n: usize) -> Result<Answers, String> {
         let timeout = self.config.attempt_timeout;
         let answers = match sent {
-            Sent::NotSent(why) => return Err(why),
+            Sent::Failed(why) => return Err(why),
             Sent::Local(answer) => match tokio::time::timeout(timeout, answer).await {
                 Err(_) => return Err(format!("replica {} did not commit it within {timeout:?}", self.id)),
                 Ok(Err(_)) => return Err(format!("replica {}'s Raft node stopped", self.id)),

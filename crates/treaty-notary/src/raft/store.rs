@@ -8,9 +8,11 @@
 //! - `consumed_states`, `committed_transactions`: the uniqueness log, exactly as the
 //!   single-node provider keeps it, written by the same rules ([`apply_batch`]).
 //!
-//! Durability. The vote, appended entries and truncations are committed with
-//! [`Durability::Immediate`] before openraft is told they are stored: a replica never
-//! acknowledges an entry it could lose. The state machine is written with [`Durability::None`]:
+//! Durability. The vote and truncations are committed with [`Durability::Immediate`]; appended
+//! entries are committed at once without a flush (so they can be read and replicated) and a
+//! flusher thread then makes them durable — one flush for every append queued meanwhile — and
+//! only then tells openraft they are stored. So a replica never acknowledges an entry it could
+//! lose, and the leader's flush overlaps its followers'. The state machine is written with [`Durability::None`]:
 //! it is always a function of the durable log, and because log and state machine share one
 //! file, the next durable commit (the next append) makes every earlier state machine commit
 //! durable too. After a crash the state machine is at some earlier applied index, recorded in
@@ -19,13 +21,14 @@
 //!
 //! redb is synchronous. On a multi-threaded tokio runtime the calls that flush run under
 //! `block_in_place`, so a flush does not stall other tasks; on a current-thread runtime (the
-//! deterministic simulation) they run inline.
+//! deterministic simulation) they run inline, and appends are flushed inline too (a thread
+//! would make the simulation depend on real time).
 
 use std::fmt::{Debug, Display};
 use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -53,6 +56,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const MAX_VALUE: usize = u32::MAX as usize;
 
 type StoreError = StorageError<ReplicaId>;
+
+/// The last applied log id and the membership it left.
+type Applied = (Option<LogId<ReplicaId>>, StoredMembership<ReplicaId, openraft::EmptyNode>);
 
 /// What a snapshot holds: the whole uniqueness log at one applied log index.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,6 +117,33 @@ fn state_of(key: &[u8; 36]) -> StateRef {
 #[derive(Clone)]
 pub(crate) struct Store {
     db: Arc<Database>,
+    /// Appends waiting to be flushed by the flusher thread; `None`: appends flush inline.
+    flusher: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+}
+
+/// Makes queued appends durable, one flush for all queued, then tells openraft, in order. It
+/// holds the file weakly, so closing the replica is not kept waiting by it; it ends when every
+/// handle to the store is gone.
+fn flush_loop(db: Weak<Database>, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = queue.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(queue.try_iter());
+        let result = match db.upgrade() {
+            Some(db) => (|| -> Result<(), String> {
+                let mut tx = db.begin_write().map_err(text)?;
+                tx.set_durability(Durability::Immediate).map_err(text)?;
+                put_meta(&mut tx.open_table(META).map_err(text)?, "flushed", &true)?;
+                tx.commit().map_err(text)
+            })(),
+            None => Err("the replica's file was closed".into()),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "flushing the Raft log failed");
+        }
+        for callback in waiting {
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
 }
 
 impl Store {
@@ -152,7 +185,21 @@ impl Store {
                 ));
             }
         }
-        Ok(Store { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let multi_threaded =
+            tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let flusher = if multi_threaded {
+            let (queue, waiting) = std::sync::mpsc::channel();
+            let weak = Arc::downgrade(&db);
+            std::thread::Builder::new()
+                .name("notary-raft-flusher".into())
+                .spawn(move || flush_loop(weak, waiting))
+                .map_err(|e| open_error(format!("cannot start the flusher thread: {e}")))?;
+            Some(queue)
+        } else {
+            None
+        };
+        Ok(Store { db, flusher })
     }
 
     /// One write transaction with `durability`.
@@ -180,7 +227,7 @@ impl Store {
         blocking(|| self.write(Durability::Immediate, |tx| put_meta(&mut tx.open_table(META).map_err(text)?, "closed", &true)))
     }
 
-    fn last_applied(&self) -> Result<(Option<LogId<ReplicaId>>, StoredMembership<ReplicaId, openraft::EmptyNode>), String> {
+    fn last_applied(&self) -> Result<Applied, String> {
         let read = self.db.begin_read().map_err(text)?;
         let meta = read.open_table(META).map_err(text)?;
         let applied = get_meta::<Option<LogId<ReplicaId>>>(&meta, "last_applied")?.flatten();
@@ -368,8 +415,9 @@ impl RaftLogStorage<TypeConfig> for Store {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let durability = if self.flusher.is_some() { Durability::None } else { Durability::Immediate };
         let result = blocking(|| {
-            self.write(Durability::Immediate, |tx| {
+            self.write(durability, |tx| {
                 let mut log = tx.open_table(LOG).map_err(text)?;
                 for entry in &entries {
                     log.insert(entry.log_id.index, encoding::try_encode(entry)?.as_slice()).map_err(text)?;
@@ -379,7 +427,14 @@ impl RaftLogStorage<TypeConfig> for Store {
         });
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                match &self.flusher {
+                    Some(flusher) => {
+                        if let Err(unsent) = flusher.send(callback) {
+                            unsent.0.log_io_completed(Err(std::io::Error::other("the flusher stopped")));
+                        }
+                    }
+                    None => callback.log_io_completed(Ok(())),
+                }
                 Ok(())
             }
             Err(e) => {
