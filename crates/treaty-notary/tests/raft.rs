@@ -481,6 +481,10 @@ mod processes {
         }
         let c = client(&identity, victim_dir).await.unwrap();
         c.commit(request("after-restart", &[300_000], &[], bob()), NOW).await.expect("the restarted replica commits");
+        eprintln!(
+            "killed leader {victim} after {killed_at} of {TOTAL} answers; new leader {new_leader}; restarted replica: {:?}",
+            c.status().await.unwrap()
+        );
         drop(c);
 
         // Stop everyone cleanly and read each file.
