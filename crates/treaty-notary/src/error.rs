@@ -65,9 +65,9 @@ pub enum NotaryError {
     /// A Raft cluster could not commit the request in time: no majority of its replicas was
     /// reachable, or no leader was elected. The request may or may not have been committed; a
     /// retry gets the same answer it would have had (commits are idempotent).
-    #[error("the notary cluster is unavailable (no majority of replicas {replicas} answered within {waited_ms} ms): {reason}")]
+    #[error("the notary cluster is unavailable ({replicas}; tried for {waited_ms} ms): {reason}")]
     Unavailable {
-        /// The cluster's replicas, as the operator knows them (id and address).
+        /// Which replicas were tried, as the operator knows them (ids and addresses).
         replicas: String,
         /// How long the replica tried.
         waited_ms: u64,

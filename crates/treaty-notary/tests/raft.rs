@@ -167,7 +167,7 @@ async fn without_a_majority_the_answer_is_unavailable() {
     assert_eq!(err.code(), "NOTARY-UNAVAILABLE", "{err}");
     assert!(!err.is_refusal());
     let message = err.to_string();
-    assert!(message.contains("1 (memory-1), 2 (memory-2), 3 (memory-3)"), "{message}");
+    assert!(message.contains("no majority of replicas 1 (memory-1), 2 (memory-2), 3 (memory-3) committed it"), "{message}");
     assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(10), "{waited:?}");
 
     let mut replicas = vec![survivor];

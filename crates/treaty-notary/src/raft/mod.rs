@@ -124,7 +124,7 @@ impl RaftConfig {
     }
 
     /// The replicas as named in errors: "1 (address), 2 (address), ...".
-    pub(crate) fn describe_members(&self) -> String {
+    pub(crate) fn member_list(&self) -> String {
         self.members.iter().map(|(id, name)| format!("{id} ({name})")).collect::<Vec<_>>().join(", ")
     }
 

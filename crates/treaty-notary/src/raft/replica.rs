@@ -151,7 +151,7 @@ impl Shared {
             if now >= deadline {
                 tracing::warn!(replica = self.id, requests = requests.len(), reason = %why, "notary cluster unavailable");
                 return Err(NotaryError::Unavailable {
-                    replicas: self.config.describe_members(),
+                    replicas: format!("no majority of replicas {} committed it", self.config.member_list()),
                     waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     reason: why,
                 });
@@ -334,7 +334,7 @@ impl RaftUniquenessProvider {
         let path = path.as_ref();
         let open_error = |reason: String| NotaryError::Open { location: path.display().to_string(), reason };
         if !config.members.contains_key(&config.id) {
-            return Err(open_error(format!("replica {} is not one of the members {}", config.id, config.describe_members())));
+            return Err(open_error(format!("replica {} is not one of the members {}", config.id, config.member_list())));
         }
         let raft_config = config.openraft().map_err(|e| open_error(format!("invalid Raft settings: {e}")))?;
         let verify = config.uniqueness.verify_on_open;
@@ -389,7 +389,7 @@ impl RaftUniquenessProvider {
             let waited = tokio::time::timeout_at(deadline, metrics.changed()).await;
             if !matches!(waited, Ok(Ok(()))) {
                 return Err(NotaryError::Unavailable {
-                    replicas: self.shared.config.describe_members(),
+                    replicas: format!("no leader among replicas {}", self.shared.config.member_list()),
                     waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                     reason: "no leader was elected".into(),
                 });

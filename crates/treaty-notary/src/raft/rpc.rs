@@ -378,21 +378,29 @@ impl RemoteReplica {
 
     /// How the replica sees the cluster.
     pub async fn status(&self) -> Result<ReplicaStatus, NotaryError> {
-        match self.link.call(&Request::Status, self.timeout).await.map_err(stopped)? {
+        match self.link.call(&Request::Status, self.timeout).await.map_err(|e| self.unanswered(e))? {
             Response::Status(s) => Ok(s),
             other => Err(NotaryError::Stopped(format!("unexpected answer from the replica: {other:?}"))),
         }
     }
 }
 
-fn stopped(e: LinkError) -> NotaryError {
-    NotaryError::Stopped(format!("the replica did not answer: {e}"))
+impl RemoteReplica {
+    /// The connection failed or timed out: whether the request was committed is unknown, as
+    /// when a cluster is unavailable (a retry gets the answer it would have had).
+    fn unanswered(&self, e: LinkError) -> NotaryError {
+        NotaryError::Unavailable {
+            replicas: "the replica at the other end of this connection did not answer".into(),
+            waited_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            reason: e.to_string(),
+        }
+    }
 }
 
 impl UniquenessProvider for RemoteReplica {
     fn commit(&self, request: CommitRequest, now: Timestamp) -> CommitFuture<'_> {
         Box::pin(async move {
-            match self.link.call(&Request::Commit(request, now), self.timeout).await.map_err(stopped)? {
+            match self.link.call(&Request::Commit(request, now), self.timeout).await.map_err(|e| self.unanswered(e))? {
                 Response::Commit(answer) => answer,
                 other => Err(NotaryError::Stopped(format!("unexpected answer from the replica: {other:?}"))),
             }
