@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
 use treaty_core::{SecureHash, StateRef, Timestamp};
 
 use crate::error::NotaryError;
@@ -38,8 +39,9 @@ use crate::time_window::TimeWindowCheck;
 /// The default limit on inputs per transaction: core's default limit on components per group.
 pub const DEFAULT_MAX_INPUTS: usize = 10_000;
 
-/// The notary's rules for a request that are not about other transactions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The notary's rules for a request that are not about other transactions. Serde, because a
+/// Raft leader puts its rules in every log entry, so replicas apply the same rules to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rules {
     /// The most inputs one transaction may have (at most `u32::MAX` is ever accepted).
     pub max_inputs: usize,

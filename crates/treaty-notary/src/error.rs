@@ -1,5 +1,6 @@
 //! Why a notarisation was refused or failed, with stable codes for operators.
 
+use serde::{Deserialize, Serialize};
 use treaty_core::{SecureHash, TimeWindow, Timestamp};
 
 use crate::request::Conflict;
@@ -7,8 +8,9 @@ use crate::request::Conflict;
 /// A refusal (conflict, too many inputs, time window) or a failure (storage, shutdown) of a
 /// uniqueness provider. Refusals are final answers about the transaction; failures say
 /// nothing about it and the request may be retried. `Clone`, because one failed batch
-/// answers every request in it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// answers every request in it; serde, because a replica of a Raft cluster answers requests
+/// forwarded by another replica.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum NotaryError {
     /// Some of the transaction's states were already consumed by other transactions; nothing
     /// was consumed.
@@ -60,6 +62,18 @@ pub enum NotaryError {
     /// The provider has been shut down (or its writer stopped); the request was not committed.
     #[error("the uniqueness provider has stopped: {0}")]
     Stopped(String),
+    /// A Raft cluster could not commit the request in time: no majority of its replicas was
+    /// reachable, or no leader was elected. The request may or may not have been committed; a
+    /// retry gets the same answer it would have had (commits are idempotent).
+    #[error("the notary cluster is unavailable ({replicas}; tried for {waited_ms} ms): {reason}")]
+    Unavailable {
+        /// Which replicas were tried, as the operator knows them (ids and addresses).
+        replicas: String,
+        /// How long the replica tried.
+        waited_ms: u64,
+        /// The last thing that went wrong.
+        reason: String,
+    },
 }
 
 impl NotaryError {
@@ -72,6 +86,7 @@ impl NotaryError {
             NotaryError::Open { .. } => "NOTARY-OPEN",
             NotaryError::Storage { .. } => "NOTARY-STORAGE",
             NotaryError::Stopped(_) => "NOTARY-STOPPED",
+            NotaryError::Unavailable { .. } => "NOTARY-UNAVAILABLE",
         }
     }
 

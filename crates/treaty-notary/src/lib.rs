@@ -9,14 +9,15 @@
 //!   `NOTARY-TIME-WINDOW`). Committing the same transaction again succeeds again.
 //! - [`apply`] holds the rules, once, as pure functions over a [`UniquenessState`]: apply a
 //!   batch of requests, in order, to a state. Every provider runs them — on a redb write
-//!   transaction, on rows read from PostgreSQL, on a map — and a Raft provider will run them on
-//!   its state machine, with the leader's time in each log entry.
+//!   transaction, on rows read from PostgreSQL, on a map, on a Raft state machine (with each
+//!   request's time and the leader's rules in the log entry).
 //! - Providers: [`RedbUniquenessProvider`] (one node, one redb file), [`PostgresUniquenessProvider`]
-//!   (a SQL cluster; several notary processes may share the database) and
-//!   [`MemoryUniquenessProvider`] (tests).
+//!   (a SQL cluster; several notary processes may share the database),
+//!   [`RaftUniquenessProvider`] (one replica of a 3- or 5-replica Raft cluster on openraft, see
+//!   [`raft`]) and [`MemoryUniquenessProvider`] (tests).
 //! - Durable providers batch: concurrent requests queue for one writer, which applies a whole
 //!   batch in one storage transaction, commits it (one fsync), and only then answers each
-//!   caller. An `Ok` answer is therefore durable.
+//!   caller. An `Ok` answer is therefore durable (for Raft: on a majority of the replicas).
 //! - Time: a provider never reads a clock. The caller passes the notary's time; the window is
 //!   checked with [`TimeWindowCheck`] (tolerance [`DEFAULT_TIME_TOLERANCE_MICROS`]).
 //!
@@ -27,6 +28,7 @@ mod batch;
 mod error;
 mod postgres;
 mod provider;
+pub mod raft;
 mod request;
 pub mod service;
 mod single_node;
@@ -39,6 +41,7 @@ pub use postgres::{MAX_BATCH_ATTEMPTS, NOTARY_MIGRATIONS, PostgresUniquenessProv
 pub use provider::{
     CommitFuture, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY, MemoryUniquenessProvider, UniquenessConfig, UniquenessProvider,
 };
+pub use raft::{RaftConfig, RaftUniquenessProvider, ReplicaId};
 pub use request::{CommitRequest, Conflict, ConsumingTx, StateConflict, StateKind};
 pub use service::{NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryService, request_signing_bytes};
 pub use single_node::{FORMAT_VERSION, RedbUniquenessProvider};

@@ -31,12 +31,12 @@ use crate::request::{CommitRequest, ConsumingTx};
 /// The file format this version writes and reads.
 pub const FORMAT_VERSION: u64 = 1;
 
-const CONSUMED: TableDefinition<&[u8; 36], &[u8]> = TableDefinition::new("consumed_states");
-const COMMITTED: TableDefinition<&[u8; 32], ()> = TableDefinition::new("committed_transactions");
+pub(crate) const CONSUMED: TableDefinition<&[u8; 36], &[u8]> = TableDefinition::new("consumed_states");
+pub(crate) const COMMITTED: TableDefinition<&[u8; 32], ()> = TableDefinition::new("committed_transactions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// A state ref as its 36-byte key.
-fn key(state: &StateRef) -> [u8; 36] {
+pub(crate) fn key(state: &StateRef) -> [u8; 36] {
     let mut k = [0u8; 36];
     k[..32].copy_from_slice(state.txhash.as_bytes());
     k[32..].copy_from_slice(&state.index.to_be_bytes());
@@ -97,13 +97,14 @@ impl UniquenessProvider for RedbUniquenessProvider {
     }
 }
 
-/// Opens or creates the file and checks (or writes) its format version.
-fn open_file(path: &Path, verify: bool) -> Result<Database, NotaryError> {
+/// Opens or creates a redb file (and its parent directories), refusing it with
+/// [`NotaryError::Open`] if it is open elsewhere, damaged or not a redb file.
+pub(crate) fn create_database(path: &Path, verify: bool) -> Result<Database, NotaryError> {
     let open_error = |reason: String| NotaryError::Open { location: path.display().to_string(), reason };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| open_error(format!("cannot create directory {}: {e}", dir.display())))?;
     }
-    let db = Database::builder().set_check_integrity_on_open(verify).create(path).map_err(|e| {
+    Database::builder().set_check_integrity_on_open(verify).create(path).map_err(|e| {
         open_error(match e {
             DatabaseError::DatabaseAlreadyOpen => "the file is already open (by another notary process or provider)".into(),
             DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
@@ -111,7 +112,13 @@ fn open_file(path: &Path, verify: bool) -> Result<Database, NotaryError> {
             }
             other => other.to_string(),
         })
-    })?;
+    })
+}
+
+/// Opens or creates the file and checks (or writes) its format version.
+fn open_file(path: &Path, verify: bool) -> Result<Database, NotaryError> {
+    let open_error = |reason: String| NotaryError::Open { location: path.display().to_string(), reason };
+    let db = create_database(path, verify)?;
     // Only an empty file (new, or created by an open that did not finish) is initialised: a
     // redb file of something else is refused unchanged.
     let inspect = || -> Result<(Option<u64>, bool), redb::Error> {
@@ -166,19 +173,30 @@ fn write_loop(db: Database, mut queue: mpsc::Receiver<Job>, rules: Rules, max_ba
     // Dropping `db` closes the file.
 }
 
-/// The log as seen from inside one write transaction.
-struct RedbState<'t> {
-    consumed: Table<'t, &'static [u8; 36], &'static [u8]>,
-    committed: Table<'t, &'static [u8; 32], ()>,
+/// The log as seen from inside one write transaction (also the Raft state machine's).
+pub(crate) struct RedbState<'t> {
+    /// `consumed_states`.
+    pub(crate) consumed: Table<'t, &'static [u8; 36], &'static [u8]>,
+    /// `committed_transactions`.
+    pub(crate) committed: Table<'t, &'static [u8; 32], ()>,
     /// Whether anything was written (otherwise the transaction is not committed).
-    dirty: bool,
+    pub(crate) dirty: bool,
 }
 
 /// A redb failure, or a record that does not decode.
 #[derive(Debug)]
-enum StateError {
+pub(crate) enum StateError {
     Redb(redb::Error),
     Corrupt(String),
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Redb(e) => write!(f, "{e}"),
+            StateError::Corrupt(why) => write!(f, "corrupt log: {why}"),
+        }
+    }
 }
 
 impl From<redb::StorageError> for StateError {

@@ -6,6 +6,7 @@
 //! needs) and accepts the window if that instant lies inside it, widened on both sides by a
 //! tolerance that absorbs the notary's own clock error.
 
+use serde::{Deserialize, Serialize};
 use treaty_core::{TimeWindow, Timestamp};
 
 /// The default tolerance: one second, in microseconds.
@@ -17,7 +18,9 @@ use treaty_core::{TimeWindow, Timestamp};
 pub const DEFAULT_TIME_TOLERANCE_MICROS: i64 = 1_000_000;
 
 /// Decides whether the notary's "now" lies in a time window, allowing a tolerance either side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Encoded as its tolerance (decoding takes the magnitude, like [`TimeWindowCheck::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "i64", into = "i64")]
 pub struct TimeWindowCheck {
     /// Microseconds by which the window is widened at each bounded end (never negative).
     tolerance_micros: i64,
@@ -26,6 +29,18 @@ pub struct TimeWindowCheck {
 impl Default for TimeWindowCheck {
     fn default() -> Self {
         TimeWindowCheck { tolerance_micros: DEFAULT_TIME_TOLERANCE_MICROS }
+    }
+}
+
+impl From<i64> for TimeWindowCheck {
+    fn from(tolerance_micros: i64) -> TimeWindowCheck {
+        TimeWindowCheck::new(tolerance_micros)
+    }
+}
+
+impl From<TimeWindowCheck> for i64 {
+    fn from(check: TimeWindowCheck) -> i64 {
+        check.tolerance_micros
     }
 }
 

@@ -1,7 +1,9 @@
 //! One suite for every uniqueness provider, written once as functions over a [`Fixture`] and
 //! declared per provider by `suite!`: `memory::NAME`, `redb::NAME`, `postgres::NAME`
 //! (a fresh database per test when `TREATY_TEST_POSTGRES_URL` is set; skipped with a message
-//! otherwise, unless `TREATY_REQUIRE_POSTGRES=1`). Provider-specific tests follow the suite.
+//! otherwise, unless `TREATY_REQUIRE_POSTGRES=1`), `raft::NAME` (a cluster of three replicas
+//! in this process over in-memory pipes, every request sent to a follower so it is forwarded).
+//! Provider-specific tests follow the suite.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -160,6 +162,59 @@ impl Fixture for PgFixture {
     }
 }
 
+/// A Raft cluster of three replicas over an in-memory network; reopening restarts all three
+/// from their files.
+struct RaftFixture {
+    dir: TempDir,
+}
+
+/// The cluster, entered through one follower.
+struct RaftCluster {
+    replicas: Vec<RaftUniquenessProvider>,
+    entry: usize,
+}
+
+impl UniquenessProvider for RaftCluster {
+    fn commit(&self, request: CommitRequest, now: Timestamp) -> CommitFuture<'_> {
+        self.replicas[self.entry].commit(request, now)
+    }
+}
+
+impl RaftFixture {
+    fn new() -> RaftFixture {
+        RaftFixture { dir: TempDir::new() }
+    }
+}
+
+impl Fixture for RaftFixture {
+    type P = RaftCluster;
+    async fn open(&self, config: UniquenessConfig) -> RaftCluster {
+        let network = treaty_notary::raft::MemoryNetwork::new();
+        let members: std::collections::BTreeMap<ReplicaId, String> = (1..=3).map(|id| (id, format!("memory-{id}"))).collect();
+        let mut replicas = Vec::new();
+        for id in 1..=3 {
+            let mut c = RaftConfig::new(id, members.clone());
+            c.uniqueness = config;
+            c.election_timeout = (std::time::Duration::from_millis(150), std::time::Duration::from_millis(300));
+            let file = self.dir.path().join(format!("replica-{id}.redb"));
+            let replica =
+                RaftUniquenessProvider::start(&file, c, Arc::new(network.endpoint(id))).await.unwrap_or_else(|e| panic!("start: {e}"));
+            replicas.push(replica);
+        }
+        let leader = replicas[0].wait_for_leader(std::time::Duration::from_secs(10)).await.expect("a leader is elected");
+        let entry = replicas.iter().position(|r| r.id() != leader).expect("a follower");
+        RaftCluster { replicas, entry }
+    }
+    async fn close(&self, cluster: RaftCluster) {
+        for replica in cluster.replicas {
+            replica.close().await;
+        }
+    }
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
 /// Declares each suite function once per provider.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -176,6 +231,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(&super::RedbFixture::new()).await;
+                }
+            )*
+        }
+        mod raft {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::RaftFixture::new()).await;
                 }
             )*
         }
