@@ -136,6 +136,10 @@ async fn a_restarted_replica_catches_up_from_a_snapshot() {
     assert!(back.status().snapshot_index > down_applied, "it caught up by a snapshot: {:?}", back.status());
     // And it takes part again: a commit through it.
     back.commit(request("after", &[1000], &[], bob()), NOW).await.unwrap();
+    // An answer means a majority committed it; wait until this replica has applied it too
+    // before reading its file.
+    let target = replicas.iter().map(|r| r.status().last_applied_index).max().unwrap();
+    applied(&back, target, Duration::from_secs(20)).await;
     replicas.push(back);
     for r in replicas {
         r.close().await;
