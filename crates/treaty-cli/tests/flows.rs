@@ -1,14 +1,17 @@
 //! Flows between real nodes (SQLite, mutual TLS, the network map) started in this process from
-//! a network bootstrapped by the `treaty` binary: the built-in Echo flow, and a flow that
-//! outlives its counterparty's downtime and its own node's restart.
+//! a network bootstrapped by the `treaty` binary: the built-in Echo flow, a flow that outlives
+//! its counterparty's downtime and its own node's restart, and an application flow finalised
+//! through the network's notary node.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use treaty_flows::FlowStatus;
+use std::sync::Arc;
+
+use treaty_flows::{FlowContext, FlowError, FlowStatus, Ledger, Registry, finality, receive_finality};
 use treaty_node::config::NodeConfig;
-use treaty_node::node::{self, ECHO, RunningNode};
+use treaty_node::node::{self, ECHO, NodeServices, RunningNode};
 
 const ALICE: &str = "O=Alice,L=London,C=GB";
 const BOB: &str = "O=Bob,L=Paris,C=FR";
@@ -80,5 +83,109 @@ async fn echo_runs_between_two_nodes_and_survives_downtime_and_restart() {
     assert_eq!(done.status, FlowStatus::Completed, "{done:?}");
     let result: serde_json::Value = serde_json::from_slice(done.result.as_ref().unwrap()).unwrap();
     assert_eq!(result["echo"], "still there?");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
+
+/// An application flow on real nodes: pays the chain's tip (holder B's, key 2 of the testkit)
+/// to holder A through the network's notary, sharing it with `to`.
+fn pay_flow(chain: Arc<treaty_testkit::TokenChain>) -> impl FnOnce(&mut Registry, &NodeServices) {
+    move |r: &mut Registry, services: &NodeServices| {
+        let s = services.clone();
+        r.flow("Pay", 1, move |ctx: FlowContext, args: serde_json::Value| {
+            let (s, chain) = (s.clone(), chain.clone());
+            async move {
+                use treaty_core::*;
+                let salt = args["salt"].as_u64().unwrap_or(1) as u8;
+                let to: X500Name = args["to"].as_str().unwrap_or_default().parse().map_err(|e| FlowError::Exception(format!("{e}")))?;
+                let (a, b) = (treaty_testkit::key(1).map_err(FlowError::Exception)?, treaty_testkit::key(2).map_err(FlowError::Exception)?);
+                let holder_a = Party {
+                    name: "O=Holder A,L=London,C=GB".parse().map_err(|e| FlowError::Exception(format!("{e}")))?,
+                    owning_key: a.public(),
+                };
+                let out = TransactionState::new(
+                    &treaty_testkit::Token { owner: holder_a.into(), amount: 100 },
+                    treaty_testkit::TOKEN,
+                    chain.notary.clone(),
+                    AttachmentConstraint::Hash(chain.attachment_id),
+                );
+                let wtx = TransactionBuilder::new(Some(chain.notary.clone()))
+                    .input(StateRef { txhash: chain.tip().id(), index: 0 })
+                    .output(out)
+                    .command(Command::new(&treaty_testkit::TokenCommand::Move, vec![b.public()]))
+                    .attachment(chain.attachment_id)
+                    .summary("Move 100 tokens")
+                    .build(PrivacySalt([salt; 32]))
+                    .map_err(|e| FlowError::Exception(e.to_string()))?;
+                let id = wtx.id();
+                let stx = SignedTransaction::new(wtx, vec![b.sign_transaction(&id, PLATFORM_VERSION)]);
+                let session = ctx.initiate(&to).await?;
+                let done = finality(&ctx, &s.ledger, &s.keys, &s.identity, stx, &[session]).await?;
+                Ok(json!({ "tx": done.id().to_string() }))
+            }
+        });
+        let s = services.clone();
+        r.responder("Pay", move |ctx: FlowContext| {
+            let s = s.clone();
+            async move {
+                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+                receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
+            }
+        });
+    }
+}
+
+async fn start_app(dir: &Path, who: &str, chain: Arc<treaty_testkit::TokenChain>) -> RunningNode {
+    let mut config = NodeConfig::load(&dir.join(who).join("node.toml")).unwrap();
+    config.poll_interval = Duration::from_millis(200);
+    node::start_with(&config, pay_flow(chain)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_notary_finalises_a_payment_and_refuses_its_double_spend() {
+    let dir = std::env::temp_dir().join(format!("treaty-flows-{}-notary", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
+        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--node", ALICE, "--node", BOB, "--notary", NOTARY])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _map = map(&dir).await;
+    // Alice holds a chain notarised by the network's notary (its own key signed it).
+    let notary_key = treaty_node::keys::identity_key(&dir.join("notary")).unwrap();
+    let notary_party = treaty_core::Party { name: NOTARY.parse().unwrap(), owning_key: notary_key.public() };
+    let chain = Arc::new(treaty_testkit::token_chain_for(3, 77, &notary_party, &notary_key).unwrap());
+    let notary = start(&dir, "notary").await;
+    let alice = start_app(&dir, "alice", chain.clone()).await;
+    let bob = start_app(&dir, "bob", chain.clone()).await;
+    let attachment = alice.ledger.check_attachment(&chain.attachment).unwrap();
+    alice.ledger.record(&[attachment], &chain.transactions).await.unwrap();
+    knows(&alice, BOB).await;
+    knows(&alice, NOTARY).await;
+    knows(&notary, ALICE).await;
+
+    let pay = |salt: u64| {
+        let engine = alice.flows.clone();
+        async move {
+            let id = engine.start("Pay", json!({ "to": BOB, "salt": salt }), None).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(30), engine.wait(id)).await.unwrap().unwrap()
+        }
+    };
+    let done = pay(1).await;
+    assert_eq!(done.status, FlowStatus::Completed, "{done:?}");
+    let result: serde_json::Value = serde_json::from_slice(done.result.as_ref().unwrap()).unwrap();
+    let tx: treaty_core::SecureHash = result["tx"].as_str().unwrap().parse().unwrap();
+    let [at_bob] = <[Option<treaty_core::SignedTransaction>; 1]>::try_from(bob.ledger.transactions(&[tx]).await.unwrap()).unwrap();
+    let at_bob = at_bob.expect("Bob recorded the payment");
+    assert!(at_bob.sigs().iter().any(|s| s.by == notary_party.owning_key), "notarised by the network's notary");
+    at_bob.verify_signatures_except(&[]).unwrap();
+
+    let refused = pay(2).await;
+    assert_eq!(refused.status, FlowStatus::Failed);
+    let err = refused.error.unwrap();
+    assert!(err.contains("already consumed") && err.contains(&tx.to_string()), "{err}");
+    // The notary's uniqueness log is a file in its node directory.
+    assert!(dir.join("notary").join("uniqueness.redb").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,3 +59,9 @@ impl NodeKeys {
         Ok(NodeKeys { identity: key(dir, "identity")?, identity_chain, tls })
     }
 }
+
+/// The node's identity key, read again from `NODE_DIR/keys` (key pairs are not cloneable: a
+/// second holder reads its own copy).
+pub fn identity_key(dir: &Path) -> Result<KeyPair, KeysError> {
+    key(dir, "identity")
+}

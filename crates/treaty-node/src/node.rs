@@ -15,13 +15,14 @@ use tokio::task::JoinHandle;
 use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, SecureHash, SignedTransaction, X500Name, encoding};
 use treaty_flows::protocol::FLOW_TOPIC;
 use treaty_flows::{
-    EngineOptions, FlowContext, FlowEngine, FlowError, Ledger, ReceiveOptions, Registry, SqlFlowStore, receive_transaction,
-    send_transaction,
+    EngineOptions, FlowContext, FlowEngine, FlowError, KeyPairs, Ledger, NOTARY_PROTOCOL, ReceiveOptions, Registry, SqlFlowStore,
+    notary_responder, receive_transaction, send_transaction,
 };
 use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
 use treaty_net::messaging::{InboundMessage, MessageId, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
 use treaty_net::signed::Signed;
 use treaty_netmap::{MapClient, MapFollower, NetworkView};
+use treaty_notary::{NotaryService, RedbUniquenessProvider, UniquenessConfig};
 use treaty_storage::{Database, IdentityRecord, SqlMessageStore};
 
 use crate::config::LoadedConfig;
@@ -167,6 +168,23 @@ async fn parameters(config: &LoadedConfig, db: &Database) -> Result<(Signed, Net
 /// Starts a node. Returns once it accepts connections; incoming application messages other
 /// than diagnostics are left in the inbox for the flow engine.
 pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
+    start_with(config, |_, _| {}).await
+}
+
+/// What flows registered by an application can use: the node's ledger, its keys and its
+/// well-known identity.
+#[derive(Clone)]
+pub struct NodeServices {
+    /// Transactions, attachments, contract verification.
+    pub ledger: Arc<NodeLedger>,
+    /// The keys the node signs with (its identity key).
+    pub keys: Arc<KeyPairs>,
+    /// The node's well-known identity.
+    pub identity: Party,
+}
+
+/// Starts a node with application flows: `apps` registers them, given the node's services.
+pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, &NodeServices)) -> Result<RunningNode, NodeError> {
     let began = Instant::now();
     let keys = NodeKeys::load(&config.dir)?;
     let url = config.raw.database.url.clone();
@@ -203,7 +221,19 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
         config.legal_name.clone(),
         Arc::new(flow_store),
         Arc::new(messenger.clone()),
-        registry(ledger.clone()),
+        {
+            let services = NodeServices {
+                ledger: ledger.clone(),
+                keys: Arc::new(KeyPairs::new(vec![crate::keys::identity_key(&config.dir)?])),
+                identity: Party { name: config.legal_name.clone(), owning_key: keys.identity.public() },
+            };
+            let mut r = registry(ledger.clone());
+            if config.raw.notary.is_some() {
+                notary_service(config, &keys, &view, &mut r).await?;
+            }
+            apps(&mut r, &services);
+            r
+        },
         EngineOptions::default(),
     );
     // Flows resume from their journals before messages are redelivered, so those find them.
@@ -354,6 +384,43 @@ async fn follow_view(
             return;
         }
     }
+}
+
+/// A notary node hosts the non-validating notary service: a redb uniqueness log in the node
+/// directory (`uniqueness.redb`), the node's identity key signing. Requesting parties' keys
+/// come from the network map.
+async fn notary_service(
+    config: &LoadedConfig,
+    keys: &NodeKeys,
+    view: &watch::Receiver<Arc<NetworkView>>,
+    r: &mut Registry,
+) -> Result<(), NodeError> {
+    if config.notary_service.is_some() {
+        // Cluster members share a service identity over the Raft provider; nodes don't host
+        // that yet (treaty-notary's Raft replicas run on their own).
+        tracing::warn!(
+            "this node is a member of notary cluster {:?}; hosting a clustered notary service is not supported yet",
+            config.notary_service
+        );
+        return Ok(());
+    }
+    let path = config.dir.join("uniqueness.redb");
+    let provider = RedbUniquenessProvider::open(&path, UniquenessConfig::default())
+        .await
+        .map_err(|e| NodeError::Database { url: path.display().to_string(), message: e.to_string() })?;
+    let identity = Party { name: config.legal_name.clone(), owning_key: keys.identity.public() };
+    let service =
+        NotaryService::new(identity, crate::keys::identity_key(&config.dir)?, Arc::new(provider)).map_err(NodeError::Parameters)?;
+    let service = Arc::new(service);
+    let view = view.clone();
+    r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
+        let (service, view) = (service.clone(), view.clone());
+        async move {
+            let lookup = |name: &X500Name| view.borrow().node(name).map(|n| n.legal_identity.clone());
+            notary_responder(&ctx, &service, lookup).await
+        }
+    });
+    Ok(())
 }
 
 /// The flows every node has (documented in docs/flows.md, part of the stable surface):

@@ -63,13 +63,20 @@ impl TokenChain {
 /// each signed by its owner and by the notary (as if notarised). `seed` varies the salts, so
 /// two chains with different seeds share no transaction.
 pub fn token_chain(moves: usize, seed: u64) -> Result<TokenChain, String> {
+    let notary_key = key(3)?;
+    let notary = Party { name: "O=Chain Notary,L=Zurich,C=CH".parse().map_err(|e| format!("{e}"))?, owning_key: notary_key.public() };
+    token_chain_for(moves, seed, &notary, &notary_key)
+}
+
+/// [`token_chain`] under a given notary, signed with its key (a real network's notary).
+pub fn token_chain_for(moves: usize, seed: u64, notary: &Party, notary_key: &KeyPair) -> Result<TokenChain, String> {
     let attachment = token_bundle();
     let attachment_id = SecureHash::sha256(&attachment);
-    let (notary_key, a_key, b_key) = (key(3)?, key(1)?, key(2)?);
+    let (a_key, b_key) = (key(1)?, key(2)?);
     let party = |name: &str, k: &KeyPair| -> Result<Party, String> {
         Ok(Party { name: name.parse().map_err(|e| format!("{e}"))?, owning_key: k.public() })
     };
-    let notary = party("O=Chain Notary,L=Zurich,C=CH", &notary_key)?;
+    let notary = notary.clone();
     let holders = [(party("O=Holder A,L=London,C=GB", &a_key)?, a_key), (party("O=Holder B,L=Paris,C=FR", &b_key)?, b_key)];
     let salt = |i: usize| {
         let mut s = [0u8; 32];
@@ -108,7 +115,7 @@ pub fn token_chain(moves: usize, seed: u64) -> Result<TokenChain, String> {
             .summary("Move 100 tokens")
             .build(salt(i + 1))
             .map_err(|e: TransactionError| e.to_string())?;
-        transactions.push(sign(wtx, &[&from.1, &notary_key]));
+        transactions.push(sign(wtx, &[&from.1, notary_key]));
     }
     Ok(TokenChain { attachment, attachment_id, transactions, notary })
 }
