@@ -67,6 +67,25 @@ async fn baseline_sqlite(dir: &std::path::Path) -> Result<f64> {
     Ok(n as f64 / began.elapsed().as_secs_f64())
 }
 
+/// Stops the nodes and the map of [`two_nodes`].
+fn stop(map_task: tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, nodes: Vec<node::RunningNode>) {
+    map_task.abort();
+    for n in nodes {
+        n.stop();
+    }
+}
+
+/// Prints a benchmark's report: one JSON document, or its line and the machine's baseline.
+fn emit<R: Serialize>(json: bool, report: &R, baseline: &Baseline, line: &str) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{line}");
+        baseline.print();
+    }
+    Ok(())
+}
+
 /// A fresh two-node network (Alice, Bob) and its map, all in this process; returns when Alice
 /// knows Bob's address.
 pub(crate) async fn two_nodes(
@@ -141,10 +160,7 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
         }
         let seconds = began.elapsed().as_secs_f64();
         producer.await??;
-        map_task.abort();
-        for n in nodes {
-            n.stop();
-        }
+        stop(map_task, nodes);
         let ed25519 = baseline_ed25519()?;
         Ok(MessagingReport {
             scenario: "messaging",
@@ -158,16 +174,11 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
     });
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} durable messages of {} bytes, Alice → Bob over mutual TLS, SQLite both ends: {:.2} s, {:.0} messages/s",
-            report.messages, report.payload_bytes, report.seconds, report.messages_per_sec
-        );
-        report.baseline.print();
-    }
-    Ok(())
+    let line = format!(
+        "{} durable messages of {} bytes, Alice → Bob over mutual TLS, SQLite both ends: {:.2} s, {:.0} messages/s",
+        report.messages, report.payload_bytes, report.seconds, report.messages_per_sec
+    );
+    emit(json, &report, &report.baseline, &line)
 }
 
 #[derive(Serialize)]
@@ -224,10 +235,7 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
         let seconds = began.elapsed().as_secs_f64();
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-        map_task.abort();
-        for n in nodes {
-            n.stop();
-        }
+        stop(map_task, nodes);
         Ok(FlowsReport {
             scenario: "pingpong",
             flows: count,
@@ -241,16 +249,11 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
     });
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} ping-pong flows Alice → Bob ({} at a time), durable at both ends: {:.2} s, {:.0} flows/s, latency p50 {:.1} ms, p99 {:.1} ms",
-            report.flows, report.concurrency, report.seconds, report.flows_per_sec, report.latency_ms_p50, report.latency_ms_p99
-        );
-        report.baseline.print();
-    }
-    Ok(())
+    let line = format!(
+        "{} ping-pong flows Alice → Bob ({} at a time), durable at both ends: {:.2} s, {:.0} flows/s, latency p50 {:.1} ms, p99 {:.1} ms",
+        report.flows, report.concurrency, report.seconds, report.flows_per_sec, report.latency_ms_p50, report.latency_ms_p99
+    );
+    emit(json, &report, &report.baseline, &line)
 }
 
 #[derive(Serialize)]
@@ -297,10 +300,7 @@ pub fn resolve(length: usize, json: bool) -> Result<()> {
         let bob_flow = nodes[1].flows.list().await?.first().map(|f| f.id).context("Bob ran no responder")?;
         let batches_received =
             nodes[1].flows.journal(bob_flow).await?.iter().filter(|e| matches!(e, treaty_flows::Entry::Received { .. })).count();
-        map_task.abort();
-        for n in nodes {
-            n.stop();
-        }
+        stop(map_task, nodes);
         Ok(ResolveReport {
             scenario: "resolve",
             transactions: length,
@@ -312,14 +312,9 @@ pub fn resolve(length: usize, json: bool) -> Result<()> {
     });
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "back-chain of {} transactions resolved, verified (wasm contracts) and recorded by Bob in {:.2} s: {:.0} tx/s, {} messages received",
-            report.transactions, report.seconds, report.transactions_per_sec, report.batches_received
-        );
-        report.baseline.print();
-    }
-    Ok(())
+    let line = format!(
+        "back-chain of {} transactions resolved, verified (wasm contracts) and recorded by Bob in {:.2} s: {:.0} tx/s, {} messages received",
+        report.transactions, report.seconds, report.transactions_per_sec, report.batches_received
+    );
+    emit(json, &report, &report.baseline, &line)
 }
