@@ -490,6 +490,28 @@ mod processes {
             c.status().await.unwrap()
         );
         drop(c);
+        // An answer means a majority committed it; wait until every replica has applied it
+        // before reading the files.
+        let mut target = 0;
+        for r in replicas.iter() {
+            if let Ok(c) = client(&identity, r).await {
+                target = target.max(c.status().await.map(|s| s.last_applied_index).unwrap_or(0));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for r in replicas.iter() {
+            loop {
+                let status = match client(&identity, r).await {
+                    Ok(c) => c.status().await.ok(),
+                    Err(_) => None,
+                };
+                if status.as_ref().is_some_and(|s| s.last_applied_index >= target) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica {} did not apply up to {target}: {status:?}", r.id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
 
         // Stop everyone cleanly and read each file.
         for (_, child) in children.drain() {
