@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use treaty_core::{
-    FilteredTransaction, MapResolver, Party, SignedTransaction, Timestamp, TransactionSignature, VerifyOptions, X500Name,
+    FilteredTransaction, MapResolver, Party, SecureHash, SignedTransaction, Timestamp, TransactionSignature, VerifyOptions, X500Name,
     verify_transaction,
 };
 use treaty_notary::{NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryService, request_signing_bytes};
@@ -18,11 +19,26 @@ use treaty_notary::{NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryServ
 use crate::context::{FlowContext, Session};
 use crate::error::FlowError;
 use crate::ledger::Ledger;
-use crate::resolve::{ReceiveOptions, ReceivedTransaction, dependencies, receive_transaction, send_transaction};
+use crate::resolve::{ReceiveOptions, ReceivedTransaction, dependencies, receive_transaction, receive_unresolved, send_transaction};
 use crate::signatures::Keys;
 
 /// The protocol name a notary's responder is registered under (see [`notary_responder`]).
 pub const NOTARY_PROTOCOL: &str = "treaty.Notarise";
+
+/// The first message of the notary protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum NotaryRequest {
+    /// For a non-validating notary: a tear-off showing only what uniqueness needs.
+    Filtered(NotarisationRequest),
+    /// For a validating notary: the whole transaction follows ([`send_transaction`]: the
+    /// notary resolves its back-chain from the client), then the notary answers.
+    Whole {
+        /// The transaction's id.
+        tx_id: SecureHash,
+        /// The requesting party's signature over [`request_signing_bytes`].
+        signature: Vec<u8>,
+    },
+}
 
 /// Whether `stx` needs a notary: it consumes or references states, or has a time window.
 pub fn needs_notary(stx: &SignedTransaction) -> bool {
@@ -30,11 +46,14 @@ pub fn needs_notary(stx: &SignedTransaction) -> bool {
     !c.inputs.is_empty() || !c.references.is_empty() || c.time_window.is_some()
 }
 
-/// Asks the transaction's (non-validating) notary to notarise `stx` on behalf of `me` (whose
-/// identity key signs the request). Returns the notary's signature, checked; a refusal is
+/// Asks the transaction's notary to notarise `stx` on behalf of `me` (whose identity key signs
+/// the request): a non-validating notary gets a tear-off, a validating one (so the network
+/// parameters say, through [`Ledger::is_validating_notary`]) the whole transaction with its
+/// back-chain from `ledger`. Returns the notary's signature, checked; a refusal is
 /// [`FlowError::Notary`] with the conflicting states and their consumers, or the reason.
-pub async fn notarise<K: Keys>(
+pub async fn notarise<L: Ledger, K: Keys>(
     ctx: &FlowContext,
+    ledger: &Arc<L>,
     keys: &Arc<K>,
     me: &Party,
     stx: &SignedTransaction,
@@ -42,9 +61,15 @@ pub async fn notarise<K: Keys>(
     let id = stx.id();
     let notary = stx.tx().components().notary.clone().ok_or_else(|| FlowError::Invalid(format!("transaction {id} names no notary")))?;
     let session = ctx.initiate_as(&notary.name, NOTARY_PROTOCOL, 1).await?;
-    let transaction = FilteredTransaction::reveal_groups(stx.tx(), &FilteredTransaction::NOTARY_GROUPS);
     let signature = keys.sign_bytes(&me.owning_key, &request_signing_bytes(&id, &notary))?;
-    let answer: NotaryAnswer = ctx.send_and_receive(&session, &NotarisationRequest { transaction, signature }).await?;
+    let answer: NotaryAnswer = if ledger.is_validating_notary(&notary.name) {
+        ctx.send(&session, &NotaryRequest::Whole { tx_id: id, signature }).await?;
+        send_transaction(ctx, &session, ledger, stx).await?;
+        ctx.receive(&session).await?
+    } else {
+        let transaction = FilteredTransaction::reveal_groups(stx.tx(), &FilteredTransaction::NOTARY_GROUPS);
+        ctx.send_and_receive(&session, &NotaryRequest::Filtered(NotarisationRequest { transaction, signature })).await?
+    };
     let sig = answer.map_err(|refusal| FlowError::Notary(Box::new(refusal)))?;
     if !notary.owning_key.contains_leaf(&sig.by) {
         return Err(FlowError::Exception(format!(
@@ -96,7 +121,7 @@ pub async fn finality<L: Ledger, K: Keys>(
 ) -> Result<SignedTransaction, FlowError> {
     verify_recorded(ledger, &stx).await?;
     let notarised = if needs_notary(&stx) {
-        let sig = notarise(ctx, keys, me, &stx).await?;
+        let sig = notarise(ctx, ledger, keys, me, &stx).await?;
         stx.with_signature(sig)
     } else {
         stx
@@ -115,20 +140,63 @@ pub async fn finality<L: Ledger, K: Keys>(
 /// receives the request, looks the requesting party's key up with `identity` (the network
 /// map), and answers with the service's signature or its refusal. The notary's time is a
 /// journaled step, so a replayed request is judged at the same time.
-pub async fn notary_responder(
+///
+/// A validating service ([`NotaryService::is_validating`]) refuses tear-offs; for a whole
+/// transaction it resolves the back-chain from the client into `ledger`, verifies everything
+/// (contracts in `ledger`'s verifier, every signature but its own), and refuses an invalid
+/// transaction with `TransactionInvalid` naming why. A non-validating service takes a whole
+/// transaction too, but does not resolve or verify it: it checks what it checks of a tear-off.
+pub async fn notary_responder<L: Ledger>(
     ctx: &FlowContext,
     service: &NotaryService,
+    ledger: &Arc<L>,
     identity: impl Fn(&X500Name) -> Option<Party>,
 ) -> Result<(), FlowError> {
     let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("notary responder without a session".into()))?;
-    let request: NotarisationRequest = ctx.receive(&session).await?;
-    let now = Timestamp(ctx.now().await?);
-    let answer: NotaryAnswer = match identity(&session.party) {
-        Some(requester) => service.notarise(&request, &requester, now).await,
-        None => Err(NotaryRefusal::RequestSignatureInvalid {
-            tx_id: request.transaction.id,
-            requester: format!("{} (not on the network map)", session.party),
+    let request: NotaryRequest = ctx.receive(&session).await?;
+    let tx_id = match &request {
+        NotaryRequest::Filtered(r) => r.transaction.id,
+        NotaryRequest::Whole { tx_id, .. } => *tx_id,
+    };
+    let requester = identity(&session.party)
+        .ok_or_else(|| NotaryRefusal::RequestSignatureInvalid { tx_id, requester: format!("{} (not on the network map)", session.party) });
+    let answer: NotaryAnswer = match request {
+        NotaryRequest::Filtered(_) if service.is_validating() => Err(NotaryRefusal::TransactionInvalid {
+            tx_id,
+            reason: format!(
+                "{} is a validating notary: it needs the whole transaction with its back-chain, not a tear-off \
+                 (the client's network parameters disagree with the notary's)",
+                service.identity().name
+            ),
         }),
+        NotaryRequest::Filtered(request) => match requester {
+            Ok(requester) => service.notarise(&request, &requester, Timestamp(ctx.now().await?)).await,
+            Err(refusal) => Err(refusal),
+        },
+        NotaryRequest::Whole { signature, .. } => {
+            let options =
+                ReceiveOptions { record: false, allowed_missing: vec![service.identity().owning_key.clone()], any_missing: false };
+            let received = if service.is_validating() {
+                receive_transaction(ctx, &session, ledger, options).await.map(|r| r.transaction)
+            } else {
+                receive_unresolved(ctx, &session, ledger).await
+            };
+            match (received, requester) {
+                (Ok(_), Err(refusal)) => Err(refusal),
+                (Ok(received), Ok(requester)) if received.id() == tx_id => {
+                    service.notarise_whole(&received, &signature, &requester, Timestamp(ctx.now().await?)).await
+                }
+                (Ok(received), Ok(_)) => Err(NotaryRefusal::TransactionInvalid {
+                    tx_id,
+                    reason: format!("the request names transaction {tx_id} but transaction {} was sent", received.id()),
+                }),
+                (Err(FlowError::InvalidTransaction { id, reason, .. }), _) => Err(NotaryRefusal::TransactionInvalid {
+                    tx_id,
+                    reason: if id == tx_id.to_string() { reason } else { format!("in its back-chain, transaction {id}: {reason}") },
+                }),
+                (Err(e), _) => return Err(e),
+            }
+        }
     };
     ctx.send(&session, &answer).await
 }

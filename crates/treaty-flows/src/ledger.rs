@@ -5,11 +5,11 @@
 //! in memory with native contracts. The standard flows (see [`crate::resolve`] and
 //! [`crate::standard`]) touch the ledger only through it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use treaty_core::{Attachment, ContractVerifier, Limits, SecureHash, SignedTransaction};
+use treaty_core::{Attachment, ContractVerifier, Limits, SecureHash, SignedTransaction, X500Name};
 
 use crate::error::FlowError;
 
@@ -35,6 +35,9 @@ pub trait Ledger: Send + Sync + 'static {
     fn limits(&self) -> Limits;
     /// The largest message the network carries (bytes).
     fn max_message_size(&self) -> usize;
+    /// Whether the network parameters list `notary` as a validating notary (which needs whole
+    /// transactions with their back-chains, not tear-offs).
+    fn is_validating_notary(&self, notary: &X500Name) -> bool;
 }
 
 /// Checks an attachment bundle and describes it (see [`Ledger::check_attachment`]).
@@ -47,12 +50,25 @@ pub struct MemoryLedger {
     verifier: Arc<dyn ContractVerifier>,
     check: AttachmentCheck,
     max_message_size: usize,
+    validating_notaries: Mutex<HashSet<X500Name>>,
 }
 
 impl MemoryLedger {
     /// An empty ledger verifying contracts with `verifier` and attachments with `check`.
     pub fn new(verifier: Arc<dyn ContractVerifier>, check: AttachmentCheck, max_message_size: usize) -> MemoryLedger {
-        MemoryLedger { transactions: Mutex::default(), attachments: Mutex::default(), verifier, check, max_message_size }
+        MemoryLedger {
+            transactions: Mutex::default(),
+            attachments: Mutex::default(),
+            verifier,
+            check,
+            max_message_size,
+            validating_notaries: Mutex::default(),
+        }
+    }
+
+    /// Marks `notary` as validating, as network parameters would.
+    pub fn set_validating_notary(&self, notary: X500Name) {
+        crate::context::lock(&self.validating_notaries).insert(notary);
     }
 
     /// Records a transaction without checking it (test set-up).
@@ -147,5 +163,9 @@ impl Ledger for MemoryLedger {
 
     fn max_message_size(&self) -> usize {
         self.max_message_size
+    }
+
+    fn is_validating_notary(&self, notary: &X500Name) -> bool {
+        crate::context::lock(&self.validating_notaries).contains(notary)
     }
 }

@@ -22,7 +22,7 @@ pub mod store;
 pub use context::{FlowContext, Session};
 pub use engine::{CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, Registry, Transport};
 pub use error::FlowError;
-pub use finality::{NOTARY_PROTOCOL, finality, notarise, notary_responder, receive_finality};
+pub use finality::{NOTARY_PROTOCOL, NotaryRequest, finality, notarise, notary_responder, receive_finality};
 pub use journal::{Entry, FlowId, Received};
 pub use ledger::{AttachmentCheck, Ledger, MemoryLedger};
 pub use resolve::{ReceiveOptions, ReceivedTransaction, receive_transaction, send_transaction};

@@ -226,10 +226,7 @@ pub async fn receive_transaction<L: Ledger>(
     ledger: &Arc<L>,
     options: ReceiveOptions,
 ) -> Result<ReceivedTransaction, FlowError> {
-    let top: Batch = ctx.receive(session).await?;
-    let [(claimed, bytes)] = <[(SecureHash, Vec<u8>); 1]>::try_from(top.items)
-        .map_err(|items| FlowError::Exception(format!("{} sent {} transactions where one was expected", session.party, items.len())))?;
-    let stx = decode(&claimed, &bytes, session, ledger.as_ref())?;
+    let (claimed, stx) = receive_top(ctx, session, ledger).await?;
     // An error here ends the flow, and the engine tells the sender, which stops serving.
     let downloaded = resolve(ctx, session, ledger, &stx).await?;
     ctx.send(session, &Request::Done).await?;
@@ -267,6 +264,27 @@ pub async fn receive_transaction<L: Ledger>(
     }
     ledger.record(&downloaded.attachments, &chain).await?;
     Ok(ReceivedTransaction { transaction: stx, ledger_transaction, resolved: count })
+}
+
+/// Receives a transaction sent with [`send_transaction`] and checks only that it decodes and
+/// matches its id: its back-chain is neither asked for nor verified (a non-validating notary
+/// handed a whole transaction). The sender is told resolution is done.
+pub async fn receive_unresolved<L: Ledger>(ctx: &FlowContext, session: &Session, ledger: &Arc<L>) -> Result<SignedTransaction, FlowError> {
+    let (_, stx) = receive_top(ctx, session, ledger).await?;
+    ctx.send(session, &Request::Done).await?;
+    Ok(stx)
+}
+
+/// The transaction [`send_transaction`] opens with, decoded and checked against its id.
+async fn receive_top<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+) -> Result<(SecureHash, SignedTransaction), FlowError> {
+    let top: Batch = ctx.receive(session).await?;
+    let [(claimed, bytes)] = <[(SecureHash, Vec<u8>); 1]>::try_from(top.items)
+        .map_err(|items| FlowError::Exception(format!("{} sent {} transactions where one was expected", session.party, items.len())))?;
+    Ok((claimed, decode(&claimed, &bytes, session, ledger.as_ref())?))
 }
 
 fn decode<L: Ledger>(claimed: &SecureHash, bytes: &[u8], session: &Session, ledger: &L) -> Result<SignedTransaction, FlowError> {

@@ -34,14 +34,24 @@ struct PayArgs {
     to: String,
     salt: u8,
     stale: bool,
+    /// Tokens paid (the tip holds 100: more breaks the token contract).
+    #[serde(default = "hundred")]
+    amount: u64,
+    /// Only ask the notary, skipping the payer's own checks (a careless or malicious client).
+    #[serde(default)]
+    notarise_only: bool,
+}
+
+fn hundred() -> u64 {
+    100
 }
 
 /// Spends the chain's tip (holder B's, key 2) to holder A, optionally with a window long past.
-fn payment(chain: &TokenChain, salt: u8, stale: bool) -> SignedTransaction {
+fn payment(chain: &TokenChain, salt: u8, stale: bool, amount: u64) -> SignedTransaction {
     let (a, b) = (key(1).unwrap(), key(2).unwrap());
     let holder_a = Party { name: "O=Holder A,L=London,C=GB".parse().unwrap(), owning_key: a.public() };
     let out = TransactionState::new(
-        &Token { owner: holder_a.into(), amount: 100 },
+        &Token { owner: holder_a.into(), amount },
         TOKEN,
         chain.notary.clone(),
         AttachmentConstraint::Hash(chain.attachment_id),
@@ -63,11 +73,15 @@ fn payment(chain: &TokenChain, salt: u8, stale: bool) -> SignedTransaction {
 fn registry(l: Arc<MemoryLedger>, chain: Arc<TokenChain>, notary: Option<Arc<NotaryService>>) -> Registry {
     let mut r = Registry::new();
     let keys = Arc::new(KeyPairs::new(vec![key(2).unwrap(), key(20).unwrap()]));
-    let l1 = l.clone();
+    let (l1, l2) = (l.clone(), l.clone());
     r.flow("Pay", 1, move |ctx: FlowContext, args: PayArgs| {
         let (l, keys, chain) = (l1.clone(), keys.clone(), chain.clone());
         async move {
-            let stx = payment(&chain, args.salt, args.stale);
+            let stx = payment(&chain, args.salt, args.stale, args.amount);
+            if args.notarise_only {
+                let sig = notarise(&ctx, &l, &keys, &alice(), &stx).await?;
+                return Ok(json!({ "tx": stx.id().to_string(), "notary_signed": sig.verify(&stx.id()).is_ok() }));
+            }
             let bob = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
             let done = finality(&ctx, &l, &keys, &alice(), stx, &[bob]).await?;
             Ok(json!({ "tx": done.id().to_string(), "signatures": done.sigs().len() }))
@@ -82,8 +96,8 @@ fn registry(l: Arc<MemoryLedger>, chain: Arc<TokenChain>, notary: Option<Arc<Not
     });
     if let Some(service) = notary {
         r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
-            let service = service.clone();
-            async move { notary_responder(&ctx, &service, |who: &X500Name| (who == &name(ALICE)).then(alice)).await }
+            let (service, l) = (service.clone(), l2.clone());
+            async move { notary_responder(&ctx, &service, &l, |who: &X500Name| (who == &name(ALICE)).then(alice)).await }
         });
     }
     r
@@ -91,6 +105,7 @@ fn registry(l: Arc<MemoryLedger>, chain: Arc<TokenChain>, notary: Option<Arc<Not
 
 struct Net {
     net: SimNetwork,
+    notary_ledger: Arc<MemoryLedger>,
     dir: Directory,
     alice: Node,
     alice_disk: Disk,
@@ -102,6 +117,11 @@ struct Net {
 }
 
 async fn network() -> Net {
+    network_with(false).await
+}
+
+/// Alice, Bob and a notary (validating or not; the ledgers' network parameters agree).
+async fn network_with(validating: bool) -> Net {
     let net = SimNetwork::new();
     let dir = Directory::default();
     let chain = Arc::new(token_chain(3, 21).unwrap());
@@ -109,16 +129,25 @@ async fn network() -> Net {
     alice_ledger.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &NetworkParameters::default()).unwrap());
     chain.transactions.iter().for_each(|t| alice_ledger.insert(t.clone()));
     let provider = Arc::new(MemoryUniquenessProvider::new(Rules::default()));
-    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap());
+    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap().validating(validating));
+    if validating {
+        alice_ledger.set_validating_notary(chain.notary.name.clone());
+    }
     let alice_disk = Disk::default();
     let alice =
         Node::start(&net, &dir, ALICE, &alice_disk, registry(alice_ledger.clone(), chain.clone(), None), EngineOptions::default()).await;
     let bob =
         Node::start(&net, &dir, BOB, &Disk::default(), registry(bob_ledger.clone(), chain.clone(), None), EngineOptions::default()).await;
-    let notary =
-        Node::start(&net, &dir, NOTARY, &Disk::default(), registry(notary_ledger, chain.clone(), Some(service)), EngineOptions::default())
-            .await;
-    Net { net, dir, alice, alice_disk, alice_ledger, bob_ledger, chain, _bob: bob, _notary: notary }
+    let notary = Node::start(
+        &net,
+        &dir,
+        NOTARY,
+        &Disk::default(),
+        registry(notary_ledger.clone(), chain.clone(), Some(service)),
+        EngineOptions::default(),
+    )
+    .await;
+    Net { net, notary_ledger, dir, alice, alice_disk, alice_ledger, bob_ledger, chain, _bob: bob, _notary: notary }
 }
 
 async fn pay(engine: &FlowEngine, salt: u8, stale: bool) -> FlowRecord {
@@ -159,6 +188,45 @@ async fn a_stale_time_window_is_refused() {
     assert!(r.error.as_ref().unwrap().contains("outside the time window"), "{r:?}");
     // Nothing was consumed: a payment with a good window goes through.
     result(&pay(&n.alice.engine, 4, false).await);
+}
+
+#[tokio::test]
+async fn a_validating_notary_verifies_the_whole_chain_and_keeps_it() {
+    let n = network_with(true).await;
+    let out = result(&pay(&n.alice.engine, 6, false).await);
+    assert_eq!(out["signatures"], 2);
+    assert_eq!(n.notary_ledger.len(), 4, "the notary resolved and kept the back-chain (not the transaction itself)");
+    assert_eq!(n.bob_ledger.len(), 5);
+}
+
+async fn notarise_only(engine: &FlowEngine, amount: u64) -> FlowRecord {
+    let args = json!({ "to": BOB, "salt": 7, "stale": false, "amount": amount, "notarise_only": true });
+    let id = engine.start("Pay", args, None).await.unwrap();
+    finished(engine, id).await
+}
+
+#[tokio::test]
+async fn a_validating_notary_refuses_a_contract_invalid_transaction() {
+    let n = network_with(true).await;
+    let r = notarise_only(&n.alice.engine, 200).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    let err = r.error.unwrap();
+    assert!(
+        err.contains("notary refused") && err.contains("as invalid") && err.contains("a move must conserve tokens: 100 in, 200 out"),
+        "{err}"
+    );
+    // Nothing was consumed: the valid payment still goes through.
+    result(&pay(&n.alice.engine, 8, false).await);
+}
+
+#[tokio::test]
+async fn a_non_validating_notary_cannot_see_that_a_transaction_is_invalid() {
+    // The documented trade-off: it sees only inputs, references, time window and notary, so it
+    // signs a transaction whose contract fails. Participants still refuse to record it.
+    let n = network().await;
+    let out = result(&notarise_only(&n.alice.engine, 200).await);
+    assert_eq!(out["notary_signed"], true);
+    assert!(n.notary_ledger.is_empty(), "and it learned nothing of the back-chain");
 }
 
 #[tokio::test]

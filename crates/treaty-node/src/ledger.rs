@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 
 use treaty_core::{
     Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, SecureHash,
-    SignedTransaction,
+    SignedTransaction, X500Name,
 };
 use treaty_flows::resolve::dependencies;
 use treaty_flows::{FlowError, Ledger};
@@ -160,6 +160,10 @@ impl Ledger for NodeLedger {
 
     fn max_message_size(&self) -> usize {
         usize::try_from(self.params.max_message_size).unwrap_or(usize::MAX)
+    }
+
+    fn is_validating_notary(&self, notary: &X500Name) -> bool {
+        self.params.notaries.iter().any(|n| n.validating && n.identity.name == *notary)
     }
 }
 

@@ -229,7 +229,7 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
             };
             let mut r = registry(ledger.clone());
             if config.raw.notary.is_some() {
-                notary_service(config, &keys, &view, &mut r).await?;
+                notary_service(config, &keys, &view, &ledger, &mut r).await?;
             }
             apps(&mut r, &services);
             r
@@ -386,13 +386,16 @@ async fn follow_view(
     }
 }
 
-/// A notary node hosts the non-validating notary service: a redb uniqueness log in the node
-/// directory (`uniqueness.redb`), the node's identity key signing. Requesting parties' keys
-/// come from the network map.
+/// A notary node hosts the notary service (validating when its `[notary]` section says so): a
+/// redb uniqueness log in the node directory (`uniqueness.redb`), the node's identity key
+/// signing, batches of transactions committed together signed together. Requesting parties'
+/// keys come from the network map; a validating notary resolves back-chains into the node's
+/// ledger and verifies them in its sandbox.
 async fn notary_service(
     config: &LoadedConfig,
     keys: &NodeKeys,
     view: &watch::Receiver<Arc<NetworkView>>,
+    ledger: &Arc<NodeLedger>,
     r: &mut Registry,
 ) -> Result<(), NodeError> {
     if config.notary_service.is_some() {
@@ -409,15 +412,16 @@ async fn notary_service(
         .await
         .map_err(|e| NodeError::Database { url: path.display().to_string(), message: e.to_string() })?;
     let identity = Party { name: config.legal_name.clone(), owning_key: keys.identity.public() };
+    let validating = config.raw.notary.as_ref().is_some_and(|n| n.validating);
     let service =
         NotaryService::new(identity, crate::keys::identity_key(&config.dir)?, Arc::new(provider)).map_err(NodeError::Parameters)?;
-    let service = Arc::new(service);
-    let view = view.clone();
+    let service = Arc::new(service.validating(validating));
+    let (view, ledger) = (view.clone(), ledger.clone());
     r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
-        let (service, view) = (service.clone(), view.clone());
+        let (service, view, ledger) = (service.clone(), view.clone(), ledger.clone());
         async move {
             let lookup = |name: &X500Name| view.borrow().node(name).map(|n| n.legal_identity.clone());
-            notary_responder(&ctx, &service, lookup).await
+            notary_responder(&ctx, &service, &ledger, lookup).await
         }
     });
     Ok(())

@@ -31,6 +31,7 @@ mod provider;
 pub mod raft;
 mod request;
 pub mod service;
+pub mod signer;
 mod single_node;
 mod time_window;
 
@@ -43,6 +44,7 @@ pub use provider::{
 };
 pub use raft::{RaftConfig, RaftUniquenessProvider, ReplicaId};
 pub use request::{CommitRequest, Conflict, ConsumingTx, StateConflict, StateKind};
-pub use service::{NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryService, request_signing_bytes};
+pub use service::{DEFAULT_MAX_SIGNING_BATCH, NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryService, request_signing_bytes};
+pub use signer::BatchSigner;
 pub use single_node::{FORMAT_VERSION, RedbUniquenessProvider};
 pub use time_window::{DEFAULT_TIME_TOLERANCE_MICROS, TimeWindowCheck};

@@ -16,12 +16,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use treaty_core::{
-    FilteredTransaction, KeyPair, PLATFORM_VERSION, Party, PublicKey, SecureHash, StateRef, TimeWindow, Timestamp, TransactionSignature,
+    FilteredTransaction, KeyPair, Party, PublicKey, SecureHash, SignedTransaction, StateRef, TimeWindow, Timestamp, TransactionSignature,
 };
 
 use crate::error::NotaryError;
 use crate::provider::UniquenessProvider;
 use crate::request::{CommitRequest, Conflict};
+use crate::signer::BatchSigner;
 
 /// Domain separation for request signatures: a request signature can never be mistaken for a
 /// transaction signature.
@@ -125,13 +126,18 @@ pub type NotaryAnswer = Result<TransactionSignature, NotaryRefusal>;
 /// A notary service: its identity and signing key, and its uniqueness provider.
 pub struct NotaryService {
     identity: Party,
-    key: KeyPair,
+    signer: BatchSigner,
     provider: Arc<dyn UniquenessProvider>,
+    validating: bool,
 }
+
+/// The most transactions one batch signature covers by default.
+pub const DEFAULT_MAX_SIGNING_BATCH: usize = 1024;
 
 impl NotaryService {
     /// A service answering as `identity`, signing with `key` (whose public key is
-    /// `identity.owning_key`), committing through `provider`.
+    /// `identity.owning_key`), committing through `provider`. Transactions committed together
+    /// are signed together (see [`BatchSigner`]), up to [`DEFAULT_MAX_SIGNING_BATCH`].
     pub fn new(identity: Party, key: KeyPair, provider: Arc<dyn UniquenessProvider>) -> Result<NotaryService, String> {
         if key.public() != identity.owning_key {
             return Err(format!(
@@ -141,7 +147,24 @@ impl NotaryService {
                 identity.owning_key.short()
             ));
         }
-        Ok(NotaryService { identity, key, provider })
+        Ok(NotaryService { identity, signer: BatchSigner::new(key, DEFAULT_MAX_SIGNING_BATCH), provider, validating: false })
+    }
+
+    /// The same service as a validating notary (`true`): it asks for whole transactions with
+    /// their back-chains, and its host verifies them before [`NotaryService::notarise_whole`].
+    pub fn validating(self, validating: bool) -> NotaryService {
+        NotaryService { validating, ..self }
+    }
+
+    /// Whether this is a validating notary.
+    pub fn is_validating(&self) -> bool {
+        self.validating
+    }
+
+    /// The same service signing at most `max` transactions per signature (1: every transaction
+    /// signed alone).
+    pub fn with_max_signing_batch(self, max: usize) -> NotaryService {
+        NotaryService { signer: self.signer.with_max_batch(max), ..self }
     }
 
     /// The service's identity.
@@ -179,6 +202,27 @@ impl NotaryService {
         self.commit_and_sign(tx_id, inputs, references, time_window, requester, now).await
     }
 
+    /// Notarisation of a whole transaction `stx` from `requester`, which the caller (a
+    /// validating notary's host) has already resolved and verified completely — contracts
+    /// included, only this notary's signature missing. Checks that it names this notary and the
+    /// request signature, then commits and signs.
+    pub async fn notarise_whole(&self, stx: &SignedTransaction, signature: &[u8], requester: &Party, now: Timestamp) -> NotaryAnswer {
+        let tx_id = stx.id();
+        let c = stx.tx().components();
+        self.check_notary(tx_id, c.notary.as_ref())?;
+        requester
+            .owning_key
+            .verify(&request_signing_bytes(&tx_id, &self.identity), signature)
+            .map_err(|_| NotaryRefusal::RequestSignatureInvalid { tx_id, requester: requester.name.to_string() })?;
+        if c.inputs.is_empty() && c.references.is_empty() && c.time_window.is_none() {
+            return Err(NotaryRefusal::TransactionInvalid {
+                tx_id,
+                reason: "it has no inputs, references or time window: there is nothing to notarise".into(),
+            });
+        }
+        self.commit_and_sign(tx_id, c.inputs.clone(), c.references.clone(), c.time_window, requester, now).await
+    }
+
     /// Checks that `named` is this notary.
     pub fn check_notary(&self, tx_id: SecureHash, named: Option<&Party>) -> Result<(), NotaryRefusal> {
         if named != Some(&self.identity) {
@@ -204,7 +248,7 @@ impl NotaryService {
     ) -> NotaryAnswer {
         let request = CommitRequest { tx_id, inputs, references, time_window, requester: requester.name.clone() };
         match self.provider.commit(request, now).await {
-            Ok(()) => Ok(self.key.sign_transaction(&tx_id, PLATFORM_VERSION)),
+            Ok(()) => Ok(self.signer.sign(tx_id).await),
             Err(NotaryError::Conflict { tx_id, conflict }) => Err(NotaryRefusal::Conflict { tx_id, conflict }),
             Err(NotaryError::TimeWindowInvalid { tx_id, window, now, tolerance_micros }) => {
                 Err(NotaryRefusal::TimeWindowInvalid { tx_id, window, notary_time: now, tolerance_micros })
@@ -216,6 +260,6 @@ impl NotaryService {
 
     /// The service's public key (what its signatures verify with).
     pub fn public_key(&self) -> PublicKey {
-        self.key.public()
+        self.signer.key().public()
     }
 }
