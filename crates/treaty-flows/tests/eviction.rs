@@ -9,25 +9,21 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
+mod common;
+
+use common::{ALICE, BOB, Directory, Node, finished, name, result};
 use treaty_core::{X500Name, encoding};
 use treaty_flows::protocol::{Envelope, FLOW_TOPIC, SessionMessage};
 use treaty_flows::*;
-use treaty_net::messaging::{InboundMessage, MemoryMessageStore, MessageId, Messenger, MessengerConfig, PeerDirectory, StoreError};
-use treaty_net::sim::{SimConnector, SimNetwork};
+use treaty_net::messaging::{InboundMessage, MemoryMessageStore, MessageId, StoreError};
+use treaty_net::sim::SimNetwork;
 use treaty_storage::Database;
-
-const ALICE: &str = "O=Alice,L=London,C=GB";
-const BOB: &str = "O=Bob,L=Paris,C=FR";
-
-fn name(s: &str) -> X500Name {
-    s.parse().unwrap()
-}
 
 fn parked_at_once() -> EngineOptions {
     EngineOptions { evict_after: Some(Duration::ZERO), ..EngineOptions::default() }
@@ -40,15 +36,6 @@ async fn until(what: &str, done: impl Fn() -> bool) {
         assert!(began.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-async fn finished(engine: &FlowEngine, id: FlowId) -> FlowRecord {
-    tokio::time::timeout(Duration::from_secs(20), engine.wait(id)).await.expect("flow finished in time").unwrap()
-}
-
-fn result(r: &FlowRecord) -> serde_json::Value {
-    assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
-    serde_json::from_slice(r.result.as_ref().unwrap()).unwrap()
 }
 
 fn received(journal: &[Entry]) -> Vec<MessageId> {
@@ -68,73 +55,7 @@ async fn sqlite(dir: &std::path::Path) -> (Database, Arc<SqlFlowStore>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Two nodes over the simulated network.
-
-type Directory = Arc<RwLock<HashMap<X500Name, Vec<String>>>>;
-
-struct Node {
-    engine: FlowEngine,
-    messenger: Messenger<MemoryMessageStore, SimConnector>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    net: SimNetwork,
-    address: String,
-}
-
-impl Node {
-    async fn start<F: FlowStore>(
-        net: &SimNetwork,
-        dir: &Directory,
-        legal: &str,
-        messages: &Arc<MemoryMessageStore>,
-        flows: Arc<F>,
-        registry: Registry,
-        options: EngineOptions,
-    ) -> Node {
-        let me = name(legal);
-        let address = format!("sim:{legal}");
-        dir.write().unwrap().insert(me.clone(), vec![address.clone()]);
-        let d = dir.clone();
-        let directory: Arc<dyn PeerDirectory> = Arc::new(move |p: &X500Name| d.read().unwrap().get(p).cloned().unwrap_or_default());
-        let config = MessengerConfig {
-            ack_timeout: Duration::from_millis(200),
-            retry_min: Duration::from_millis(5),
-            retry_max: Duration::from_millis(100),
-            rescan_interval: Duration::from_millis(100),
-            ..MessengerConfig::default()
-        };
-        let (messenger, mut inbox) = Messenger::new(me.clone(), messages.clone(), net.connector(&me), directory, config);
-        let engine = FlowEngine::new(me.clone(), flows, Arc::new(messenger.clone()), registry, options);
-        engine.resume().await.unwrap();
-        let mut tasks = Vec::new();
-        let e = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(m) = inbox.recv().await {
-                if m.topic == FLOW_TOPIC {
-                    e.deliver(m).await.unwrap();
-                }
-            }
-        }));
-        messenger.start().await.unwrap();
-        let mut incoming = net.listen(&address, &me);
-        let server = messenger.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some((link, peer)) = incoming.recv().await {
-                let server = server.clone();
-                tokio::spawn(async move { server.serve_link(link, peer).await });
-            }
-        }));
-        Node { engine, messenger, tasks, net: net.clone(), address }
-    }
-
-    fn stop(self) {
-        self.engine.shutdown();
-        self.messenger.shutdown();
-        for t in self.tasks {
-            t.abort();
-        }
-        self.net.unlisten(&self.address);
-    }
-}
+// Two nodes over the simulated network (the shared harness).
 
 /// Flows whose outside effects are counted by journaled side effects, so replays (which every
 /// revival is) do not count twice.
@@ -263,8 +184,8 @@ async fn pair<A: FlowStore, B: FlowStore>(knobs: &Arc<Knobs>, alice: Arc<A>, bob
     let net = SimNetwork::new();
     let dir = Directory::default();
     let (ma, mb) = (Arc::new(MemoryMessageStore::default()), Arc::new(MemoryMessageStore::default()));
-    let alice = Node::start(&net, &dir, ALICE, &ma, alice, registry(knobs.clone()), options.clone()).await;
-    let bob = Node::start(&net, &dir, BOB, &mb, bob, registry(knobs.clone()), options).await;
+    let alice = Node::start_with(&net, &dir, ALICE, &ma, alice, registry(knobs.clone()), options.clone()).await;
+    let bob = Node::start_with(&net, &dir, BOB, &mb, bob, registry(knobs.clone()), options).await;
     Pair { alice, bob }
 }
 
@@ -290,8 +211,8 @@ async fn late_answer<A: FlowStore, B: FlowStore>(alice: Arc<A>, bob: Arc<B>) {
     assert_eq!(received(&alice.journal(id).await.unwrap()).len(), 1, "the answer was journaled once");
     assert!(knobs.bodies.load(Ordering::SeqCst) >= 2, "the flow was not brought back by replay");
     assert_eq!((p.alice.engine.resident(), p.alice.engine.parked(), p.alice.engine.running()), (0, 0, 0));
-    p.alice.stop();
-    p.bob.stop();
+    p.alice.crash();
+    p.bob.crash();
 }
 
 #[tokio::test]
@@ -325,8 +246,8 @@ async fn a_conversation_parked_at_every_wait_on_both_sides_finishes_exactly_once
     assert_eq!(received(&bob.journal(responder[0].id).await.unwrap()).len(), 7);
     assert_eq!(knobs.ran(&format!("{id}/pinged")), 1);
     assert_eq!(knobs.ran(&format!("{}/ponged", responder[0].id)), 1);
-    p.alice.stop();
-    p.bob.stop();
+    p.alice.crash();
+    p.bob.crash();
     a.close().await;
     b.close().await;
     let _ = (std::fs::remove_dir_all(da), std::fs::remove_dir_all(db));
@@ -343,8 +264,8 @@ async fn a_receive_first_initiator_brought_back_answers_in_the_same_session() {
     let responders = p.bob.engine.list().await.unwrap();
     assert_eq!(responders.len(), 1, "Bob started a second responder: {responders:?}");
     assert_eq!(finished(&p.bob.engine, responders[0].id).await.status, FlowStatus::Completed);
-    p.alice.stop();
-    p.bob.stop();
+    p.alice.crash();
+    p.bob.crash();
 }
 
 // ---------------------------------------------------------------------------------------------

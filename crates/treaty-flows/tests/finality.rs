@@ -230,7 +230,6 @@ async fn a_non_validating_notary_cannot_see_that_a_transaction_is_invalid() {
 }
 
 #[tokio::test]
-#[ignore = "hangs about 1 run in 4 under the full suite's load (passes alone): a crash-race to find first; see the issue note"]
 async fn the_payer_crashing_after_notarisation_still_records_and_shares_once() {
     let n = network().await;
     let id = n.alice.engine.start("Pay", json!({ "to": BOB, "salt": 5, "stale": false }), None).await.unwrap();

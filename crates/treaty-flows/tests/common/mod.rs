@@ -47,14 +47,27 @@ pub struct Node {
 
 impl Node {
     pub async fn start(net: &SimNetwork, dir: &Directory, legal: &str, disk: &Disk, registry: Registry, options: EngineOptions) -> Node {
+        Node::start_with(net, dir, legal, &disk.messages, disk.flows.clone(), registry, options).await
+    }
+
+    /// A node whose flows are kept in `flows` (any store: SQLite too).
+    pub async fn start_with<F: FlowStore>(
+        net: &SimNetwork,
+        dir: &Directory,
+        legal: &str,
+        messages: &Arc<MemoryMessageStore>,
+        flows: Arc<F>,
+        registry: Registry,
+        options: EngineOptions,
+    ) -> Node {
         let me = name(legal);
         let address = format!("sim:{legal}");
         dir.write().unwrap().insert(me.clone(), vec![address.clone()]);
         let d = dir.clone();
         let directory: Arc<dyn PeerDirectory> = Arc::new(move |p: &X500Name| d.read().unwrap().get(p).cloned().unwrap_or_default());
         let config = MessengerConfig { max_message_size: 64 * 1024 * 1024, ..fast() };
-        let (messenger, mut inbox) = Messenger::new(me.clone(), disk.messages.clone(), net.connector(&me), directory, config);
-        let engine = FlowEngine::new(me.clone(), disk.flows.clone(), Arc::new(messenger.clone()), registry, options);
+        let (messenger, mut inbox) = Messenger::new(me.clone(), messages.clone(), net.connector(&me), directory, config);
+        let engine = FlowEngine::new(me.clone(), flows, Arc::new(messenger.clone()), registry, options);
         engine.resume().await.unwrap();
         let mut tasks = Vec::new();
         let e = engine.clone();
@@ -69,9 +82,13 @@ impl Node {
         let mut incoming = net.listen(&address, &me);
         let server = messenger.clone();
         tasks.push(tokio::spawn(async move {
+            // The links die with this task (a crash aborts it): a crashed node must not go on
+            // accepting and acknowledging messages that its successor would never see.
+            let mut links = tokio::task::JoinSet::new();
             while let Some((link, peer)) = incoming.recv().await {
                 let server = server.clone();
-                tokio::spawn(async move { server.serve_link(link, peer).await });
+                links.spawn(async move { server.serve_link(link, peer).await });
+                while links.try_join_next().is_some() {}
             }
         }));
         Node { engine, messenger, tasks, net: net.clone(), address }

@@ -353,9 +353,14 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
         let silence = inner.config.idle_timeout * 2;
         loop {
             let frame = tokio::select! {
-                frame = tokio::time::timeout(silence, link.recv()) => frame,
+                biased;
                 _ = stop.changed() => return,
+                frame = tokio::time::timeout(silence, link.recv()) => frame,
             };
+            // Shut down while the frame arrived: no acknowledgement, the sender retries later.
+            if *stop.borrow() {
+                return;
+            }
             let frame = match frame {
                 Ok(Ok(frame)) => frame,
                 Ok(Err(TransportError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
