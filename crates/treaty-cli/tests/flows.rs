@@ -86,6 +86,40 @@ async fn echo_runs_between_two_nodes_and_survives_downtime_and_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_identities_gives_each_side_a_fresh_key_only_the_other_can_name() {
+    use treaty_flows::Identities;
+    let dir = bootstrap("swap");
+    let _map = map(&dir).await;
+    let alice = start(&dir, "alice").await;
+    let bob = start(&dir, "bob").await;
+    knows(&alice, BOB).await;
+    knows(&bob, ALICE).await;
+
+    let id = alice.flows.start(node::SWAP_IDENTITIES, json!({"with": BOB}), None).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), alice.flows.wait(id)).await.unwrap().unwrap();
+    assert_eq!(done.status, FlowStatus::Completed, "{done:?}");
+    let result: serde_json::Value = serde_json::from_slice(done.result.as_ref().unwrap()).unwrap();
+    let key = |field: &str| -> treaty_core::PublicKey { result[field].as_str().unwrap().parse().unwrap() };
+    let (mine, theirs) = (key("mine"), key("theirs"));
+    let (alice_name, bob_name): (treaty_core::X500Name, treaty_core::X500Name) = (ALICE.parse().unwrap(), BOB.parse().unwrap());
+    assert_ne!(mine, alice.view.borrow().node(&alice_name).unwrap().legal_identity.owning_key, "a fresh key, not the well-known one");
+    assert_eq!(bob.identities.owner_of(&mine).await.unwrap(), Some(alice_name.clone()), "Bob can name Alice's fresh key");
+    assert_eq!(alice.identities.owner_of(&theirs).await.unwrap(), Some(bob_name), "and Alice Bob's");
+    assert_eq!((alice.identities.confidential_keys(), bob.identities.confidential_keys()), (1, 1));
+
+    // The key survives a restart: derived again from the seed file, and it can still sign.
+    alice.stop();
+    let alice = start(&dir, "alice").await;
+    assert_eq!(alice.identities.confidential_keys(), 1);
+    use treaty_flows::Keys;
+    assert_eq!(alice.identities.owned(std::slice::from_ref(&mine)), vec![mine.clone()]);
+    let sig = alice.identities.sign_bytes(&mine, b"still mine").unwrap();
+    mine.verify(b"still mine", &sig).unwrap();
+    assert!(dir.join("alice/keys/confidential.key").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
 
 /// An application flow on real nodes: pays the chain's tip (holder B's, key 2 of the testkit)

@@ -13,6 +13,7 @@
 
 pub mod amount;
 pub mod composite;
+pub mod confidential;
 pub mod contract;
 pub mod crypto;
 pub mod encoding;

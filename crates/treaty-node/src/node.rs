@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, SecureHash, SignedTransaction, X500Name, encoding};
 use treaty_flows::protocol::FLOW_TOPIC;
 use treaty_flows::{
-    EngineOptions, FlowContext, FlowEngine, FlowError, KeyPairs, Ledger, NOTARY_PROTOCOL, ReceiveOptions, Registry, SqlFlowStore,
-    notary_responder, receive_transaction, send_transaction,
+    EngineOptions, FlowContext, FlowEngine, FlowError, Ledger, NOTARY_PROTOCOL, ReceiveOptions, Registry, SqlFlowStore, notary_responder,
+    receive_transaction, send_transaction, swap_identities,
 };
 use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
 use treaty_net::messaging::{InboundMessage, MessageId, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
@@ -26,6 +26,7 @@ use treaty_notary::{NotaryService, RedbUniquenessProvider, UniquenessConfig};
 use treaty_storage::{Database, IdentityRecord, SqlMessageStore};
 
 use crate::config::LoadedConfig;
+use crate::identities::NodeIdentities;
 use crate::keys::{KeysError, NodeKeys};
 use crate::ledger::NodeLedger;
 
@@ -88,6 +89,8 @@ pub struct RunningNode {
     pub flows: FlowEngine,
     /// Its ledger: transactions, attachments, contract verification.
     pub ledger: Arc<NodeLedger>,
+    /// Its keys: the identity key and its confidential identities.
+    pub identities: Arc<NodeIdentities>,
     /// How long start-up took.
     pub started_in: Duration,
     tasks: Vec<JoinHandle<()>>,
@@ -177,8 +180,8 @@ pub async fn start(config: &LoadedConfig) -> Result<RunningNode, NodeError> {
 pub struct NodeServices {
     /// Transactions, attachments, contract verification.
     pub ledger: Arc<NodeLedger>,
-    /// The keys the node signs with (its identity key).
-    pub keys: Arc<KeyPairs>,
+    /// The keys the node signs with: its identity key and its confidential keys.
+    pub keys: Arc<NodeIdentities>,
     /// The node's well-known identity.
     pub identity: Party,
 }
@@ -217,6 +220,7 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
     tasks.push(tokio::spawn(follow_view(view.clone(), keys.tls.revoked.clone(), db.clone())));
     let flow_store = SqlFlowStore::open(&db).await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
     let ledger = Arc::new(NodeLedger::new(db.clone(), parameters.clone()));
+    let identities = Arc::new(NodeIdentities::load(config.legal_name.clone(), &config.dir, &db, view.clone()).await?);
     let flows = FlowEngine::new(
         config.legal_name.clone(),
         Arc::new(flow_store),
@@ -224,10 +228,10 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         {
             let services = NodeServices {
                 ledger: ledger.clone(),
-                keys: Arc::new(KeyPairs::new(vec![crate::keys::identity_key(&config.dir)?])),
+                keys: identities.clone(),
                 identity: Party { name: config.legal_name.clone(), owning_key: keys.identity.public() },
             };
-            let mut r = registry(ledger.clone());
+            let mut r = registry(ledger.clone(), identities.clone());
             if config.raw.notary.is_some() {
                 notary_service(config, &keys, &view, &ledger, &mut r).await?;
             }
@@ -292,6 +296,7 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         parameters,
         flows,
         ledger,
+        identities,
         started_in: began.elapsed(),
         tasks,
         rpc: Some(rpc),
@@ -434,7 +439,11 @@ async fn notary_service(
 ///   party, whose node resolves its back-chain from this one, verifies and records it all;
 ///   it returns `{"transaction": ID, "to": NAME, "resolved": N}` (N back-chain transactions
 ///   the receiver lacked).
-pub fn registry(ledger: Arc<NodeLedger>) -> Registry {
+/// - `SwapIdentities {"with": NAME}` exchanges fresh confidential keys with the party: each
+///   side derives a new key from its seed, certifies it with its well-known key and proves it
+///   holds it; it returns `{"with": NAME, "mine": KEY, "theirs": KEY}`, and each node now knows
+///   who owns the other's key.
+pub fn registry(ledger: Arc<NodeLedger>, ids: Arc<NodeIdentities>) -> Registry {
     #[derive(serde::Deserialize)]
     struct EchoArgs {
         to: String,
@@ -445,7 +454,36 @@ pub fn registry(ledger: Arc<NodeLedger>) -> Registry {
         transaction: String,
         to: String,
     }
+    #[derive(serde::Deserialize)]
+    struct SwapArgs {
+        with: String,
+    }
     let mut r = Registry::new();
+    let i = ids.clone();
+    r.flow(SWAP_IDENTITIES, 1, move |ctx: FlowContext, args: SwapArgs| {
+        let ids = i.clone();
+        async move {
+            let with: X500Name = args
+                .with
+                .parse()
+                .map_err(|e| FlowError::InvalidArguments { flow: SWAP_IDENTITIES.into(), reason: format!("with: {e}") })?;
+            let session = ctx.initiate(&with).await?;
+            let swapped = swap_identities(&ctx, &session, &ids).await?;
+            Ok(serde_json::json!({
+                "with": with.to_string(),
+                "mine": swapped.mine.owning_key.to_string(),
+                "theirs": swapped.theirs.owning_key.to_string(),
+            }))
+        }
+    });
+    r.responder(SWAP_IDENTITIES, move |ctx: FlowContext| {
+        let ids = ids.clone();
+        async move {
+            let session =
+                ctx.initiating_session().ok_or_else(|| FlowError::Invalid("SwapIdentities responder without a session".into()))?;
+            swap_identities(&ctx, &session, &ids).await.map(|_| ())
+        }
+    });
     let l = ledger.clone();
     r.flow(SEND_TRANSACTION, 1, move |ctx: FlowContext, args: SendArgs| {
         let ledger = l.clone();
@@ -490,6 +528,8 @@ pub fn registry(ledger: Arc<NodeLedger>) -> Registry {
     r
 }
 
+/// The built-in flow that exchanges fresh confidential keys with a party (see [`registry`]).
+pub const SWAP_IDENTITIES: &str = "SwapIdentities";
 /// The built-in round-trip flow (see [`registry`]).
 pub const ECHO: &str = "Echo";
 /// The built-in flow that shares a recorded transaction with its back-chain (see [`registry`]).

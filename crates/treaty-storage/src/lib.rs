@@ -14,6 +14,7 @@
 //!
 //! See `docs/storage.md` for the tables, durability settings and the migration scheme.
 
+mod confidential;
 mod db;
 mod error;
 mod ledger;
@@ -21,6 +22,7 @@ mod messaging;
 pub mod migrate;
 mod netmap;
 
+pub use confidential::ConfidentialStore;
 pub use db::{BackendKind, Database, GroupCommit, GroupWrite, Pool, SQLITE_BUSY_TIMEOUT, SqliteGroup, WriteTransaction};
 pub use error::StorageError;
 pub use ledger::{AttachmentStore, IdentityRecord, IdentityStore, Recorded, TransactionStore};

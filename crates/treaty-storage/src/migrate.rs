@@ -37,7 +37,8 @@ pub struct Migrations {
     pub postgres: &'static [Migration],
 }
 
-/// The ledger component: `treaty_transactions`, `treaty_attachments`, `treaty_identities`.
+/// The ledger component: `treaty_transactions`, `treaty_attachments`, `treaty_identities`,
+/// `treaty_transaction_dependencies`, `treaty_confidential_identities`.
 pub const LEDGER_MIGRATIONS: Migrations = Migrations {
     component: "ledger",
     sqlite: &[
@@ -51,6 +52,11 @@ pub const LEDGER_MIGRATIONS: Migrations = Migrations {
             description: "transaction dependencies",
             sql: include_str!("../migrations/sqlite/0002_ledger_dependencies.sql"),
         },
+        Migration {
+            version: 3,
+            description: "confidential identities",
+            sql: include_str!("../migrations/sqlite/0003_ledger_confidential_identities.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -62,6 +68,11 @@ pub const LEDGER_MIGRATIONS: Migrations = Migrations {
             version: 2,
             description: "transaction dependencies",
             sql: include_str!("../migrations/postgres/0002_ledger_dependencies.sql"),
+        },
+        Migration {
+            version: 3,
+            description: "confidential identities",
+            sql: include_str!("../migrations/postgres/0003_ledger_confidential_identities.sql"),
         },
     ],
 };

@@ -161,6 +161,7 @@ db_tests!(
     ancestors_walk_breadth_first,
     attachments_round_trip,
     identities_round_trip,
+    confidential_identities_allocate_and_register,
     network_map_round_trip,
     data_survives_reopening,
     concurrent_writers_all_succeed,
@@ -330,6 +331,39 @@ async fn identities_round_trip(fx: &Fixture) {
     assert_eq!(ids.by_name(&alice.name).await.unwrap(), Some(rotated.clone()));
     assert_eq!(ids.by_key(&alice.owning_key).await.unwrap(), None);
     assert_eq!(ids.all().await.unwrap().len(), 2);
+    db.close().await;
+}
+
+async fn confidential_identities_allocate_and_register(fx: &Fixture) {
+    use treaty_core::confidential::{IdentityCertificate, confidential_key};
+    let db = fx.open().await;
+    let store = db.confidential_identities();
+    let (alice, seed) = (std::sync::Arc::new(key(1)), [7u8; 32]);
+    // Concurrent allocations get distinct indices, each stored with its certificate.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, alice) = (store.clone(), alice.clone());
+        tasks.spawn(async move {
+            let issue = |i: u32| Ok(IdentityCertificate::issue(confidential_key(&seed, i).unwrap().public(), name("Alice"), &alice));
+            store.allocate(issue).await.unwrap().0
+        });
+    }
+    let mut indices: Vec<u32> = tasks.join_all().await;
+    indices.sort_unstable();
+    assert_eq!(indices, (0..8).collect::<Vec<_>>());
+    let own = store.own_keys().await.unwrap();
+    assert_eq!(own.len(), 8);
+    for (i, k) in &own {
+        assert_eq!(k, &confidential_key(&seed, *i).unwrap().public(), "index {i} holds the key derived at {i}");
+        assert_eq!(store.owner_of(k).await.unwrap(), Some(name("Alice")));
+    }
+    // A counterparty's key: registered once, first owner kept, not one of ours.
+    let bob_cert = IdentityCertificate::issue(key(9).public(), name("Bob"), &key(2));
+    store.register(&bob_cert).await.unwrap();
+    store.register(&IdentityCertificate { owner: name("Mallory"), ..bob_cert.clone() }).await.unwrap();
+    assert_eq!(store.certificate(&bob_cert.key).await.unwrap(), Some(bob_cert.clone()));
+    assert_eq!(store.own_keys().await.unwrap().len(), 8);
+    assert_eq!(store.owner_of(&key(10).public()).await.unwrap(), None);
     db.close().await;
 }
 
