@@ -97,8 +97,7 @@ impl Vault {
         ));
         if !exprs.is_empty() {
             let list = exprs.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>().join(", ");
-            let order =
-                exprs.iter().map(|(e, _)| format!("CASE WHEN {e} IS NULL THEN 1 ELSE 0 END, {e}")).collect::<Vec<_>>().join(", ");
+            let order = exprs.iter().map(|(e, _)| format!("CASE WHEN {e} IS NULL THEN 1 ELSE 0 END, {e}")).collect::<Vec<_>>().join(", ");
             text.push_str(&format!(" GROUP BY {list} ORDER BY {order}"));
         }
         let what = "aggregating treaty_vault_states";

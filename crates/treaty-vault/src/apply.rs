@@ -59,8 +59,8 @@ struct Prepared<'a> {
 const RETURNING_STATE: &str =
     "seq, tx_id, output_index, status, recorded_at, consumed_at, consuming_tx, state_bytes, linear_id, external_id, lock_id";
 
-/// Rows per multi-row `INSERT` are at most 128 ([`chunks`]); with at most 11 columns a
-/// statement binds fewer than 1,500 values, under both backends' limits.
+// Rows per multi-row `INSERT` are at most 128 (`chunks`); with at most 11 columns a statement
+// binds fewer than 1,500 values, well under both backends' limits.
 impl Vault {
     /// Applies recorded transactions in one database transaction (all or nothing).
     ///
@@ -90,7 +90,8 @@ impl Vault {
                 if !state.data.participants.iter().any(|p| is_ours(p, ours)) {
                     continue;
                 }
-                let index = u32::try_from(i).map_err(|_| VaultError::Corrupt { what: format!("transaction {id}"), reason: "too many outputs".into() })?;
+                let index = u32::try_from(i)
+                    .map_err(|_| VaultError::Corrupt { what: format!("transaction {id}"), reason: "too many outputs".into() })?;
                 let state_ref = StateRef { txhash: id, index };
                 let derived = Derived::of(&registry, &state_ref, state)?;
                 // The exact bytes the transaction carries (never re-encoded).

@@ -270,9 +270,7 @@ impl Criteria {
                     return "FALSE".into();
                 }
                 let list = sql.list(keys.iter().map(|k| Arg::Text(key_text(k))));
-                format!(
-                    "EXISTS (SELECT 1 FROM treaty_vault_participants p WHERE p.state_seq = s.seq AND p.owning_key IN ({list}))"
-                )
+                format!("EXISTS (SELECT 1 FROM treaty_vault_participants p WHERE p.state_seq = s.seq AND p.owning_key IN ({list}))")
             }
             Criteria::Recorded(range) => time_range_sql(sql, "s.recorded_at", range),
             Criteria::Consumed(range) => format!("(s.consumed_at IS NOT NULL AND {})", time_range_sql(sql, "s.consumed_at", range)),
@@ -342,9 +340,9 @@ impl Criteria {
             Criteria::All | Criteria::Status(StatusFilter::All) => true,
             Criteria::Status(StatusFilter::Unconsumed) => state.status == Status::Unconsumed,
             Criteria::Status(StatusFilter::Consumed) => state.status == Status::Consumed,
-            Criteria::StateTypes(types) => types.iter().any(|t| *t == state.state.data.type_id),
-            Criteria::Contracts(contracts) => contracts.iter().any(|c| *c == state.state.contract),
-            Criteria::Notaries(names) => names.iter().any(|n| *n == state.state.notary.name),
+            Criteria::StateTypes(types) => types.contains(&state.state.data.type_id),
+            Criteria::Contracts(contracts) => contracts.contains(&state.state.contract),
+            Criteria::Notaries(names) => names.contains(&state.state.notary.name),
             Criteria::LinearIds(ids) => derived.linear.as_ref().is_some_and(|l| ids.contains(&l.id)),
             Criteria::ExternalIds(ids) => {
                 derived.linear.as_ref().and_then(|l| l.external_id.as_ref()).is_some_and(|e| ids.iter().any(|i| i == e))

@@ -53,7 +53,11 @@ use crate::sql::{Context, Sql, bind_args, on_pool};
 /// The vault component's migrations (tables `treaty_vault_*` and the `vault_*` views).
 pub const VAULT_MIGRATIONS: Migrations = Migrations {
     component: "vault",
-    sqlite: &[Migration { version: 1, description: "vault states, columns, views", sql: include_str!("../migrations/sqlite/0001_vault.sql") }],
+    sqlite: &[Migration {
+        version: 1,
+        description: "vault states, columns, views",
+        sql: include_str!("../migrations/sqlite/0001_vault.sql"),
+    }],
     postgres: &[Migration {
         version: 1,
         description: "vault states, columns, views",

@@ -60,8 +60,7 @@ pub struct VaultState {
 
 /// The columns of one row of `treaty_vault_states` that a [`VaultState`] is read from, in the
 /// order every query selects them (prefix `s.`).
-pub(crate) const STATE_COLUMNS: &str =
-    "s.seq, s.tx_id, s.output_index, s.status, s.recorded_at, s.consumed_at, s.consuming_tx, s.state_bytes, s.linear_id, s.external_id, s.lock_id";
+pub(crate) const STATE_COLUMNS: &str = "s.seq, s.tx_id, s.output_index, s.status, s.recorded_at, s.consumed_at, s.consuming_tx, s.state_bytes, s.linear_id, s.external_id, s.lock_id";
 
 /// How many columns [`STATE_COLUMNS`] has.
 pub(crate) const STATE_COLUMN_COUNT: usize = 11;
