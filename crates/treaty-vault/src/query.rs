@@ -78,8 +78,11 @@ impl Direction {
     }
 }
 
-/// A sort order: the keys in priority order, then the recording order (which breaks ties).
-/// The default is the recording order alone.
+/// A sort order: the keys in priority order, then the recording order, which breaks ties —
+/// ascending, unless every key is a column that is never NULL (`recorded_at`, `state_ref`,
+/// `type_id`) and all share one direction, in which case the ties follow that direction (so
+/// `recorded_at desc` is newest first throughout, and an index serves the walk). The default
+/// is the recording order alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Sort {
     keys: Vec<(SortColumn, Direction)>,
@@ -299,7 +302,14 @@ impl Plan {
             }
             description.push_str(&format!("{column:?}:{dir:?};"));
         }
-        keys.push(Key { expr: "s.seq".into(), kind: KeyKind::Int, nullable: false, dir: Direction::Ascending });
+        // The recording sequence breaks ties: in the sort's direction when every key is a
+        // column that is never NULL and all share one direction (the keyset condition is then
+        // a row-value comparison an index can serve), else ascending (ties in recording order).
+        let tie = match keys.first() {
+            Some(first) if keys.iter().all(|k| !k.nullable && k.dir == first.dir) => first.dir,
+            _ => Direction::Ascending,
+        };
+        keys.push(Key { expr: "s.seq".into(), kind: KeyKind::Int, nullable: false, dir: tie });
         let hash = SecureHash::sha256(description.as_bytes());
         let mut fingerprint = [0u8; 8];
         fingerprint.copy_from_slice(&hash.as_bytes()[..8]);
@@ -327,6 +337,28 @@ impl Plan {
         let other_sort = || VaultError::InvalidCursor { reason: "it was made for a different sort order".into() };
         if repr.sort != self.fingerprint || repr.values.len() != self.keys.len() {
             return Err(other_sort());
+        }
+        // Non-NULL keys in one direction: `(k1, k2, ...) > ($1, $2, ...)`.
+        let first = self.keys.first().map(|k| k.dir);
+        if self.keys.iter().all(|k| !k.nullable && Some(k.dir) == first) {
+            let mut exprs = Vec::new();
+            let mut params = Vec::new();
+            for (key, value) in self.keys.iter().zip(&repr.values) {
+                let arg = match (key.kind, value) {
+                    (KeyKind::Int, CursorValue::Int(i)) => Arg::Int(*i),
+                    (KeyKind::Text, CursorValue::Text(t)) => Arg::Text(t.clone()),
+                    (KeyKind::Bytes, CursorValue::Bytes(b)) => Arg::Bytes(b.clone()),
+                    _ => return Err(other_sort()),
+                };
+                exprs.push(key.expr.clone());
+                params.push(sql.arg(arg));
+            }
+            let cmp = if first == Some(Direction::Descending) { "<" } else { ">" };
+            return Ok(if exprs.len() == 1 {
+                format!("{} {cmp} {}", exprs[0], params[0])
+            } else {
+                format!("({}) {cmp} ({})", exprs.join(", "), params.join(", "))
+            });
         }
         // For each key: "equal to the cursor's value" and "after the cursor's value".
         let mut equal: Vec<String> = Vec::new();
@@ -534,5 +566,16 @@ mod tests {
         assert_eq!(cond, "((f.quantity IS NULL AND s.seq > $3))");
         let other = Plan::new(&Sort::recording_order(), &registry, &mut sql).unwrap();
         assert!(matches!(other.after(&cursor.encode(), &mut sql), Err(VaultError::InvalidCursor { .. })));
+
+        // Keys that are never NULL, one direction: a row-value comparison, ties the same way.
+        let mut sql = Sql::default();
+        let plan = Plan::new(&Sort::by(SortColumn::StateRef, Direction::Descending), &registry, &mut sql).unwrap();
+        let values = vec![CursorValue::Bytes(vec![1; 32]), CursorValue::Int(0), CursorValue::Int(9)];
+        let cursor = CursorRepr { version: CURSOR_VERSION, sort: plan.fingerprint, values };
+        assert_eq!(plan.after(&cursor.encode(), &mut sql).unwrap(), "(s.tx_id, s.output_index, s.seq) < ($1, $2, $3)");
+        assert_eq!(plan.order_by(), "s.tx_id DESC, s.output_index DESC, s.seq DESC");
+        let plan = Plan::new(&Sort::recording_order(), &registry, &mut sql).unwrap();
+        let cursor = CursorRepr { version: CURSOR_VERSION, sort: plan.fingerprint, values: vec![CursorValue::Int(9)] };
+        assert_eq!(plan.after(&cursor.encode(), &mut sql).unwrap(), "s.seq > $4");
     }
 }

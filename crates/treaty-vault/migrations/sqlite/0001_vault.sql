@@ -33,7 +33,7 @@ CREATE TABLE treaty_vault_states (
 );
 
 CREATE INDEX treaty_vault_states_type ON treaty_vault_states (type_id, status);
-CREATE INDEX treaty_vault_states_recorded ON treaty_vault_states (recorded_at);
+CREATE INDEX treaty_vault_states_recorded ON treaty_vault_states (recorded_at, seq);
 CREATE INDEX treaty_vault_states_consumed ON treaty_vault_states (consumed_at) WHERE consumed_at IS NOT NULL;
 CREATE INDEX treaty_vault_states_linear ON treaty_vault_states (linear_id) WHERE linear_id IS NOT NULL;
 CREATE INDEX treaty_vault_states_external ON treaty_vault_states (external_id) WHERE external_id IS NOT NULL;
