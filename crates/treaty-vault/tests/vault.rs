@@ -457,6 +457,10 @@ async fn apply_is_idempotent(fx: &Fixture) {
     assert_eq!(w.vault.count(&Criteria::All).await.unwrap(), 2);
     let spent = w.vault.state(&at(&issue, 0)).await.unwrap().expect("kept");
     assert_eq!((spent.recorded_at, spent.consumed_at), (t(1), Some(t(3))), "times of the first application stay");
+    // Reopening (migrations already applied) sees the same vault.
+    let reopened = Vault::open(&w.db).await.expect("reopen");
+    assert!(reopened.is_applied(&spend.id()).await.unwrap());
+    assert_eq!(reopened.count(&Criteria::All).await.unwrap(), 2);
     // An irrelevant transaction is remembered as applied too.
     let foreign = tx(&[], vec![w.note(vec![w.bob.clone().into()])]);
     assert_eq!(w.apply(&[&foreign], t(5)).await.applied, vec![foreign.id()]);
@@ -1140,4 +1144,27 @@ async fn bad_input_is_named(fx: &Fixture) {
     let err = w.vault.register(TypedSchema::<Note>::new().text("Bad Name", |_| None)).unwrap_err();
     assert!(matches!(err, VaultError::InvalidSchema { .. }), "{err}");
     w.vault.register(TypedSchema::<Note>::new().text("text", |n| Some(n.text.clone()))).expect("a valid schema still registers");
+}
+
+/// The node spawns vault calls on a multi-threaded runtime: every future must be `Send`.
+#[allow(dead_code)]
+fn futures_are_send(
+    vault: &Vault,
+    tx: &WireTransaction,
+    ours: &(dyn Fn(&PublicKey) -> bool + Sync),
+    stream: &mut treaty_vault::StateStream,
+) {
+    fn send<T: Send>(_: T) {}
+    let (c, s, l) = (Criteria::All, Sort::recording_order(), LockId(uuid::Uuid::nil()));
+    send(vault.apply(&[tx], ours, Timestamp(0)));
+    send(vault.query(&c, &s, &PageSpec::first(1)));
+    send(vault.count(&c));
+    send(vault.aggregate(&c, &[]));
+    send(vault.balances(&c));
+    send(vault.track(c.clone(), &s, 1));
+    send(vault.lock(l, &[]));
+    send(vault.release(l));
+    send(vault.select_fungible("USD", &IssuerFilter::Any, 1, &[], l));
+    send(vault.state(&StateRef { txhash: treaty_core::SecureHash([0; 32]), index: 0 }));
+    send(stream.next());
 }
