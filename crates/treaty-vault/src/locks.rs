@@ -1,0 +1,293 @@
+//! Soft locks and coin selection.
+//!
+//! A soft lock reserves unconsumed states for one flow (its [`LockId`]) so that two flows of
+//! this node never build transactions spending the same state. Locks live in the state's row
+//! (`lock_id`), are released by [`Vault::release`] when the flow ends or fails, and vanish when
+//! the state is consumed. They are the node's own bookkeeping: the notary, not the lock, is
+//! what prevents a double spend on the ledger.
+//!
+//! Coin selection ([`Vault::select_fungible`]) picks unlocked unconsumed states of a token,
+//! largest first, until they sum to the amount, and locks them in the same database
+//! transaction: all or nothing. On SQLite the selection runs inside the single write
+//! transaction, so concurrent selections are serialised. On PostgreSQL candidates are read
+//! with `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent selections pass each other by
+//! instead of waiting, and each takes states no other has; a selection that came up short only
+//! because others held rows for a moment (the committed unlocked balance is enough) retries.
+
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::Row;
+use treaty_core::{PublicKey, StateRef};
+
+use crate::Vault;
+use crate::error::{Unavailable, VaultError};
+use crate::record::{STATE_COLUMN_COUNT, STATE_COLUMNS, VaultState, key_text, state_row};
+use crate::sql::{Arg, Context, Sql, bind_args, chunks, in_write, state_ref_from};
+
+/// Identifies the holder of soft locks: typically the id of the flow that will spend them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockId(pub uuid::Uuid);
+
+impl fmt::Display for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockId({self})")
+    }
+}
+
+impl From<uuid::Uuid> for LockId {
+    fn from(id: uuid::Uuid) -> Self {
+        LockId(id)
+    }
+}
+
+/// Which issuers' tokens a coin selection may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssuerFilter {
+    /// Any issuer (the selection may mix issuers; the states keep their issuers).
+    Any,
+    /// Only these issuers.
+    OneOf(Vec<String>),
+}
+
+/// States a coin selection locked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// The states, largest first, each now locked by the selection's lock.
+    pub states: Vec<VaultState>,
+    /// The sum of their quantities: at least the amount asked for.
+    pub total: u128,
+}
+
+/// How many times a PostgreSQL selection retries when others hold the rows it needs.
+const SELECTION_ATTEMPTS: u32 = 30;
+
+/// Candidates read per round: starts small (a selection rarely needs many states, and on
+/// PostgreSQL every candidate read is row-locked until the selection commits) and doubles.
+const FIRST_CHUNK: usize = 4;
+const MAX_CHUNK: usize = 256;
+
+enum Outcome {
+    Selected(Vec<VaultState>, u128),
+    Short { available: u128, locked: u128 },
+}
+
+impl Vault {
+    /// Locks the states at `refs` for `lock_id`: all of them, or none (and
+    /// [`VaultError::StatesUnavailable`] naming each state not in the vault, consumed, or held
+    /// by another lock). States it already holds stay locked.
+    pub async fn lock(&self, lock_id: LockId, refs: &[StateRef]) -> Result<(), VaultError> {
+        let mut wanted: Vec<StateRef> = refs.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        let what = format!("locking states for {lock_id}");
+        in_write!(self.db(), what, tx => {
+            let mut locked = std::collections::HashSet::new();
+            for chunk in chunks(&wanted) {
+                let mut sql = Sql::default();
+                let id = sql.arg(Arg::Text(lock_id.to_string()));
+                let cond = sql.refs(chunk);
+                let text = format!(
+                    "UPDATE treaty_vault_states AS s SET lock_id = {id} WHERE s.status = 'unconsumed' AND (s.lock_id IS NULL OR s.lock_id = {id}) \
+                     AND ({cond}) RETURNING tx_id, output_index"
+                );
+                for row in bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_all(&mut *tx).await.ctx(&what)? {
+                    locked.insert(state_ref_from(&row.try_get::<Vec<u8>, _>(0).ctx(&what)?, row.try_get::<i64, _>(1).ctx(&what)?)?);
+                }
+            }
+            let missing: Vec<StateRef> = wanted.iter().filter(|r| !locked.contains(r)).copied().collect();
+            if !missing.is_empty() {
+                let mut found = std::collections::HashMap::new();
+                for chunk in chunks(&missing) {
+                    let mut sql = Sql::default();
+                    let cond = sql.refs(chunk);
+                    let text = format!("SELECT s.tx_id, s.output_index, s.status, s.lock_id FROM treaty_vault_states s WHERE {cond}");
+                    for row in bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_all(&mut *tx).await.ctx(&what)? {
+                        let r = state_ref_from(&row.try_get::<Vec<u8>, _>(0).ctx(&what)?, row.try_get::<i64, _>(1).ctx(&what)?)?;
+                        let status: String = row.try_get(2).ctx(&what)?;
+                        let holder: Option<String> = row.try_get(3).ctx(&what)?;
+                        let why = match (status.as_str(), holder) {
+                            ("consumed", _) => Unavailable::Consumed,
+                            (_, Some(h)) => Unavailable::LockedBy(LockId(h.parse().map_err(|e| VaultError::Corrupt {
+                                what: format!("lock_id of state {r}"),
+                                reason: format!("{h:?}: {e}"),
+                            })?)),
+                            _ => Unavailable::NotInVault,
+                        };
+                        found.insert(r, why);
+                    }
+                }
+                let unavailable = missing.into_iter().map(|r| { let why = found.remove(&r).unwrap_or(Unavailable::NotInVault); (r, why) }).collect();
+                // Undoes the locks taken above.
+                Err(VaultError::StatesUnavailable { lock_id, unavailable })?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Releases every state `lock_id` holds; returns how many.
+    pub async fn release(&self, lock_id: LockId) -> Result<u64, VaultError> {
+        let what = format!("releasing the states of {lock_id}");
+        Ok(in_write!(self.db(), what, tx => {
+            sqlx::query("UPDATE treaty_vault_states SET lock_id = NULL WHERE lock_id = $1")
+                .bind(lock_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .ctx(&what)?
+                .rows_affected()
+        }))
+    }
+
+    /// Releases the states at `refs` that `lock_id` holds; returns how many.
+    pub async fn release_states(&self, lock_id: LockId, refs: &[StateRef]) -> Result<u64, VaultError> {
+        let what = format!("releasing states of {lock_id}");
+        Ok(in_write!(self.db(), what, tx => {
+            let mut released = 0;
+            for chunk in chunks(refs) {
+                let mut sql = Sql::default();
+                let id = sql.arg(Arg::Text(lock_id.to_string()));
+                let cond = sql.refs(chunk);
+                let text = format!("UPDATE treaty_vault_states AS s SET lock_id = NULL WHERE s.lock_id = {id} AND ({cond})");
+                released += bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).execute(&mut *tx).await.ctx(&what)?.rows_affected();
+            }
+            released
+        }))
+    }
+
+    /// Picks unlocked, unconsumed states of `token` from `issuers`, owned by one of `owners`,
+    /// largest first, until they sum to at least `amount`, and locks them for `lock_id` —
+    /// atomically: concurrent selections never share a state. Fails with
+    /// [`VaultError::InsufficientBalance`] (nothing locked) when the unlocked balance is less
+    /// than `amount`; it reports the states other locks hold separately.
+    pub async fn select_fungible(
+        &self,
+        token: &str,
+        issuers: &IssuerFilter,
+        amount: u64,
+        owners: &[PublicKey],
+        lock_id: LockId,
+    ) -> Result<Selection, VaultError> {
+        let invalid = |reason: &str| Err(VaultError::InvalidSelection { reason: reason.to_string() });
+        if amount == 0 {
+            return invalid("the amount must be positive");
+        }
+        if owners.is_empty() {
+            return invalid("no owner keys: name the keys whose states may be spent");
+        }
+        if matches!(issuers, IssuerFilter::OneOf(list) if list.is_empty()) {
+            return invalid("an empty issuer list matches nothing (use IssuerFilter::Any for every issuer)");
+        }
+        let postgres = self.db().kind() == treaty_storage::BackendKind::Postgres;
+        let target = u128::from(amount);
+        let what = format!("selecting {amount} {token} for {lock_id}");
+        // Matching states, whatever their lock; the candidate query adds "unlocked".
+        let matching = |sql: &mut Sql| {
+            let mut cond = format!("s.status = 'unconsumed' AND f.token = {}", sql.arg(Arg::Text(token.to_string())));
+            if let IssuerFilter::OneOf(list) = issuers {
+                cond.push_str(&format!(" AND f.issuer IN ({})", sql.list(list.iter().map(|i| Arg::Text(i.clone())))));
+            }
+            cond.push_str(&format!(" AND f.owner_key IN ({})", sql.list(owners.iter().map(|k| Arg::Text(key_text(k))))));
+            cond
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = in_write!(self.db(), what, tx => {
+                let mut chosen: Vec<VaultState> = Vec::new();
+                let mut total: u128 = 0;
+                let mut after: Option<(i64, i64)> = None;
+                let mut chunk = FIRST_CHUNK;
+                'reading: loop {
+                    let mut sql = Sql::default();
+                    let mut cond = matching(&mut sql);
+                    cond.push_str(" AND s.lock_id IS NULL AND f.quantity > 0");
+                    if let Some((q, seq)) = after {
+                        let q = sql.arg(Arg::Int(q));
+                        let seq = sql.arg(Arg::Int(seq));
+                        cond.push_str(&format!(" AND (f.quantity < {q} OR (f.quantity = {q} AND s.seq > {seq}))"));
+                    }
+                    let skip = if postgres { " FOR UPDATE OF s SKIP LOCKED" } else { "" };
+                    let text = format!(
+                        "SELECT {STATE_COLUMNS}, f.quantity FROM treaty_vault_states s JOIN treaty_vault_fungible f ON f.state_seq = s.seq \
+                         WHERE {cond} ORDER BY f.quantity DESC, s.seq ASC LIMIT {chunk}{skip}"
+                    );
+                    let rows = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_all(&mut *tx).await.ctx(&what)?;
+                    let exhausted = rows.len() < chunk;
+                    for row in rows {
+                        let quantity: i64 = row.try_get(STATE_COLUMN_COUNT).ctx(&what)?;
+                        let state = state_row!(row, what.as_str())?;
+                        after = Some((quantity, state.seq));
+                        total += u128::try_from(quantity).unwrap_or(0);
+                        chosen.push(state.decode()?);
+                        if total >= target {
+                            break 'reading;
+                        }
+                    }
+                    if exhausted {
+                        break;
+                    }
+                    chunk = (chunk * 2).min(MAX_CHUNK);
+                }
+                if total >= target {
+                    let refs: Vec<StateRef> = chosen.iter().map(|s| s.state_ref).collect();
+                    for part in chunks(&refs) {
+                        let mut sql = Sql::default();
+                        let id = sql.arg(Arg::Text(lock_id.to_string()));
+                        let cond = sql.refs(part);
+                        let text = format!("UPDATE treaty_vault_states AS s SET lock_id = {id} WHERE s.lock_id IS NULL AND ({cond})");
+                        let done = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).execute(&mut *tx).await.ctx(&what)?;
+                        if done.rows_affected() != part.len() as u64 {
+                            // Cannot happen: the rows were read unlocked in this transaction.
+                            Err(VaultError::Corrupt { what: what.clone(), reason: "a selected state was locked meanwhile".into() })?;
+                        }
+                    }
+                    for s in &mut chosen {
+                        s.lock_id = Some(lock_id);
+                    }
+                    Outcome::Selected(chosen, total)
+                } else {
+                    // Nothing was locked; report the balances.
+                    let mut sql = Sql::default();
+                    let cond = matching(&mut sql);
+                    let text = format!(
+                        "SELECT CAST(SUM(CASE WHEN s.lock_id IS NULL THEN f.quantity >> 32 ELSE 0 END) AS BIGINT), \
+                         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN f.quantity & 4294967295 ELSE 0 END) AS BIGINT), \
+                         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN 0 ELSE f.quantity >> 32 END) AS BIGINT), \
+                         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN 0 ELSE f.quantity & 4294967295 END) AS BIGINT) \
+                         FROM treaty_vault_states s JOIN treaty_vault_fungible f ON f.state_seq = s.seq WHERE {cond}"
+                    );
+                    let row = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_one(&mut *tx).await.ctx(&what)?;
+                    let part = |i: usize| -> Result<u128, VaultError> {
+                        let v: Option<i64> = row.try_get(i).ctx(&what)?;
+                        u128::try_from(v.unwrap_or(0)).map_err(|_| VaultError::Corrupt { what: what.clone(), reason: "a negative sum".into() })
+                    };
+                    Outcome::Short { available: (part(0)? << 32) + part(1)?, locked: (part(2)? << 32) + part(3)? }
+                }
+            });
+            match outcome {
+                Outcome::Selected(states, total) => return Ok(Selection { states, total }),
+                // Others held rows for a moment, but the committed unlocked balance suffices.
+                Outcome::Short { available, .. } if postgres && available >= target => {
+                    if attempt >= SELECTION_ATTEMPTS {
+                        return Err(VaultError::SelectionContended { token: token.to_string(), requested: amount, attempts: attempt });
+                    }
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) * 2)).await;
+                }
+                Outcome::Short { available, locked } => {
+                    return Err(VaultError::InsufficientBalance {
+                        token: token.to_string(),
+                        requested: amount,
+                        available_unlocked: available,
+                        locked,
+                    });
+                }
+            }
+        }
+    }
+}
