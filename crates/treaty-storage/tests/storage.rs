@@ -549,7 +549,7 @@ const TEST_V2_LIST: Migrations =
 
 async fn migrations_record_and_reapply(fx: &Fixture) {
     let db = fx.open().await;
-    for (component, versions) in [("ledger", 2), ("messaging", 1), ("network_map", 1)] {
+    for (component, versions) in [("ledger", 3), ("messaging", 1), ("network_map", 1)] {
         assert_eq!(db.applied_migrations(component).await.unwrap().len(), versions, "{component} applied on open");
     }
     db.migrate(&TEST_V1).await.unwrap();
