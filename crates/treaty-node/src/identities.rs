@@ -77,6 +77,11 @@ impl NodeIdentities {
         Ok(NodeIdentities { name, identity, seed, store, confidential: RwLock::new(confidential), view })
     }
 
+    /// Whether `key` is one of this node's keys (identity or confidential).
+    pub fn holds(&self, key: &PublicKey) -> bool {
+        &self.identity.public() == key || self.confidential.read().is_ok_and(|m| m.contains_key(key))
+    }
+
     /// How many confidential keys this node holds.
     pub fn confidential_keys(&self) -> usize {
         self.confidential.read().map(|m| m.len()).unwrap_or(0)

@@ -6,16 +6,18 @@
 //! signatures are checked once per process.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use treaty_core::{
     Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, SecureHash,
-    SignedTransaction, X500Name,
+    PublicKey, SignedTransaction, Timestamp, WireTransaction, X500Name,
 };
 use treaty_flows::resolve::dependencies;
 use treaty_flows::{FlowError, Ledger};
 use treaty_sandbox::Sandbox;
+use treaty_net::messaging::StoreError;
 use treaty_storage::{Database, Recorded, StorageError};
+use treaty_vault::Vault;
 
 /// Transactions and attachments in the node database; contracts in the sandbox.
 pub struct NodeLedger {
@@ -23,12 +25,29 @@ pub struct NodeLedger {
     params: NetworkParameters,
     sandbox: OnceLock<Result<Sandbox, String>>,
     attachments: Mutex<HashMap<SecureHash, Attachment>>,
+    vault: OnceLock<(Vault, Ours)>,
 }
+
+/// Which keys are this node's (its identity and confidential keys): what makes a state relevant.
+pub type Ours = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
 
 impl NodeLedger {
     /// The ledger of the node with database `db` on a network with `params`.
     pub fn new(db: Database, params: NetworkParameters) -> NodeLedger {
-        NodeLedger { db, params, sandbox: OnceLock::new(), attachments: Mutex::new(HashMap::new()) }
+        NodeLedger { db, params, sandbox: OnceLock::new(), attachments: Mutex::new(HashMap::new()), vault: OnceLock::new() }
+    }
+
+    /// From now on every recorded transaction is applied to `vault` too, its states relevant
+    /// when `ours` holds one of their participants' keys. Applying is idempotent, and a flow
+    /// that dies between recording and applying records again when it replays, so the vault
+    /// catches up.
+    pub fn attach_vault(&self, vault: Vault, ours: Ours) {
+        let _ = self.vault.set((vault, ours));
+    }
+
+    /// The vault, once attached.
+    pub fn vault(&self) -> Option<&Vault> {
+        self.vault.get().map(|(v, _)| v)
     }
 
     /// Checks and stores an attachment bundle; returns it (its id is the SHA-256 of the bytes,
@@ -137,9 +156,21 @@ impl Ledger for NodeLedger {
         let txs: Vec<Recorded> = encoded.iter().map(|(id, b, d)| Recorded { id: *id, bytes: b, dependencies: d }).collect();
         let atts: Vec<(SecureHash, &[u8])> = attachments.iter().map(|a| (a.id, &a.content[..])).collect();
         self.db.transactions().record(&atts, &txs).await.map_err(storage)?;
-        let mut cache = self.cache();
-        for a in attachments {
-            cache.insert(a.id, a.clone());
+        {
+            let mut cache = self.cache();
+            for a in attachments {
+                cache.insert(a.id, a.clone());
+            }
+        }
+        if let Some((vault, ours)) = self.vault.get()
+            && !transactions.is_empty()
+        {
+            let wires: Vec<&WireTransaction> = transactions.iter().map(|t| t.tx()).collect();
+            let now = Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
+            vault.apply(&wires, ours.as_ref(), now).await.map_err(|e| {
+                let message = format!("applying to the vault: {} {e}", e.code());
+                FlowError::Store(if e.is_transient() { StoreError::transient(message) } else { StoreError::permanent(message) })
+            })?;
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use treaty_net::signed::Signed;
 use treaty_netmap::{MapClient, MapFollower, NetworkView};
 use treaty_notary::{NotaryService, RedbUniquenessProvider, UniquenessConfig};
 use treaty_storage::{Database, IdentityRecord, SqlMessageStore};
+use treaty_vault::Vault;
 
 use crate::config::LoadedConfig;
 use crate::identities::NodeIdentities;
@@ -91,6 +92,8 @@ pub struct RunningNode {
     pub ledger: Arc<NodeLedger>,
     /// Its keys: the identity key and its confidential identities.
     pub identities: Arc<NodeIdentities>,
+    /// Its vault: the states relevant to it.
+    pub vault: Vault,
     /// How long start-up took.
     pub started_in: Duration,
     tasks: Vec<JoinHandle<()>>,
@@ -184,6 +187,12 @@ pub struct NodeServices {
     pub keys: Arc<NodeIdentities>,
     /// The node's well-known identity.
     pub identity: Party,
+    /// Its vault: register the app's state schemas here; query, lock and select coins.
+    pub vault: Vault,
+    /// The network as the node sees it (parties, notaries, addresses), kept current.
+    pub view: watch::Receiver<Arc<NetworkView>>,
+    /// The network parameters the node runs under.
+    pub parameters: NetworkParameters,
 }
 
 /// Starts a node with application flows: `apps` registers them, given the node's services.
@@ -221,6 +230,11 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
     let flow_store = SqlFlowStore::open(&db).await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
     let ledger = Arc::new(NodeLedger::new(db.clone(), parameters.clone()));
     let identities = Arc::new(NodeIdentities::load(config.legal_name.clone(), &config.dir, &db, view.clone()).await?);
+    let vault = Vault::open(&db).await.map_err(|e| NodeError::Database { url: url.clone(), message: e.to_string() })?;
+    {
+        let ids = identities.clone();
+        ledger.attach_vault(vault.clone(), Arc::new(move |k: &treaty_core::PublicKey| ids.holds(k)));
+    }
     let flows = FlowEngine::new(
         config.legal_name.clone(),
         Arc::new(flow_store),
@@ -230,6 +244,9 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
                 ledger: ledger.clone(),
                 keys: identities.clone(),
                 identity: Party { name: config.legal_name.clone(), owning_key: keys.identity.public() },
+                vault: vault.clone(),
+                view: view.clone(),
+                parameters: parameters.clone(),
             };
             let mut r = registry(ledger.clone(), identities.clone());
             if config.raw.notary.is_some() {
@@ -297,6 +314,7 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         flows,
         ledger,
         identities,
+        vault,
         started_in: began.elapsed(),
         tasks,
         rpc: Some(rpc),
