@@ -107,7 +107,7 @@ pub(crate) async fn two_nodes(
     for n in &created.nodes {
         let mut config = NodeConfig::load(&std::path::Path::new(&n.dir).join("node.toml"))?;
         config.poll_interval = Duration::from_millis(200);
-        nodes.push(node::start(&config).await?);
+        nodes.push(node::start_with(&config, treaty_finance::register).await?);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while nodes[0].view.borrow().addresses(&nodes[1].name).is_none() {

@@ -40,7 +40,7 @@ pub fn run(config: &Path) -> Result<()> {
     init_logging();
     let config = NodeConfig::load(config)?;
     runtime()?.block_on(async {
-        let node = node::start(&config).await?;
+        let node = node::start_with(&config, treaty_finance::register).await?;
         println!(
             "treaty node {} ready in {} ms (p2p {}, network map {})",
             node.name,

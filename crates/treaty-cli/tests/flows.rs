@@ -223,3 +223,80 @@ async fn the_network_notary_finalises_a_payment_and_refuses_its_double_spend() {
     assert!(dir.join("notary").join("uniqueness.redb").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs a flow on `node` and waits for it (up to 60 s).
+async fn run(node: &RunningNode, flow: &str, args: serde_json::Value) -> treaty_flows::FlowRecord {
+    let id = node.flows.start(flow, args, None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), node.flows.wait(id)).await.expect("flow finished in time").unwrap()
+}
+
+fn ok(r: &treaty_flows::FlowRecord) -> serde_json::Value {
+    assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
+    serde_json::from_slice(r.result.as_ref().unwrap()).unwrap()
+}
+
+/// USD held by `node`, in cents, whoever issued it; and how many cash states.
+async fn usd(node: &RunningNode) -> (u128, u64) {
+    let criteria = treaty_vault::Criteria::unconsumed();
+    let balances = node.vault.balances(&criteria).await.unwrap();
+    balances.iter().filter(|b| b.token == "USD").fold((0, 0), |(q, n), b| (q + b.quantity, n + b.states))
+}
+
+async fn start_finance(dir: &Path, who: &str) -> RunningNode {
+    let mut config = NodeConfig::load(&dir.join(who).join("node.toml")).unwrap();
+    config.poll_interval = Duration::from_millis(200);
+    node::start_with(&config, treaty_finance::register).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_up() {
+    let dir = std::env::temp_dir().join(format!("treaty-flows-{}-cash", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
+        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--node", ALICE, "--node", BOB, "--notary", NOTARY])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _map = map(&dir).await;
+    let _notary = start(&dir, "notary").await;
+    let alice = start_finance(&dir, "alice").await;
+    let bob = start_finance(&dir, "bob").await;
+    for (n, other) in [(&alice, BOB), (&alice, NOTARY), (&bob, ALICE), (&bob, NOTARY)] {
+        knows(n, other).await;
+    }
+
+    let issued = ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "1000.00 USD"})).await);
+    assert_eq!(issued["notary"], "O=Notary, L=Zurich, C=CH", "the network's only notary, by default");
+    assert_eq!(usd(&alice).await, (100_000, 1));
+
+    let paid = ok(&run(&alice, treaty_finance::CASH_PAYMENT, json!({"amount": "300.00 USD", "recipient": BOB})).await);
+    assert!(paid["transaction"].is_string());
+    assert_eq!((usd(&alice).await.0, usd(&bob).await.0), (70_000, 30_000), "paid with change");
+
+    // Anonymous: Bob's cash sits on a fresh key only Alice can name; his vault still counts it.
+    ok(&run(&alice, treaty_finance::CASH_PAYMENT, json!({"amount": "100.00 USD", "recipient": BOB, "anonymous": true})).await);
+    assert_eq!((usd(&alice).await.0, usd(&bob).await.0), (60_000, 40_000));
+    assert_eq!(bob.identities.confidential_keys(), 1);
+
+    // Bob pays back from both his keys (well-known and confidential): one transaction signed by both.
+    ok(&run(&bob, treaty_finance::CASH_PAYMENT, json!({"amount": "350.00 USD", "recipient": ALICE})).await);
+    assert_eq!((usd(&alice).await.0, usd(&bob).await.0), (95_000, 5_000));
+
+    // Alice, the issuer, takes 100.00 off the ledger.
+    ok(&run(&alice, treaty_finance::CASH_EXIT, json!({"amount": "100.00 USD"})).await);
+    let (a, b) = (usd(&alice).await.0, usd(&bob).await.0);
+    assert_eq!(a + b, 100_000 - 10_000, "issued minus exited is what the vaults hold");
+
+    // Asking for more than Bob has fails, naming the shortfall, and locks nothing.
+    let short = run(&bob, treaty_finance::CASH_PAYMENT, json!({"amount": "60.00 USD", "recipient": ALICE})).await;
+    assert_eq!(short.status, FlowStatus::Failed);
+    assert!(short.error.as_ref().unwrap().to_lowercase().contains("insufficient"), "{short:?}");
+    ok(&run(&bob, treaty_finance::CASH_PAYMENT, json!({"amount": "50.00 USD", "recipient": ALICE})).await);
+    assert_eq!(usd(&bob).await.0, 0);
+
+    // Bad arguments are refused naming the field.
+    let bad = run(&alice, treaty_finance::CASH_PAYMENT, json!({"amount": "ten dollars", "recipient": BOB})).await;
+    assert_eq!(bad.status, FlowStatus::Failed);
+    assert!(bad.error.as_ref().unwrap().contains("amount"), "{bad:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -82,6 +82,11 @@ impl NodeIdentities {
         &self.identity.public() == key || self.confidential.read().is_ok_and(|m| m.contains_key(key))
     }
 
+    /// This node's confidential keys.
+    pub fn confidential_public_keys(&self) -> Vec<PublicKey> {
+        self.confidential.read().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// How many confidential keys this node holds.
     pub fn confidential_keys(&self) -> usize {
         self.confidential.read().map(|m| m.len()).unwrap_or(0)

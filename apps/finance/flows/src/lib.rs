@@ -1,0 +1,420 @@
+//! # treaty-finance
+//!
+//! Cash on Treaty: the flows `CashIssue`, `CashPayment` and `CashExit` over the cash contract
+//! (`treaty.finance.Cash`, in `apps/finance/contract`) and the node's vault. Their names,
+//! arguments and results are part of the stable surface (docs/finance.md):
+//!
+//! - `CashIssue {"amount": "1000.00 USD", "notary": "<name, optional with one notary>"}`
+//! - `CashPayment {"amount": "300.00 USD", "recipient": "<name>", "anonymous": false}`
+//! - `CashExit {"amount": "100.00 USD"}`
+//!
+//! Each returns JSON with the transaction id. [`register`] installs them (and the cash schema
+//! of the vault) in a node: `treaty node run` does so for every node.
+//!
+//! Durability: each flow builds and signs its transaction inside one journaled side effect
+//! (coin selection included), so a replay after a crash finalises exactly the transaction it
+//! built before, and the coins it locked stay locked for it. A flow that fails releases its
+//! locks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use treaty_core::{
+    AbstractParty, Amount, AttachmentConstraint, Command, Currency, Issued, Party, PartyAndReference, PrivacySalt, PublicKey, SecureHash,
+    SignedTransaction, StateRef, TransactionBuilder, TransactionState, X500Name,
+};
+use treaty_finance_contracts::{CASH, Cash, CashCommand};
+use treaty_flows::{FlowContext, FlowError, Keys, Ledger, Registry, finality, receive_finality, swap_identities};
+use treaty_node::identities::NodeIdentities;
+use treaty_node::ledger::NodeLedger;
+use treaty_node::node::NodeServices;
+use treaty_vault::{FungibleColumns, IssuerFilter, LockId, Vault, VaultError, fungible};
+
+/// Issues cash to this node.
+pub const CASH_ISSUE: &str = "CashIssue";
+/// Pays cash to another party, with change.
+pub const CASH_PAYMENT: &str = "CashPayment";
+/// Takes cash this node issued off the ledger.
+pub const CASH_EXIT: &str = "CashExit";
+
+/// The cash contract packed as an attachment bundle (the same bytes, so the same id, on every
+/// node running this build).
+pub fn cash_bundle() -> Vec<u8> {
+    let manifest = treaty_sandbox::bundle::Manifest {
+        name: "treaty-finance".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        contracts: vec![CASH.into()],
+        module: Some(treaty_sandbox::bundle::MODULE.into()),
+        data_files: vec![],
+    };
+    treaty_sandbox::bundle::pack(&manifest, Some(treaty_contracts::FINANCE_WASM), &BTreeMap::new(), &[])
+}
+
+/// What the flows need from the node.
+#[derive(Clone)]
+struct Services {
+    ledger: Arc<NodeLedger>,
+    keys: Arc<NodeIdentities>,
+    me: Party,
+    vault: Vault,
+    view: tokio::sync::watch::Receiver<Arc<treaty_netmap::NetworkView>>,
+    notaries: Vec<Party>,
+}
+
+/// Registers the cash schema in the node's vault (so cash is queryable by owner, issuer,
+/// currency and quantity, and coin selection works) and the three flows with their responders.
+pub fn register(registry: &mut Registry, services: &NodeServices) {
+    // A second registration (the same node started twice in one process) changes nothing.
+    let _ = services.vault.register(fungible(|c: &Cash| FungibleColumns::issued(&c.owner, &c.amount)));
+    let s = Services {
+        ledger: services.ledger.clone(),
+        keys: services.keys.clone(),
+        me: services.identity.clone(),
+        vault: services.vault.clone(),
+        view: services.view.clone(),
+        notaries: services.parameters.notaries.iter().map(|n| n.identity.clone()).collect(),
+    };
+    let s1 = s.clone();
+    registry.flow(CASH_ISSUE, 1, move |ctx: FlowContext, args: IssueArgs| {
+        let s = s1.clone();
+        async move { issue(&ctx, &s, args).await }
+    });
+    let s2 = s.clone();
+    registry.flow(CASH_PAYMENT, 1, move |ctx: FlowContext, args: PaymentArgs| {
+        let s = s2.clone();
+        async move { with_locks_released(&ctx, &s, pay(&ctx, &s, args)).await }
+    });
+    let s3 = s.clone();
+    registry.responder(CASH_PAYMENT, move |ctx: FlowContext| {
+        let s = s3.clone();
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("CashPayment responder without a session".into()))?;
+            let anonymous: bool = ctx.receive(&session).await?;
+            if anonymous {
+                swap_identities(&ctx, &session, &s.keys).await?;
+            }
+            receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
+        }
+    });
+    registry.flow(CASH_EXIT, 1, move |ctx: FlowContext, args: ExitArgs| {
+        let s = s.clone();
+        async move { with_locks_released(&ctx, &s, exit(&ctx, &s, args)).await }
+    });
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueArgs {
+    amount: String,
+    #[serde(default)]
+    notary: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentArgs {
+    amount: String,
+    recipient: String,
+    #[serde(default)]
+    anonymous: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExitArgs {
+    amount: String,
+}
+
+fn bad(flow: &str, field: &str, reason: impl std::fmt::Display) -> FlowError {
+    FlowError::InvalidArguments { flow: flow.into(), reason: format!("{field}: {reason}") }
+}
+
+fn amount(flow: &str, text: &str) -> Result<Amount<Currency>, FlowError> {
+    let a: Amount<Currency> = text.parse().map_err(|e| bad(flow, "amount", e))?;
+    if a.quantity == 0 {
+        return Err(bad(flow, "amount", "must be more than zero"));
+    }
+    Ok(a)
+}
+
+fn lock_of(ctx: &FlowContext) -> LockId {
+    LockId(ctx.id().0)
+}
+
+/// Runs a flow body; if it fails, the coins it locked are released.
+async fn with_locks_released(
+    ctx: &FlowContext,
+    s: &Services,
+    body: impl Future<Output = Result<Value, FlowError>>,
+) -> Result<Value, FlowError> {
+    let result = body.await;
+    if result.is_err()
+        && let Err(e) = s.vault.release(lock_of(ctx)).await
+    {
+        tracing::warn!("flow {} failed and its coins could not be released: {e}", ctx.id());
+    }
+    result
+}
+
+fn vault_error(e: VaultError) -> FlowError {
+    match e {
+        VaultError::InsufficientBalance { .. } => FlowError::Exception(e.to_string()),
+        other => FlowError::Invalid(format!("{} {other}", other.code())),
+    }
+}
+
+/// Builds, signs and journals a transaction once: a replay gets the same bytes back.
+async fn built<F, Fut>(ctx: &FlowContext, s: &Services, key: &str, build: F) -> Result<SignedTransaction, FlowError>
+where
+    F: FnOnce(PrivacySalt) -> Fut,
+    Fut: Future<Output = Result<SignedTransaction, FlowError>>,
+{
+    let salt: [u8; 32] = ctx.side_effect(&format!("{key}-salt"), |_| async { Ok(random_salt()) }).await?;
+    let bytes: Vec<u8> = ctx.side_effect(key, |_| async move { build(PrivacySalt(salt)).await.map(|t| t.to_bytes()) }).await?;
+    SignedTransaction::from_bytes(&bytes, &s.ledger.limits()).map_err(|e| FlowError::Invalid(format!("journaled transaction: {e}")))
+}
+
+fn random_salt() -> [u8; 32] {
+    rand::random()
+}
+
+fn sign(s: &Services, stx: SignedTransaction, keys: &[PublicKey]) -> Result<SignedTransaction, FlowError> {
+    let id = stx.id();
+    let mut sigs = Vec::new();
+    for k in keys {
+        sigs.push(s.keys.sign(&id, k)?);
+    }
+    Ok(stx.with_signatures(sigs))
+}
+
+async fn code(s: &Services) -> Result<SecureHash, FlowError> {
+    let (attachment, _) =
+        s.ledger.import_attachment(&cash_bundle()).await.map_err(|e| FlowError::Invalid(format!("the cash contract bundle: {e}")))?;
+    Ok(attachment.id)
+}
+
+fn cash(amount: Amount<Issued<Currency>>, owner: AbstractParty, notary: &Party, code: SecureHash) -> TransactionState {
+    TransactionState::new(&Cash { amount, owner }, CASH, notary.clone(), AttachmentConstraint::Hash(code))
+}
+
+async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value, FlowError> {
+    let amount = amount(CASH_ISSUE, &args.amount)?;
+    let notary = match &args.notary {
+        Some(n) => {
+            let name: X500Name = n.parse().map_err(|e| bad(CASH_ISSUE, "notary", e))?;
+            s.notaries
+                .iter()
+                .find(|p| p.name == name)
+                .cloned()
+                .ok_or_else(|| bad(CASH_ISSUE, "notary", format!("{name} is not a notary of this network")))?
+        }
+        None => match s.notaries.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(bad(CASH_ISSUE, "notary", "this network has no notary")),
+            many => {
+                let names: Vec<String> = many.iter().map(|p| p.name.to_string()).collect();
+                return Err(bad(CASH_ISSUE, "notary", format!("this network has several notaries; name one of {}", names.join("; "))));
+            }
+        },
+    };
+    ctx.progress("building").await?;
+    let token = Issued { issuer: PartyAndReference { party: s.me.clone().into(), reference: vec![0] }, product: amount.token.clone() };
+    let issued = Amount::new(amount.quantity, token);
+    let n = notary.clone();
+    let stx = built(ctx, s, "cash-issue", |salt| async move {
+        let code = code(s).await?;
+        let wtx = TransactionBuilder::new(Some(n.clone()))
+            .output(cash(issued, s.me.clone().into(), &n, code))
+            .command(Command::new(&CashCommand::Issue, vec![s.me.owning_key.clone()]))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&s.me.owning_key))
+    })
+    .await?;
+    ctx.progress("recording").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[]).await?;
+    Ok(
+        json!({ "transaction": done.id().to_string(), "amount": args.amount, "issuer": s.me.name.to_string(), "notary": notary.name.to_string() }),
+    )
+}
+
+/// This node's keys that may own cash: the identity key and the confidential keys.
+fn owners(s: &Services) -> Vec<PublicKey> {
+    let mut keys = vec![s.me.owning_key.clone()];
+    keys.extend(s.keys.confidential_public_keys());
+    keys
+}
+
+/// Selected coins, as the transaction consumes them.
+struct Coins {
+    refs: Vec<StateRef>,
+    states: Vec<Cash>,
+    notary: Party,
+    owners: Vec<PublicKey>,
+}
+
+async fn select(s: &Services, lock: LockId, currency: &Currency, quantity: u64, issuers: &IssuerFilter) -> Result<Coins, FlowError> {
+    let selection = s.vault.select_fungible(currency.code(), issuers, quantity, &owners(s), lock).await.map_err(vault_error)?;
+    let mut coins = Coins { refs: Vec::new(), states: Vec::new(), notary: s.me.clone(), owners: Vec::new() };
+    let mut notaries: Vec<Party> = Vec::new();
+    for v in selection.states {
+        let c: Cash = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
+        if !notaries.contains(&v.state.notary) {
+            notaries.push(v.state.notary.clone());
+        }
+        let key = c.owner.owning_key().clone();
+        if !coins.owners.contains(&key) {
+            coins.owners.push(key);
+        }
+        coins.refs.push(v.state_ref);
+        coins.states.push(c);
+    }
+    coins.notary = match notaries.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            return Err(FlowError::Exception(format!(
+                "the cash selected is guarded by {} notaries; move it to one notary first (notary change)",
+                notaries.len()
+            )));
+        }
+    };
+    Ok(coins)
+}
+
+/// Splits `quantity` of the coins' cash (per issuer) between `to` and the change owner.
+fn split(coins: &Coins, quantity: u64, to: &AbstractParty, change: &AbstractParty) -> Vec<(Amount<Issued<Currency>>, AbstractParty)> {
+    let mut per_issuer: BTreeMap<String, Amount<Issued<Currency>>> = BTreeMap::new();
+    for c in &coins.states {
+        let key = treaty_core::TokenType::display_name(&c.amount.token);
+        let next = match per_issuer.get(&key) {
+            Some(sum) => Amount::new(sum.quantity.saturating_add(c.amount.quantity), c.amount.token.clone()),
+            None => c.amount.clone(),
+        };
+        per_issuer.insert(key, next);
+    }
+    let mut left = quantity;
+    let mut outputs = Vec::new();
+    for total in per_issuer.into_values() {
+        let paid = left.min(total.quantity);
+        left -= paid;
+        if paid > 0 {
+            outputs.push((Amount::new(paid, total.token.clone()), to.clone()));
+        }
+        if total.quantity > paid {
+            outputs.push((Amount::new(total.quantity - paid, total.token), change.clone()));
+        }
+    }
+    outputs
+}
+
+fn move_summaries(outputs: &[(Amount<Issued<Currency>>, AbstractParty)]) -> Vec<String> {
+    let mut totals: BTreeMap<String, Amount<Issued<Currency>>> = BTreeMap::new();
+    for (a, _) in outputs {
+        let key = treaty_core::TokenType::display_name(&a.token);
+        let next = match totals.get(&key) {
+            Some(sum) => Amount::new(sum.quantity + a.quantity, a.token.clone()),
+            None => a.clone(),
+        };
+        totals.insert(key, next);
+    }
+    totals.values().map(|o| format!("Move {o}")).collect()
+}
+
+async fn pay(ctx: &FlowContext, s: &Services, args: PaymentArgs) -> Result<Value, FlowError> {
+    let amount = amount(CASH_PAYMENT, &args.amount)?;
+    let recipient: X500Name = args.recipient.parse().map_err(|e| bad(CASH_PAYMENT, "recipient", e))?;
+    if recipient == s.me.name {
+        return Err(bad(CASH_PAYMENT, "recipient", "a node cannot pay itself"));
+    }
+    let well_known = s.view.borrow().node(&recipient).map(|n| n.legal_identity.clone());
+    let well_known = well_known.ok_or_else(|| bad(CASH_PAYMENT, "recipient", format!("{recipient} is not on the network map")))?;
+    let session = ctx.initiate(&recipient).await?;
+    ctx.send(&session, &args.anonymous).await?;
+    let (to, change): (AbstractParty, AbstractParty) = if args.anonymous {
+        ctx.progress("swapping identities").await?;
+        let swapped = swap_identities(ctx, &session, &s.keys).await?;
+        (swapped.theirs.into(), swapped.mine.into())
+    } else {
+        (well_known.into(), s.me.clone().into())
+    };
+    ctx.progress("selecting coins").await?;
+    let lock = lock_of(ctx);
+    let stx = built(ctx, s, "cash-payment", |salt| {
+        let (to, change, currency) = (to.clone(), change.clone(), amount.token.clone());
+        async move {
+            let coins = select(s, lock, &currency, amount.quantity, &IssuerFilter::Any).await?;
+            let code = code(s).await?;
+            let outputs = split(&coins, amount.quantity, &to, &change);
+            let mut b = TransactionBuilder::new(Some(coins.notary.clone()));
+            for r in &coins.refs {
+                b = b.input(*r);
+            }
+            for summary in move_summaries(&outputs) {
+                b = b.summary(summary);
+            }
+            for (a, owner) in outputs {
+                b = b.output(cash(a, owner, &coins.notary, code));
+            }
+            let wtx = b
+                .command(Command::new(&CashCommand::Move, coins.owners.clone()))
+                .attachment(code)
+                .build(salt)
+                .map_err(|e| FlowError::Invalid(e.to_string()))?;
+            sign(s, SignedTransaction::new(wtx, vec![]), &coins.owners)
+        }
+    })
+    .await?;
+    ctx.progress("notarising and sending").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
+    Ok(json!({
+        "transaction": done.id().to_string(),
+        "amount": args.amount,
+        "recipient": recipient.to_string(),
+        "anonymous": args.anonymous,
+    }))
+}
+
+async fn exit(ctx: &FlowContext, s: &Services, args: ExitArgs) -> Result<Value, FlowError> {
+    let amount = amount(CASH_EXIT, &args.amount)?;
+    let me: AbstractParty = s.me.clone().into();
+    ctx.progress("selecting coins").await?;
+    let lock = lock_of(ctx);
+    let stx = built(ctx, s, "cash-exit", |salt| {
+        let (me, currency) = (me.clone(), amount.token.clone());
+        async move {
+            // Only cash this node issued can be exited by it.
+            let coins = select(s, lock, &currency, amount.quantity, &IssuerFilter::OneOf(vec![me.to_string()])).await?;
+            let code = code(s).await?;
+            let token =
+                coins.states.first().map(|c| c.amount.token.clone()).ok_or_else(|| FlowError::Invalid("no coins selected".into()))?;
+            let exiting = Amount::new(amount.quantity, token);
+            let mut b = TransactionBuilder::new(Some(coins.notary.clone()));
+            for r in &coins.refs {
+                b = b.input(*r);
+            }
+            // What is exited leaves the ledger; only the change stays, with this node.
+            let total: u64 = coins.states.iter().map(|c| c.amount.quantity).sum();
+            if total > amount.quantity {
+                b = b.output(cash(Amount::new(total - amount.quantity, exiting.token.clone()), me.clone(), &coins.notary, code));
+            }
+            let mut signers = coins.owners.clone();
+            if !signers.contains(&s.me.owning_key) {
+                signers.push(s.me.owning_key.clone());
+            }
+            let wtx = b
+                .command(Command::new(&CashCommand::Exit { amount: Box::new(exiting.clone()) }, signers.clone()))
+                .summary(format!("Exit {exiting}"))
+                .attachment(code)
+                .build(salt)
+                .map_err(|e| FlowError::Invalid(e.to_string()))?;
+            sign(s, SignedTransaction::new(wtx, vec![]), &signers)
+        }
+    })
+    .await?;
+    ctx.progress("notarising").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[]).await?;
+    Ok(json!({ "transaction": done.id().to_string(), "amount": args.amount }))
+}
