@@ -67,7 +67,7 @@ async fn baseline_sqlite(dir: &std::path::Path) -> Result<f64> {
     Ok(n as f64 / began.elapsed().as_secs_f64())
 }
 
-/// Stops the nodes and the map of [`two_nodes`].
+/// Stops the nodes and the map of [`local_network`].
 fn stop(map_task: tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, nodes: Vec<node::RunningNode>) {
     map_task.abort();
     for n in nodes {
@@ -86,15 +86,16 @@ fn emit<R: Serialize>(json: bool, report: &R, baseline: &Baseline, line: &str) -
     Ok(())
 }
 
-/// A fresh two-node network (Alice, Bob) and its map, all in this process; returns when Alice
-/// knows Bob's address.
-pub(crate) async fn two_nodes(
+/// A fresh network — Alice, Bob and a (non-validating) notary, every node running the finance
+/// flows — and its map, all in this process; returns when every node knows every other's
+/// address. `nodes` are Alice, Bob, the notary.
+pub(crate) async fn local_network(
     scratch: &std::path::Path,
 ) -> Result<(tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, Vec<node::RunningNode>)> {
     let req = bootstrap::Request {
         dir: scratch.to_path_buf(),
         nodes: vec!["O=Alice,L=London,C=GB".into(), "O=Bob,L=Paris,C=FR".into()],
-        notaries: vec![],
+        notaries: vec!["O=Notary,L=Zurich,C=CH".into()],
         validating: false,
         cluster: 1,
     };
@@ -110,11 +111,15 @@ pub(crate) async fn two_nodes(
         nodes.push(node::start_with(&config, treaty_finance::register).await?);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while nodes[0].view.borrow().addresses(&nodes[1].name).is_none() {
-        if Instant::now() > deadline {
-            bail!("Alice did not learn Bob's address from the network map");
+    for a in &nodes {
+        for b in &nodes {
+            while a.name != b.name && a.view.borrow().addresses(&b.name).is_none() {
+                if Instant::now() > deadline {
+                    bail!("{} did not learn {}'s address from the network map", a.name, b.name);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((map_task, nodes))
 }
@@ -129,7 +134,7 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
     let scratch = std::env::temp_dir().join(format!("treaty-bench-messaging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     let result = runtime()?.block_on(async {
-        let (map_task, nodes) = two_nodes(&scratch).await?;
+        let (map_task, nodes) = local_network(&scratch).await?;
         let (alice, bob) = (&nodes[0], &nodes[1]);
         let sqlite = baseline_sqlite(&scratch).await?;
         let began = Instant::now();
@@ -196,16 +201,19 @@ struct FlowsReport {
 /// `treaty bench flows --scenario pingpong`: Echo flows from Alice to Bob (a session, a
 /// message each way, both sides' journals and statuses in SQLite), `concurrency` at a time.
 pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Result<()> {
-    if scenario != "pingpong" {
-        bail!("scenario {scenario:?} is not available yet: pingpong is (issue and pay come with the finance flows)");
-    }
+    let scenario: &'static str = match scenario {
+        "pingpong" => "pingpong",
+        "issue" => "issue",
+        "pay" => "pay",
+        other => bail!("unknown scenario {other:?}: pingpong, issue or pay"),
+    };
     if count == 0 || concurrency == 0 {
         bail!("--count and --concurrency must be at least 1");
     }
     let scratch = std::env::temp_dir().join(format!("treaty-bench-flows-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     let result: Result<FlowsReport> = runtime()?.block_on(async {
-        let (map_task, nodes) = two_nodes(&scratch).await?;
+        let (map_task, nodes) = local_network(&scratch).await?;
         let sqlite = baseline_sqlite(&scratch).await?;
         let engine = nodes[0].flows.clone();
         let bob = nodes[1].name.to_string();
@@ -218,10 +226,24 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
                 let mut latencies = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < count {
                     let t = Instant::now();
-                    let id = engine.start(node::ECHO, serde_json::json!({"to": bob, "message": "ping"}), None).await?;
-                    let done = engine.wait(id).await?;
-                    if done.status != treaty_flows::FlowStatus::Completed {
-                        bail!("flow {id} ended {}: {:?}", done.status.as_str(), done.error);
+                    let run = |flow: &'static str, args: serde_json::Value| {
+                        let engine = engine.clone();
+                        async move {
+                            let id = engine.start(flow, args, None).await?;
+                            let done = engine.wait(id).await?;
+                            if done.status != treaty_flows::FlowStatus::Completed {
+                                bail!("{flow} flow {id} ended {}: {:?}", done.status.as_str(), done.error);
+                            }
+                            Ok(())
+                        }
+                    };
+                    match scenario {
+                        "pingpong" => run(node::ECHO, serde_json::json!({"to": bob, "message": "ping"})).await?,
+                        "issue" => run(treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"})).await?,
+                        _ => {
+                            run(treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"})).await?;
+                            run(treaty_finance::CASH_PAYMENT, serde_json::json!({"amount": "1.00 USD", "recipient": bob})).await?;
+                        }
                     }
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
@@ -237,7 +259,7 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
         let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
         stop(map_task, nodes);
         Ok(FlowsReport {
-            scenario: "pingpong",
+            scenario,
             flows: count,
             concurrency,
             seconds,
@@ -249,8 +271,13 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
     });
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
+    let what = match scenario {
+        "pingpong" => "ping-pong flows Alice → Bob, durable at both ends",
+        "issue" => "CashIssue flows on Alice (build, sign, record, vault)",
+        _ => "issue+pay rounds (CashIssue on Alice, then CashPayment to Bob through the notary)",
+    };
     let line = format!(
-        "{} ping-pong flows Alice → Bob ({} at a time), durable at both ends: {:.2} s, {:.0} flows/s, latency p50 {:.1} ms, p99 {:.1} ms",
+        "{} {what} ({} at a time): {:.2} s, {:.0}/s, latency p50 {:.1} ms, p99 {:.1} ms",
         report.flows, report.concurrency, report.seconds, report.flows_per_sec, report.latency_ms_p50, report.latency_ms_p99
     );
     emit(json, &report, &report.baseline, &line)
@@ -280,7 +307,7 @@ pub fn resolve(length: usize, json: bool) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     let result: Result<ResolveReport> = runtime()?.block_on(async {
         let chain = treaty_testkit::token_chain(length - 1, rand::random()).map_err(anyhow::Error::msg)?;
-        let (map_task, nodes) = two_nodes(&scratch).await?;
+        let (map_task, nodes) = local_network(&scratch).await?;
         let ledger = &nodes[0].ledger;
         let attachment = ledger.check_attachment(&chain.attachment).map_err(anyhow::Error::msg)?;
         ledger.record(&[attachment], &chain.transactions).await?;

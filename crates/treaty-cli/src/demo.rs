@@ -343,7 +343,7 @@ fn real_nodes(r: &mut Report) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     let outcome = crate::node::runtime()?.block_on(async {
         let began = Instant::now();
-        let (map_task, nodes) = crate::bench::two_nodes(&scratch).await?;
+        let (map_task, nodes) = crate::bench::local_network(&scratch).await?;
         let ready = began.elapsed().as_secs_f64();
         let (alice, bob) = (&nodes[0], &nodes[1]);
         r.step(

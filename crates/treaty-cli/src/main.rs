@@ -206,7 +206,7 @@ enum AttachmentCommand {
 enum BenchCommand {
     /// Flows per second and their latency between two nodes.
     Flows {
-        /// pingpong (issue and pay come with the finance flows).
+        /// pingpong (Echo between two nodes), issue (CashIssue on one node) or pay (CashIssue then CashPayment through the notary).
         #[arg(long, default_value = "pingpong")]
         scenario: String,
         /// Flows to run.

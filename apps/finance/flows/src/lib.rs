@@ -189,9 +189,25 @@ fn sign(s: &Services, stx: SignedTransaction, keys: &[PublicKey]) -> Result<Sign
     Ok(stx.with_signatures(sigs))
 }
 
+/// The cash contract bundle and its id, packed once per process.
+fn bundle() -> &'static (Vec<u8>, SecureHash) {
+    static BUNDLE: std::sync::OnceLock<(Vec<u8>, SecureHash)> = std::sync::OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let bytes = cash_bundle();
+        let id = SecureHash::sha256(&bytes);
+        (bytes, id)
+    })
+}
+
+/// The id of the cash contract attachment, stored in this node's ledger (checked and stored
+/// the first time only: checking compiles the module).
 async fn code(s: &Services) -> Result<SecureHash, FlowError> {
+    let (bytes, id) = bundle();
+    if let [Some(_)] = s.ledger.attachments(std::slice::from_ref(id)).await?.as_slice() {
+        return Ok(*id);
+    }
     let (attachment, _) =
-        s.ledger.import_attachment(&cash_bundle()).await.map_err(|e| FlowError::Invalid(format!("the cash contract bundle: {e}")))?;
+        s.ledger.import_attachment(bytes).await.map_err(|e| FlowError::Invalid(format!("the cash contract bundle: {e}")))?;
     Ok(attachment.id)
 }
 
