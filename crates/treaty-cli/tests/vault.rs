@@ -78,7 +78,8 @@ async fn vault_query_and_balances_show_the_nodes_states_over_tls() {
     // Alice's identity key owns what the vault keeps; Holder B's output is not hers.
     let key = treaty_node::keys::identity_key(&node_dir).unwrap();
     let me: AbstractParty = Party { name: ALICE.parse().unwrap(), owning_key: key.public() }.into();
-    let holder_b: AbstractParty = Party { name: "O=Holder B,L=Paris,C=FR".parse().unwrap(), owning_key: treaty_testkit::key(2).unwrap().public() }.into();
+    let holder_b: AbstractParty =
+        Party { name: "O=Holder B,L=Paris,C=FR".parse().unwrap(), owning_key: treaty_testkit::key(2).unwrap().public() }.into();
     let notary = Party { name: "O=Notary,L=Zurich,C=CH".parse().unwrap(), owning_key: treaty_testkit::key(3).unwrap().public() };
     let issue = token_tx(&notary, &key, &[], &[(&me, 100)], 1);
     let spend = token_tx(&notary, &key, &[StateRef { txhash: issue.id(), index: 0 }], &[(&me, 60), (&holder_b, 40)], 2);
@@ -97,7 +98,10 @@ async fn vault_query_and_balances_show_the_nodes_states_over_tls() {
     assert_eq!(first["contract"], TOKEN);
     assert_eq!(first["notary"], notary.name.to_string());
     assert_eq!(first["consumed_at"], serde_json::Value::Null);
-    assert_eq!(first["participants"], json!([{ "owning_key": key.public().to_string(), "name": ALICE.parse::<treaty_core::X500Name>().unwrap().to_string() }]));
+    assert_eq!(
+        first["participants"],
+        json!([{ "owning_key": key.public().to_string(), "name": ALICE.parse::<treaty_core::X500Name>().unwrap().to_string() }])
+    );
     assert_eq!(first["fungible"]["quantity"], 60);
     assert_eq!(first["fungible"]["token"], "TOKEN");
     assert_eq!(first["fungible"]["owner_key"], key.public().to_string());
@@ -141,7 +145,8 @@ async fn vault_query_and_balances_show_the_nodes_states_over_tls() {
     assert_ne!(code, 0);
     assert!(err.contains("\"spent\" is not one of unconsumed, consumed, all"), "{err}");
     let d = dir.clone();
-    let (code, _, err) = tokio::task::spawn_blocking(move || run_as("viewer", "viewer-secret", &["vault", "balances", "--node", &d])).await.unwrap();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || run_as("viewer", "viewer-secret", &["vault", "balances", "--node", &d])).await.unwrap();
     assert_ne!(code, 0);
     assert!(err.contains("RPC user \"viewer\" lacks permission ReadVault"), "{err}");
 
@@ -184,7 +189,8 @@ async fn track_vault_counts_the_snapshot_then_streams_each_transaction() {
     let bad = client.query_vault(pb::VaultQueryRequest { page_size: 20_000, ..Default::default() }).await.unwrap_err();
     assert!(bad.message().contains("VAULT-PAGE-SIZE"), "{bad:?}");
     // Small pages: the stream walks them all.
-    let mut states = client.query_vault(pb::VaultQueryRequest { status: "all".into(), page_size: 1, ..Default::default() }).await.unwrap().into_inner();
+    let mut states =
+        client.query_vault(pb::VaultQueryRequest { status: "all".into(), page_size: 1, ..Default::default() }).await.unwrap().into_inner();
     let mut n = 0;
     while states.message().await.unwrap().is_some() {
         n += 1;

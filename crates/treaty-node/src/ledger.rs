@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use treaty_core::{
-    Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, SecureHash,
-    PublicKey, SignedTransaction, Timestamp, WireTransaction, X500Name,
+    Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, Limits, NetworkParameters, PublicKey, SecureHash,
+    SignedTransaction, Timestamp, WireTransaction, X500Name,
 };
 use treaty_flows::resolve::dependencies;
 use treaty_flows::{FlowError, Ledger};
-use treaty_sandbox::Sandbox;
 use treaty_net::messaging::StoreError;
+use treaty_sandbox::Sandbox;
 use treaty_storage::{Database, Recorded, StorageError};
 use treaty_vault::Vault;
 
