@@ -11,6 +11,7 @@ mod demo;
 mod flow;
 mod network;
 mod node;
+mod vault;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,11 @@ enum Command {
     Attachment {
         #[command(subcommand)]
         command: AttachmentCommand,
+    },
+    /// Queries a running node's vault: its states and balances (client RPC).
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
     },
     /// Runs and inspects one node.
     Node {
@@ -168,6 +174,34 @@ enum FlowCommand {
         /// The flow's id.
         flow_id: String,
         /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Lists the vault's states (unconsumed by default), in recording order.
+    Query {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Only states of this type id (e.g. test.Token); repeat for several.
+        #[arg(long = "state-type", value_name = "NAME")]
+        state_type: Vec<String>,
+        /// unconsumed (the default), consumed or all.
+        #[arg(long)]
+        status: Option<String>,
+        /// Print one JSON document (an array of states).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Totals of the unconsumed fungible states per token and issuer.
+    Balances {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Print one JSON document (an array of balances).
         #[arg(long)]
         json: bool,
     },
@@ -338,6 +372,8 @@ fn main() -> ExitCode {
             FlowCommand::List { node, status, json } => flow::list(&node, status, json),
             FlowCommand::Kill { node, flow_id, json } => flow::kill(&node, &flow_id, json),
         },
+        Command::Vault { command: VaultCommand::Query { node, state_type, status, json } } => vault::query(&node, state_type, status, json),
+        Command::Vault { command: VaultCommand::Balances { node, json } } => vault::balances(&node, json),
         Command::Attachment { command: AttachmentCommand::Upload { node, file, json } } => attachment::upload(&node, &file, json),
         Command::Attachment { command: AttachmentCommand::Download { node, id, out, json } } => {
             attachment::download(&node, &id, &out, json)

@@ -7,21 +7,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{ALICE, BOB, Net, json, run, run_as, run_env};
+use common::{ALICE, BOB, Net, add_user, json, run, run_as, run_env};
 use treaty_core::SecureHash;
 use treaty_rpc::v1 as pb;
-
-/// Adds an RPC user to the node's node.toml.
-fn add_user(net: &Net, legal: &str, name: &str, password: Option<&str>, certificate_sha256: Option<&str>, permissions: &[&str]) {
-    let mut entry = format!("\n[[rpc.users]]\nname = \"{name}\"\npermissions = {permissions:?}\n");
-    if let Some(p) = password {
-        entry.push_str(&format!("password_hash = \"{}\"\n", treaty_node::config::hash_password(p).unwrap()));
-    }
-    if let Some(f) = certificate_sha256 {
-        entry.push_str(&format!("certificate_sha256 = \"{f}\"\n"));
-    }
-    net.edit_config(legal, |text| text + &entry);
-}
 
 fn write(path: &Path, bytes: &[u8]) -> String {
     std::fs::write(path, bytes).unwrap();

@@ -92,7 +92,8 @@ pub struct RpcUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_sha256: Option<String>,
     /// What the user may do: `ALL`, `StartFlow.<name>`, `StartFlow.*`, `ReadFlows`, `KillFlow`,
-    /// `RetryFlow`, `ReadNetwork`, `Drain`, `UploadAttachment`, `DownloadAttachment`, `Shutdown`.
+    /// `RetryFlow`, `ReadNetwork`, `ReadVault`, `Drain`, `UploadAttachment`, `DownloadAttachment`,
+    /// `Shutdown`.
     pub permissions: Vec<String>,
 }
 
@@ -104,6 +105,7 @@ pub const PERMISSIONS: &[&str] = &[
     "KillFlow",
     "RetryFlow",
     "ReadNetwork",
+    "ReadVault",
     "Drain",
     "UploadAttachment",
     "DownloadAttachment",

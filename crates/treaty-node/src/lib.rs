@@ -11,3 +11,4 @@ pub mod ledger;
 pub mod node;
 pub mod rpc;
 pub mod rpc_tls;
+pub mod rpc_vault;

@@ -285,6 +285,7 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         flows.clone(),
         view.clone(),
         ledger.clone(),
+        vault.clone(),
     );
     let rpc = crate::rpc::serve(rpc_listener, rpc_tls, service, crate::rpc::RpcUsers::new(&config.raw.rpc.users));
 

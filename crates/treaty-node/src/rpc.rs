@@ -16,10 +16,12 @@ use treaty_core::SecureHash;
 use treaty_flows::{FlowEngine, FlowError, FlowId, FlowRecord, FlowStatus};
 use treaty_netmap::NetworkView;
 use treaty_rpc::v1 as pb;
+use treaty_vault::{Criteria, Vault};
 
 use crate::config::{RpcUser, parse_fingerprint};
 use crate::ledger::{ImportError, NodeLedger};
 use crate::rpc_tls::RpcPeer;
+use crate::rpc_vault;
 
 /// Who may call: the `[[rpc.users]]` of node.toml. A caller proves who it is with a client
 /// certificate in the TLS handshake (a user's `certificate_sha256`), or with `treaty-user`
@@ -115,6 +117,7 @@ pub struct RpcService {
     flows: FlowEngine,
     view: watch::Receiver<Arc<NetworkView>>,
     ledger: Arc<NodeLedger>,
+    vault: Vault,
     uploads: Semaphore,
     stop: watch::Sender<bool>,
 }
@@ -127,8 +130,18 @@ impl RpcService {
         flows: FlowEngine,
         view: watch::Receiver<Arc<NetworkView>>,
         ledger: Arc<NodeLedger>,
+        vault: Vault,
     ) -> RpcService {
-        RpcService { name, addresses, flows, view, ledger, uploads: Semaphore::new(CONCURRENT_UPLOADS), stop: watch::channel(false).0 }
+        RpcService {
+            name,
+            addresses,
+            flows,
+            view,
+            ledger,
+            vault,
+            uploads: Semaphore::new(CONCURRENT_UPLOADS),
+            stop: watch::channel(false).0,
+        }
     }
 }
 
@@ -501,5 +514,33 @@ impl pb::node_server::Node for RpcService {
             tracing::info!("drained shutdown not done: {running} flow(s) still running; the node stays up, draining");
         }
         Ok(Response::new(pb::ShutdownStatus { stopping, running_flows: running as u32, draining: self.flows.is_draining() }))
+    }
+
+    type QueryVaultStream = EventStream<pb::VaultStateMessage>;
+
+    async fn query_vault(&self, request: Request<pb::VaultQueryRequest>) -> Result<Response<Self::QueryVaultStream>, Status> {
+        require(&request, "ReadVault")?;
+        let (criteria, page_size) = rpc_vault::criteria(request.get_ref())?;
+        // Checked here so that a bad page size is the call's error, not the stream's.
+        self.vault.stream(criteria.clone(), treaty_vault::Sort::recording_order(), page_size).map_err(rpc_vault::status)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(rpc_vault::stream_states(self.vault.clone(), criteria, page_size, tx));
+        Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn vault_balances(&self, request: Request<pb::VaultBalancesRequest>) -> Result<Response<pb::VaultBalancesResponse>, Status> {
+        require(&request, "ReadVault")?;
+        let balances = self.vault.balances(&Criteria::unconsumed()).await.map_err(rpc_vault::status)?;
+        Ok(Response::new(pb::VaultBalancesResponse { balances: balances.iter().map(rpc_vault::balance_message).collect() }))
+    }
+
+    type TrackVaultStream = EventStream<pb::VaultUpdateMessage>;
+
+    async fn track_vault(&self, request: Request<pb::VaultQueryRequest>) -> Result<Response<Self::TrackVaultStream>, Status> {
+        require(&request, "ReadVault")?;
+        let (criteria, _) = rpc_vault::criteria(request.get_ref())?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(rpc_vault::track(self.vault.clone(), criteria, tx));
+        Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

@@ -120,6 +120,14 @@ impl Vault {
         self.inner.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The columns the registered schema for `state`'s type reads from it now (linear id,
+    /// fungible shape, app columns; empty when no schema is registered for the type). For
+    /// showing a state (the node's RPC): queries filter on the columns stored when the state
+    /// was recorded, which a schema registered later does not change.
+    pub fn columns(&self, state: &VaultState) -> Result<StateColumns, VaultError> {
+        self.registry().extract(&state.state_ref, &state.state.data)
+    }
+
     /// The state at `state_ref`, if the vault holds it.
     pub async fn state(&self, state_ref: &StateRef) -> Result<Option<VaultState>, VaultError> {
         let mut sql = Sql::default();

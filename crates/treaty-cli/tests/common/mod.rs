@@ -125,6 +125,18 @@ impl Drop for Net {
     }
 }
 
+/// Adds an RPC user to the node's node.toml.
+pub fn add_user(net: &Net, legal: &str, name: &str, password: Option<&str>, certificate_sha256: Option<&str>, permissions: &[&str]) {
+    let mut entry = format!("\n[[rpc.users]]\nname = \"{name}\"\npermissions = {permissions:?}\n");
+    if let Some(p) = password {
+        entry.push_str(&format!("password_hash = \"{}\"\n", treaty_node::config::hash_password(p).unwrap()));
+    }
+    if let Some(f) = certificate_sha256 {
+        entry.push_str(&format!("certificate_sha256 = \"{f}\"\n"));
+    }
+    net.edit_config(legal, |text| text + &entry);
+}
+
 /// A running `treaty` process, killed when dropped.
 pub struct Proc {
     label: String,

@@ -1,0 +1,203 @@
+//! The vault's part of the client RPC (`QueryVault`, `VaultBalances`, `TrackVault`): request
+//! to criteria, states and balances to messages, vault errors to gRPC statuses.
+
+use tokio::sync::mpsc;
+use tonic::Status;
+use treaty_core::Currency;
+use treaty_rpc::v1 as pb;
+use treaty_vault::{Balance, Criteria, Sort, StatusFilter, Vault, VaultError, VaultState};
+
+/// Page size when the request gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 500;
+
+/// The statuses a request may name.
+pub const STATUSES: &str = "unconsumed, consumed, all";
+
+/// A vault error as a gRPC status, its message led by the error's code.
+pub fn status(e: VaultError) -> Status {
+    let message = format!("{} {e}", e.code());
+    match e {
+        VaultError::InvalidPageSize { .. }
+        | VaultError::InvalidCursor { .. }
+        | VaultError::UnknownSortColumn { .. }
+        | VaultError::UnknownColumn { .. }
+        | VaultError::ColumnTypeMismatch { .. }
+        | VaultError::InvalidSort { .. } => Status::invalid_argument(message),
+        VaultError::UpdatesLagged { .. } => Status::resource_exhausted(message),
+        e if e.is_transient() => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// The criteria and page size a query or track request asks for.
+pub fn criteria(request: &pb::VaultQueryRequest) -> Result<(Criteria, u32), Status> {
+    let status = match request.status.trim().to_ascii_lowercase().as_str() {
+        "" | "unconsumed" => StatusFilter::Unconsumed,
+        "consumed" => StatusFilter::Consumed,
+        "all" => StatusFilter::All,
+        _ => return Err(Status::invalid_argument(format!("status {:?} is not one of {STATUSES}", request.status))),
+    };
+    let mut criteria = Criteria::Status(status);
+    if !request.state_types.is_empty() {
+        criteria = criteria.and(Criteria::StateTypes(request.state_types.clone()));
+    }
+    let page_size = if request.page_size == 0 { DEFAULT_PAGE_SIZE } else { request.page_size };
+    Ok((criteria, page_size))
+}
+
+/// A state as the protocol shows it. The fungible shape and linear id are what the schema
+/// registered for its type reads from it (none when no schema is registered).
+pub fn state_message(vault: &Vault, s: &VaultState) -> pb::VaultStateMessage {
+    let columns = vault.columns(s).unwrap_or_default();
+    let data = &s.state.data;
+    pb::VaultStateMessage {
+        tx_id: s.state_ref.txhash.to_string(),
+        output_index: s.state_ref.index,
+        type_id: data.type_id.clone(),
+        schema_version: data.schema_version,
+        contract: s.state.contract.clone(),
+        notary: s.state.notary.name.to_string(),
+        status: s.status.as_str().into(),
+        recorded_at_micros: s.recorded_at.0,
+        consumed_at_micros: s.consumed_at.map_or(0, |t| t.0),
+        consuming_tx: s.consuming_tx.map(|t| t.to_string()).unwrap_or_default(),
+        participants: data
+            .participants
+            .iter()
+            .map(|p| pb::VaultParticipant {
+                owning_key: p.owning_key().to_string(),
+                name: p.name().map(ToString::to_string).unwrap_or_default(),
+            })
+            .collect(),
+        fungible: columns.fungible.map(|f| pb::VaultFungible {
+            owner_key: f.owner.owning_key().to_string(),
+            owner_name: f.owner.name().map(ToString::to_string).unwrap_or_default(),
+            issuer: f.issuer,
+            token: f.token,
+            quantity: f.quantity,
+        }),
+        linear_id: s.linear_id.as_ref().map(|l| l.id.to_string()).unwrap_or_default(),
+        external_id: s.linear_id.as_ref().and_then(|l| l.external_id.clone()).unwrap_or_default(),
+        lock_id: s.lock_id.map(|l| l.0.to_string()).unwrap_or_default(),
+        state_bytes: s.state_bytes.clone(),
+    }
+}
+
+/// How many fraction digits a token's amounts have: a currency code's ISO 4217 digits, none
+/// for any other token.
+pub fn fraction_digits(token: &str) -> u8 {
+    use treaty_core::TokenType;
+    Currency::new(token).map_or(0, |c| c.fraction_digits())
+}
+
+/// `raw` smallest units as a decimal with `digits` fraction digits (`1250`, 2 → `"12.50"`).
+pub fn decimal(raw: u128, digits: u8) -> String {
+    if digits == 0 {
+        return raw.to_string();
+    }
+    let text = format!("{raw:0>width$}", width = usize::from(digits) + 1);
+    let (whole, fraction) = text.split_at(text.len() - usize::from(digits));
+    format!("{whole}.{fraction}")
+}
+
+/// A balance as the protocol shows it.
+pub fn balance_message(b: &Balance) -> pb::VaultBalance {
+    let digits = fraction_digits(&b.token);
+    pb::VaultBalance {
+        token: b.token.clone(),
+        issuer: b.issuer.clone(),
+        quantity: decimal(b.quantity, digits),
+        raw_quantity: b.quantity.to_string(),
+        states: b.states,
+        fraction_digits: u32::from(digits),
+    }
+}
+
+/// Streams every state matching `criteria` into `tx`, one vault page at a time: the node
+/// holds one page (and the channel's few messages) however many states match.
+pub async fn stream_states(vault: Vault, criteria: Criteria, page_size: u32, tx: mpsc::Sender<Result<pb::VaultStateMessage, Status>>) {
+    let mut states = match vault.stream(criteria, Sort::recording_order(), page_size) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(status(e))).await;
+            return;
+        }
+    };
+    loop {
+        match states.next_page().await {
+            Ok(Some(page)) => {
+                for s in &page {
+                    if tx.send(Ok(state_message(&vault, s))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(status(e))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sends how many states match `criteria`, then one update per applied transaction that
+/// concerns them, until the client goes away or falls behind the vault's feed.
+pub async fn track(vault: Vault, criteria: Criteria, tx: mpsc::Sender<Result<pb::VaultUpdateMessage, Status>>) {
+    use pb::vault_update_message::Event;
+    // Subscribe before counting: no update is lost between the two.
+    let mut updates = match vault.subscribe(criteria.clone()) {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = tx.send(Err(status(e))).await;
+            return;
+        }
+    };
+    let first = vault.count(&criteria).await.map(|n| pb::VaultUpdateMessage { event: Some(Event::SnapshotCount(n)) }).map_err(status);
+    let failed = first.is_err();
+    if tx.send(first).await.is_err() || failed {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            update = updates.recv() => {
+                let message = update.map_err(status).map(|u| pb::VaultUpdateMessage {
+                    event: Some(Event::Update(pb::VaultUpdate {
+                        tx_id: u.tx_id.to_string(),
+                        produced: u.produced.iter().map(|s| state_message(&vault, s)).collect(),
+                        consumed: u.consumed.iter().map(|s| state_message(&vault, s)).collect(),
+                    })),
+                });
+                let failed = message.is_err();
+                if tx.send(message).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_in_the_tokens_units() {
+        assert_eq!(decimal(1250, 2), "12.50");
+        assert_eq!(decimal(5, 2), "0.05");
+        assert_eq!(decimal(0, 2), "0.00");
+        assert_eq!(decimal(7, 0), "7");
+        assert_eq!(decimal(u128::MAX, 3), "340282366920938463463374607431768211.455");
+        assert_eq!((fraction_digits("USD"), fraction_digits("JPY"), fraction_digits("KWD"), fraction_digits("TOK!")), (2, 0, 3, 0));
+    }
+
+    #[test]
+    fn statuses_default_to_unconsumed_and_others_are_refused_by_name() {
+        let req = |status: &str| pb::VaultQueryRequest { status: status.into(), ..Default::default() };
+        assert_eq!(criteria(&req("")).map(|c| c.1).ok(), Some(DEFAULT_PAGE_SIZE));
+        assert!(criteria(&req("ALL")).is_ok());
+        let e = criteria(&req("spent")).err().map(|s| s.message().to_string()).unwrap_or_default();
+        assert_eq!(e, "status \"spent\" is not one of unconsumed, consumed, all");
+    }
+}
