@@ -39,6 +39,10 @@ fn demo_json_reports_every_outcome() {
     assert_eq!(step(&doc, "network")["nodes"].as_array().unwrap().len(), 2);
     assert_eq!(step(&doc, "flow")["result"]["echo"], "hello from Alice");
     assert!(step(&doc, "flow")["journal_entries"].as_u64().unwrap() >= 3);
+    // And a cash payment through the network's notary, seen in both vaults.
+    let cash = step(&doc, "cash");
+    assert_eq!((cash["alice_usd"].as_str(), cash["bob_usd"].as_str()), (Some("700.00"), Some("300.00")));
+    assert_eq!(cash["notary"], "O=Notary, L=Zurich, C=CH");
     let dir = step(&doc, "network")["dir"].as_str().unwrap();
     assert!(!std::path::Path::new(dir).exists(), "the demo left its temporary network behind in {dir}");
 }
