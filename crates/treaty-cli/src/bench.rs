@@ -210,6 +210,8 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
     if count == 0 || concurrency == 0 {
         bail!("--count and --concurrency must be at least 1");
     }
+    // Retries and other warnings go to stderr, so a slow run says why.
+    crate::node::init_logging();
     let scratch = std::env::temp_dir().join(format!("treaty-bench-flows-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     let result: Result<FlowsReport> = runtime()?.block_on(async {
