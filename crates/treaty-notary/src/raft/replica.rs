@@ -429,3 +429,49 @@ impl UniquenessProvider for RaftUniquenessProvider {
         Box::pin(self.shared.submit(request, now))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::Vote;
+    use openraft::raft::VoteRequest;
+
+    use super::*;
+    use crate::raft::network::MemoryNetwork;
+    use crate::raft::rpc::Link;
+
+    /// A connection that is not a member's (a client's) may commit and ask for the status, but
+    /// every Raft message and every forwarded batch it sends is refused, and the replica's
+    /// term is untouched: a client cannot vote, append or install a snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_connection_sending_raft_messages_is_refused() {
+        let dir = std::env::temp_dir().join(format!("treaty-raft-client-refused-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let network = MemoryNetwork::new();
+        let members: BTreeMap<ReplicaId, String> = [(1, "memory-1".to_string())].into();
+        let replica = RaftUniquenessProvider::start(dir.join("replica-1.redb"), RaftConfig::new(1, members), Arc::new(network.endpoint(1)))
+            .await
+            .unwrap();
+        replica.wait_for_leader(Duration::from_secs(10)).await.expect("a one-member cluster elects itself");
+        let term_before = replica.status().term;
+
+        let client = Link::start(network.connect_client(1).unwrap());
+        let timeout = Duration::from_secs(5);
+        let vote = Request::Vote(VoteRequest::new(Vote::new(term_before + 100, 99), None));
+        match client.call(&vote, timeout).await.unwrap() {
+            Response::Refused(why) => assert!(why.contains("only replicas of the cluster may send vote messages"), "{why}"),
+            other => panic!("a client's vote was answered: {other:?}"),
+        }
+        match client.call(&Request::Forward(vec![]), timeout).await.unwrap() {
+            Response::Refused(why) => assert!(why.contains("forward"), "{why}"),
+            other => panic!("a client's forwarded batch was answered: {other:?}"),
+        }
+        assert_eq!(replica.status().term, term_before, "the client's vote request changed nothing");
+        // The same connection may still ask what clients may ask.
+        assert!(matches!(client.call(&Request::Status, timeout).await.unwrap(), Response::Status(_)));
+        replica.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
