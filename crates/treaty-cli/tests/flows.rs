@@ -300,3 +300,29 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
     assert!(bad.error.as_ref().unwrap().contains("amount"), "{bad:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coins_locked_by_a_flow_that_is_gone_are_free_again_after_a_restart() {
+    use treaty_vault::{Criteria, LockFilter, LockId, PageSpec, Sort};
+    let dir = std::env::temp_dir().join(format!("treaty-flows-{}-locks", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
+        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--node", ALICE, "--notary", NOTARY])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _map = map(&dir).await;
+    let alice = start_finance(&dir, "alice").await;
+    ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "10.00 USD", "notary": NOTARY})).await);
+    let page = alice.vault.query(&Criteria::unconsumed(), &Sort::recording_order(), &PageSpec::first(10)).await.unwrap();
+    let coin = page.states[0].state_ref;
+    // A payment flow that died before the node did would leave this behind: a lock by a flow
+    // id the node no longer runs.
+    alice.vault.lock(LockId(uuid::Uuid::from_u128(7)), &[coin]).await.unwrap();
+    let locked = Criteria::Lock(LockFilter::Locked);
+    assert_eq!(alice.vault.count(&locked).await.unwrap(), 1);
+    alice.stop();
+    let alice = start_finance(&dir, "alice").await;
+    assert_eq!(alice.vault.count(&locked).await.unwrap(), 0, "released at start-up");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -262,6 +262,11 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
     if resumed > 0 {
         tracing::info!("resumed {resumed} flow(s) from their journals");
     }
+    match release_orphan_locks(&vault, &flows).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("released {n} vault state(s) locked by flows that are no longer running"),
+        Err(e) => tracing::warn!("could not release the locks of flows that ended: {e}"),
+    }
     tasks.push(tokio::spawn(dispatch(messenger.clone(), flows.clone(), inbox)));
     // Messages stored but not processed before a restart are handed over before new ones can
     // arrive: start the messenger, then accept connections.
@@ -408,6 +413,28 @@ async fn follow_view(
             return;
         }
     }
+}
+
+/// Soft locks whose flow is no longer running (it ended while the node was down, or the node
+/// died between a flow's end and its releasing them) are released at start-up, after the
+/// flows resumed: a lock is a flow id, and a running flow keeps its locks.
+async fn release_orphan_locks(vault: &Vault, flows: &FlowEngine) -> Result<u64, String> {
+    use treaty_vault::{Criteria, LockFilter, Sort};
+    let mut locked = vault.stream(Criteria::Lock(LockFilter::Locked), Sort::recording_order(), 1000).map_err(|e| e.to_string())?;
+    let mut owners = std::collections::BTreeSet::new();
+    while let Some(state) = locked.next().await.map_err(|e| e.to_string())? {
+        if let Some(lock) = state.lock_id {
+            owners.insert(lock);
+        }
+    }
+    let mut released = 0;
+    for lock in owners {
+        let running = flows.get(treaty_flows::FlowId(lock.0)).await.map_err(|e| e.to_string())?.is_some_and(|r| !r.status.is_final());
+        if !running {
+            released += vault.release(lock).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(released)
 }
 
 /// A notary node hosts the notary service (validating when its `[notary]` section says so): a
