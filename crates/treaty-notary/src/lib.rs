@@ -26,6 +26,7 @@
 pub mod apply;
 mod batch;
 mod error;
+pub mod mux;
 mod postgres;
 mod provider;
 pub mod raft;
