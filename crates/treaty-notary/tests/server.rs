@@ -39,6 +39,13 @@ struct Server {
 /// Writes a server configuration (redb provider; Alice a known party) with `extra` lines,
 /// starts the process and waits until it listens.
 fn start(extra: &str, files: &[(&str, Vec<u8>)]) -> Server {
+    let (mut server, config) = configure("127.0.0.1:0", extra, files);
+    server.spawn(&config);
+    server
+}
+
+/// Writes a server's directory and configuration, listening on `listen`; starts nothing.
+fn configure(listen: &str, extra: &str, files: &[(&str, Vec<u8>)]) -> (Server, PathBuf) {
     let dir = TempDir::new();
     let pki = Pki::new();
     let home = dir.path().join("notary");
@@ -54,7 +61,7 @@ fn start(extra: &str, files: &[(&str, Vec<u8>)]) -> Server {
     std::fs::write(
         &config,
         format!(
-            "name = \"{}\"\nidentity_key = \"identity.key\"\nlisten = \"127.0.0.1:0\"\nroot_cert = \"../root.der\"\n\
+            "name = \"{}\"\nidentity_key = \"identity.key\"\nlisten = \"{listen}\"\nroot_cert = \"../root.der\"\n\
              tls_chain = {chain}\ntls_key = \"tls.key\"\n{extra}\n\n[provider]\nkind = \"single\"\npath = \"uniqueness.redb\"\n\n\
              [[parties]]\nname = \"{}\"\nkey = \"{}\"\n",
             notary_name(),
@@ -63,7 +70,7 @@ fn start(extra: &str, files: &[(&str, Vec<u8>)]) -> Server {
         ),
     )
     .unwrap();
-    let mut server = Server {
+    let server = Server {
         _dir: dir,
         home,
         child: None,
@@ -72,8 +79,7 @@ fn start(extra: &str, files: &[(&str, Vec<u8>)]) -> Server {
         notary: Party { name: notary_name(), owning_key: notary_key.public() },
         alice_key,
     };
-    server.spawn(&config);
-    server
+    (server, config)
 }
 
 impl Server {
@@ -290,4 +296,17 @@ async fn a_validating_server_verifies_the_whole_transaction() {
 
     // The valid move is signed: nothing above consumed its input.
     signature(client.notarise_whole(whole(good)).await).verify(&good.id()).unwrap();
+}
+
+/// A server whose port is taken says so, naming the address, and exits with failure.
+#[test]
+fn a_port_in_use_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (_server, config) = configure(&address, "", &[]);
+    let out = Process::new(env!("CARGO_BIN_EXE_treaty-notary-server")).arg(&config).stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "it never said it listens: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("NOTARY-SERVER-LISTEN") && err.contains(&address) && err.contains("in use by another process"), "{err}");
 }
