@@ -263,6 +263,34 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Notarisations per second from notary processes on this machine (a notary server, and
+    /// for raft three replica processes behind it), with latency, conflicts injected and
+    /// detected, double commits found (must be 0) and this machine's Ed25519 rates.
+    Notary {
+        /// The uniqueness provider: single (one redb file), raft (three replica processes) or
+        /// postgres (a throw-away PostgreSQL, or a fresh database on TREATY_TEST_POSTGRES_URL).
+        #[arg(long)]
+        provider: String,
+        /// A validating notary: it gets whole transactions with the transactions their inputs
+        /// come from, and verifies them (contracts in the wasm sandbox) before it commits.
+        #[arg(long)]
+        validating: bool,
+        /// Transactions to notarise.
+        #[arg(long)]
+        tx: usize,
+        /// Inputs per transaction.
+        #[arg(long)]
+        inputs: usize,
+        /// Requests in flight at once.
+        #[arg(long)]
+        concurrency: usize,
+        /// Fraction of transactions that reuse an input of an earlier one (each must be refused).
+        #[arg(long, default_value_t = 0.0)]
+        conflict_rate: f64,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Durable messages per second between two nodes over mutual TLS (SQLite at both ends).
     Messaging {
         /// Messages to send.
@@ -385,6 +413,9 @@ fn main() -> ExitCode {
             bench::flows(&scenario, count, concurrency, json)
         }
         Command::Bench { command: BenchCommand::Resolve { length, json } } => bench::resolve(length, json),
+        Command::Bench { command: BenchCommand::Notary { provider, validating, tx, inputs, concurrency, conflict_rate, json } } => {
+            bench::notary::notary(&bench::notary::NotaryArgs { provider, validating, tx, inputs, concurrency, conflict_rate, json })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,16 +20,22 @@
 //!   caller. An `Ok` answer is therefore durable (for Raft: on a majority of the replicas).
 //! - Time: a provider never reads a clock. The caller passes the notary's time; the window is
 //!   checked with [`TimeWindowCheck`] (tolerance [`DEFAULT_TIME_TOLERANCE_MICROS`]).
+//! - The notary as a process: [`server`] hosts a [`NotaryService`] over mutual TLS
+//!   (`treaty-notary-server CONFIG.toml`), [`client::NotaryClient`] calls it; both speak the
+//!   framing of [`mux`], as the Raft replicas do.
 //!
 //! See `docs/notary.md` for the semantics, the conflict shape and the storage layouts.
 
 pub mod apply;
 mod batch;
+pub mod client;
 mod error;
+pub mod mux;
 mod postgres;
 mod provider;
 pub mod raft;
 mod request;
+pub mod server;
 pub mod service;
 pub mod signer;
 mod single_node;

@@ -207,6 +207,15 @@ impl NotaryService {
     /// included, only this notary's signature missing. Checks that it names this notary and the
     /// request signature, then commits and signs.
     pub async fn notarise_whole(&self, stx: &SignedTransaction, signature: &[u8], requester: &Party, now: Timestamp) -> NotaryAnswer {
+        self.check_whole(stx, signature, requester)?;
+        self.commit_whole(stx, requester, now).await
+    }
+
+    /// The checks [`NotaryService::notarise_whole`] makes before it commits: the transaction
+    /// names this notary, the request signature is `requester`'s, and there is something to
+    /// notarise. A host that verifies the transaction itself runs these first (they are
+    /// cheaper), then verifies, then calls [`NotaryService::commit_whole`].
+    pub fn check_whole(&self, stx: &SignedTransaction, signature: &[u8], requester: &Party) -> Result<(), NotaryRefusal> {
         let tx_id = stx.id();
         let c = stx.tx().components();
         self.check_notary(tx_id, c.notary.as_ref())?;
@@ -220,7 +229,14 @@ impl NotaryService {
                 reason: "it has no inputs, references or time window: there is nothing to notarise".into(),
             });
         }
-        self.commit_and_sign(tx_id, c.inputs.clone(), c.references.clone(), c.time_window, requester, now).await
+        Ok(())
+    }
+
+    /// Commits a whole transaction that passed [`NotaryService::check_whole`] (and, for a
+    /// validating notary, its host's verification) and signs it.
+    pub async fn commit_whole(&self, stx: &SignedTransaction, requester: &Party, now: Timestamp) -> NotaryAnswer {
+        let c = stx.tx().components();
+        self.commit_and_sign(stx.id(), c.inputs.clone(), c.references.clone(), c.time_window, requester, now).await
     }
 
     /// Checks that `named` is this notary.

@@ -210,63 +210,16 @@ mod processes {
     use std::io::{BufRead, BufReader, Write};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
-    use std::sync::RwLock;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use treaty_core::{KeyPair, SignatureScheme, X500Name};
-    use treaty_net::pki::{self, CertRole, RevocationList, Validity};
+    use treaty_core::X500Name;
     use treaty_net::transport::{self, TlsIdentity};
     use treaty_notary::raft::{BoxStream, RemoteReplica};
 
     use super::*;
 
-    fn key(seed: u8) -> KeyPair {
-        KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap()
-    }
-
-    fn validity() -> Validity {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-        Validity::from_now(now, 1)
-    }
-
     fn replica_name(id: u64) -> X500Name {
         format!("O=Notary Replica {id},L=Zurich,C=CH").parse().unwrap()
-    }
-
-    /// A throw-away network: root, doorman, and per party a node CA and TLS certificate.
-    struct Pki {
-        root: pki::CertifiedKey,
-        doorman: pki::CertifiedKey,
-    }
-
-    impl Pki {
-        fn new() -> Pki {
-            let root = pki::root_ca("O=Test Root,L=London,C=GB".parse().unwrap(), key(1), validity(), [1; 16]).unwrap();
-            let doorman =
-                root.issue("O=Test Doorman,L=London,C=GB".parse().unwrap(), key(2), CertRole::DoormanCa, validity(), [2; 16]).unwrap();
-            Pki { root, doorman }
-        }
-
-        /// The TLS certificate chain and key of `name`.
-        fn party(&self, name: &X500Name, seed: u8) -> (Vec<Vec<u8>>, KeyPair) {
-            let node_ca = self.doorman.issue(name.clone(), key(seed), CertRole::NodeCa, validity(), [seed; 16]).unwrap();
-            let tls = node_ca.issue(name.clone(), key(seed + 1), CertRole::Tls, validity(), [seed + 1; 16]).unwrap();
-            (vec![tls.cert, node_ca.cert, self.doorman.cert.clone()], tls.key)
-        }
-
-        fn identity(&self, name: &X500Name, seed: u8) -> TlsIdentity {
-            let (chain, key) = self.party(name, seed);
-            TlsIdentity {
-                chain,
-                key: Arc::new(key),
-                root: Arc::new(self.root.cert.clone()),
-                revoked: Arc::new(RwLock::new(RevocationList::default())),
-            }
-        }
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
     /// One replica process's files.
@@ -292,22 +245,14 @@ mod processes {
         (1..=3u64)
             .map(|id| {
                 let home = dir.join(format!("replica-{id}"));
-                std::fs::create_dir_all(&home).unwrap();
-                let (chain, tls_key) = pki.party(&replica_name(id), 10 * id as u8);
-                let mut files = Vec::new();
-                for (i, cert) in chain.iter().enumerate() {
-                    let f = format!("chain-{i}.der");
-                    std::fs::write(home.join(&f), cert).unwrap();
-                    files.push(format!("\"{f}\""));
-                }
-                treaty_net::keystore::write_key(&home.join("tls.key"), &tls_key).unwrap();
+                let chain = pki.write_party(&home, &replica_name(id), 10 * id as u8);
                 let config = home.join("replica.toml");
                 std::fs::write(
                     &config,
                     format!(
-                        "id = {id}\nlisten = \"{}\"\nlog = \"replica.redb\"\nroot_cert = \"../root.der\"\ntls_chain = [{}]\ntls_key = \"tls.key\"\nsnapshot_after_entries = 200\nentries_kept_after_snapshot = 20\n\n{table}",
+                        "id = {id}\nlisten = \"{}\"\nlog = \"replica.redb\"\nroot_cert = \"../root.der\"\ntls_chain = {}\ntls_key = \"tls.key\"\nsnapshot_after_entries = 200\nentries_kept_after_snapshot = 20\n\n{table}",
                         addresses[id as usize - 1],
-                        files.join(", ")
+                        chain
                     ),
                 )
                 .unwrap();

@@ -22,6 +22,7 @@
 //!   production, in-memory pipes ([`MemoryNetwork`]) in tests, simulated TCP in the
 //!   deterministic simulation.
 
+mod client;
 mod network;
 mod replica;
 mod rpc;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use treaty_core::Timestamp;
 
+pub use client::ClusterClient;
 pub use network::{BoxStream, Handshake, MemoryEndpoint, MemoryNetwork, NetFuture, Remote, ReplicaNetwork, ReplicaStream};
 pub use replica::RaftUniquenessProvider;
 pub use rpc::{CLIENT_MAX_FRAME, MAX_FRAME, RemoteReplica, ReplicaStatus};

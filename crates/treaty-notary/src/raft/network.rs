@@ -12,18 +12,15 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::ReplicaId;
 
-/// A byte stream between a replica and a peer or client.
-pub trait ReplicaStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ReplicaStream for T {}
+/// A byte stream between a replica and a peer or client (any [`crate::mux::ByteStream`]).
+pub use crate::mux::ByteStream as ReplicaStream;
 
 /// A boxed [`ReplicaStream`].
-pub type BoxStream = Box<dyn ReplicaStream>;
+pub use crate::mux::BoxStream;
 
 /// What the network's methods return.
 pub type NetFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'a>>;

@@ -15,11 +15,12 @@ use treaty_core::{Timestamp, encoding};
 use treaty_net::transport::read_frame;
 
 use super::network::{BoxStream, Remote, ReplicaNetwork};
-use super::rpc::{CLIENT_MAX_FRAME, Forwarded, MAX_FRAME, NetworkFactory, Peers, ReplicaStatus, Request, Response, write_frames};
+use super::rpc::{CLIENT_MAX_FRAME, Forwarded, MAX_FRAME, NetworkFactory, Peers, ReplicaStatus, Request, Response};
 use super::store::Store;
 use super::{Answers, Proposal, RaftConfig, ReplicaId, TypeConfig};
 use crate::batch::{Job, Linger, submit};
 use crate::error::NotaryError;
+use crate::mux::{reply, write_frames};
 use crate::provider::{CommitFuture, UniquenessProvider};
 use crate::request::CommitRequest;
 
@@ -164,11 +165,7 @@ impl Shared {
 
     /// Answers one request from a peer or client; responses go to `out`.
     async fn handle(self: &Arc<Self>, id: u64, request: Request, remote: Remote, out: &mpsc::UnboundedSender<Vec<u8>>) {
-        let respond = move |out: &mpsc::UnboundedSender<Vec<u8>>, response: Response| {
-            if let Ok(frame) = encoding::try_encode(&(id, response)) {
-                let _ = out.send(frame);
-            }
-        };
+        let respond = move |out: &mpsc::UnboundedSender<Vec<u8>>, response: Response| reply(out, id, &response);
         let from_replica = matches!(remote, Remote::Replica(_));
         let (me, out2) = (self.clone(), out.clone());
         match request {

@@ -1,5 +1,5 @@
 //! The replica protocol: requests and responses as BCS in length-delimited frames, many in
-//! flight on one connection, matched by id.
+//! flight on one connection, matched by id (the framing is [`crate::mux`]'s).
 //!
 //! A replica opens one connection to each peer it talks to ([`Peers`]) and carries everything
 //! on it: openraft's RPCs (append entries, vote, snapshot chunks) and the batches it forwards
@@ -8,7 +8,6 @@
 //! service in another process) speak the same protocol through [`RemoteReplica`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,14 +18,12 @@ use openraft::raft::{
 };
 use openraft::{EmptyNode, RPCTypes};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot};
-use treaty_core::{Timestamp, encoding};
-use treaty_net::transport::read_frame;
+use treaty_core::Timestamp;
 
 use super::network::{BoxStream, ReplicaNetwork};
 use super::{Answers, ReplicaId, TypeConfig};
 use crate::error::NotaryError;
+use crate::mux::{self, LinkError};
 use crate::provider::{CommitFuture, UniquenessProvider};
 use crate::request::CommitRequest;
 
@@ -99,129 +96,8 @@ pub struct ReplicaStatus {
     pub snapshot_index: u64,
 }
 
-/// Why a call on a link failed.
-#[derive(Clone, Debug, thiserror::Error)]
-pub(crate) enum LinkError {
-    /// The peer could not be reached.
-    #[error("cannot connect: {0}")]
-    Unreachable(String),
-    /// The connection broke before the answer came.
-    #[error("the connection was lost")]
-    Lost,
-    /// No answer in time.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-}
-
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
-
-/// Aborts the tasks it holds when dropped.
-pub(crate) struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
-/// Writes queued frames, several per flush when they queue up.
-pub(crate) async fn write_frames(
-    stream: tokio::io::WriteHalf<BoxStream>,
-    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
-) -> std::io::Result<()> {
-    let mut out = BufWriter::with_capacity(64 << 10, stream);
-    while let Some(frame) = frames.recv().await {
-        let mut next = Some(frame);
-        while let Some(frame) = next {
-            let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame over 4 GiB"))?;
-            out.write_all(&len.to_be_bytes()).await?;
-            out.write_all(&frame).await?;
-            next = frames.try_recv().ok();
-        }
-        out.flush().await?;
-    }
-    out.shutdown().await
-}
-
-/// The calling end of one connection: requests go out in order, answers come back in any order.
-pub(crate) struct Link {
-    frames: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Pending,
-    next_id: AtomicU64,
-    alive: Arc<AtomicBool>,
-    _tasks: Tasks,
-}
-
-impl Link {
-    /// Starts reading and writing `stream`.
-    pub(crate) fn start(stream: BoxStream) -> Link {
-        let (read, write) = tokio::io::split(stream);
-        let (frames, queued) = mpsc::unbounded_channel();
-        let pending: Pending = Arc::default();
-        let alive = Arc::new(AtomicBool::new(true));
-        let fail = {
-            let (pending, alive) = (pending.clone(), alive.clone());
-            move || {
-                // Mark dead first, then drop the waiters: a sender that registers after this
-                // sees the link dead (see `send`).
-                alive.store(false, Ordering::SeqCst);
-                pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            }
-        };
-        let writer = {
-            let fail = fail.clone();
-            tokio::spawn(async move {
-                let _ = write_frames(write, queued).await;
-                fail();
-            })
-        };
-        let reader = {
-            let pending = pending.clone();
-            tokio::spawn(async move {
-                let mut read = read;
-                while let Ok(bytes) = read_frame(&mut read, MAX_FRAME).await {
-                    let Ok((id, response)) = encoding::decode_bounded::<(u64, Response)>(&bytes, MAX_FRAME as usize) else { break };
-                    if let Some(waiter) = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
-                        let _ = waiter.send(response);
-                    }
-                }
-                fail();
-            })
-        };
-        Link { frames, pending, next_id: AtomicU64::new(0), alive, _tasks: Tasks(vec![writer, reader]) }
-    }
-
-    /// Whether the connection still works (as far as is known).
-    pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
-    }
-
-    /// Queues `request` (requests go out in the order of these calls) and returns where its
-    /// answer will arrive.
-    pub(crate) fn send(&self, request: &Request) -> Result<oneshot::Receiver<Response>, LinkError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encoding::try_encode(&(id, request)).map_err(|_| LinkError::Lost)?;
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        if !self.is_alive() || self.frames.send(frame).is_err() {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            return Err(LinkError::Lost);
-        }
-        Ok(rx)
-    }
-
-    /// Sends `request` and waits up to `timeout` for its answer.
-    pub(crate) async fn call(&self, request: &Request, timeout: Duration) -> Result<Response, LinkError> {
-        let answer = self.send(request)?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(_)) => Err(LinkError::Lost),
-            Err(_) => Err(LinkError::Timeout(timeout)),
-        }
-    }
-}
+/// A link to a peer or a replica: [`Request`]s out, [`Response`]s back.
+pub(crate) type Link = mux::Link<Request, Response>;
 
 /// One link per peer, opened when first needed and again after it broke.
 pub(crate) struct Peers {
@@ -258,7 +134,7 @@ impl Peers {
             Ok(Err(e)) => return Err(LinkError::Unreachable(e.to_string())),
             Err(_) => return Err(LinkError::Unreachable(format!("no connection within {:?}", self.connect_timeout))),
         };
-        let link = Arc::new(Link::start(stream));
+        let link = Arc::new(Link::start(stream, MAX_FRAME));
         self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(to, link.clone());
         Ok(link)
     }
@@ -368,7 +244,7 @@ pub struct RemoteReplica {
 impl RemoteReplica {
     /// A client over `stream`, waiting up to `timeout` for each answer.
     pub fn new(stream: BoxStream, timeout: Duration) -> RemoteReplica {
-        RemoteReplica { link: Link::start(stream), timeout }
+        RemoteReplica { link: Link::start(stream, MAX_FRAME), timeout }
     }
 
     /// Whether the connection still works (as far as is known).

@@ -1,10 +1,14 @@
-//! Helpers shared by the Raft tests: temporary directories and requests.
+//! Helpers shared by the notary's tests: temporary directories, requests, and a throw-away
+//! network PKI for the tests that run real processes over mutual TLS.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use treaty_core::{SecureHash, StateRef, Timestamp, X500Name};
+use treaty_core::{KeyPair, SecureHash, SignatureScheme, StateRef, Timestamp, X500Name};
+use treaty_net::pki::{self, CertRole, RevocationList, Validity};
+use treaty_net::transport::TlsIdentity;
 use treaty_notary::{CommitRequest, Conflict, ConsumingTx, NotaryError};
 
 /// A directory under the system temp dir, removed when dropped.
@@ -72,4 +76,67 @@ pub fn conflict_of(result: Result<(), NotaryError>) -> Conflict {
 
 pub fn consumer(id: &str, input_index: u32, requesting_party: X500Name) -> ConsumingTx {
     ConsumingTx { tx_id: tx(id), input_index, requesting_party }
+}
+
+/// A deterministic Ed25519 key.
+pub fn key(seed: u8) -> KeyPair {
+    KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap()
+}
+
+fn validity() -> Validity {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    Validity::from_now(now, 1)
+}
+
+/// A throw-away network: root, doorman, and per party a node CA and TLS certificate.
+pub struct Pki {
+    pub root: pki::CertifiedKey,
+    pub doorman: pki::CertifiedKey,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let root = pki::root_ca("O=Test Root,L=London,C=GB".parse().unwrap(), key(1), validity(), [1; 16]).unwrap();
+        let doorman =
+            root.issue("O=Test Doorman,L=London,C=GB".parse().unwrap(), key(2), CertRole::DoormanCa, validity(), [2; 16]).unwrap();
+        Pki { root, doorman }
+    }
+
+    /// The TLS certificate chain and key of `name`.
+    pub fn party(&self, name: &X500Name, seed: u8) -> (Vec<Vec<u8>>, KeyPair) {
+        let node_ca = self.doorman.issue(name.clone(), key(seed), CertRole::NodeCa, validity(), [seed; 16]).unwrap();
+        let tls = node_ca.issue(name.clone(), key(seed + 1), CertRole::Tls, validity(), [seed + 1; 16]).unwrap();
+        (vec![tls.cert, node_ca.cert, self.doorman.cert.clone()], tls.key)
+    }
+
+    /// `name`'s TLS identity on this network.
+    pub fn identity(&self, name: &X500Name, seed: u8) -> TlsIdentity {
+        let (chain, key) = self.party(name, seed);
+        TlsIdentity {
+            chain,
+            key: Arc::new(key),
+            root: Arc::new(self.root.cert.clone()),
+            revoked: Arc::new(RwLock::new(RevocationList::default())),
+        }
+    }
+
+    /// Writes `name`'s TLS chain (`chain-N.der`) and key (`tls.key`) into `dir`; returns the
+    /// chain's file names as a TOML list.
+    pub fn write_party(&self, dir: &Path, name: &X500Name, seed: u8) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        let (chain, tls_key) = self.party(name, seed);
+        let mut files = Vec::new();
+        for (i, cert) in chain.iter().enumerate() {
+            let f = format!("chain-{i}.der");
+            std::fs::write(dir.join(&f), cert).unwrap();
+            files.push(format!("\"{f}\""));
+        }
+        treaty_net::keystore::write_key(&dir.join("tls.key"), &tls_key).unwrap();
+        format!("[{}]", files.join(", "))
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -1,5 +1,8 @@
-//! `treaty bench messaging`: durable messages per second between two nodes over mutual TLS,
-//! each with its own SQLite database, plus this machine's baselines from the same run.
+//! `treaty bench`: the system measured as users run it, each figure printed with this
+//! machine's baselines from the same run. `messaging`, `flows` and `resolve` run two nodes in
+//! this process; `notary` ([`notary`]) runs notary processes of their own.
+
+pub mod notary;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -34,12 +37,13 @@ struct MessagingReport {
     baseline: Baseline,
 }
 
-impl Baseline {
-    fn print(&self) {
-        println!(
+impl std::fmt::Display for Baseline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
             "baseline on this machine: {:.0} Ed25519 sign+verify/s, {:.0} durable SQLite commits/s",
             self.ed25519_sign_verify_per_sec, self.sqlite_commits_per_sec
-        );
+        )
     }
 }
 
@@ -76,12 +80,12 @@ fn stop(map_task: tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>
 }
 
 /// Prints a benchmark's report: one JSON document, or its line and the machine's baseline.
-fn emit<R: Serialize>(json: bool, report: &R, baseline: &Baseline, line: &str) -> Result<()> {
+fn emit<R: Serialize>(json: bool, report: &R, baseline: &dyn std::fmt::Display, line: &str) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         println!("{line}");
-        baseline.print();
+        println!("{baseline}");
     }
     Ok(())
 }
