@@ -454,7 +454,7 @@ mod tests {
         replica.wait_for_leader(Duration::from_secs(10)).await.expect("a one-member cluster elects itself");
         let term_before = replica.status().term;
 
-        let client = Link::start(network.connect_client(1).unwrap());
+        let client = Link::start(network.connect_client(1).unwrap(), MAX_FRAME);
         let timeout = Duration::from_secs(5);
         let vote = Request::Vote(VoteRequest::new(Vote::new(term_before + 100, 99), None));
         match client.call(&vote, timeout).await.unwrap() {
