@@ -17,10 +17,16 @@ const ALICE: &str = "O=Alice,L=London,C=GB";
 const BOB: &str = "O=Bob,L=Paris,C=FR";
 
 fn bootstrap(test: &str) -> PathBuf {
+    bootstrap_with(test, &["--node", ALICE, "--node", BOB])
+}
+
+/// A network bootstrapped by the `treaty` binary with these `--node`/`--notary` arguments.
+fn bootstrap_with(test: &str, parties: &[&str]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("treaty-flows-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
-        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--node", ALICE, "--node", BOB])
+        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap()])
+        .args(parties)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -178,13 +184,7 @@ async fn start_app(dir: &Path, who: &str, chain: Arc<treaty_testkit::TokenChain>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_notary_finalises_a_payment_and_refuses_its_double_spend() {
-    let dir = std::env::temp_dir().join(format!("treaty-flows-{}-notary", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
-        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--node", ALICE, "--node", BOB, "--notary", NOTARY])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = bootstrap_with("notary", &["--node", ALICE, "--node", BOB, "--notary", NOTARY]);
     let _map = map(&dir).await;
     // Alice holds a chain notarised by the network's notary (its own key signed it).
     let notary_key = treaty_node::keys::identity_key(&dir.join("notary")).unwrap();
@@ -250,13 +250,7 @@ async fn start_finance(dir: &Path, who: &str) -> RunningNode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_up() {
-    let dir = std::env::temp_dir().join(format!("treaty-flows-{}-cash", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
-        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--node", ALICE, "--node", BOB, "--notary", NOTARY])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = bootstrap_with("cash", &["--node", ALICE, "--node", BOB, "--notary", NOTARY]);
     let _map = map(&dir).await;
     let _notary = start(&dir, "notary").await;
     let alice = start_finance(&dir, "alice").await;
@@ -304,13 +298,7 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coins_locked_by_a_flow_that_is_gone_are_free_again_after_a_restart() {
     use treaty_vault::{Criteria, LockFilter, LockId, PageSpec, Sort};
-    let dir = std::env::temp_dir().join(format!("treaty-flows-{}-locks", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
-        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--node", ALICE, "--notary", NOTARY])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = bootstrap_with("locks", &["--node", ALICE, "--notary", NOTARY]);
     let _map = map(&dir).await;
     let alice = start_finance(&dir, "alice").await;
     ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "10.00 USD", "notary": NOTARY})).await);

@@ -32,6 +32,7 @@ pub mod client;
 mod error;
 pub mod mux;
 mod postgres;
+pub mod process;
 mod provider;
 pub mod raft;
 mod request;
