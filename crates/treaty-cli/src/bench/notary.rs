@@ -672,6 +672,18 @@ fn salt(run: &[u8; 16], tag: &str, i: usize) -> PrivacySalt {
     PrivacySalt(SecureHash::sha256_parts(&[b"salt", tag.as_bytes(), run, &(i as u64).to_be_bytes()]).as_bytes().to_owned())
 }
 
+/// A move of every token in `refs` to the receiver, signed for by the requester.
+fn move_all(refs: &[StateRef], cast: &Cast, attachment: SecureHash) -> TransactionBuilder {
+    let mut b = TransactionBuilder::new(Some(cast.notary.clone()));
+    for r in refs {
+        b = b.input(*r);
+    }
+    b.output(token(&cast.receiver, refs.len() as u64, cast, attachment))
+        .command(TxCommand::new(&TokenCommand::Move, vec![cast.requester.owning_key.clone()]))
+        .attachment(attachment)
+        .summary(format!("Move {} tokens", refs.len()))
+}
+
 /// A token move (or issue) under the run's notary.
 fn token(owner: &Party, amount: u64, cast: &Cast, attachment: SecureHash) -> TransactionState {
     TransactionState::new(
@@ -697,16 +709,7 @@ fn prepare(i: usize, tag: &str, donor: Option<usize>, inputs: usize, validating:
             None => 0,
         };
         refs.extend((first_own..inputs).map(|k| StateRef { txhash: own, index: k as u32 }));
-        let mut b = TransactionBuilder::new(Some(cast.notary.clone()));
-        for r in &refs {
-            b = b.input(*r);
-        }
-        let wtx = b
-            .output(token(&cast.receiver, inputs as u64, cast, attachment))
-            .command(TxCommand::new(&TokenCommand::Move, vec![cast.requester.owning_key.clone()]))
-            .attachment(attachment)
-            .summary(format!("Move {inputs} tokens"))
-            .build(salt(&issues.run, tag, i))?;
+        let wtx = move_all(&refs, cast, attachment).build(salt(&issues.run, tag, i))?;
         let tx_id = wtx.id();
         let transaction = FilteredTransaction::reveal_groups(&wtx, &FilteredTransaction::NOTARY_GROUPS);
         let request = ServerRequest::Notarise(NotarisationRequest { transaction, signature: sign_request(&tx_id) });
@@ -738,16 +741,7 @@ fn prepare(i: usize, tag: &str, donor: Option<usize>, inputs: usize, validating:
         None => 0,
     };
     refs.extend((first_own..inputs).map(|k| StateRef { txhash: own.id(), index: k as u32 }));
-    let mut b = TransactionBuilder::new(Some(cast.notary.clone()));
-    for r in &refs {
-        b = b.input(*r);
-    }
-    let wtx = b
-        .output(token(&cast.receiver, inputs as u64, cast, attachment))
-        .command(TxCommand::new(&TokenCommand::Move, vec![cast.requester.owning_key.clone()]))
-        .attachment(attachment)
-        .summary(format!("Move {inputs} tokens"))
-        .build(salt(&issues.run, tag, i))?;
+    let wtx = move_all(&refs, cast, attachment).build(salt(&issues.run, tag, i))?;
     let stx = signed(wtx, &cast.requester_key);
     let tx_id = stx.id();
     let request = WholeTransactionRequest { signature: sign_request(&tx_id), transaction: stx, dependencies };
