@@ -43,6 +43,10 @@ pub struct Sandbox {
     linker: Linker<host::HostState>,
     params: NetworkParameters,
     cache: RwLock<HashMap<SecureHash, Arc<Loaded>>>,
+    /// Held while a bundle is checked and compiled, so concurrent first uses of a contract
+    /// compile it once (the others wait and find it cached) instead of each paying for it.
+    compiling: Mutex<()>,
+    compilations: std::sync::atomic::AtomicU64,
     slots: Slots,
 }
 
@@ -85,7 +89,15 @@ impl Sandbox {
         let engine = host::engine(&params.sandbox)?;
         let linker = host::linker(&engine)?;
         let slots = Slots { free: Mutex::new(host::INSTANCE_SLOTS), released: Condvar::new() };
-        Ok(Sandbox { engine, linker, params, cache: RwLock::new(HashMap::new()), slots })
+        Ok(Sandbox {
+            engine,
+            linker,
+            params,
+            cache: RwLock::new(HashMap::new()),
+            compiling: Mutex::new(()),
+            compilations: Default::default(),
+            slots,
+        })
     }
 
     /// The parameters this sandbox enforces.
@@ -98,10 +110,23 @@ impl Sandbox {
         self.cache.read().map(|c| c.len()).unwrap_or(0)
     }
 
+    /// How many bundles this sandbox has checked and compiled (each at most once).
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn load(&self, a: &Attachment) -> Result<Arc<Loaded>, SandboxError> {
-        if let Some(l) = self.cache.read().ok().and_then(|c| c.get(&a.id).cloned()) {
+        let cached = || self.cache.read().ok().and_then(|c| c.get(&a.id).cloned());
+        if let Some(l) = cached() {
             return Ok(l);
         }
+        // Failures are not cached: a wrong attachment claiming this id must not keep the
+        // right one out.
+        let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = cached() {
+            return Ok(l);
+        }
+        self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let actual = SecureHash::sha256(&a.content);
         if actual != a.id {
             return Err(SandboxError::AttachmentHashMismatch { id: a.id, actual });

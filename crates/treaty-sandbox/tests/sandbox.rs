@@ -102,6 +102,23 @@ fn modules_are_compiled_once_and_cached_by_attachment() {
     assert!(warm * 5 < cold, "a warm run ({warm:?}) should be far cheaper than compiling ({cold:?})");
 }
 
+#[test]
+fn concurrent_first_uses_compile_a_module_once() {
+    let mut f = Fixture::new();
+    let sandbox = f.sandbox();
+    let input = f.issue(5);
+    let ltx = f.move_ltx(input, 5, f.hash_constraint(), f.token_attachment);
+    // Many flows verifying the same new contract at once used to each compile it: seconds of
+    // CPU on two cores, and every flow waited for all of it.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| sandbox.run_contract(TOKEN, &ltx).unwrap());
+        }
+    });
+    assert_eq!(sandbox.compilations(), 1);
+    assert_eq!(sandbox.cached(), 1);
+}
+
 fn run(f: &Fixture, contract: &str, attachments: &[SecureHash]) -> Result<treaty_sandbox::RunOutcome, SandboxError> {
     f.sandbox().run_contract(contract, &f.ltx_for(contract, attachments, 1))
 }
