@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 use tokio::task::AbortHandle;
 use treaty_core::{X500Name, encoding};
 use treaty_net::messaging::{Connector, InboundMessage, MessageId, MessageStore, Messenger, Outgoing, StoreError};
@@ -336,7 +336,10 @@ pub(crate) struct Shared {
     pub(crate) progress: broadcast::Sender<(FlowId, usize, String)>,
     pub(crate) options: EngineOptions,
     table: Mutex<Table>,
-    changes: watch::Sender<u64>,
+    /// What [`FlowEngine::wait`] callers wait on, per flow: told when the flow leaves memory
+    /// or its status changes. Per flow, so an ending flow wakes its own waiters only (with
+    /// one shared signal, every waiter re-read its record whenever any flow changed).
+    waiters: Mutex<HashMap<FlowId, Arc<Notify>>>,
     draining: AtomicBool,
     /// Wakes the alarm task when an earlier wake time is parked.
     alarm: Arc<Notify>,
@@ -348,8 +351,18 @@ impl Shared {
         lock(&self.table).sessions.insert((party, session, initiator), flow);
     }
 
-    fn changed(&self) {
-        self.changes.send_modify(|n| *n += 1);
+    /// Flow `id` changed: its waiters look again.
+    fn changed(&self, id: FlowId) {
+        if let Some(n) = lock(&self.waiters).get(&id) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Any flow may have changed (after start-up): every waiter looks again.
+    fn all_changed(&self) {
+        for n in lock(&self.waiters).values() {
+            n.notify_waiters();
+        }
     }
 
     /// The flow has begun to wait (idempotent while it waits).
@@ -423,7 +436,7 @@ impl FlowEngine {
             progress: broadcast::channel(1024).0,
             options,
             table: Mutex::new(Table::default()),
-            changes: watch::channel(0).0,
+            waiters: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             alarm: Arc::new(Notify::new()),
             alarm_task: OnceLock::new(),
@@ -522,7 +535,7 @@ impl FlowEngine {
                 None => self.unregistered(&record).await?,
             }
         }
-        self.shared.changed();
+        self.shared.all_changed();
         Ok(n)
     }
 
@@ -571,7 +584,7 @@ impl FlowEngine {
             Created::New => {
                 let id = record.id;
                 self.install(record, Vec::new(), def, None, false);
-                self.shared.changed();
+                self.shared.changed(id);
                 Ok(id)
             }
         }
@@ -825,7 +838,7 @@ impl FlowEngine {
                 t.unpark(id);
             }
         }
-        self.shared.changed();
+        self.shared.changed(id);
     }
 
     /// Hands the engine a message from the messenger (topic [`FLOW_TOPIC`]). A message for a
@@ -929,12 +942,13 @@ impl FlowEngine {
             updated_at: now,
         };
         self.shared.store.create(record.clone()).await?;
+        let id = record.id;
         let run = self.install(record, Vec::new(), def, None, false);
         match (payload, run) {
             (Some(p), Some(run)) => run.push(message.session, message.id, Received::Data(p)),
             _ => self.shared.transport.processed(vec![message.id]).await?,
         }
-        self.shared.changed();
+        self.shared.changed(id);
         Ok(())
     }
 
@@ -958,8 +972,23 @@ impl FlowEngine {
 
     /// Waits until the flow has ended, or needs the operator (hospitalized, paused).
     pub async fn wait(&self, id: FlowId) -> Result<FlowRecord, FlowError> {
-        let mut changes = self.shared.changes.subscribe();
+        let notify = lock(&self.shared.waiters).entry(id).or_default().clone();
+        // The last waiter of a flow removes its signal, however this call ends.
+        struct Unregister<'a>(&'a Shared, FlowId, Arc<Notify>);
+        impl Drop for Unregister<'_> {
+            fn drop(&mut self) {
+                let mut w = lock(&self.0.waiters);
+                // Held by the map and by this waiter only: nobody else waits on it.
+                if Arc::strong_count(&self.2) <= 2 {
+                    w.remove(&self.1);
+                }
+            }
+        }
+        let registered = Unregister(&self.shared, id, notify);
         loop {
+            let changed = registered.2.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             // In flight first: a flow leaves memory (and the parked set) only after its final
             // status is stored — parking moves it from one to the other in one step — so a
             // record read after seeing it gone is final.
@@ -971,7 +1000,7 @@ impl FlowEngine {
             if record.status != FlowStatus::Runnable || !in_flight {
                 return Ok(record);
             }
-            let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
         }
     }
 
@@ -1022,7 +1051,7 @@ impl FlowEngine {
         record.status = FlowStatus::Runnable;
         let journal = self.shared.store.journal(id).await?;
         self.install(record, journal, def, None, false);
-        self.shared.changed();
+        self.shared.changed(id);
         Ok(())
     }
 
