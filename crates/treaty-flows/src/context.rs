@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use treaty_core::{X500Name, encoding};
 use treaty_net::messaging::MessageId;
 
-use crate::engine::Shared;
+use crate::engine::{DynStore, Shared};
 use crate::error::FlowError;
 use crate::journal::{Ask, Entry, FlowId, Received};
 use crate::protocol::{Envelope, SessionMessage};
@@ -67,6 +67,13 @@ pub(crate) struct Run {
     pub(crate) name: String,
     pub(crate) version: u32,
     pub(crate) journal: Mutex<Vec<Entry>>,
+    /// How many entries of `journal` are in the store; the rest are steps whose replay needs
+    /// nothing durable of their own (see [`FlowContext::record_later`]), written with the next
+    /// step that does.
+    pub(crate) durable: Mutex<usize>,
+    /// Loaded with a journal from the store (resumed, revived, retried), so the store may
+    /// hold a stale parking of it.
+    pub(crate) resumed: bool,
     pub(crate) cursor: Mutex<usize>,
     pub(crate) seen: Mutex<HashSet<MessageId>>,
     pub(crate) inbox: Mutex<Inbox>,
@@ -118,6 +125,8 @@ impl Run {
             id,
             name,
             version,
+            durable: Mutex::new(journal.len()),
+            resumed: !journal.is_empty(),
             journal: Mutex::new(journal),
             cursor: Mutex::new(0),
             seen: Mutex::new(seen),
@@ -130,6 +139,31 @@ impl Run {
             parked_len: Mutex::new(None),
             idle: AtomicU64::new(0),
         }
+    }
+
+    /// The journal entries not in the store yet, and the index of the first.
+    pub(crate) fn pending(&self) -> (usize, Vec<Entry>) {
+        let journal = lock(&self.journal);
+        let durable = (*lock(&self.durable)).min(journal.len());
+        (durable, journal[durable..].to_vec())
+    }
+
+    /// Writes the pending journal entries, with `next` after them (if any), in one write.
+    async fn write_pending(&self, store: &dyn DynStore, next: Option<&Entry>) -> Result<(), FlowError> {
+        let (first, mut entries) = self.pending();
+        entries.extend(next.cloned());
+        if entries.is_empty() {
+            return Ok(());
+        }
+        store.append(self.id, first, &entries).await?;
+        failpoint();
+        *lock(&self.durable) = first + entries.len();
+        Ok(())
+    }
+
+    /// Makes the whole journal durable (before the flow is parked).
+    pub(crate) async fn flush(&self, store: &dyn DynStore) -> Result<(), FlowError> {
+        self.write_pending(store, None).await
     }
 
     /// Queues a received message for its session and wakes the flow.
@@ -223,14 +257,27 @@ impl FlowContext {
         Ok(Some(entry.clone()))
     }
 
-    /// Makes a live step durable: appends it to the journal in the store, then in memory.
+    /// Makes a live step durable: appends it (after any pending steps) to the journal in the
+    /// store, then in memory. For steps whose value a replay could not reproduce (the clock,
+    /// randomness, a side effect's result, a received message), or that the world acts on.
     async fn record(&self, entry: Entry) -> Result<(), FlowError> {
-        let index = *lock(&self.run.cursor);
-        self.shared.store.append(self.run.id, index, &entry).await?;
-        failpoint();
+        self.run.write_pending(&*self.shared.store, Some(&entry)).await?;
         lock(&self.run.journal).push(entry);
         *lock(&self.run.cursor) += 1;
+        *lock(&self.run.durable) = lock(&self.run.journal).len();
         Ok(())
+    }
+
+    /// Appends a live step to the journal in memory only; it reaches the store with the next
+    /// durable step (or when the flow parks or ends). For steps a replay repeats identically
+    /// from the durable journal before them — opening a session (its id is derived), sending
+    /// (the message's id and content are derived; a resend is dropped as a duplicate),
+    /// reporting progress — so losing them in a crash loses nothing: the replay runs them
+    /// again. Every step the world could see differently (a clock reading, randomness, a
+    /// side effect) is durable, and so is everything before it.
+    fn record_later(&self, entry: Entry) {
+        lock(&self.run.journal).push(entry);
+        *lock(&self.run.cursor) += 1;
     }
 
     fn step_index(&self) -> usize {
@@ -257,7 +304,7 @@ impl FlowContext {
                 };
                 let derived = MessageId::derived(&MessageId(self.run.id.0), &format!("session-{n}-{}", self.step_index()));
                 let session = u64::from_be_bytes(derived.0.as_bytes()[..8].try_into().unwrap_or([0; 8]));
-                self.record(Entry::Opened { session, party: party.clone() }).await?;
+                self.record_later(Entry::Opened { session, party: party.clone() });
                 session
             }
         };
@@ -313,7 +360,7 @@ impl FlowContext {
             SessionMessage::Data(payload)
         };
         self.transmit(session, id, message).await?;
-        self.record(Entry::Sent { session: session.id, message: id }).await?;
+        self.record_later(Entry::Sent { session: session.id, message: id });
         self.mark_init_sent(session);
         Ok(())
     }
@@ -488,7 +535,7 @@ impl FlowContext {
             return Ok(());
         }
         let index = self.step_index();
-        self.record(Entry::Progress(step.to_string())).await?;
+        self.record_later(Entry::Progress(step.to_string()));
         let _ = self.shared.progress.send((self.run.id, index, step.to_string()));
         Ok(())
     }
@@ -505,9 +552,10 @@ impl FlowContext {
 }
 
 /// Crash testing: with `TREATY_FAILPOINT_AFTER_JOURNAL=N` in the environment, the process
-/// aborts (no destructors, no flushing — as good as SIGKILL) right after the N-th journal entry
-/// it writes. For tests only; see crates/treaty-cli/tests/network.rs.
-fn failpoint() {
+/// aborts (no destructors, no flushing — as good as SIGKILL) right after the N-th write to a
+/// flow journal (a durable step with the steps pending before it, or a flow's end). For tests
+/// only; see crates/treaty-cli/tests/network.rs.
+pub(crate) fn failpoint() {
     static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if let Some(n) = *AT.get_or_init(|| std::env::var("TREATY_FAILPOINT_AFTER_JOURNAL").ok().and_then(|v| v.parse().ok()))

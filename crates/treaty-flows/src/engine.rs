@@ -38,7 +38,7 @@ use crate::context::{FlowContext, Run, Wait, lock};
 use crate::error::FlowError;
 use crate::journal::{Entry, FlowId, Received};
 use crate::protocol::{Envelope, FLOW_TOPIC, SessionMessage};
-use crate::store::{Created, FlowRecord, FlowStatus, FlowStore, ParkedFlow, Parking};
+use crate::store::{Created, End, FlowRecord, FlowStatus, FlowStore, ParkedFlow, Parking};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -158,8 +158,9 @@ impl<S: MessageStore, C: Connector> Transport for Messenger<S, C> {
 /// [`FlowStore`] behind a pointer (its methods boxed).
 pub(crate) trait DynStore: Send + Sync {
     fn create(&self, record: FlowRecord) -> BoxFuture<'_, Result<Created, StoreError>>;
-    fn append<'a>(&'a self, id: FlowId, index: usize, entry: &'a Entry) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn append<'a>(&'a self, id: FlowId, first: usize, entries: &'a [Entry]) -> BoxFuture<'a, Result<(), StoreError>>;
     fn journal(&self, id: FlowId) -> BoxFuture<'_, Result<Vec<Entry>, StoreError>>;
+    fn end<'a>(&'a self, id: FlowId, end: End<'a>) -> BoxFuture<'a, Result<(), StoreError>>;
     fn set_status(
         &self,
         id: FlowId,
@@ -184,11 +185,14 @@ impl<T: FlowStore> DynStore for T {
     fn create(&self, record: FlowRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
         Box::pin(FlowStore::create(self, record))
     }
-    fn append<'a>(&'a self, id: FlowId, index: usize, entry: &'a Entry) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(FlowStore::append(self, id, index, entry))
+    fn append<'a>(&'a self, id: FlowId, first: usize, entries: &'a [Entry]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(FlowStore::append(self, id, first, entries))
     }
     fn journal(&self, id: FlowId) -> BoxFuture<'_, Result<Vec<Entry>, StoreError>> {
         Box::pin(FlowStore::journal(self, id))
+    }
+    fn end<'a>(&'a self, id: FlowId, end: End<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(FlowStore::end(self, id, end))
     }
     fn set_status(
         &self,
@@ -450,8 +454,17 @@ impl FlowEngine {
     }
 
     /// A flow's journal (for a watcher that joins late: its progress steps so far).
+    /// While the flow runs this is its journal in memory, steps not yet written included (a
+    /// step is there before its progress is broadcast).
     pub async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, FlowError> {
-        Ok(self.shared.store.journal(id).await?)
+        let live = match lock(&self.shared.table).runs.get(&id) {
+            Some(Slot::Live(run, _)) => Some(lock(&run.journal).clone()),
+            _ => None,
+        };
+        match live {
+            Some(journal) => Ok(journal),
+            None => Ok(self.shared.store.journal(id).await?),
+        }
     }
 
     /// Refuses new flows (draining for an upgrade) or accepts them again.
@@ -685,6 +698,8 @@ impl FlowEngine {
             Wait::Message => None,
             Wait::Sleep(until) => Some(until),
         };
+        // The parking names the journal's length in the store: write what is pending first.
+        run.flush(&*self.shared.store).await?;
         if *lock(&run.parked_len) != Some(journal_len) {
             let parking = Parking { id: run.id, journal_len, wake_at, sessions: run.session_keys() };
             self.shared.store.park(&parking).await?;
@@ -818,7 +833,10 @@ impl FlowEngine {
                 (FlowStatus::Failed, None, Some(e.to_string()))
             }
         };
-        self.shared.store.set_status(run.id, status, result, error).await?;
+        let (journal_from, journal) = run.pending();
+        let parked = run.resumed || lock(&run.parked_len).is_some();
+        self.shared.store.end(run.id, End { journal_from, journal: &journal, status, result, error, parked }).await?;
+        crate::context::failpoint();
         self.forget(run.id, Some(run));
         Ok(())
     }

@@ -30,7 +30,7 @@ pub use ledger::{AttachmentCheck, Ledger, MemoryLedger};
 pub use resolve::{ReceiveOptions, ReceivedTransaction, receive_transaction, send_transaction};
 pub use signatures::{KeyPairs, Keys, collect_signatures, sign_transaction};
 pub use sql::{FLOW_MIGRATIONS, SqlFlowStore};
-pub use store::{Created, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore, ParkedFlow, Parking};
+pub use store::{Created, End, FlowRecord, FlowStatus, FlowStore, MemoryFlowStore, ParkedFlow, Parking};
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn now_micros() -> i64 {

@@ -9,7 +9,7 @@ use treaty_net::messaging::StoreError;
 use treaty_storage::{Database, Migration, Migrations, Pool, StorageError, WriteTransaction};
 
 use crate::journal::{Entry, FlowId};
-use crate::store::{Created, FlowRecord, FlowStatus, FlowStore, ParkedFlow, Parking};
+use crate::store::{Created, End, FlowRecord, FlowStatus, FlowStore, ParkedFlow, Parking};
 
 /// The flows component's migrations.
 pub const FLOW_MIGRATIONS: Migrations = Migrations {
@@ -55,13 +55,17 @@ macro_rules! on_pool {
 }
 
 /// A write: on SQLite through the database's group commit (concurrent flows share a commit;
-/// this write's statements run in a savepoint of the shared transaction), on PostgreSQL in a
-/// transaction of its own.
+/// this write's statements run in a savepoint of the shared transaction, or with `single`,
+/// for a write of one statement, without one), on PostgreSQL in a transaction of its own.
 macro_rules! in_write {
     ($db:expr, $what:expr, $tx:ident => $body:expr) => {
+        in_write!($db, $what, false, $tx => $body)
+    };
+    ($db:expr, $what:expr, $single:expr, $tx:ident => $body:expr) => {
         match $db.sqlite_group() {
             Some((pool, writer, group)) => {
-                let mut write = group.begin(pool, writer).await.map_err(StoreError::from)?;
+                let mut write = if $single { group.begin_statement(pool, writer).await } else { group.begin(pool, writer).await }
+                    .map_err(StoreError::from)?;
                 let result: Result<_, StoreError> = async {
                     let $tx: &mut sqlx::SqliteConnection = write.conn().map_err(StoreError::from)?;
                     Ok($body)
@@ -85,6 +89,23 @@ macro_rules! in_write {
             },
         }
     };
+}
+
+/// Appends `rows` journal entries of one flow: `$1` the flow, `$2` the index of the first,
+/// then index and bytes of each. Every row is inserted only if the journal has exactly `$2`
+/// entries before the statement (journals have no gaps), and the primary key refuses repeats.
+fn append_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "WITH next AS (SELECT COUNT(*) AS n FROM treaty_flow_journal WHERE flow_id = $1) \
+         INSERT INTO treaty_flow_journal (flow_id, idx, entry) ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!("SELECT $1, ${}, ${} FROM next WHERE next.n = $2", 3 + 2 * i, 4 + 2 * i));
+    }
+    sql
 }
 
 fn flow_id(bytes: &[u8], table: &str) -> Result<FlowId, StoreError> {
@@ -154,7 +175,7 @@ impl FlowStore for SqlFlowStore {
             Some((p, s)) => (Some(p.to_string()), Some(session_to_db(*s))),
             None => (None, None),
         };
-        let inserted = in_write!(self.db, what, tx => {
+        let inserted = in_write!(self.db, what, true, tx => {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(r.id.0.as_bytes().as_slice())
                 .bind(r.name.as_str())
@@ -184,24 +205,26 @@ impl FlowStore for SqlFlowStore {
             .ok_or_else(|| StoreError::permanent(format!("flow {} was neither inserted nor found", r.id)))
     }
 
-    async fn append(&self, id: FlowId, index: usize, entry: &Entry) -> Result<(), StoreError> {
+    async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
         let what = "appending to treaty_flow_journal";
-        let bytes = encoding::encode(entry);
-        let idx = i64::try_from(index).map_err(|_| StoreError::permanent(format!("flow {id}: journal index {index}")))?;
-        let sql = "INSERT INTO treaty_flow_journal (flow_id, idx, entry) SELECT $1, $2, $3 \
-                   WHERE (SELECT COUNT(*) FROM treaty_flow_journal WHERE flow_id = $1) = $2";
-        let inserted = in_write!(self.db, what, tx => {
-            sqlx::query(sql)
-                .bind(id.0.as_bytes().as_slice())
-                .bind(idx)
-                .bind(bytes.as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| err(what, e))?
-                .rows_affected()
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let index =
+            |i: usize| i64::try_from(first + i).map_err(|_| StoreError::permanent(format!("flow {id}: journal index {}", first + i)));
+        let rows: Vec<(i64, Vec<u8>)> =
+            entries.iter().enumerate().map(|(i, e)| Ok((index(i)?, encoding::encode(e)))).collect::<Result<_, StoreError>>()?;
+        let sql = append_sql(rows.len());
+        // One statement, so no savepoint: all of it is appended, or (a gap, a repeat) none.
+        let inserted = in_write!(self.db, what, true, tx => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id.0.as_bytes().as_slice()).bind(rows[0].0);
+            for (idx, bytes) in &rows {
+                q = q.bind(*idx).bind(bytes.as_slice());
+            }
+            q.execute(&mut *tx).await.map_err(|e| err(what, e))?.rows_affected()
         });
-        if inserted != 1 {
-            return Err(StoreError::permanent(format!("flow {id}: journal entry {index} is not the next one")));
+        if inserted != rows.len() as u64 {
+            return Err(StoreError::permanent(format!("flow {id}: journal entry {first} is not the next one")));
         }
         Ok(())
     }
@@ -216,6 +239,34 @@ impl FlowStore for SqlFlowStore {
             .enumerate()
             .map(|(i, b)| encoding::decode(b).map_err(|e| StoreError::permanent(format!("treaty_flow_journal: flow {id} entry {i}: {e}"))))
             .collect()
+    }
+
+    async fn end(&self, id: FlowId, end: End<'_>) -> Result<(), StoreError> {
+        if end.parked || !end.journal.is_empty() {
+            if !end.journal.is_empty() {
+                self.append(id, end.journal_from, end.journal).await?;
+            }
+            return self.set_status(id, end.status, end.result, end.error).await;
+        }
+        // Never parked, nothing to journal: one statement.
+        let what = "updating treaty_flows";
+        let sql = "UPDATE treaty_flows SET status = $2, result = $3, error = $4, updated_at = $5 WHERE flow_id = $1";
+        let updated = in_write!(self.db, what, true, tx => {
+            sqlx::query(sql)
+                .bind(id.0.as_bytes().as_slice())
+                .bind(end.status.as_str())
+                .bind(end.result.as_deref())
+                .bind(end.error.as_deref())
+                .bind(crate::now_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(what, e))?
+                .rows_affected()
+        });
+        if updated != 1 {
+            return Err(StoreError::permanent(format!("no flow {id}")));
+        }
+        Ok(())
     }
 
     async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {

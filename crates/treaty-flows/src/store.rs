@@ -127,12 +127,31 @@ pub struct ParkedFlow {
     pub wake_at: Option<i64>,
 }
 
+/// How a run of a flow ends ([`FlowStore::end`]).
+#[derive(Clone, Debug)]
+pub struct End<'a> {
+    /// The index of the first of `journal`.
+    pub journal_from: usize,
+    /// Journal entries not written yet.
+    pub journal: &'a [Entry],
+    /// The new status.
+    pub status: FlowStatus,
+    /// The result (JSON), if completed.
+    pub result: Option<Vec<u8>>,
+    /// Why it failed, was hospitalized or killed.
+    pub error: Option<String>,
+    /// Whether the flow may have a parking in the store (it was parked, or resumed from the
+    /// store); if not, there is none to remove.
+    pub parked: bool,
+}
+
 /// The flows table and the journal. Every method that writes is durable when it returns Ok.
 pub trait FlowStore: Send + Sync + 'static {
     /// Adds a flow, unless one with its id or its client id exists.
     fn create(&self, record: FlowRecord) -> impl Future<Output = Result<Created, StoreError>> + Send;
-    /// Appends journal entry number `index` (0-based); refuses any other index than the next.
-    fn append(&self, id: FlowId, index: usize, entry: &Entry) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Appends `entries` as journal entries number `first`, `first + 1`, ... (0-based), all or
+    /// none; refuses unless `first` is the journal's length.
+    fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The journal, in order.
     fn journal(&self, id: FlowId) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
     /// Sets the status (and the result or error with it). Any other status than
@@ -144,6 +163,17 @@ pub trait FlowStore: Send + Sync + 'static {
         result: Option<Vec<u8>>,
         error: Option<String>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Ends a run of flow `id` in one write: appends its pending journal entries (as
+    /// [`FlowStore::append`] would) and sets its status (as [`FlowStore::set_status`] would).
+    /// With `end.parked` false the flow has no parking to remove.
+    fn end(&self, id: FlowId, end: End<'_>) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            if !end.journal.is_empty() {
+                self.append(id, end.journal_from, end.journal).await?;
+            }
+            self.set_status(id, end.status, end.result, end.error).await
+        }
+    }
     /// One flow.
     fn get(&self, id: FlowId) -> impl Future<Output = Result<Option<FlowRecord>, StoreError>> + Send;
     /// Every flow, oldest first.
@@ -227,16 +257,16 @@ impl FlowStore for MemoryFlowStore {
         }))
     }
 
-    async fn append(&self, id: FlowId, index: usize, entry: &Entry) -> Result<(), StoreError> {
+    async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
         self.with(|m| {
             let journal = m.journals.get_mut(&id).ok_or_else(|| StoreError::permanent(format!("no flow {id}")))?;
-            if journal.len() != index {
+            if journal.len() != first {
                 return Err(StoreError::permanent(format!(
-                    "flow {id}: journal entry {index} appended, but the journal has {}",
+                    "flow {id}: journal entry {first} appended, but the journal has {}",
                     journal.len()
                 )));
             }
-            journal.push(entry.clone());
+            journal.extend(entries.iter().cloned());
             Ok(())
         })
     }

@@ -309,8 +309,8 @@ impl FlowStore for HeldParking {
     async fn create(&self, record: FlowRecord) -> Result<Created, StoreError> {
         self.inner.create(record).await
     }
-    async fn append(&self, id: FlowId, index: usize, entry: &Entry) -> Result<(), StoreError> {
-        self.inner.append(id, index, entry).await
+    async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
+        self.inner.append(id, first, entries).await
     }
     async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, StoreError> {
         self.inner.journal(id).await
@@ -384,11 +384,12 @@ fn engine<F: FlowStore>(store: Arc<F>, wire: &Arc<Wire>, options: EngineOptions)
     FlowEngine::new(name(ALICE), store, wire.clone(), solo(), options)
 }
 
-/// The session flow `id` opened with Bob (from its journal).
-async fn session(store: &impl FlowStore, id: FlowId) -> u64 {
+/// The session flow `id` opened with Bob (from its journal: in memory while the flow is
+/// there, where a session's opening is until the next durable step, else in the store).
+async fn session(engine: &FlowEngine, id: FlowId) -> u64 {
     let began = Instant::now();
     loop {
-        if let Some(Entry::Opened { session, .. }) = store.journal(id).await.unwrap().first() {
+        if let Some(Entry::Opened { session, .. }) = engine.journal(id).await.unwrap().first() {
             return *session;
         }
         assert!(began.elapsed() < Duration::from_secs(20), "flow {id} opened no session");
@@ -417,7 +418,7 @@ async fn a_message_arriving_while_the_flow_is_being_parked_is_not_lost() {
     let wire = Arc::new(Wire::default());
     let engine = engine(store.clone(), &wire, parked_at_once());
     let id = engine.start("Wait", json!(1), None).await.unwrap();
-    let s = session(&*store, id).await;
+    let s = session(&engine, id).await;
     // The flow waits, and its task is writing its parking (held here) ...
     store.entered.acquire().await.unwrap().forget();
     // ... when the answer comes: it is queued for the flow, which is still in memory.
@@ -438,7 +439,7 @@ async fn a_message_arriving_just_after_the_parking_brings_the_flow_back() {
     let wire = Arc::new(Wire::default());
     let engine = engine(store.clone(), &wire, parked_at_once());
     let id = engine.start("Wait", json!(2), None).await.unwrap();
-    let s = session(&*store, id).await;
+    let s = session(&engine, id).await;
     until("the flow is parked", || engine.parked() == 1).await;
     assert_eq!(engine.resident(), 0);
     // Two answers at once, and a redelivered copy of the first: each handled once, in order.
@@ -465,7 +466,7 @@ async fn the_cap_parks_the_longest_waiting_flows_first() {
     let mut ids = Vec::new();
     for _ in 0..7 {
         let id = engine.start("Wait", json!(1), None).await.unwrap();
-        session(&*store, id).await;
+        session(&engine, id).await;
         ids.push(id);
         // Each waits before the next starts, so the waiting order is the start order.
         until("the flow waits", || engine.resident() <= 3 && engine.resident() + engine.parked() == ids.len()).await;
@@ -474,7 +475,7 @@ async fn the_cap_parks_the_longest_waiting_flows_first() {
     assert_eq!(engine.resident(), 3);
     assert_eq!(ids.iter().map(|id| engine.is_resident(*id)).collect::<Vec<_>>(), [false, false, false, false, true, true, true]);
     for (i, id) in ids.iter().enumerate() {
-        engine.deliver(from_bob(session(&*store, *id).await, &format!("answer {i}"))).await.unwrap();
+        engine.deliver(from_bob(session(&engine, *id).await, &format!("answer {i}"))).await.unwrap();
     }
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(result(&finished(&engine, *id).await), json!([format!("answer {i}")]));
@@ -518,7 +519,7 @@ async fn a_restart_indexes_parked_flows_instead_of_loading_them() {
     assert_eq!(second.resume().await.unwrap(), 0, "a parked flow was loaded at start-up");
     assert_eq!((second.resident(), second.parked(), second.running()), (0, 21, 21));
     for (i, id) in ids.iter().enumerate() {
-        second.deliver(from_bob(session(&*store, *id).await, &format!("after restart {i}"))).await.unwrap();
+        second.deliver(from_bob(session(&second, *id).await, &format!("after restart {i}"))).await.unwrap();
     }
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(result(&finished(&second, *id).await), json!([format!("after restart {i}")]));
@@ -564,7 +565,7 @@ async fn a_receive_first_initiator_restarted_after_its_receive_sends_data_not_a_
     let first =
         FlowEngine::new(name(ALICE), store.clone(), wire.clone(), reply_after(Arc::new(Semaphore::new(0))), EngineOptions::default());
     let id = first.start("Reply", json!(null), None).await.unwrap();
-    let s = session(&*store, id).await;
+    let s = session(&first, id).await;
     first.deliver(from_bob(s, &"hello?".to_string())).await.unwrap();
     journaled(&*store, id, 2).await;
     first.shutdown();
@@ -586,7 +587,7 @@ async fn a_parked_flow_can_be_killed_and_its_counterparty_is_told() {
     let wire = Arc::new(Wire::default());
     let engine = engine(store.clone(), &wire, parked_at_once());
     let id = engine.start("Wait", json!(1), None).await.unwrap();
-    let s = session(&*store, id).await;
+    let s = session(&engine, id).await;
     until("the flow is parked", || engine.parked() == 1).await;
     assert_eq!(engine.kill(id).await.unwrap().status, FlowStatus::Killed);
     assert_eq!((engine.resident(), engine.parked(), engine.running()), (0, 0, 0));

@@ -40,12 +40,12 @@ async fn suite<S: FlowStore>(store: &S) {
 
     // the journal: in order, only ever the next index
     let entries = [Entry::Now(5), Entry::Random(u64::MAX), Entry::Progress("step".into())];
-    for (i, e) in entries.iter().enumerate() {
-        store.append(a.id, i, e).await.unwrap();
-    }
-    assert!(store.append(a.id, 1, &Entry::Now(0)).await.is_err(), "an index was appended twice");
-    assert!(store.append(a.id, 7, &Entry::Now(0)).await.is_err(), "a gap was appended");
-    assert_eq!(store.journal(a.id).await.unwrap(), entries.to_vec());
+    store.append(a.id, 0, &entries[..1]).await.unwrap();
+    store.append(a.id, 1, &entries[1..]).await.unwrap(); // several at once
+    assert!(store.append(a.id, 1, &[Entry::Now(0)]).await.is_err(), "an index was appended twice");
+    assert!(store.append(a.id, 7, &[Entry::Now(0)]).await.is_err(), "a gap was appended");
+    assert!(store.append(a.id, 2, &[Entry::Now(0), Entry::Now(1)]).await.is_err(), "an overlapping batch was appended");
+    assert_eq!(store.journal(a.id).await.unwrap(), entries.to_vec(), "a refused batch left nothing behind");
     assert!(store.journal(b.id).await.unwrap().is_empty());
 
     // statuses
@@ -64,7 +64,7 @@ async fn suite<S: FlowStore>(store: &S) {
     d.initiator = Some((party.clone(), 9));
     store.create(c.clone()).await.unwrap();
     store.create(d.clone()).await.unwrap();
-    store.append(c.id, 0, &Entry::Opened { session: u64::MAX, party: party.clone() }).await.unwrap();
+    store.append(c.id, 0, &[Entry::Opened { session: u64::MAX, party: party.clone() }]).await.unwrap();
     let parking = Parking { id: c.id, journal_len: 1, wake_at: None, sessions: vec![(party.clone(), u64::MAX, true)] };
     store.park(&parking).await.unwrap();
     store.park(&parking).await.unwrap(); // parking again replaces
@@ -74,7 +74,7 @@ async fn suite<S: FlowStore>(store: &S) {
     assert_eq!(parked, vec![ParkedFlow { id: c.id, name: "Ask".into(), version: 3, responder: false, wake_at: None }]);
     assert_eq!(store.awake().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![d.id]);
     // a journal that grew makes the parking stale: the flow is awake again
-    store.append(c.id, 1, &Entry::Now(1)).await.unwrap();
+    store.append(c.id, 1, &[Entry::Now(1)]).await.unwrap();
     assert!(store.parked().await.unwrap().is_empty());
     assert_eq!(store.awake().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![c.id, d.id]);
     // parked again, asleep, next to a parked responder
@@ -90,6 +90,29 @@ async fn suite<S: FlowStore>(store: &S) {
     store.set_status(c.id, FlowStatus::Completed, None, None).await.unwrap();
     assert_eq!(store.parked_session(&party, u64::MAX, true).await.unwrap(), None);
     assert_eq!(store.parked().await.unwrap().iter().map(|p| p.id).collect::<Vec<_>>(), vec![d.id]);
+
+    // ending a run: its pending journal entries and its status in one write
+    let e = record("Issue", None);
+    store.create(e.clone()).await.unwrap();
+    store.append(e.id, 0, &[Entry::Now(1)]).await.unwrap();
+    let pending = [Entry::Progress("recording".into())];
+    let end =
+        End { journal_from: 1, journal: &pending, status: FlowStatus::Completed, result: Some(b"7".to_vec()), error: None, parked: false };
+    store.end(e.id, end).await.unwrap();
+    assert_eq!(store.journal(e.id).await.unwrap(), vec![Entry::Now(1), Entry::Progress("recording".into())]);
+    assert_eq!(store.get(e.id).await.unwrap().unwrap().status, FlowStatus::Completed);
+    // never parked, nothing pending: the status alone
+    let f = record("Issue", None);
+    store.create(f.clone()).await.unwrap();
+    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Failed, result: None, error: Some("no".into()), parked: false };
+    store.end(f.id, end).await.unwrap();
+    assert_eq!(store.get(f.id).await.unwrap().unwrap().error.as_deref(), Some("no"));
+    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Failed, result: None, error: None, parked: false };
+    assert!(store.end(FlowId::random(), end).await.is_err(), "a flow that does not exist was ended");
+    // the parked responder ends, and its parking goes with it
+    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Completed, result: None, error: None, parked: true };
+    store.end(d.id, end).await.unwrap();
+    assert!(store.parked().await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -135,7 +135,7 @@ async fn many_flows_wait_on_disk_not_in_memory() {
     let step = (n / sample.max(1)).max(1);
     let chosen: Vec<(usize, FlowId)> = ids.iter().copied().enumerate().step_by(step).take(sample).collect();
     for (i, id) in &chosen {
-        let Some(Entry::Opened { session, .. }) = store.journal(*id).await.unwrap().first().cloned() else {
+        let Some(Entry::Opened { session, .. }) = engine.journal(*id).await.unwrap().first().cloned() else {
             panic!("flow {id} opened no session");
         };
         let answer = Envelope { to_initiator: true, message: SessionMessage::Data(encoding::encode(&format!("answer {i}"))) };

@@ -434,7 +434,15 @@ impl GroupCommit {
         let (tx, _) = state.open.as_mut().ok_or_else(|| StorageError::GroupCommit("no open transaction".into()))?;
         sqlx::query("SAVEPOINT treaty_write").execute(&mut **tx).await.ctx("SAVEPOINT")?;
         state.in_body = true;
-        Ok(GroupWrite { state, epoch, group: self.clone() })
+        Ok(GroupWrite { state, epoch, group: self.clone(), savepoint: true })
+    }
+
+    /// [`GroupCommit::begin`] for a writer of exactly one statement: no savepoint, since
+    /// SQLite undoes a failed statement by itself and leaves the shared transaction as it
+    /// was. Saves two round trips to the connection's thread per write.
+    pub async fn begin_statement(self: &Arc<Self>, pool: &SqlitePool, writer: &Arc<Mutex<()>>) -> Result<GroupWrite<'_>, StorageError> {
+        let (state, epoch) = self.join(pool, writer).await?;
+        Ok(GroupWrite { state, epoch, group: self.clone(), savepoint: false })
     }
 
     /// Joins the open transaction (opening one if needed). Returns the locked state, whose
@@ -517,6 +525,9 @@ pub struct GroupWrite<'a> {
     state: tokio::sync::MutexGuard<'a, GroupState>,
     epoch: u64,
     group: Arc<GroupCommit>,
+    /// Inside a savepoint of its own (else a single statement: see
+    /// [`GroupCommit::begin_statement`]).
+    savepoint: bool,
 }
 
 impl GroupWrite<'_> {
@@ -533,6 +544,7 @@ impl GroupWrite<'_> {
     /// while it waits cannot leave the transaction open.
     pub async fn finish(mut self, keep: bool) -> Result<(), StorageError> {
         let released = match self.state.open.as_mut() {
+            Some(_) if !self.savepoint => Ok(()),
             Some((tx, _)) if keep => sqlx::query("RELEASE treaty_write").execute(&mut **tx).await.ctx("RELEASE").map(|_| ()),
             Some((tx, _)) => {
                 // Only this writer's statements are undone; the others commit.
@@ -545,7 +557,7 @@ impl GroupWrite<'_> {
         if released.is_ok() {
             self.state.in_body = false;
         }
-        let GroupWrite { state, epoch, group } = self;
+        let GroupWrite { state, epoch, group, .. } = self;
         drop(state);
         let committed = tokio::spawn(async move { group.commit(epoch).await }).await;
         released?;

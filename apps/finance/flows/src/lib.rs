@@ -165,14 +165,15 @@ fn vault_error(e: VaultError) -> FlowError {
     }
 }
 
-/// Builds, signs and journals a transaction once: a replay gets the same bytes back.
+/// Builds, signs and journals a transaction once: a replay gets the same bytes back. The salt
+/// is drawn inside the side effect: if the node dies before its result is journaled, nobody
+/// has seen the transaction, and the replay builds another with a fresh salt.
 async fn built<F, Fut>(ctx: &FlowContext, s: &Services, key: &str, build: F) -> Result<SignedTransaction, FlowError>
 where
     F: FnOnce(PrivacySalt) -> Fut,
     Fut: Future<Output = Result<SignedTransaction, FlowError>>,
 {
-    let salt: [u8; 32] = ctx.side_effect(&format!("{key}-salt"), |_| async { Ok(random_salt()) }).await?;
-    let bytes: Vec<u8> = ctx.side_effect(key, |_| async move { build(PrivacySalt(salt)).await.map(|t| t.to_bytes()) }).await?;
+    let bytes: Vec<u8> = ctx.side_effect(key, |_| async move { build(PrivacySalt(random_salt())).await.map(|t| t.to_bytes()) }).await?;
     SignedTransaction::from_bytes(&bytes, &s.ledger.limits()).map_err(|e| FlowError::Invalid(format!("journaled transaction: {e}")))
 }
 
