@@ -165,6 +165,71 @@ macro_rules! fetch_records {
     }};
 }
 
+impl SqlFlowStore {
+    /// Appends `journal` (entries from `first`), sets the status and, with `unpark`, removes
+    /// the flow's parking: one write, and one statement when only the status changes.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_end(
+        &self,
+        id: FlowId,
+        first: usize,
+        journal: &[Entry],
+        status: FlowStatus,
+        result: Option<Vec<u8>>,
+        error: Option<String>,
+        unpark: bool,
+    ) -> Result<(), StoreError> {
+        let what = "updating treaty_flows";
+        let sql = "UPDATE treaty_flows SET status = $2, result = $3, error = $4, updated_at = $5 WHERE flow_id = $1";
+        let rows = journal_rows(id, first, journal)?;
+        let append = append_sql(rows.len());
+        let single = rows.is_empty() && !unpark;
+        let updated = in_write!(self.db, what, single, tx => {
+            if !rows.is_empty() {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(append.clone())).bind(id.0.as_bytes().as_slice()).bind(rows[0].0);
+                for (idx, bytes) in &rows {
+                    q = q.bind(*idx).bind(bytes.as_slice());
+                }
+                if q.execute(&mut *tx).await.map_err(|e| err("appending to treaty_flow_journal", e))?.rows_affected() != rows.len() as u64 {
+                    return Err(StoreError::permanent(format!("flow {id}: journal entry {first} is not the next one")));
+                }
+            }
+            let updated = sqlx::query(sql)
+                .bind(id.0.as_bytes().as_slice())
+                .bind(status.as_str())
+                .bind(result.as_deref())
+                .bind(error.as_deref())
+                .bind(crate::now_micros())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| err(what, e))?
+                .rows_affected();
+            if unpark {
+                for sql in ["DELETE FROM treaty_flow_parked_sessions WHERE flow_id = $1", "DELETE FROM treaty_flow_parked WHERE flow_id = $1"] {
+                    sqlx::query(sql).bind(id.0.as_bytes().as_slice()).execute(&mut *tx).await.map_err(|e| err(what, e))?;
+                }
+            }
+            updated
+        });
+        if updated != 1 {
+            return Err(StoreError::permanent(format!("no flow {id}")));
+        }
+        Ok(())
+    }
+}
+
+/// Journal rows: index and encoded entry of each of `entries`, the first at `first`.
+fn journal_rows(id: FlowId, first: usize, entries: &[Entry]) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let idx = i64::try_from(first + i).map_err(|_| StoreError::permanent(format!("flow {id}: journal index {}", first + i)))?;
+            Ok((idx, encoding::encode(e)))
+        })
+        .collect()
+}
+
 impl FlowStore for SqlFlowStore {
     async fn create(&self, r: FlowRecord) -> Result<Created, StoreError> {
         let what = "inserting into treaty_flows";
@@ -210,10 +275,7 @@ impl FlowStore for SqlFlowStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let index =
-            |i: usize| i64::try_from(first + i).map_err(|_| StoreError::permanent(format!("flow {id}: journal index {}", first + i)));
-        let rows: Vec<(i64, Vec<u8>)> =
-            entries.iter().enumerate().map(|(i, e)| Ok((index(i)?, encoding::encode(e)))).collect::<Result<_, StoreError>>()?;
+        let rows = journal_rows(id, first, entries)?;
         let sql = append_sql(rows.len());
         // One statement, so no savepoint: all of it is appended, or (a gap, a repeat) none.
         let inserted = in_write!(self.db, what, true, tx => {
@@ -242,59 +304,12 @@ impl FlowStore for SqlFlowStore {
     }
 
     async fn end(&self, id: FlowId, end: End<'_>) -> Result<(), StoreError> {
-        if end.parked || !end.journal.is_empty() {
-            if !end.journal.is_empty() {
-                self.append(id, end.journal_from, end.journal).await?;
-            }
-            return self.set_status(id, end.status, end.result, end.error).await;
-        }
-        // Never parked, nothing to journal: one statement.
-        let what = "updating treaty_flows";
-        let sql = "UPDATE treaty_flows SET status = $2, result = $3, error = $4, updated_at = $5 WHERE flow_id = $1";
-        let updated = in_write!(self.db, what, true, tx => {
-            sqlx::query(sql)
-                .bind(id.0.as_bytes().as_slice())
-                .bind(end.status.as_str())
-                .bind(end.result.as_deref())
-                .bind(end.error.as_deref())
-                .bind(crate::now_micros())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| err(what, e))?
-                .rows_affected()
-        });
-        if updated != 1 {
-            return Err(StoreError::permanent(format!("no flow {id}")));
-        }
-        Ok(())
+        let unpark = end.parked && end.status != FlowStatus::Runnable;
+        self.write_end(id, end.journal_from, end.journal, end.status, end.result, end.error, unpark).await
     }
 
     async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
-        let what = "updating treaty_flows";
-        let sql = "UPDATE treaty_flows SET status = $2, result = $3, error = $4, updated_at = $5 WHERE flow_id = $1";
-        let unpark = status != FlowStatus::Runnable;
-        let updated = in_write!(self.db, what, tx => {
-            let updated = sqlx::query(sql)
-                .bind(id.0.as_bytes().as_slice())
-                .bind(status.as_str())
-                .bind(result.as_deref())
-                .bind(error.as_deref())
-                .bind(crate::now_micros())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| err(what, e))?
-                .rows_affected();
-            if unpark {
-                for sql in ["DELETE FROM treaty_flow_parked_sessions WHERE flow_id = $1", "DELETE FROM treaty_flow_parked WHERE flow_id = $1"] {
-                    sqlx::query(sql).bind(id.0.as_bytes().as_slice()).execute(&mut *tx).await.map_err(|e| err(what, e))?;
-                }
-            }
-            updated
-        });
-        if updated != 1 {
-            return Err(StoreError::permanent(format!("no flow {id}")));
-        }
-        Ok(())
+        self.write_end(id, 0, &[], status, result, error, status != FlowStatus::Runnable).await
     }
 
     async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
