@@ -314,3 +314,139 @@ async fn coins_locked_by_a_flow_that_is_gone_are_free_again_after_a_restart() {
     assert_eq!(alice.vault.count(&locked).await.unwrap(), 0, "released at start-up");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const CAROL: &str = "O=Carol,L=Madrid,C=ES";
+
+/// Runs `flow` on `node` `n` times at once and waits for all of them.
+async fn run_many(node: &RunningNode, flow: &str, args: serde_json::Value, n: usize) -> Vec<treaty_flows::FlowRecord> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(node.flows.start(flow, args.clone(), None).await.unwrap());
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(tokio::time::timeout(Duration::from_secs(120), node.flows.wait(id)).await.expect("flow finished in time").unwrap());
+    }
+    out
+}
+
+async fn locked(node: &RunningNode) -> u64 {
+    node.vault.count(&treaty_vault::Criteria::Lock(treaty_vault::LockFilter::Locked)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_payments_from_a_vault_of_100_states_all_succeed() {
+    let dir = bootstrap_with("fifty", &["--node", ALICE, "--node", BOB, "--notary", NOTARY]);
+    let _map = map(&dir).await;
+    let _notary = start(&dir, "notary").await;
+    let alice = start_finance(&dir, "alice").await;
+    let bob = start_finance(&dir, "bob").await;
+    for (n, other) in [(&alice, BOB), (&alice, NOTARY), (&bob, ALICE), (&bob, NOTARY)] {
+        knows(n, other).await;
+    }
+    for r in run_many(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "1.00 USD"}), 100).await {
+        ok(&r);
+    }
+    assert_eq!(usd(&alice).await, (10_000, 100));
+    // Fifty payments at once, each needing one of the hundred coins: soft locks keep their
+    // selections apart, so none is refused for a balance that is there.
+    let paid = run_many(&alice, treaty_finance::CASH_PAYMENT, json!({"amount": "1.00 USD", "recipient": BOB}), 50).await;
+    let failed: Vec<_> = paid.iter().filter(|r| r.status != FlowStatus::Completed).map(|r| r.error.clone()).collect();
+    assert!(failed.is_empty(), "{} of 50 payments failed: {failed:?}", failed.len());
+    assert_eq!(usd(&alice).await, (5_000, 50));
+    assert_eq!(usd(&bob).await, (5_000, 50));
+    assert_eq!(locked(&alice).await, 0, "every lock was released when its payment consumed the coin");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A small deterministic generator (xorshift64*), so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_are_conserved_across_three_nodes_after_1000_random_payments() {
+    let payments: usize = std::env::var("TREATY_RANDOM_PAYMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let dir = bootstrap_with("random", &["--node", ALICE, "--node", BOB, "--node", CAROL, "--notary", NOTARY]);
+    let _map = map(&dir).await;
+    let _notary = start(&dir, "notary").await;
+    let nodes = Arc::new([start_finance(&dir, "alice").await, start_finance(&dir, "bob").await, start_finance(&dir, "carol").await]);
+    let names = [ALICE, BOB, CAROL];
+    for n in nodes.iter() {
+        for other in names.iter().chain([&NOTARY]) {
+            if n.name.to_string() != other.parse::<treaty_core::X500Name>().unwrap().to_string() {
+                knows(n, other).await;
+            }
+        }
+    }
+    // Each issues 1,000.00 USD in ten coins.
+    for n in nodes.iter() {
+        for r in run_many(n, treaty_finance::CASH_ISSUE, json!({"amount": "100.00 USD"}), 10).await {
+            ok(&r);
+        }
+    }
+    // Random payer, recipient and amount (0.01 to 5.00, sometimes anonymous); each payer pays
+    // one after another, the three payers at once.
+    let seed = 0x7EA7_u64 ^ payments as u64;
+    let mut rng = Rng(seed);
+    let mut queues: [Vec<(usize, u64, bool)>; 3] = Default::default();
+    for _ in 0..payments {
+        let payer = rng.below(3) as usize;
+        let recipient = (payer + 1 + rng.below(2) as usize) % 3;
+        queues[payer].push((recipient, 1 + rng.below(500), rng.below(10) == 0));
+    }
+    let mut payers = Vec::new();
+    for (payer, queue) in queues.into_iter().enumerate() {
+        let nodes = nodes.clone();
+        payers.push(tokio::spawn(async move {
+            for (i, (to, cents, anonymous)) in queue.into_iter().enumerate() {
+                let amount = format!("{}.{:02} USD", cents / 100, cents % 100);
+                let args = json!({"amount": amount, "recipient": names[to], "anonymous": anonymous});
+                let r = run(&nodes[payer], treaty_finance::CASH_PAYMENT, args).await;
+                assert_eq!(
+                    r.status,
+                    FlowStatus::Completed,
+                    "payment {i} of {} ({amount} to {}, seed {seed:#x}): {r:?}",
+                    names[payer],
+                    names[to]
+                );
+            }
+        }));
+    }
+    for p in payers {
+        p.await.unwrap();
+    }
+    // Nothing made or lost: all cash is still there, and each issuer's is exactly what it issued.
+    let mut by_issuer: std::collections::BTreeMap<String, u128> = Default::default();
+    let mut total = 0;
+    for n in nodes.iter() {
+        for b in n.vault.balances(&treaty_vault::Criteria::unconsumed()).await.unwrap() {
+            assert_eq!(b.token, "USD");
+            *by_issuer.entry(b.issuer.clone()).or_default() += b.quantity;
+            total += b.quantity;
+        }
+        assert_eq!(locked(n).await, 0, "{} holds locked coins after every payment ended", n.name);
+    }
+    assert_eq!(total, 3 * 100_000, "the sum of the vaults is what was issued (nothing exited)");
+    assert_eq!(by_issuer.len(), 3, "{by_issuer:?}");
+    assert!(by_issuer.values().all(|q| *q == 100_000), "each issuer's cash adds up to what it issued: {by_issuer:?}");
+    // Alice exits 50.00 of her own cash wherever it is in her vault: the total drops by exactly that.
+    let alice_own = nodes[0].vault.balances(&treaty_vault::Criteria::unconsumed()).await.unwrap();
+    let own: u128 = alice_own.iter().filter(|b| b.issuer.contains("Alice")).map(|b| b.quantity).sum();
+    if own >= 5_000 {
+        ok(&run(&nodes[0], treaty_finance::CASH_EXIT, json!({"amount": "50.00 USD"})).await);
+        let mut after = 0;
+        for n in nodes.iter() {
+            after += n.vault.balances(&treaty_vault::Criteria::unconsumed()).await.unwrap().iter().map(|b| b.quantity).sum::<u128>();
+        }
+        assert_eq!(after, 3 * 100_000 - 5_000, "issued minus exited");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
