@@ -196,6 +196,22 @@ enum VaultCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Follows the vault: how many states match now, then each recorded transaction that
+    /// produces or consumes matching states, as it happens (until Ctrl-C, or `--updates`).
+    Track {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Only states of this type id (e.g. test.Token); repeat for several.
+        #[arg(long = "state-type", value_name = "NAME")]
+        state_type: Vec<String>,
+        /// Stop after this many transactions (default: follow until interrupted).
+        #[arg(long)]
+        updates: Option<u64>,
+        /// Print one JSON object per line: `{"snapshot_count": N}`, then one per transaction.
+        #[arg(long)]
+        json: bool,
+    },
     /// Totals of the unconsumed fungible states per token and issuer.
     Balances {
         /// The node's directory.
@@ -402,6 +418,9 @@ fn main() -> ExitCode {
         },
         Command::Vault { command: VaultCommand::Query { node, state_type, status, json } } => vault::query(&node, state_type, status, json),
         Command::Vault { command: VaultCommand::Balances { node, json } } => vault::balances(&node, json),
+        Command::Vault { command: VaultCommand::Track { node, state_type, updates, json } } => {
+            vault::track(&node, state_type, updates, json)
+        }
         Command::Attachment { command: AttachmentCommand::Upload { node, file, json } } => attachment::upload(&node, &file, json),
         Command::Attachment { command: AttachmentCommand::Download { node, id, out, json } } => {
             attachment::download(&node, &id, &out, json)

@@ -1,4 +1,4 @@
-//! `treaty vault query | balances`: the node's vault through client RPC.
+//! `treaty vault query | track | balances`: the node's vault through client RPC.
 
 use std::io::Write;
 use std::path::Path;
@@ -136,6 +136,55 @@ pub fn balances(node_dir: &Path, json: bool) -> Result<()> {
             for b in &balances {
                 println!("{:<token_w$}  {:<issuer_w$}  {:>qty_w$}  {}", b.token, b.issuer, b.quantity, b.states);
             }
+        }
+        Ok(())
+    })
+}
+
+/// Prints how many states match now, then each recorded transaction that produced or
+/// consumed matching states, as the node reports it; after `updates` transactions it stops.
+pub fn track(node_dir: &Path, state_types: Vec<String>, updates: Option<u64>, json: bool) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut client = connect(node_dir).await?;
+        let request = pb::VaultQueryRequest { state_types, status: "unconsumed".into(), page_size: 0 };
+        let mut feed = client.track_vault(request).await.map_err(rpc)?.into_inner();
+        let mut out = std::io::stdout().lock();
+        let mut seen = 0u64;
+        let mut snapshot = false;
+        // The snapshot count always comes first; then the transactions, `updates` of them.
+        while !snapshot || updates.is_none_or(|n| seen < n) {
+            let Some(message) = feed.message().await.map_err(rpc)? else {
+                bail!("the node ended the feed (it is shutting down)");
+            };
+            match message.event {
+                Some(pb::vault_update_message::Event::SnapshotCount(n)) => {
+                    snapshot = true;
+                    if json {
+                        writeln!(out, "{}", json!({ "snapshot_count": n }))?;
+                    } else {
+                        writeln!(out, "{n} unconsumed state(s) match now; following new transactions")?;
+                    }
+                }
+                Some(pb::vault_update_message::Event::Update(u)) => {
+                    seen += 1;
+                    if json {
+                        let produced: Vec<Value> = u.produced.iter().map(state_json).collect();
+                        let consumed: Vec<Value> = u.consumed.iter().map(state_json).collect();
+                        writeln!(out, "{}", json!({ "tx_id": u.tx_id, "produced": produced, "consumed": consumed }))?;
+                    } else {
+                        writeln!(out, "transaction {}: {} produced, {} consumed", u.tx_id, u.produced.len(), u.consumed.len())?;
+                        for (sign, states) in [("+", &u.produced), ("-", &u.consumed)] {
+                            for s in states.iter() {
+                                let amount =
+                                    s.fungible.as_ref().map(|f| format!("{} {}", f.quantity, f.token)).unwrap_or_else(|| "-".into());
+                                writeln!(out, "  {sign} {}({}) {} {amount} {}", s.tx_id, s.output_index, s.type_id, participants(s))?;
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+            out.flush()?;
         }
         Ok(())
     })

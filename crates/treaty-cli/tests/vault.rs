@@ -140,6 +140,37 @@ async fn vault_query_and_balances_show_the_nodes_states_over_tls() {
     assert_eq!(code, 0);
     assert!(out.contains("TOKEN") && out.contains(ISSUER) && out.contains("85"), "{out}");
 
+    // Track: the snapshot count, then each new transaction, one JSON object per line. New
+    // spends are recorded until the CLI (which subscribes at some point) has seen one.
+    let tracker = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || run(&["vault", "track", "--node", &dir, "--updates", "1", "--json"])
+    });
+    let mut recorded = Vec::new();
+    let mut coin = StateRef { txhash: second.id(), index: 0 };
+    while !tracker.is_finished() {
+        assert!(recorded.len() < 200, "treaty vault track saw none of {} transactions", recorded.len());
+        let next = token_tx(&notary, &key, &[coin], &[(&me, 25)], 10 + recorded.len() as u8);
+        alice.ledger.record(&[], std::slice::from_ref(&next)).await.unwrap();
+        coin = StateRef { txhash: next.id(), index: 0 };
+        recorded.push(next.id().to_string());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out, err) = tracker.await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0], json!({ "snapshot_count": 2 }), "the spend's 60 and one 25 (spent and re-created by each new transaction)");
+    let tx = lines[1]["tx_id"].as_str().unwrap();
+    let i = recorded.iter().position(|r| r == tx).expect("the update is one of the recorded transactions");
+    assert_eq!(lines[1]["produced"][0]["state_ref"], format!("{tx}(0)"));
+    assert_eq!(lines[1]["consumed"][0]["consuming_tx"], tx);
+    let spent = if i == 0 { format!("{}(0)", second.id()) } else { format!("{}(0)", recorded[i - 1]) };
+    assert_eq!(lines[1]["consumed"][0]["state_ref"], spent);
+    let (code, out, _) = cli(args(&["vault", "track", "--node", &dir, "--state-type", "no.Such", "--updates", "0"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("0 unconsumed state(s) match now"), "{out}");
+
     // Refusals: an unknown status names the allowed ones; a user without ReadVault is told.
     let (code, _, err) = cli(args(&["vault", "query", "--node", &dir, "--status", "spent"])).await;
     assert_ne!(code, 0);
