@@ -6,6 +6,8 @@
 use sqlx::Row;
 use treaty_core::{X500Name, encoding};
 use treaty_net::messaging::StoreError;
+use treaty_storage::writer::rusqlite::{self, types::Value};
+use treaty_storage::writer::{numbered, sqlite_error};
 use treaty_storage::{Database, Migration, Migrations, Pool, StorageError, WriteTransaction};
 
 use crate::journal::{Entry, FlowId};
@@ -166,6 +168,19 @@ macro_rules! fetch_records {
 }
 
 impl SqlFlowStore {
+    /// What [`FlowStore::create`] did, from how many rows its insert added.
+    async fn created_or_existing(&self, r: &FlowRecord, inserted: u64) -> Result<Created, StoreError> {
+        if inserted == 1 {
+            return Ok(Created::New);
+        }
+        let sql = format!("SELECT {COLUMNS} FROM treaty_flows WHERE flow_id = $1 OR client_id = $2 ORDER BY seq LIMIT 1");
+        let existing = on_pool!(self.db, pool => fetch_records!(pool, sql.clone(), r.id.0.as_bytes().as_slice(), r.client_id.as_deref()));
+        existing
+            .first()
+            .map(|e| Created::Existing(e.id))
+            .ok_or_else(|| StoreError::permanent(format!("flow {} was neither inserted nor found", r.id)))
+    }
+
     /// Appends `journal` (entries from `first`), sets the status and, with `unpark`, removes
     /// the flow's parking: one write, and one statement when only the status changes.
     #[allow(clippy::too_many_arguments)]
@@ -184,6 +199,44 @@ impl SqlFlowStore {
         let rows = journal_rows(id, first, journal)?;
         let append = append_sql(rows.len());
         let single = rows.is_empty() && !unpark;
+        if let Some(writer) = self.db.sqlite_writer() {
+            let append = (!rows.is_empty()).then(|| (numbered(&append), append_values(id, &rows), rows.len()));
+            let key = Value::Blob(id.0.as_bytes().to_vec());
+            let values = vec![
+                key.clone(),
+                Value::Text(status.as_str().into()),
+                result.map_or(Value::Null, Value::Blob),
+                error.map_or(Value::Null, Value::Text),
+                Value::Integer(crate::now_micros()),
+            ];
+            let updated = writer
+                .write(what, move |c| {
+                    if let Some((sql, values, n)) = append
+                        && execute(c, &sql, values).map_err(|e| sqlite_error("appending to treaty_flow_journal", e))? != n
+                    {
+                        return Err(StorageError::Corrupt {
+                            table: "treaty_flow_journal",
+                            key: id.to_string(),
+                            reason: format!("journal entry {first} is not the next one"),
+                        });
+                    }
+                    let updated = execute(c, &numbered(sql), values).map_err(|e| sqlite_error(what, e))?;
+                    if unpark {
+                        for sql in [
+                            "DELETE FROM treaty_flow_parked_sessions WHERE flow_id = ?1",
+                            "DELETE FROM treaty_flow_parked WHERE flow_id = ?1",
+                        ] {
+                            execute(c, sql, vec![key.clone()]).map_err(|e| sqlite_error(what, e))?;
+                        }
+                    }
+                    Ok(updated)
+                })
+                .await?;
+            if updated != 1 {
+                return Err(StoreError::permanent(format!("no flow {id}")));
+            }
+            return Ok(());
+        }
         let updated = in_write!(self.db, what, single, tx => {
             if !rows.is_empty() {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(append.clone())).bind(id.0.as_bytes().as_slice()).bind(rows[0].0);
@@ -218,6 +271,23 @@ impl SqlFlowStore {
     }
 }
 
+/// Runs one statement on the writer thread's connection (cached, bound by number).
+fn execute(c: &rusqlite::Connection, sql: &str, values: Vec<Value>) -> Result<usize, rusqlite::Error> {
+    c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(values))
+}
+
+/// The values [`append_sql`] binds.
+fn append_values(id: FlowId, rows: &[(i64, Vec<u8>)]) -> Vec<Value> {
+    let mut values = Vec::with_capacity(2 + 2 * rows.len());
+    values.push(Value::Blob(id.0.as_bytes().to_vec()));
+    values.push(Value::Integer(rows.first().map_or(0, |r| r.0)));
+    for (idx, bytes) in rows {
+        values.push(Value::Integer(*idx));
+        values.push(Value::Blob(bytes.clone()));
+    }
+    values
+}
+
 /// Journal rows: index and encoded entry of each of `entries`, the first at `first`.
 fn journal_rows(id: FlowId, first: usize, entries: &[Entry]) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     entries
@@ -240,6 +310,25 @@ impl FlowStore for SqlFlowStore {
             Some((p, s)) => (Some(p.to_string()), Some(session_to_db(*s))),
             None => (None, None),
         };
+        if let Some(writer) = self.db.sqlite_writer() {
+            let values = vec![
+                Value::Blob(r.id.0.as_bytes().to_vec()),
+                Value::Text(r.name.clone()),
+                Value::Integer(i64::from(r.version)),
+                Value::Blob(r.args.clone()),
+                Value::Text(r.status.as_str().into()),
+                r.result.clone().map_or(Value::Null, Value::Blob),
+                r.error.clone().map_or(Value::Null, Value::Text),
+                r.client_id.clone().map_or(Value::Null, Value::Text),
+                party.clone().map_or(Value::Null, Value::Text),
+                session.map_or(Value::Null, Value::Integer),
+                Value::Integer(r.created_at),
+                Value::Integer(r.updated_at),
+            ];
+            let sql = numbered(&sql);
+            let inserted = writer.write(what, move |c| execute(c, &sql, values).map_err(|e| sqlite_error(what, e))).await?;
+            return self.created_or_existing(&r, inserted as u64).await;
+        }
         let inserted = in_write!(self.db, what, true, tx => {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(r.id.0.as_bytes().as_slice())
@@ -259,15 +348,7 @@ impl FlowStore for SqlFlowStore {
                 .map_err(|e| err(what, e))?
                 .rows_affected()
         });
-        if inserted == 1 {
-            return Ok(Created::New);
-        }
-        let sql = format!("SELECT {COLUMNS} FROM treaty_flows WHERE flow_id = $1 OR client_id = $2 ORDER BY seq LIMIT 1");
-        let existing = on_pool!(self.db, pool => fetch_records!(pool, sql.clone(), r.id.0.as_bytes().as_slice(), r.client_id.as_deref()));
-        existing
-            .first()
-            .map(|e| Created::Existing(e.id))
-            .ok_or_else(|| StoreError::permanent(format!("flow {} was neither inserted nor found", r.id)))
+        self.created_or_existing(&r, inserted).await
     }
 
     async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
@@ -277,6 +358,14 @@ impl FlowStore for SqlFlowStore {
         }
         let rows = journal_rows(id, first, entries)?;
         let sql = append_sql(rows.len());
+        if let Some(writer) = self.db.sqlite_writer() {
+            let (sql, values, n) = (numbered(&sql), append_values(id, &rows), rows.len());
+            let inserted = writer.write(what, move |c| execute(c, &sql, values).map_err(|e| sqlite_error(what, e))).await?;
+            if inserted != n {
+                return Err(StoreError::permanent(format!("flow {id}: journal entry {first} is not the next one")));
+            }
+            return Ok(());
+        }
         // One statement, so no savepoint: all of it is appended, or (a gap, a repeat) none.
         let inserted = in_write!(self.db, what, true, tx => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(id.0.as_bytes().as_slice()).bind(rows[0].0);

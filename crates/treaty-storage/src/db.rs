@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::{Context, StorageError};
 use crate::migrate::{LEDGER_MIGRATIONS, MESSAGING_MIGRATIONS, NETWORK_MAP_MIGRATIONS};
+use crate::writer::SqliteWriter;
 
 /// SQLite's pool, this process's writer lock and its group commit ([`Database::sqlite_group`]).
 pub type SqliteGroup<'a> = (&'a SqlitePool, &'a Arc<Mutex<()>>, &'a Arc<GroupCommit>);
@@ -30,7 +31,7 @@ const POSTGRES_MAX_CONNECTIONS: u32 = 10;
 pub(crate) enum Backend {
     /// SQLite. Writers in this process take `writer` first, so they queue here instead of
     /// polling SQLite's lock; `BEGIN IMMEDIATE` and the busy timeout cover other processes.
-    Sqlite { pool: SqlitePool, writer: Arc<Mutex<()>>, group: Arc<GroupCommit> },
+    Sqlite { pool: SqlitePool, writer: Arc<Mutex<()>>, group: Arc<GroupCommit>, jobs: Option<Arc<SqliteWriter>> },
     /// PostgreSQL.
     Postgres { pool: PgPool },
 }
@@ -115,7 +116,7 @@ macro_rules! with_pool {
 macro_rules! write_tx {
     ($db:expr, $what:expr, $tx:ident => $body:expr) => {
         match $db.backend() {
-            $crate::db::Backend::Sqlite { pool, writer, group } => {
+            $crate::db::Backend::Sqlite { pool, writer, group, .. } => {
                 let mut write = group.begin(pool, writer).await?;
                 let result: Result<_, $crate::error::StorageError> = async {
                     let $tx: &mut sqlx::SqliteConnection = write.conn()?;
@@ -176,7 +177,8 @@ impl Database {
                 .connect_with(options)
                 .await
                 .map_err(|source| StorageError::Connect { url: shown.clone(), source })?;
-            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())), group: Arc::default() }
+            // No writer thread: its connection would be another, empty in-memory database.
+            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())), group: Arc::default(), jobs: None }
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(invalid("no file path after sqlite:// (expected sqlite://PATH, e.g. sqlite://node.db)"));
@@ -221,7 +223,7 @@ impl Database {
                     Err(source) => return Err(StorageError::Connect { url: format!("{shown} (file {})", file.display()), source }),
                 }
             };
-            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())), group: Arc::default() }
+            Backend::Sqlite { pool, writer: Arc::new(Mutex::new(())), group: Arc::default(), jobs: None }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|e| invalid(&format!("not a valid PostgreSQL URL: {e}")))?;
             // One direct attempt first: the pool would retry an unreachable server until its
@@ -241,6 +243,13 @@ impl Database {
                 "unsupported scheme {scheme:?}: expected sqlite://PATH, sqlite::memory: or postgres://user@host:port/database"
             )));
         };
+        let mut backend = backend;
+        let file =
+            url.strip_prefix("sqlite://").map(|path| if Path::new(path).is_absolute() { PathBuf::from(path) } else { base_dir.join(path) });
+        if let (Backend::Sqlite { writer, jobs, .. }, Some(file)) = (&mut backend, file) {
+            // Created (and switched to WAL) by the pool above; the writer thread opens it too.
+            *jobs = Some(Arc::new(SqliteWriter::start(&file, writer.clone())?));
+        }
         let db = Database { inner: Arc::new(Inner { backend, url: shown }) };
         for migrations in [&LEDGER_MIGRATIONS, &MESSAGING_MIGRATIONS, &NETWORK_MAP_MIGRATIONS] {
             db.migrate(migrations).await?;
@@ -252,7 +261,16 @@ impl Database {
     /// PostgreSQL, whose server groups concurrent commits itself.
     pub fn sqlite_group(&self) -> Option<SqliteGroup<'_>> {
         match self.backend() {
-            Backend::Sqlite { pool, writer, group } => Some((pool, writer, group)),
+            Backend::Sqlite { pool, writer, group, .. } => Some((pool, writer, group)),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// The SQLite writer thread (see [`SqliteWriter`]), for the node's hot writes; `None` on
+    /// PostgreSQL and for an in-memory SQLite database.
+    pub fn sqlite_writer(&self) -> Option<&SqliteWriter> {
+        match self.backend() {
+            Backend::Sqlite { jobs, .. } => jobs.as_deref(),
             Backend::Postgres { .. } => None,
         }
     }
@@ -301,7 +319,12 @@ impl Database {
     /// Closes every connection (waiting for those in use). Other clones become unusable.
     pub async fn close(&self) {
         match self.backend() {
-            Backend::Sqlite { pool, .. } => pool.close().await,
+            Backend::Sqlite { pool, jobs, .. } => {
+                if let Some(jobs) = jobs {
+                    jobs.close().await;
+                }
+                pool.close().await
+            }
             Backend::Postgres { pool } => pool.close().await,
         }
     }

@@ -101,6 +101,22 @@ pub enum StorageError {
         /// The driver's reason.
         source: sqlx::Error,
     },
+    /// A statement of a write job on the SQLite writer thread failed.
+    #[error("database error while {context}: {source}")]
+    Sqlite {
+        /// What was being done, naming the table.
+        context: String,
+        /// The driver's reason.
+        source: rusqlite::Error,
+    },
+    /// The SQLite writer thread could not run or commit a write.
+    #[error("writing to the database: {reason}")]
+    Writer {
+        /// What failed.
+        reason: String,
+        /// Worth retrying (the database was busy).
+        transient: bool,
+    },
     /// The shared (group) transaction a write was part of failed to commit.
     #[error("committing a group of writes failed: {0}")]
     GroupCommit(String),
@@ -122,6 +138,8 @@ impl StorageError {
             StorageError::Query { source, .. } | StorageError::Connect { source, .. } | StorageError::MigrationFailed { source, .. } => {
                 source
             }
+            StorageError::Sqlite { source, .. } => return crate::writer::is_busy(source),
+            StorageError::Writer { transient, .. } => return *transient,
             _ => return false,
         };
         match source {

@@ -7,6 +7,7 @@ use treaty_core::{PublicKey, SecureHash, X500Name, encoding};
 
 use crate::db::{Database, now_millis, with_pool, write_tx};
 use crate::error::{Context, StorageError};
+use crate::writer::{numbered, rusqlite, sqlite_error};
 
 fn hash_from(table: &'static str, bytes: &[u8]) -> Result<SecureHash, StorageError> {
     <[u8; 32]>::try_from(bytes).map(SecureHash).map_err(|_| StorageError::Corrupt {
@@ -91,6 +92,9 @@ fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// A transaction to record, owned (for the writer thread): id, bytes, dependencies.
+type OwnedRecord = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+
 const INSERT_ATTACHMENT: &str = "INSERT INTO treaty_attachments (id, bytes, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 const INSERT_TX: &str = "INSERT INTO treaty_transactions (id, bytes, recorded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 
@@ -122,6 +126,34 @@ impl TransactionStore {
     pub async fn record(&self, attachments: &[(SecureHash, &[u8])], txs: &[Recorded<'_>]) -> Result<(), StorageError> {
         let now = now_millis();
         let what = "recording attachments and transactions";
+        if let Some(writer) = self.db.sqlite_writer() {
+            // One statement per row is cheap on the writer thread (no hand-off per statement).
+            let atts: Vec<(Vec<u8>, Vec<u8>)> = attachments.iter().map(|(id, b)| (id.as_bytes().to_vec(), b.to_vec())).collect();
+            let txs: Vec<OwnedRecord> = txs
+                .iter()
+                .map(|r| (r.id.as_bytes().to_vec(), r.bytes.to_vec(), r.dependencies.iter().map(|d| d.as_bytes().to_vec()).collect()))
+                .collect();
+            return writer
+                .write(what, move |c| {
+                    let failed = |e| sqlite_error(what, e);
+                    let mut insert = c.prepare_cached(&numbered(INSERT_ATTACHMENT)).map_err(failed)?;
+                    for (id, bytes) in &atts {
+                        insert.execute(rusqlite::params![id, bytes, now]).map_err(failed)?;
+                    }
+                    let mut insert = c.prepare_cached(&numbered(INSERT_TX)).map_err(failed)?;
+                    let mut edge = c
+                        .prepare_cached("INSERT INTO treaty_transaction_dependencies (tx, dep) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                        .map_err(failed)?;
+                    for (id, bytes, deps) in &txs {
+                        insert.execute(rusqlite::params![id, bytes, now]).map_err(failed)?;
+                        for d in deps {
+                            edge.execute(rusqlite::params![id, d]).map_err(failed)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+        }
         write_tx!(self.db, what, tx => {
             for (id, bytes) in attachments {
                 sqlx::query(INSERT_ATTACHMENT).bind(id.as_bytes().as_slice()).bind(*bytes).bind(now).execute(&mut *tx).await.ctx(what)?;

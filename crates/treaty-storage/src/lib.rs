@@ -21,6 +21,7 @@ mod ledger;
 mod messaging;
 pub mod migrate;
 mod netmap;
+pub mod writer;
 
 pub use confidential::ConfidentialStore;
 pub use db::{BackendKind, Database, GroupCommit, GroupWrite, Pool, SQLITE_BUSY_TIMEOUT, SqliteGroup, WriteTransaction};
@@ -29,3 +30,4 @@ pub use ledger::{AttachmentStore, IdentityRecord, IdentityStore, Recorded, Trans
 pub use messaging::SqlMessageStore;
 pub use migrate::{Migration, Migrations};
 pub use netmap::{CachedNode, SqlMapCache};
+pub use writer::SqliteWriter;
