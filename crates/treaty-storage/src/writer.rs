@@ -86,25 +86,28 @@ impl SqliteWriter {
     /// and returns its result once that transaction has committed (durably). If the job
     /// fails, its statements are rolled back and the others in the transaction commit.
     /// `what` names the write for errors.
-    pub async fn write<T, F>(&self, what: &str, job: F) -> Result<T, StorageError>
+    pub async fn write<T, E, F>(&self, what: &str, job: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T, StorageError> + Send + 'static,
+        E: From<StorageError> + Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<T, StorageError>>();
+        let what = what.to_string();
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |conn| {
+            let named = move |failure: Failure| E::from(Failure { reason: format!("{what}: {}", failure.reason), ..failure }.error());
             let outcome = match conn {
                 Ok(conn) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
                     Ok(outcome) => outcome,
-                    Err(_) => Err(StorageError::Writer { reason: "a write job panicked".into(), transient: false }),
+                    Err(_) => Err(named(Failure { reason: "the write panicked".into(), transient: false })),
                 },
-                Err(failure) => Err(failure.clone().error()),
+                Err(failure) => Err(named(failure.clone())),
             };
             let keep = outcome.is_ok();
             let complete: Completion = Box::new(move |committed| {
                 let result = match (outcome, committed) {
                     (Ok(v), Ok(())) => Ok(v),
-                    (Ok(_), Err(failure)) => Err(failure.error()),
+                    (Ok(_), Err(failure)) => Err(named(failure)),
                     (Err(e), _) => Err(e),
                 };
                 let _ = tx.send(result);
@@ -115,17 +118,11 @@ impl SqliteWriter {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
         };
+        let gone = |why: &str| E::from(StorageError::Writer { reason: why.to_string(), transient: false });
         if !sent {
-            return Err(StorageError::Writer { reason: format!("{what}: the database is closed"), transient: false });
+            return Err(gone("the database is closed"));
         }
-        match rx.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(StorageError::Writer { reason, transient })) => {
-                Err(StorageError::Writer { reason: format!("{what}: {reason}"), transient })
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(StorageError::Writer { reason: format!("{what}: the writer thread stopped"), transient: false }),
-        }
+        rx.await.unwrap_or_else(|_| Err(gone("the writer thread stopped")))
     }
 
     /// Stops the thread after the jobs already queued (waiting for it).

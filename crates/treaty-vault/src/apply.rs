@@ -17,13 +17,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::Row;
 use treaty_core::{ComponentGroup, PublicKey, SecureHash, StateRef, Timestamp, TransactionState, WireTransaction};
 
 use crate::Vault;
 use crate::error::VaultError;
-use crate::record::{Derived, STATE_COLUMN_COUNT, Status, VaultState, is_ours, state_row};
-use crate::sql::{Arg, Context, Sql, bind_args, chunks, hash_from, in_write, state_ref_from, values};
+use crate::exec::{Cell, Exec, Kind, STATE_KINDS, Sqlx, Writer, run_now};
+use crate::record::{Derived, StateRow, Status, VaultState, is_ours};
+use crate::sql::{Arg, Context, Sql, chunks, hash_from, in_write, state_ref_from, values};
 use crate::track::Applied;
 
 /// What [`Vault::apply`] did.
@@ -48,11 +48,14 @@ struct NewState {
 }
 
 /// A transaction about to be applied.
-struct Prepared<'a> {
+struct Prepared {
     id: SecureHash,
-    inputs: &'a [StateRef],
+    inputs: Vec<StateRef>,
     outputs: Vec<NewState>,
 }
+
+/// Which transactions of a batch were new, and the states each consumed.
+type Written = (HashSet<SecureHash>, Vec<(SecureHash, Vec<VaultState>)>);
 
 /// `UPDATE ... RETURNING` cannot name the table by alias on every backend: the columns of
 /// [`crate::record::STATE_COLUMNS`] unqualified.
@@ -76,7 +79,7 @@ impl Vault {
         let registry = self.registry();
         let mut summary = ApplySummary::default();
         let mut seen = HashSet::new();
-        let mut batch: Vec<Prepared<'_>> = Vec::with_capacity(txs.len());
+        let mut batch: Vec<Prepared> = Vec::with_capacity(txs.len());
         for tx in txs {
             let id = tx.id();
             if !seen.insert(id) {
@@ -101,7 +104,7 @@ impl Vault {
                 })?;
                 outputs.push(NewState { state_ref, state: state.clone(), bytes, derived });
             }
-            batch.push(Prepared { id, inputs: &components.inputs, outputs });
+            batch.push(Prepared { id, inputs: components.inputs.clone(), outputs });
         }
         if batch.is_empty() {
             return Ok(summary);
@@ -109,122 +112,20 @@ impl Vault {
 
         let what = "applying transactions to the vault";
         let micros = now.micros();
-        let (fresh, consumed_rows) = in_write!(self.db(), what, tx => {
-            // 1. Which transactions are new: the unique index decides.
-            let mut fresh: HashSet<SecureHash> = HashSet::new();
-            for chunk in chunks(&batch) {
-                let mut sql = Sql::default();
-                let rows = values(&mut sql, chunk, |p, sql| vec![sql.arg(Arg::Bytes(p.id.as_bytes().to_vec())), sql.arg(Arg::Int(micros))]);
-                let text = format!("INSERT INTO treaty_vault_transactions (tx_id, applied_at) VALUES {rows} ON CONFLICT (tx_id) DO NOTHING RETURNING tx_id");
-                let returned = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_all(&mut *tx).await.ctx(what)?;
-                for row in returned {
-                    fresh.insert(hash_from("treaty_vault_transactions.tx_id", &row.try_get::<Vec<u8>, _>(0).ctx(what)?)?);
-                }
+        let (fresh, consumed_rows) = match self.db().sqlite_writer() {
+            // On the writer thread: every statement a function call.
+            Some(writer) => {
+                let (back, written) = writer
+                    .write(what, move |c| {
+                        let written = run_now(write_batch(&mut Writer(c), &batch, micros))?;
+                        Ok::<_, VaultError>((batch, written))
+                    })
+                    .await?;
+                batch = back;
+                written
             }
-
-            // 2. The relevant outputs of new transactions, then what is derived from them.
-            let new_states: Vec<&NewState> = batch.iter().filter(|p| fresh.contains(&p.id)).flat_map(|p| p.outputs.iter()).collect();
-            let mut seqs: HashMap<StateRef, i64> = HashMap::with_capacity(new_states.len());
-            for chunk in chunks(&new_states) {
-                let mut sql = Sql::default();
-                let rows = values(&mut sql, chunk, |n, sql| {
-                    let linear = n.derived.linear.as_ref();
-                    vec![
-                        sql.arg(Arg::Bytes(n.state_ref.txhash.as_bytes().to_vec())),
-                        sql.arg(Arg::Int(i64::from(n.state_ref.index))),
-                        sql.arg(Arg::Text(n.state.data.type_id.clone())),
-                        sql.arg(Arg::Int(i64::from(n.state.data.schema_version))),
-                        sql.arg(Arg::Text(n.state.contract.clone())),
-                        sql.arg(Arg::Text(n.state.notary.name.to_string())),
-                        "'unconsumed'".to_string(),
-                        sql.arg(Arg::Int(micros)),
-                        sql.arg(Arg::OptText(linear.map(|l| l.id.hyphenated().to_string()))),
-                        sql.arg(Arg::OptText(linear.and_then(|l| l.external_id.clone()))),
-                        sql.arg(Arg::Bytes(n.bytes.clone())),
-                    ]
-                });
-                let text = format!(
-                    "INSERT INTO treaty_vault_states (tx_id, output_index, type_id, schema_version, contract, notary, status, recorded_at, \
-                     linear_id, external_id, state_bytes) VALUES {rows} ON CONFLICT (tx_id, output_index) DO NOTHING \
-                     RETURNING seq, tx_id, output_index"
-                );
-                let returned = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_all(&mut *tx).await.ctx(what)?;
-                for row in returned {
-                    let r = state_ref_from(&row.try_get::<Vec<u8>, _>(1).ctx(what)?, row.try_get::<i64, _>(2).ctx(what)?)?;
-                    seqs.insert(r, row.try_get::<i64, _>(0).ctx(what)?);
-                }
-            }
-            let stored: Vec<(i64, &NewState)> = new_states.iter().filter_map(|n| seqs.get(&n.state_ref).map(|s| (*s, *n))).collect();
-
-            let participants: Vec<(i64, i64, &String, &Option<String>)> = stored
-                .iter()
-                .flat_map(|(seq, n)| n.derived.participants.iter().enumerate().map(move |(i, (k, name))| (*seq, i as i64, k, name)))
-                .collect();
-            for chunk in chunks(&participants) {
-                let mut sql = Sql::default();
-                let rows = values(&mut sql, chunk, |(seq, pos, key, name), sql| {
-                    vec![sql.arg(Arg::Int(*seq)), sql.arg(Arg::Int(*pos)), sql.arg(Arg::Text((*key).clone())), sql.arg(Arg::OptText((*name).clone()))]
-                });
-                let text = format!("INSERT INTO treaty_vault_participants (state_seq, position, owning_key, name) VALUES {rows}");
-                bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).execute(&mut *tx).await.ctx(what)?;
-            }
-
-            let fungibles: Vec<(i64, &crate::record::FungibleRow)> =
-                stored.iter().filter_map(|(seq, n)| n.derived.fungible.as_ref().map(|f| (*seq, f))).collect();
-            for chunk in chunks(&fungibles) {
-                let mut sql = Sql::default();
-                let rows = values(&mut sql, chunk, |(seq, f), sql| {
-                    vec![
-                        sql.arg(Arg::Int(*seq)),
-                        sql.arg(Arg::Text(f.owner_key.clone())),
-                        sql.arg(Arg::OptText(f.owner_name.clone())),
-                        sql.arg(Arg::Text(f.issuer.clone())),
-                        sql.arg(Arg::Text(f.token.clone())),
-                        sql.arg(Arg::Int(f.quantity)),
-                    ]
-                });
-                let text = format!("INSERT INTO treaty_vault_fungible (state_seq, owner_key, owner_name, issuer, token, quantity) VALUES {rows}");
-                bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).execute(&mut *tx).await.ctx(what)?;
-            }
-
-            let columns: Vec<(i64, &String, &crate::schema::ColumnValue)> =
-                stored.iter().flat_map(|(seq, n)| n.derived.values.iter().map(move |(name, v)| (*seq, name, v))).collect();
-            for chunk in chunks(&columns) {
-                let mut sql = Sql::default();
-                let rows = values(&mut sql, chunk, |(seq, name, v), sql| {
-                    let (int, text) = match v {
-                        crate::schema::ColumnValue::Integer(i) => (Some(*i), None),
-                        crate::schema::ColumnValue::Text(t) => (None, Some(t.clone())),
-                    };
-                    vec![sql.arg(Arg::Int(*seq)), sql.arg(Arg::Text((*name).clone())), sql.arg(Arg::OptInt(int)), sql.arg(Arg::OptText(text))]
-                });
-                let text = format!("INSERT INTO treaty_vault_columns (state_seq, name, int_value, text_value) VALUES {rows}");
-                bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).execute(&mut *tx).await.ctx(what)?;
-            }
-
-            // 3. Inputs the vault holds become consumed (after every output of the batch is in).
-            let mut consumed_rows: Vec<(SecureHash, Vec<VaultState>)> = Vec::new();
-            for p in batch.iter().filter(|p| fresh.contains(&p.id)) {
-                let mut gone = Vec::new();
-                for chunk in chunks(p.inputs) {
-                    let mut sql = Sql::default();
-                    let at = sql.arg(Arg::Int(micros));
-                    let by = sql.arg(Arg::Bytes(p.id.as_bytes().to_vec()));
-                    let refs = sql.refs(chunk);
-                    let text = format!(
-                        "UPDATE treaty_vault_states AS s SET status = 'consumed', consumed_at = {at}, consuming_tx = {by}, lock_id = NULL \
-                         WHERE s.status = 'unconsumed' AND ({refs}) RETURNING {RETURNING_STATE}"
-                    );
-                    let returned = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_all(&mut *tx).await.ctx(what)?;
-                    debug_assert!(returned.first().is_none_or(|r| r.len() == STATE_COLUMN_COUNT));
-                    for row in returned {
-                        gone.push(state_row!(row, what)?.decode()?);
-                    }
-                }
-                consumed_rows.push((p.id, gone));
-            }
-            (fresh, consumed_rows)
-        });
+            None => in_write!(self.db(), what, tx => write_batch(&mut Sqlx(tx), &batch, micros).await?),
+        };
 
         let mut consumed_by: HashMap<SecureHash, Vec<VaultState>> = consumed_rows.into_iter().collect();
         let mut feed = Vec::new();
@@ -295,4 +196,137 @@ impl Vault {
             Ok(row.is_some())
         })
     }
+}
+
+/// The statements of [`Vault::apply`] for one batch, on either executor.
+async fn write_batch<E: Exec>(e: &mut E, batch: &[Prepared], micros: i64) -> Result<Written, VaultError> {
+    let what = "applying transactions to the vault";
+    // 1. Which transactions are new: the unique index decides.
+    let mut fresh: HashSet<SecureHash> = HashSet::new();
+    for chunk in chunks(batch) {
+        let mut sql = Sql::default();
+        let rows = values(&mut sql, chunk, |p, sql| vec![sql.arg(Arg::Bytes(p.id.as_bytes().to_vec())), sql.arg(Arg::Int(micros))]);
+        let text = format!(
+            "INSERT INTO treaty_vault_transactions (tx_id, applied_at) VALUES {rows} ON CONFLICT (tx_id) DO NOTHING RETURNING tx_id"
+        );
+        let returned = e.rows(&text, sql.args, &[Kind::Bytes]).await?;
+        for row in returned {
+            let [id]: [Cell; 1] = cells(row)?;
+            fresh.insert(hash_from("treaty_vault_transactions.tx_id", &id.bytes(what)?)?);
+        }
+    }
+
+    // 2. The relevant outputs of new transactions, then what is derived from them.
+    let new_states: Vec<&NewState> = batch.iter().filter(|p| fresh.contains(&p.id)).flat_map(|p| p.outputs.iter()).collect();
+    let mut seqs: HashMap<StateRef, i64> = HashMap::with_capacity(new_states.len());
+    for chunk in chunks(&new_states) {
+        let mut sql = Sql::default();
+        let rows = values(&mut sql, chunk, |n, sql| {
+            let linear = n.derived.linear.as_ref();
+            vec![
+                sql.arg(Arg::Bytes(n.state_ref.txhash.as_bytes().to_vec())),
+                sql.arg(Arg::Int(i64::from(n.state_ref.index))),
+                sql.arg(Arg::Text(n.state.data.type_id.clone())),
+                sql.arg(Arg::Int(i64::from(n.state.data.schema_version))),
+                sql.arg(Arg::Text(n.state.contract.clone())),
+                sql.arg(Arg::Text(n.state.notary.name.to_string())),
+                "'unconsumed'".to_string(),
+                sql.arg(Arg::Int(micros)),
+                sql.arg(Arg::OptText(linear.map(|l| l.id.hyphenated().to_string()))),
+                sql.arg(Arg::OptText(linear.and_then(|l| l.external_id.clone()))),
+                sql.arg(Arg::Bytes(n.bytes.clone())),
+            ]
+        });
+        let text = format!(
+            "INSERT INTO treaty_vault_states (tx_id, output_index, type_id, schema_version, contract, notary, status, recorded_at, \
+                 linear_id, external_id, state_bytes) VALUES {rows} ON CONFLICT (tx_id, output_index) DO NOTHING \
+                 RETURNING seq, tx_id, output_index"
+        );
+        let returned = e.rows(&text, sql.args, &[Kind::Int, Kind::Bytes, Kind::Int]).await?;
+        for row in returned {
+            let [seq, tx_id, index]: [Cell; 3] = cells(row)?;
+            let r = state_ref_from(&tx_id.bytes(what)?, index.int(what)?)?;
+            seqs.insert(r, seq.int(what)?);
+        }
+    }
+    let stored: Vec<(i64, &NewState)> = new_states.iter().filter_map(|n| seqs.get(&n.state_ref).map(|s| (*s, *n))).collect();
+
+    let participants: Vec<(i64, i64, &String, &Option<String>)> = stored
+        .iter()
+        .flat_map(|(seq, n)| n.derived.participants.iter().enumerate().map(move |(i, (k, name))| (*seq, i as i64, k, name)))
+        .collect();
+    for chunk in chunks(&participants) {
+        let mut sql = Sql::default();
+        let rows = values(&mut sql, chunk, |(seq, pos, key, name), sql| {
+            vec![
+                sql.arg(Arg::Int(*seq)),
+                sql.arg(Arg::Int(*pos)),
+                sql.arg(Arg::Text((*key).clone())),
+                sql.arg(Arg::OptText((*name).clone())),
+            ]
+        });
+        let text = format!("INSERT INTO treaty_vault_participants (state_seq, position, owning_key, name) VALUES {rows}");
+        e.run(&text, sql.args).await?;
+    }
+
+    let fungibles: Vec<(i64, &crate::record::FungibleRow)> =
+        stored.iter().filter_map(|(seq, n)| n.derived.fungible.as_ref().map(|f| (*seq, f))).collect();
+    for chunk in chunks(&fungibles) {
+        let mut sql = Sql::default();
+        let rows = values(&mut sql, chunk, |(seq, f), sql| {
+            vec![
+                sql.arg(Arg::Int(*seq)),
+                sql.arg(Arg::Text(f.owner_key.clone())),
+                sql.arg(Arg::OptText(f.owner_name.clone())),
+                sql.arg(Arg::Text(f.issuer.clone())),
+                sql.arg(Arg::Text(f.token.clone())),
+                sql.arg(Arg::Int(f.quantity)),
+            ]
+        });
+        let text = format!("INSERT INTO treaty_vault_fungible (state_seq, owner_key, owner_name, issuer, token, quantity) VALUES {rows}");
+        e.run(&text, sql.args).await?;
+    }
+
+    let columns: Vec<(i64, &String, &crate::schema::ColumnValue)> =
+        stored.iter().flat_map(|(seq, n)| n.derived.values.iter().map(move |(name, v)| (*seq, name, v))).collect();
+    for chunk in chunks(&columns) {
+        let mut sql = Sql::default();
+        let rows = values(&mut sql, chunk, |(seq, name, v), sql| {
+            let (int, text) = match v {
+                crate::schema::ColumnValue::Integer(i) => (Some(*i), None),
+                crate::schema::ColumnValue::Text(t) => (None, Some(t.clone())),
+            };
+            vec![sql.arg(Arg::Int(*seq)), sql.arg(Arg::Text((*name).clone())), sql.arg(Arg::OptInt(int)), sql.arg(Arg::OptText(text))]
+        });
+        let text = format!("INSERT INTO treaty_vault_columns (state_seq, name, int_value, text_value) VALUES {rows}");
+        e.run(&text, sql.args).await?;
+    }
+
+    // 3. Inputs the vault holds become consumed (after every output of the batch is in).
+    let mut consumed_rows: Vec<(SecureHash, Vec<VaultState>)> = Vec::new();
+    for p in batch.iter().filter(|p| fresh.contains(&p.id)) {
+        let mut gone = Vec::new();
+        for chunk in chunks(&p.inputs) {
+            let mut sql = Sql::default();
+            let at = sql.arg(Arg::Int(micros));
+            let by = sql.arg(Arg::Bytes(p.id.as_bytes().to_vec()));
+            let refs = sql.refs(chunk);
+            let text = format!(
+                "UPDATE treaty_vault_states AS s SET status = 'consumed', consumed_at = {at}, consuming_tx = {by}, lock_id = NULL \
+                     WHERE s.status = 'unconsumed' AND ({refs}) RETURNING {RETURNING_STATE}"
+            );
+            for row in e.rows(&text, sql.args, &STATE_KINDS).await? {
+                gone.push(StateRow::from_cells(row, what)?.decode()?);
+            }
+        }
+        consumed_rows.push((p.id, gone));
+    }
+    Ok((fresh, consumed_rows))
+}
+
+/// The cells of a returned row, as many as expected.
+fn cells<const N: usize>(row: Vec<Cell>) -> Result<[Cell; N], VaultError> {
+    let n = row.len();
+    row.try_into()
+        .map_err(|_| VaultError::Corrupt { what: "a vault statement".into(), reason: format!("{n} columns returned, {N} expected") })
 }

@@ -23,6 +23,7 @@ mod aggregate;
 mod apply;
 mod criteria;
 mod error;
+mod exec;
 mod locks;
 mod query;
 mod record;
