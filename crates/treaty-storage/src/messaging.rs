@@ -12,6 +12,8 @@ use treaty_net::messaging::{InboundMessage, MessageId, MessageStore, OutboundMes
 
 use crate::db::{Database, chunks, in_list_sql, multi_row_sql, with_pool, write_tx};
 use crate::error::{Context, StorageError};
+use crate::writer::rusqlite::{self, types::Value};
+use crate::writer::{numbered, sqlite_error};
 
 /// [`MessageStore`] in the node database. Clone freely.
 #[derive(Clone, Debug)]
@@ -55,6 +57,68 @@ fn clamp_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// A value bound to a statement.
+enum Bind {
+    Bytes(Vec<u8>),
+    Text(String),
+    Int(i64),
+}
+
+/// A statement (`$n` placeholders) and its values.
+struct Stmt {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Database {
+    /// Runs `statements` in one write and returns the first column (bytes) of the rows they
+    /// return: on SQLite as one job of the writer thread, on PostgreSQL in a transaction.
+    async fn write_statements(&self, what: &'static str, statements: Vec<Stmt>) -> Result<Vec<Vec<u8>>, StorageError> {
+        if let Some(writer) = self.sqlite_writer() {
+            return writer
+                .write(what, move |c| {
+                    let failed = |e| sqlite_error(what, e);
+                    let mut out = Vec::new();
+                    for st in statements {
+                        let mut prepared = c.prepare_cached(&numbered(&st.sql)).map_err(failed)?;
+                        let values = st.binds.into_iter().map(|b| match b {
+                            Bind::Bytes(v) => Value::Blob(v),
+                            Bind::Text(v) => Value::Text(v),
+                            Bind::Int(v) => Value::Integer(v),
+                        });
+                        let mut rows = prepared.query(rusqlite::params_from_iter(values)).map_err(failed)?;
+                        while let Some(row) = rows.next().map_err(failed)? {
+                            out.push(row.get::<_, Vec<u8>>(0).map_err(failed)?);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await;
+        }
+        Ok(write_tx!(self, what, tx => {
+            let mut out = Vec::new();
+            for st in &statements {
+                let mut q = sqlx::query(AssertSqlSafe(st.sql.clone()));
+                for b in &st.binds {
+                    q = match b {
+                        Bind::Bytes(v) => q.bind(v.as_slice()),
+                        Bind::Text(v) => q.bind(v.as_str()),
+                        Bind::Int(v) => q.bind(*v),
+                    };
+                }
+                for row in q.fetch_all(&mut *tx).await.ctx(what)? {
+                    out.push(row.try_get::<Vec<u8>, _>(0).ctx(what)?);
+                }
+            }
+            out
+        }))
+    }
+}
+
+fn id_bind(id: &MessageId) -> Bind {
+    Bind::Bytes(id.0.as_bytes().to_vec())
+}
+
 const OUTBOX_INSERT: &str = "INSERT INTO treaty_outbox (message_id, destination, session_id, topic, payload, attempts) VALUES";
 const OUTBOX_SELECT: &str = "SELECT message_id, destination, session_id, topic, payload, attempts FROM treaty_outbox \
                              WHERE destination = $1 ORDER BY seq LIMIT $2";
@@ -68,22 +132,30 @@ impl SqlMessageStore {
             return Ok(());
         }
         let what = "inserting into treaty_outbox";
-        let result: Result<(), StorageError> = async {
-            write_tx!(self.db, what, tx => {
-                for chunk in chunks(messages) {
-                    let sql = multi_row_sql(OUTBOX_INSERT, 5, &["0"], chunk.len(), "");
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for m in chunk {
-                        q = q.bind(m.id.0.as_bytes().as_slice()).bind(m.destination.to_string()).bind(session_to_db(m.session)).bind(m.topic.as_str()).bind(m.payload.as_slice());
-                    }
-                    q.execute(&mut *tx).await.ctx(what)?;
-                }
-            });
-            Ok(())
-        }
-        .await;
+        let statements = chunks(messages)
+            .into_iter()
+            .map(|chunk| Stmt {
+                sql: multi_row_sql(OUTBOX_INSERT, 5, &["0"], chunk.len(), ""),
+                binds: chunk
+                    .iter()
+                    .flat_map(|m| {
+                        [
+                            id_bind(&m.id),
+                            Bind::Text(m.destination.to_string()),
+                            Bind::Int(session_to_db(m.session)),
+                            Bind::Text(m.topic.clone()),
+                            Bind::Bytes(m.payload.clone()),
+                        ]
+                    })
+                    .collect(),
+            })
+            .collect();
+        let result = self.db.write_statements(what, statements).await.map(|_| ());
         match result {
             Err(StorageError::Query { source: sqlx::Error::Database(e), .. }) if e.is_unique_violation() => {
+                Err(StorageError::DuplicateOutboxMessage(self.find_duplicate(messages).await?))
+            }
+            Err(StorageError::Sqlite { source, .. }) if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
                 Err(StorageError::DuplicateOutboxMessage(self.find_duplicate(messages).await?))
             }
             other => other,
@@ -170,18 +242,14 @@ impl SqlMessageStore {
             }
         }
         let what = "updating treaty_outbox attempts";
-        write_tx!(self.db, what, tx => {
-            for (n, ids) in &by_count {
-                for chunk in chunks(ids) {
-                    let sql = in_list_sql("UPDATE treaty_outbox SET attempts = attempts + $1 WHERE message_id IN", 2, chunk.len(), "");
-                    let mut q = sqlx::query(AssertSqlSafe(sql)).bind(*n);
-                    for id in chunk {
-                        q = q.bind(id.0.as_bytes().as_slice());
-                    }
-                    q.execute(&mut *tx).await.ctx(what)?;
-                }
+        let mut statements = Vec::new();
+        for (n, ids) in &by_count {
+            for chunk in chunks(ids) {
+                let sql = in_list_sql("UPDATE treaty_outbox SET attempts = attempts + $1 WHERE message_id IN", 2, chunk.len(), "");
+                statements.push(Stmt { sql, binds: std::iter::once(Bind::Int(*n)).chain(chunk.iter().map(id_bind)).collect() });
             }
-        });
+        }
+        self.db.write_statements(what, statements).await?;
         Ok(())
     }
 
@@ -190,16 +258,14 @@ impl SqlMessageStore {
             return Ok(());
         }
         let what = "deleting from treaty_outbox";
-        write_tx!(self.db, what, tx => {
-            for chunk in chunks(ids) {
-                let sql = in_list_sql("DELETE FROM treaty_outbox WHERE message_id IN", 1, chunk.len(), "");
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for id in chunk {
-                    q = q.bind(id.0.as_bytes().as_slice());
-                }
-                q.execute(&mut *tx).await.ctx(what)?;
-            }
-        });
+        let statements = chunks(ids)
+            .into_iter()
+            .map(|chunk| Stmt {
+                sql: in_list_sql("DELETE FROM treaty_outbox WHERE message_id IN", 1, chunk.len(), ""),
+                binds: chunk.iter().map(id_bind).collect(),
+            })
+            .collect();
+        self.db.write_statements(what, statements).await?;
         Ok(())
     }
 
@@ -213,20 +279,25 @@ impl SqlMessageStore {
         let what = "inserting into treaty_inbox";
         // Rows are inserted in batch order, so seq (arrival order) follows it; RETURNING
         // names the rows actually inserted (ON CONFLICT DO NOTHING skips ids already held).
-        let inserted: HashSet<Vec<u8>> = write_tx!(self.db, what, tx => {
-            let mut inserted = HashSet::with_capacity(candidates.len());
-            for chunk in chunks(&candidates) {
-                let sql = multi_row_sql(INBOX_INSERT, 5, &["FALSE"], chunk.len(), "ON CONFLICT (message_id) DO NOTHING RETURNING message_id");
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for m in chunk {
-                    q = q.bind(m.id.0.as_bytes().as_slice()).bind(m.sender.to_string()).bind(session_to_db(m.session)).bind(m.topic.as_str()).bind(m.payload.as_slice());
-                }
-                for row in q.fetch_all(&mut *tx).await.ctx(what)? {
-                    inserted.insert(row.try_get::<Vec<u8>, _>(0).ctx(what)?);
-                }
-            }
-            inserted
-        });
+        let statements = chunks(&candidates)
+            .into_iter()
+            .map(|chunk| Stmt {
+                sql: multi_row_sql(INBOX_INSERT, 5, &["FALSE"], chunk.len(), "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"),
+                binds: chunk
+                    .iter()
+                    .flat_map(|m| {
+                        [
+                            id_bind(&m.id),
+                            Bind::Text(m.sender.to_string()),
+                            Bind::Int(session_to_db(m.session)),
+                            Bind::Text(m.topic.clone()),
+                            Bind::Bytes(m.payload.clone()),
+                        ]
+                    })
+                    .collect(),
+            })
+            .collect();
+        let inserted: HashSet<Vec<u8>> = self.db.write_statements(what, statements).await?.into_iter().collect();
         Ok(candidates.into_iter().filter(|m| inserted.contains(m.id.0.as_bytes().as_slice())).collect())
     }
 
@@ -297,22 +368,20 @@ impl SqlMessageStore {
         let what = "marking treaty_inbox rows processed";
         // An id not yet received gets a processed placeholder row, so a later delivery of it
         // is dropped (as MemoryMessageStore does). Processed rows keep no payload.
-        write_tx!(self.db, what, tx => {
-            for chunk in chunks(&ids) {
-                let sql = multi_row_sql(
+        let statements = chunks(&ids)
+            .into_iter()
+            .map(|chunk| Stmt {
+                sql: multi_row_sql(
                     "INSERT INTO treaty_inbox (message_id, sender, session_id, topic, payload, processed) VALUES",
                     1,
                     &["''", "0", "''", "NULL", "TRUE"],
                     chunk.len(),
                     "ON CONFLICT (message_id) DO UPDATE SET processed = TRUE, payload = NULL",
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for id in chunk {
-                    q = q.bind(id.0.as_bytes().as_slice());
-                }
-                q.execute(&mut *tx).await.ctx(what)?;
-            }
-        });
+                ),
+                binds: chunk.iter().map(id_bind).collect(),
+            })
+            .collect();
+        self.db.write_statements(what, statements).await?;
         Ok(())
     }
 }
