@@ -51,6 +51,9 @@ impl ResourceLimiter for HostState {
 /// Callers beyond this wait for a slot (see `Sandbox`): a verdict never depends on load.
 pub const INSTANCE_SLOTS: u32 = 32;
 
+/// Bytes of a pooled memory or table kept resident (zeroed, not decommitted) between uses.
+const KEEP_RESIDENT: usize = 1 << 20;
+
 /// Builds the deterministic engine. Instances come from a pool of pre-reserved slots, so a
 /// verification does not map and unmap memory.
 pub(crate) fn engine(limits: &SandboxLimits) -> Result<Engine, SandboxError> {
@@ -71,7 +74,16 @@ pub(crate) fn engine(limits: &SandboxLimits) -> Result<Engine, SandboxError> {
         .total_tables(INSTANCE_SLOTS)
         .max_memories_per_module(1)
         .max_tables_per_module(1)
-        .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX));
+        .max_memory_size(usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX))
+        // A slot is reset for the next instance by zeroing its first pages rather than
+        // handing them back to the kernel (madvise): that syscall made the kernel interrupt
+        // the other core to flush its TLB at every verification (~3% of a node's CPU in the
+        // issue benchmark). Contracts' memories are small.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT);
+    // Copy-on-write memory images stay on: copying data segments instead (`memory_init_cow
+    // (false)`) saved the TLB flushes of first writes but changed the fuel a contract burns
+    // (golden_fuel_for_a_fixed_transaction), and fuel is part of the protocol.
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c).map_err(|e| SandboxError::Engine(e.to_string()))
 }
