@@ -52,7 +52,7 @@ impl ResourceLimiter for HostState {
 pub const INSTANCE_SLOTS: u32 = 32;
 
 /// Bytes of a pooled memory or table kept resident (zeroed, not decommitted) between uses.
-const KEEP_RESIDENT: usize = 1 << 20;
+const KEEP_RESIDENT: usize = 2 << 20;
 
 /// Builds the deterministic engine. Instances come from a pool of pre-reserved slots, so a
 /// verification does not map and unmap memory.
