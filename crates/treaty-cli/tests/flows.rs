@@ -248,9 +248,9 @@ async fn start_finance(dir: &Path, who: &str) -> RunningNode {
     node::start_with(&config, treaty_finance::register).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_up() {
-    let dir = bootstrap_with("cash", &["--node", ALICE, "--node", BOB, "--notary", NOTARY]);
+/// Alice and Bob running the finance flows, and the notary, all knowing each other.
+async fn cash_network(test: &str) -> (PathBuf, tokio::task::JoinHandle<()>, RunningNode, RunningNode, RunningNode) {
+    let dir = bootstrap_with(test, &["--node", ALICE, "--node", BOB, "--notary", NOTARY]);
     let _map = map(&dir).await;
     let _notary = start(&dir, "notary").await;
     let alice = start_finance(&dir, "alice").await;
@@ -258,6 +258,12 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
     for (n, other) in [(&alice, BOB), (&alice, NOTARY), (&bob, ALICE), (&bob, NOTARY)] {
         knows(n, other).await;
     }
+    (dir, _map, _notary, alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_up() {
+    let (dir, _map, _notary, alice, bob) = cash_network("cash").await;
 
     let issued = ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "1000.00 USD"})).await);
     assert_eq!(issued["notary"], "O=Notary, L=Zurich, C=CH", "the network's only notary, by default");
@@ -336,14 +342,7 @@ async fn locked(node: &RunningNode) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_payments_from_a_vault_of_100_states_all_succeed() {
-    let dir = bootstrap_with("fifty", &["--node", ALICE, "--node", BOB, "--notary", NOTARY]);
-    let _map = map(&dir).await;
-    let _notary = start(&dir, "notary").await;
-    let alice = start_finance(&dir, "alice").await;
-    let bob = start_finance(&dir, "bob").await;
-    for (n, other) in [(&alice, BOB), (&alice, NOTARY), (&bob, ALICE), (&bob, NOTARY)] {
-        knows(n, other).await;
-    }
+    let (dir, _map, _notary, alice, bob) = cash_network("fifty").await;
     for r in run_many(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "1.00 USD"}), 100).await {
         ok(&r);
     }

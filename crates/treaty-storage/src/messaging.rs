@@ -119,6 +119,11 @@ fn id_bind(id: &MessageId) -> Bind {
     Bind::Bytes(id.0.as_bytes().to_vec())
 }
 
+/// An outbox or inbox row: id, the other party, session, topic, payload.
+fn message_row(id: &MessageId, party: String, session: u64, topic: &str, payload: &[u8]) -> [Bind; 5] {
+    [id_bind(id), Bind::Text(party), Bind::Int(session_to_db(session)), Bind::Text(topic.to_string()), Bind::Bytes(payload.to_vec())]
+}
+
 const OUTBOX_INSERT: &str = "INSERT INTO treaty_outbox (message_id, destination, session_id, topic, payload, attempts) VALUES";
 const OUTBOX_SELECT: &str = "SELECT message_id, destination, session_id, topic, payload, attempts FROM treaty_outbox \
                              WHERE destination = $1 ORDER BY seq LIMIT $2";
@@ -136,18 +141,7 @@ impl SqlMessageStore {
             .into_iter()
             .map(|chunk| Stmt {
                 sql: multi_row_sql(OUTBOX_INSERT, 5, &["0"], chunk.len(), ""),
-                binds: chunk
-                    .iter()
-                    .flat_map(|m| {
-                        [
-                            id_bind(&m.id),
-                            Bind::Text(m.destination.to_string()),
-                            Bind::Int(session_to_db(m.session)),
-                            Bind::Text(m.topic.clone()),
-                            Bind::Bytes(m.payload.clone()),
-                        ]
-                    })
-                    .collect(),
+                binds: chunk.iter().flat_map(|m| message_row(&m.id, m.destination.to_string(), m.session, &m.topic, &m.payload)).collect(),
             })
             .collect();
         let result = self.db.write_statements(what, statements).await.map(|_| ());
@@ -283,18 +277,7 @@ impl SqlMessageStore {
             .into_iter()
             .map(|chunk| Stmt {
                 sql: multi_row_sql(INBOX_INSERT, 5, &["FALSE"], chunk.len(), "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"),
-                binds: chunk
-                    .iter()
-                    .flat_map(|m| {
-                        [
-                            id_bind(&m.id),
-                            Bind::Text(m.sender.to_string()),
-                            Bind::Int(session_to_db(m.session)),
-                            Bind::Text(m.topic.clone()),
-                            Bind::Bytes(m.payload.clone()),
-                        ]
-                    })
-                    .collect(),
+                binds: chunk.iter().flat_map(|m| message_row(&m.id, m.sender.to_string(), m.session, &m.topic, &m.payload)).collect(),
             })
             .collect();
         let inserted: HashSet<Vec<u8>> = self.db.write_statements(what, statements).await?.into_iter().collect();
