@@ -22,7 +22,8 @@ use treaty_core::{PublicKey, StateRef};
 
 use crate::Vault;
 use crate::error::{Unavailable, VaultError};
-use crate::record::{STATE_COLUMN_COUNT, STATE_COLUMNS, VaultState, key_text, state_row};
+use crate::exec::{Exec, Kind, STATE_KINDS, Sqlx, Writer, run_now};
+use crate::record::{STATE_COLUMNS, StateRow, VaultState, key_text};
 use crate::sql::{Arg, Context, Sql, bind_args, chunks, in_write, state_ref_from};
 
 /// Identifies the holder of soft locks: typically the id of the flow that will spend them.
@@ -186,90 +187,21 @@ impl Vault {
         let postgres = self.db().kind() == treaty_storage::BackendKind::Postgres;
         let target = u128::from(amount);
         let what = format!("selecting {amount} {token} for {lock_id}");
-        // Matching states, whatever their lock; the candidate query adds "unlocked".
-        let matching = |sql: &mut Sql| {
-            let mut cond = format!("s.status = 'unconsumed' AND f.token = {}", sql.arg(Arg::Text(token.to_string())));
-            if let IssuerFilter::OneOf(list) = issuers {
-                cond.push_str(&format!(" AND f.issuer IN ({})", sql.list(list.iter().map(|i| Arg::Text(i.clone())))));
-            }
-            cond.push_str(&format!(" AND f.owner_key IN ({})", sql.list(owners.iter().map(|k| Arg::Text(key_text(k))))));
-            cond
-        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = in_write!(self.db(), what, tx => {
-                let mut chosen: Vec<VaultState> = Vec::new();
-                let mut total: u128 = 0;
-                let mut after: Option<(i64, i64)> = None;
-                let mut chunk = FIRST_CHUNK;
-                'reading: loop {
-                    let mut sql = Sql::default();
-                    let mut cond = matching(&mut sql);
-                    cond.push_str(" AND s.lock_id IS NULL AND f.quantity > 0");
-                    if let Some((q, seq)) = after {
-                        let q = sql.arg(Arg::Int(q));
-                        let seq = sql.arg(Arg::Int(seq));
-                        cond.push_str(&format!(" AND (f.quantity < {q} OR (f.quantity = {q} AND s.seq > {seq}))"));
-                    }
-                    let skip = if postgres { " FOR UPDATE OF s SKIP LOCKED" } else { "" };
-                    let text = format!(
-                        "SELECT {STATE_COLUMNS}, f.quantity FROM treaty_vault_states s JOIN treaty_vault_fungible f ON f.state_seq = s.seq \
-                         WHERE {cond} ORDER BY f.quantity DESC, s.seq ASC LIMIT {chunk}{skip}"
-                    );
-                    let rows = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_all(&mut *tx).await.ctx(&what)?;
-                    let exhausted = rows.len() < chunk;
-                    for row in rows {
-                        let quantity: i64 = row.try_get(STATE_COLUMN_COUNT).ctx(&what)?;
-                        let state = state_row!(row, what.as_str())?;
-                        after = Some((quantity, state.seq));
-                        total += u128::try_from(quantity).unwrap_or(0);
-                        chosen.push(state.decode()?);
-                        if total >= target {
-                            break 'reading;
-                        }
-                    }
-                    if exhausted {
-                        break;
-                    }
-                    chunk = (chunk * 2).min(MAX_CHUNK);
+            let outcome = match self.db().sqlite_writer() {
+                // On the writer thread: the reads and the locking in one job.
+                Some(writer) => {
+                    let ask = Ask { token: token.to_string(), issuers: issuers.clone(), owners: owners.to_vec(), target, lock_id };
+                    let named = what.clone();
+                    writer.write(&what, move |c| run_now(select_in(&mut Writer(c), &ask, false, &named))).await?
                 }
-                if total >= target {
-                    let refs: Vec<StateRef> = chosen.iter().map(|s| s.state_ref).collect();
-                    for part in chunks(&refs) {
-                        let mut sql = Sql::default();
-                        let id = sql.arg(Arg::Text(lock_id.to_string()));
-                        let cond = sql.refs(part);
-                        let text = format!("UPDATE treaty_vault_states AS s SET lock_id = {id} WHERE s.lock_id IS NULL AND ({cond})");
-                        let done = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).execute(&mut *tx).await.ctx(&what)?;
-                        if done.rows_affected() != part.len() as u64 {
-                            // Cannot happen: the rows were read unlocked in this transaction.
-                            Err(VaultError::Corrupt { what: what.clone(), reason: "a selected state was locked meanwhile".into() })?;
-                        }
-                    }
-                    for s in &mut chosen {
-                        s.lock_id = Some(lock_id);
-                    }
-                    Outcome::Selected(chosen, total)
-                } else {
-                    // Nothing was locked; report the balances.
-                    let mut sql = Sql::default();
-                    let cond = matching(&mut sql);
-                    let text = format!(
-                        "SELECT CAST(SUM(CASE WHEN s.lock_id IS NULL THEN f.quantity >> 32 ELSE 0 END) AS BIGINT), \
-                         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN f.quantity & 4294967295 ELSE 0 END) AS BIGINT), \
-                         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN 0 ELSE f.quantity >> 32 END) AS BIGINT), \
-                         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN 0 ELSE f.quantity & 4294967295 END) AS BIGINT) \
-                         FROM treaty_vault_states s JOIN treaty_vault_fungible f ON f.state_seq = s.seq WHERE {cond}"
-                    );
-                    let row = bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).fetch_one(&mut *tx).await.ctx(&what)?;
-                    let part = |i: usize| -> Result<u128, VaultError> {
-                        let v: Option<i64> = row.try_get(i).ctx(&what)?;
-                        u128::try_from(v.unwrap_or(0)).map_err(|_| VaultError::Corrupt { what: what.clone(), reason: "a negative sum".into() })
-                    };
-                    Outcome::Short { available: (part(0)? << 32) + part(1)?, locked: (part(2)? << 32) + part(3)? }
+                None => {
+                    let ask = Ask { token: token.to_string(), issuers: issuers.clone(), owners: owners.to_vec(), target, lock_id };
+                    in_write!(self.db(), what, tx => select_in(&mut Sqlx(tx), &ask, postgres, &what).await?)
                 }
-            });
+            };
             match outcome {
                 Outcome::Selected(states, total) => return Ok(Selection { states, total }),
                 // Others held rows for a moment, but the committed unlocked balance suffices.
@@ -290,4 +222,99 @@ impl Vault {
             }
         }
     }
+}
+
+/// What a coin selection asks for.
+struct Ask {
+    token: String,
+    issuers: IssuerFilter,
+    owners: Vec<PublicKey>,
+    target: u128,
+    lock_id: LockId,
+}
+
+/// Matching states of `ask`, whatever their lock (the candidate query adds "unlocked").
+fn matching(sql: &mut Sql, ask: &Ask) -> String {
+    let mut cond = format!("s.status = 'unconsumed' AND f.token = {}", sql.arg(Arg::Text(ask.token.clone())));
+    if let IssuerFilter::OneOf(list) = &ask.issuers {
+        cond.push_str(&format!(" AND f.issuer IN ({})", sql.list(list.iter().map(|i| Arg::Text(i.clone())))));
+    }
+    cond.push_str(&format!(" AND f.owner_key IN ({})", sql.list(ask.owners.iter().map(|k| Arg::Text(key_text(k))))));
+    cond
+}
+
+/// One attempt of [`Vault::select_fungible`] in a write transaction: reads candidates largest
+/// first until they suffice and locks them, or reports the balances (locking nothing).
+/// `postgres`: read candidates `FOR UPDATE SKIP LOCKED`.
+async fn select_in<E: Exec>(e: &mut E, ask: &Ask, postgres: bool, what: &str) -> Result<Outcome, VaultError> {
+    let mut chosen: Vec<VaultState> = Vec::new();
+    let mut total: u128 = 0;
+    let mut after: Option<(i64, i64)> = None;
+    let mut chunk = FIRST_CHUNK;
+    let mut kinds = STATE_KINDS.to_vec();
+    kinds.push(Kind::Int);
+    'reading: loop {
+        let mut sql = Sql::default();
+        let mut cond = matching(&mut sql, ask);
+        cond.push_str(" AND s.lock_id IS NULL AND f.quantity > 0");
+        if let Some((q, seq)) = after {
+            let q = sql.arg(Arg::Int(q));
+            let seq = sql.arg(Arg::Int(seq));
+            cond.push_str(&format!(" AND (f.quantity < {q} OR (f.quantity = {q} AND s.seq > {seq}))"));
+        }
+        let skip = if postgres { " FOR UPDATE OF s SKIP LOCKED" } else { "" };
+        let text = format!(
+            "SELECT {STATE_COLUMNS}, f.quantity FROM treaty_vault_states s JOIN treaty_vault_fungible f ON f.state_seq = s.seq \
+             WHERE {cond} ORDER BY f.quantity DESC, s.seq ASC LIMIT {chunk}{skip}"
+        );
+        let rows = e.rows(&text, sql.args, &kinds).await?;
+        let exhausted = rows.len() < chunk;
+        for mut row in rows {
+            let quantity = row.pop().map_or(Ok(0), |q| q.int(what))?;
+            let state = StateRow::from_cells(row, what)?;
+            after = Some((quantity, state.seq));
+            total += u128::try_from(quantity).unwrap_or(0);
+            chosen.push(state.decode()?);
+            if total >= ask.target {
+                break 'reading;
+            }
+        }
+        if exhausted {
+            break;
+        }
+        chunk = (chunk * 2).min(MAX_CHUNK);
+    }
+    if total >= ask.target {
+        let refs: Vec<StateRef> = chosen.iter().map(|s| s.state_ref).collect();
+        for part in chunks(&refs) {
+            let mut sql = Sql::default();
+            let id = sql.arg(Arg::Text(ask.lock_id.to_string()));
+            let cond = sql.refs(part);
+            let text = format!("UPDATE treaty_vault_states AS s SET lock_id = {id} WHERE s.lock_id IS NULL AND ({cond})");
+            if e.run(&text, sql.args).await? != part.len() as u64 {
+                // Cannot happen: the rows were read unlocked in this transaction.
+                return Err(VaultError::Corrupt { what: what.to_string(), reason: "a selected state was locked meanwhile".into() });
+            }
+        }
+        for s in &mut chosen {
+            s.lock_id = Some(ask.lock_id);
+        }
+        return Ok(Outcome::Selected(chosen, total));
+    }
+    // Nothing was locked; report the balances.
+    let mut sql = Sql::default();
+    let cond = matching(&mut sql, ask);
+    let text = format!(
+        "SELECT CAST(SUM(CASE WHEN s.lock_id IS NULL THEN f.quantity >> 32 ELSE 0 END) AS BIGINT), \
+         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN f.quantity & 4294967295 ELSE 0 END) AS BIGINT), \
+         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN 0 ELSE f.quantity >> 32 END) AS BIGINT), \
+         CAST(SUM(CASE WHEN s.lock_id IS NULL THEN 0 ELSE f.quantity & 4294967295 END) AS BIGINT) \
+         FROM treaty_vault_states s JOIN treaty_vault_fungible f ON f.state_seq = s.seq WHERE {cond}"
+    );
+    let row = e.rows(&text, sql.args, &[Kind::OptInt; 4]).await?.into_iter().next().unwrap_or_default();
+    let part = |i: usize| -> Result<u128, VaultError> {
+        let v = row.get(i).map_or(Ok(None), |c| c.opt_int(what))?;
+        u128::try_from(v.unwrap_or(0)).map_err(|_| VaultError::Corrupt { what: what.to_string(), reason: "a negative sum".into() })
+    };
+    Ok(Outcome::Short { available: (part(0)? << 32) + part(1)?, locked: (part(2)? << 32) + part(3)? })
 }
