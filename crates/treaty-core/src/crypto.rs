@@ -136,7 +136,8 @@ fn ed25519_y_non_canonical(b: &[u8; 32]) -> bool {
 ///
 /// Cheap checks run when the key is built or decoded: the encoding must be canonical and must
 /// not be a small-order point. Decompressing the point (≈10 µs) is deferred to the first
-/// signature check and cached, so decoding transactions full of keys stays fast; a key that is
+/// signature check and cached (in the key, and process-wide by its bytes), so
+/// decoding transactions full of keys stays fast; a key that is
 /// not on the curve can never verify a signature ([`PublicKey::validate`] checks it eagerly).
 #[derive(Clone)]
 pub struct Ed25519PublicKey {
@@ -162,13 +163,39 @@ impl Ed25519PublicKey {
     }
 
     fn point(&self) -> Option<&ed25519_dalek::VerifyingKey> {
-        self.key.get_or_init(|| ed25519_dalek::VerifyingKey::from_bytes(&self.bytes).ok().filter(|k| !k.is_weak()).map(Box::new)).as_deref()
+        self.key.get_or_init(|| decompressed(&self.bytes).map(Box::new)).as_deref()
     }
 
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         let (Some(key), Ok(sig)) = (self.point(), <[u8; 64]>::try_from(sig)) else { return false };
         key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
     }
+}
+
+/// How many decompressed Ed25519 keys [`decompressed`] keeps (it forgets them all when full).
+const DECOMPRESSED_KEYS: usize = 4096;
+
+/// The point of an Ed25519 key encoding (`None` if not on the curve or weak), from a
+/// process-wide cache: a back-chain names the same few keys (owners, the notary) in thousands
+/// of transactions, each decoded into its own [`Ed25519PublicKey`], and decompressing costs
+/// about as much as a third of a signature check. The answer depends only on the bytes.
+fn decompressed(bytes: &[u8; 32]) -> Option<ed25519_dalek::VerifyingKey> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Cache = Mutex<HashMap<[u8; 32], Option<ed25519_dalek::VerifyingKey>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    // A poisoned lock only means another thread panicked mid-insert: the map is still valid.
+    if let Some(k) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(bytes) {
+        return *k;
+    }
+    let point = ed25519_dalek::VerifyingKey::from_bytes(bytes).ok().filter(|k| !k.is_weak());
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= DECOMPRESSED_KEYS {
+        map.clear();
+    }
+    map.insert(*bytes, point);
+    point
 }
 
 /// An ECDSA P-256 public key in SEC1 compressed form.
@@ -582,6 +609,32 @@ mod tests {
         // Decoding goes through the same check.
         let enc = encoding::encode(&(0u8, identity));
         assert!(encoding::decode::<PublicKey>(&enc).is_err());
+    }
+
+    #[test]
+    fn decompressed_keys_are_shared_by_bytes_and_keep_their_verdicts() {
+        let pair = KeyPair::from_seed(SignatureScheme::Ed25519, [7; 32]).unwrap();
+        let sig = pair.sign(b"m");
+        let PublicKey::Ed25519(k) = pair.public() else { panic!("not Ed25519") };
+        let off_curve = (0u8..=255).map(|b| [b; 32]).find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err()).unwrap();
+        // Fresh instances (as decoding makes them), twice each: the second comes from the cache.
+        for _ in 0..2 {
+            let fresh = PublicKey::Ed25519(Ed25519PublicKey::from_bytes(*k.as_bytes()).unwrap());
+            assert!(fresh.verify(b"m", &sig).is_ok());
+            assert!(fresh.verify(b"n", &sig).is_err());
+            let bad = PublicKey::Ed25519(Ed25519PublicKey::from_bytes(off_curve).unwrap());
+            assert!(bad.validate().is_err());
+            assert!(bad.verify(b"m", &sig).is_err());
+        }
+        // Filling the cache past its bound forgets, and answers stay right.
+        for i in 0..(DECOMPRESSED_KEYS as u64 + 10) {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&i.to_le_bytes());
+            let PublicKey::Ed25519(other) = KeyPair::from_seed(SignatureScheme::Ed25519, seed).unwrap().public() else { panic!() };
+            assert!(decompressed(other.as_bytes()).is_some());
+        }
+        let again = PublicKey::Ed25519(Ed25519PublicKey::from_bytes(*k.as_bytes()).unwrap());
+        assert!(again.verify(b"m", &sig).is_ok());
     }
 
     #[test]

@@ -80,7 +80,10 @@ pub(crate) fn engine(limits: &SandboxLimits) -> Result<Engine, SandboxError> {
         // the other core to flush its TLB at every verification (~3% of a node's CPU in the
         // issue benchmark). Contracts' memories are small.
         .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT);
+        .table_keep_resident(KEEP_RESIDENT)
+        // Where the kernel can say which pages an instance touched (Linux 6.7+), only those
+        // are reset, rather than all of the first KEEP_RESIDENT bytes.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     // Copy-on-write memory images stay on: copying data segments instead (`memory_init_cow
     // (false)`) saved the TLB flushes of first writes but changed the fuel a contract burns
     // (golden_fuel_for_a_fixed_transaction), and fuel is part of the protocol.
