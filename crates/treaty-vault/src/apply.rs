@@ -96,7 +96,9 @@ impl Vault {
                 let index = u32::try_from(i)
                     .map_err(|_| VaultError::Corrupt { what: format!("transaction {id}"), reason: "too many outputs".into() })?;
                 let state_ref = StateRef { txhash: id, index };
-                let derived = Derived::of(&registry, &state_ref, state)?;
+                let mut derived = Derived::of(&registry, &state_ref, state)?;
+                // Another participant's activity is theirs to run.
+                derived.scheduled = derived.scheduled.filter(|a| is_ours(&a.by, ours));
                 // The exact bytes the transaction carries (never re-encoded).
                 let bytes = bytes.get(i).cloned().ok_or_else(|| VaultError::Corrupt {
                     what: format!("transaction {id}"),
@@ -127,6 +129,9 @@ impl Vault {
             None => in_write!(self.db(), what, tx => write_batch(&mut Sqlx(tx), &batch, micros).await?),
         };
 
+        if batch.iter().any(|p| fresh.contains(&p.id) && p.outputs.iter().any(|n| n.derived.scheduled.is_some())) {
+            self.inner.schedule.notify_one();
+        }
         let mut consumed_by: HashMap<SecureHash, Vec<VaultState>> = consumed_rows.into_iter().collect();
         let mut feed = Vec::new();
         let subscribed = self.inner.updates.receiver_count() > 0;
@@ -174,6 +179,7 @@ impl Vault {
                             fungible: None,
                             values: Vec::new(),
                             linear: s.linear_id.clone(),
+                            scheduled: None,
                         });
                         (s, derived)
                     })
@@ -299,6 +305,22 @@ async fn write_batch<E: Exec>(e: &mut E, batch: &[Prepared], micros: i64) -> Res
             vec![sql.arg(Arg::Int(*seq)), sql.arg(Arg::Text((*name).clone())), sql.arg(Arg::OptInt(int)), sql.arg(Arg::OptText(text))]
         });
         let text = format!("INSERT INTO treaty_vault_columns (state_seq, name, int_value, text_value) VALUES {rows}");
+        e.run(&text, sql.args).await?;
+    }
+
+    let scheduled: Vec<(i64, &crate::schema::ScheduledActivity)> =
+        stored.iter().filter_map(|(seq, n)| n.derived.scheduled.as_ref().map(|a| (*seq, a))).collect();
+    for chunk in chunks(&scheduled) {
+        let mut sql = Sql::default();
+        let rows = values(&mut sql, chunk, |(seq, a), sql| {
+            vec![
+                sql.arg(Arg::Int(*seq)),
+                sql.arg(Arg::Int(a.at.micros())),
+                sql.arg(Arg::Text(a.flow.clone())),
+                sql.arg(Arg::Text(a.args.clone())),
+            ]
+        });
+        let text = format!("INSERT INTO treaty_vault_schedule (state_seq, due_at, flow, args) VALUES {rows}");
         e.run(&text, sql.args).await?;
     }
 

@@ -14,6 +14,9 @@
 //! - [`Vault::track`] gives a snapshot and a feed of [`VaultUpdate`]s filtered by criteria.
 //! - Soft locks ([`Vault::lock`], [`Vault::release`]) and coin selection
 //!   ([`Vault::select_fungible`]), atomic and safe under concurrency.
+//! - Scheduled activities: a schema may name a flow a state wants run at a time
+//!   ([`ScheduledActivity`]); the vault keeps those of its node and answers
+//!   [`Vault::due_activities`] for the node's scheduler.
 //! - Stable SQL views (`vault_states`, `vault_fungible_states`, `vault_state_participants`,
 //!   `vault_state_columns`) for plain SQL.
 //!
@@ -27,6 +30,7 @@ mod exec;
 mod locks;
 mod query;
 mod record;
+mod schedule;
 mod schema;
 mod sql;
 mod track;
@@ -44,7 +48,10 @@ pub use error::{Unavailable, VaultError};
 pub use locks::{IssuerFilter, LockId, Selection};
 pub use query::{Cursor, Direction, MAX_PAGE_SIZE, Page, PageSpec, Sort, SortColumn, StateStream};
 pub use record::{Status, VaultState};
-pub use schema::{ColumnDef, ColumnType, ColumnValue, FungibleColumns, StateColumns, StateSchema, TypedSchema, fungible};
+pub use schedule::Scheduled;
+pub use schema::{
+    ColumnDef, ColumnType, ColumnValue, FungibleColumns, ScheduledActivity, StateColumns, StateSchema, TypedSchema, fungible,
+};
 pub use track::{Tracked, Updates, VaultUpdate};
 
 use crate::record::{STATE_COLUMNS, state_row};
@@ -54,16 +61,14 @@ use crate::sql::{Context, Sql, bind_args, on_pool};
 /// The vault component's migrations (tables `treaty_vault_*` and the `vault_*` views).
 pub const VAULT_MIGRATIONS: Migrations = Migrations {
     component: "vault",
-    sqlite: &[Migration {
-        version: 1,
-        description: "vault states, columns, views",
-        sql: include_str!("../migrations/sqlite/0001_vault.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        description: "vault states, columns, views",
-        sql: include_str!("../migrations/postgres/0001_vault.sql"),
-    }],
+    sqlite: &[
+        Migration { version: 1, description: "vault states, columns, views", sql: include_str!("../migrations/sqlite/0001_vault.sql") },
+        Migration { version: 2, description: "scheduled activities", sql: include_str!("../migrations/sqlite/0002_schedule.sql") },
+    ],
+    postgres: &[
+        Migration { version: 1, description: "vault states, columns, views", sql: include_str!("../migrations/postgres/0001_vault.sql") },
+        Migration { version: 2, description: "scheduled activities", sql: include_str!("../migrations/postgres/0002_schedule.sql") },
+    ],
 };
 
 /// How many updates a slow subscriber may fall behind before it loses some
@@ -74,6 +79,7 @@ struct Inner {
     db: Database,
     registry: RwLock<Arc<Registry>>,
     updates: broadcast::Sender<Arc<track::Applied>>,
+    schedule: tokio::sync::Notify,
 }
 
 /// The vault: a cheap handle (clone freely) over the node database.
@@ -93,7 +99,14 @@ impl Vault {
     pub async fn open(db: &Database) -> Result<Vault, VaultError> {
         db.migrate(&VAULT_MIGRATIONS).await?;
         let (updates, _) = broadcast::channel(UPDATE_FEED_CAPACITY);
-        Ok(Vault { inner: Arc::new(Inner { db: db.clone(), registry: RwLock::new(Arc::new(Registry::default())), updates }) })
+        Ok(Vault {
+            inner: Arc::new(Inner {
+                db: db.clone(),
+                registry: RwLock::new(Arc::new(Registry::default())),
+                updates,
+                schedule: tokio::sync::Notify::new(),
+            }),
+        })
     }
 
     /// Registers the schema for the states of one type id. Its columns are extracted from

@@ -162,12 +162,14 @@ pub(crate) struct Derived {
     pub values: Vec<(String, ColumnValue)>,
     /// The linear id.
     pub linear: Option<UniqueIdentifier>,
+    /// The activity the state asks for (kept only if the node is the party to run it).
+    pub scheduled: Option<crate::schema::ScheduledActivity>,
 }
 
 impl Derived {
     /// Derives the rows of a state through the registered schemas.
     pub fn of(registry: &Registry, state_ref: &StateRef, state: &TransactionState) -> Result<Derived, VaultError> {
-        let StateColumns { linear, fungible, values } = registry.extract(state_ref, &state.data)?;
+        let StateColumns { linear, fungible, values, scheduled } = registry.extract(state_ref, &state.data)?;
         let participants = state.data.participants.iter().map(|p| (key_text(p.owning_key()), p.name().map(|n| n.to_string()))).collect();
         let fungible = fungible
             .map(|f| {
@@ -185,7 +187,7 @@ impl Derived {
                 })
             })
             .transpose()?;
-        Ok(Derived { participants, fungible, values, linear })
+        Ok(Derived { participants, fungible, values, linear, scheduled })
     }
 }
 

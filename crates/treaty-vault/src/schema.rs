@@ -5,8 +5,9 @@
 //! states queryable by their content registers a [`StateSchema`] for its type id: from the
 //! state's [`StateData`] it extracts [`StateColumns`] — named typed columns (text or integer),
 //! optionally the [`FungibleColumns`] that coin selection and balances use, and optionally the
-//! linear id. [`TypedSchema`] builds one from closures over the app's own state type, decoding
-//! the state once; [`fungible`] is the shortcut for a fungible token.
+//! linear id, and optionally a [`ScheduledActivity`] — a flow the node runs when a time comes
+//! (white paper "Event scheduling"). [`TypedSchema`] builds one from closures over the app's own
+//! state type, decoding the state once; [`fungible`] is the shortcut for a fungible token.
 //!
 //! Columns are extracted when a state is recorded; registering a schema later does not fill
 //! them in for states already in the vault.
@@ -16,7 +17,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use treaty_core::{AbstractParty, Amount, ContractState, Issued, StateData, StateRef, TokenType, UniqueIdentifier};
+use treaty_core::{AbstractParty, Amount, ContractState, Issued, StateData, StateRef, Timestamp, TokenType, UniqueIdentifier};
 
 use crate::error::VaultError;
 
@@ -130,6 +131,24 @@ impl From<(AbstractParty, String, String, u64)> for FungibleColumns {
     }
 }
 
+/// A flow a state asks to have run at a time (white paper "Event scheduling").
+///
+/// The vault keeps it when the state is recorded, if the node holds the key of `by`; the node's
+/// scheduler starts `flow` with `args` once `at` has come, exactly once (even across restarts),
+/// unless the state has been consumed by then. A state that wants another activity after this
+/// one is replaced by a new state naming it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledActivity {
+    /// When to run it (the node's clock).
+    pub at: Timestamp,
+    /// The registered name of the flow to start.
+    pub flow: String,
+    /// Its arguments: a JSON document, as text.
+    pub args: String,
+    /// Which participant runs it: only a node holding this party's key schedules it.
+    pub by: AbstractParty,
+}
+
 /// What a schema extracts from one state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateColumns {
@@ -140,6 +159,8 @@ pub struct StateColumns {
     /// App-defined column values, each named by a column the schema declares (a column left
     /// out is NULL for this state).
     pub values: Vec<(String, ColumnValue)>,
+    /// The flow this state asks the node to run at a time.
+    pub scheduled: Option<ScheduledActivity>,
 }
 
 /// How the vault extracts columns from the states of one type id.
@@ -160,12 +181,13 @@ pub struct TypedSchema<S> {
     linear: Option<Extractor<S, UniqueIdentifier>>,
     fungible: Option<Extractor<S, FungibleColumns>>,
     columns: Vec<(ColumnDef, Extractor<S, Option<ColumnValue>>)>,
+    scheduled: Option<Extractor<S, Option<ScheduledActivity>>>,
     _state: PhantomData<fn() -> S>,
 }
 
 impl<S: ContractState> Default for TypedSchema<S> {
     fn default() -> Self {
-        TypedSchema { linear: None, fungible: None, columns: Vec::new(), _state: PhantomData }
+        TypedSchema { linear: None, fungible: None, columns: Vec::new(), scheduled: None, _state: PhantomData }
     }
 }
 
@@ -176,6 +198,7 @@ impl<S: ContractState> fmt::Debug for TypedSchema<S> {
             .field("linear", &self.linear.is_some())
             .field("fungible", &self.fungible.is_some())
             .field("columns", &self.columns.iter().map(|(d, _)| d).collect::<Vec<_>>())
+            .field("scheduled", &self.scheduled.is_some())
             .finish()
     }
 }
@@ -211,6 +234,12 @@ impl<S: ContractState> TypedSchema<S> {
         self.columns.push((def, Box::new(move |s| f(s).map(ColumnValue::Integer))));
         self
     }
+
+    /// The flow the state asks to have run at a time (`None`: nothing to run).
+    pub fn scheduled(mut self, f: impl Fn(&S) -> Option<ScheduledActivity> + Send + Sync + 'static) -> Self {
+        self.scheduled = Some(Box::new(f));
+        self
+    }
 }
 
 impl<S: ContractState + 'static> StateSchema for TypedSchema<S> {
@@ -228,6 +257,7 @@ impl<S: ContractState + 'static> StateSchema for TypedSchema<S> {
             linear: self.linear.as_ref().map(|f| f(&state)),
             fungible: self.fungible.as_ref().map(|f| f(&state)),
             values: self.columns.iter().filter_map(|(d, f)| f(&state).map(|v| (d.name.clone(), v))).collect(),
+            scheduled: self.scheduled.as_ref().and_then(|f| f(&state)),
         })
     }
 }
@@ -358,6 +388,11 @@ impl Registry {
             && i64::try_from(f.quantity).is_err()
         {
             return Err(bad(format!("quantity {} is above the largest storable quantity {}", f.quantity, i64::MAX)));
+        }
+        if let Some(a) = &columns.scheduled
+            && a.flow.is_empty()
+        {
+            return Err(bad("the scheduled activity names no flow".into()));
         }
         Ok(columns)
     }

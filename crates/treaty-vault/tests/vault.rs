@@ -15,8 +15,8 @@ use treaty_core::{
 use treaty_storage::{BackendKind, Database, Pool};
 use treaty_vault::{
     ColumnCondition, ColumnValue, Criteria, Cursor, Direction, FungibleColumns, FungibleCriteria, GroupBy, IssuerFilter, LockFilter,
-    LockId, MAX_PAGE_SIZE, PageSpec, Sort, SortColumn, Status, TimeRange, TypedSchema, Unavailable, Vault, VaultError, VaultState,
-    fungible,
+    LockId, MAX_PAGE_SIZE, PageSpec, ScheduledActivity, Sort, SortColumn, Status, TimeRange, TypedSchema, Unavailable, Vault, VaultError,
+    VaultState, fungible,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -141,6 +141,7 @@ db_tests!(
     consumption_releases_locks,
     sql_views,
     track_snapshot_and_updates,
+    scheduled_activities,
     bad_input_is_named,
 );
 
@@ -1092,6 +1093,70 @@ async fn track_snapshot_and_updates(fx: &Fixture) {
     // Idempotent re-application publishes nothing.
     w.apply(&[&pay], t(5)).await;
     assert!(tracked.updates.try_recv().expect("feed").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduled activities
+
+/// A state asking its `by` party to run flow "Remind" at `due`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Reminder {
+    due: Timestamp,
+    by: AbstractParty,
+    parties: Vec<AbstractParty>,
+}
+
+impl ContractState for Reminder {
+    const TYPE_ID: &'static str = "test.Reminder";
+    fn participants(&self) -> Vec<AbstractParty> {
+        self.parties.clone()
+    }
+}
+
+async fn scheduled_activities(fx: &Fixture) {
+    let w = World::new(fx).await;
+    w.vault
+        .register(TypedSchema::<Reminder>::new().scheduled(|r| {
+            Some(ScheduledActivity { at: r.due, flow: "Remind".into(), args: format!("{{\"due\":{}}}", r.due.micros()), by: r.by.clone() })
+        }))
+        .expect("reminder schema");
+    let both = vec![w.alice(), w.bob.clone().into()];
+    let reminder = |due: i64, by: AbstractParty| {
+        let r = Reminder { due: t(due), by, parties: both.clone() };
+        TransactionState::new(&r, "test.ReminderContract", w.notary.clone(), AttachmentConstraint::AlwaysAccept)
+    };
+    let issue = tx(&[], vec![reminder(200, w.alice()), reminder(50, w.bob.clone().into()), reminder(100, w.anon())]);
+    w.apply(&[&issue], t(1)).await;
+    // The scheduler is woken (a permit waits for it).
+    tokio::time::timeout(std::time::Duration::from_secs(5), w.vault.schedule_changed().notified()).await.expect("woken");
+
+    // Bob's reminder is stored (Alice participates) but is Bob's to run.
+    assert_eq!(w.refs(&Criteria::unconsumed()).await.len(), 3);
+    assert!(w.vault.due_activities(t(99), 10).await.expect("due").is_empty());
+    let due = w.vault.due_activities(t(150), 10).await.expect("due");
+    assert_eq!(due.len(), 1);
+    let first = &due[0];
+    assert_eq!((first.state_ref, first.at, first.flow.as_str()), (at(&issue, 2), t(100), "Remind"));
+    assert_eq!(first.args, format!("{{\"due\":{}}}", t(100).micros()));
+    assert_eq!(first.client_id(), format!("scheduled:{}", at(&issue, 2)));
+    let all = w.vault.due_activities(Timestamp(i64::MAX), 10).await.expect("due");
+    assert_eq!(all.iter().map(|d| d.state_ref).collect::<Vec<_>>(), vec![at(&issue, 2), at(&issue, 0)]);
+    assert_eq!(w.vault.due_activities(Timestamp(i64::MAX), 1).await.expect("due").len(), 1, "limit");
+
+    // Started once: not due again, and marking it again changes nothing.
+    assert!(w.vault.mark_started(&at(&issue, 2), "flow-1").await.expect("mark"));
+    assert!(!w.vault.mark_started(&at(&issue, 2), "flow-2").await.expect("mark again"));
+    assert_eq!(w.vault.started_activity(&at(&issue, 2)).await.expect("started"), Some("flow-1".to_string()));
+    assert_eq!(w.vault.started_activity(&at(&issue, 0)).await.expect("started"), None);
+    assert_eq!(
+        w.vault.due_activities(Timestamp(i64::MAX), 10).await.expect("due").iter().map(|d| d.state_ref).collect::<Vec<_>>(),
+        vec![at(&issue, 0)]
+    );
+
+    // A consumed state's activity is never due.
+    let spend = tx(&[at(&issue, 0)], vec![]);
+    w.apply(&[&spend], t(2)).await;
+    assert!(w.vault.due_activities(Timestamp(i64::MAX), 10).await.expect("due").is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
