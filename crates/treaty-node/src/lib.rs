@@ -12,3 +12,4 @@ pub mod node;
 pub mod rpc;
 pub mod rpc_tls;
 pub mod rpc_vault;
+mod scheduler;

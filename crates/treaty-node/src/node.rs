@@ -271,6 +271,8 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
     // Messages stored but not processed before a restart are handed over before new ones can
     // arrive: start the messenger, then accept connections.
     messenger.start().await.map_err(|e| NodeError::Database { url, message: e.to_string() })?;
+    // Activities that fell due while the node was down start now, exactly once.
+    tasks.push(tokio::spawn(crate::scheduler::run(vault.clone(), flows.clone())));
     let server = messenger.clone();
     let tls = keys.tls.clone();
     tasks.push(tokio::spawn(async move {

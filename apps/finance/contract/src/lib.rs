@@ -7,12 +7,18 @@
 //! (`"Move 1000.00 USD issued by O=Bank, L=London, C=GB"`); an exit destroys cash and is signed
 //! by the issuer and the owners. The finance application's flows (`CashIssue`, `CashPayment`,
 //! `CashExit`) build on this contract.
+//!
+//! `treaty.finance.Obligation` ([`obligation`]): a debt due by a date, settled in cash or
+//! declared defaulted once due.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use treaty_contract_sdk::treaty_core::{AbstractParty, Amount, CommandType, ContractState, Currency, Issued, OwnableState, TokenType};
 use treaty_contract_sdk::{ContractRejection, ContractVerdict, LedgerTransaction, require};
+
+pub mod obligation;
+pub use obligation::{OBLIGATION, Obligation, ObligationCommand};
 
 /// The cash contract's name.
 pub const CASH: &str = "treaty.finance.Cash";
@@ -131,4 +137,5 @@ pub fn verify(tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejecti
 
 treaty_contract_sdk::export_contracts! {
     "treaty.finance.Cash" => verify,
+    "treaty.finance.Obligation" => obligation::verify,
 }

@@ -25,7 +25,10 @@ use treaty_core::{
     AbstractParty, Amount, AttachmentConstraint, Command, Currency, Issued, Party, PartyAndReference, PrivacySalt, PublicKey, SecureHash,
     SignedTransaction, StateRef, TransactionBuilder, TransactionState, X500Name,
 };
-use treaty_finance_contracts::{CASH, Cash, CashCommand};
+use treaty_finance_contracts::{CASH, Cash, CashCommand, OBLIGATION};
+
+mod obligation;
+pub use obligation::{OBLIGATION_DEFAULT, OBLIGATION_ISSUE, OBLIGATION_SETTLE};
 use treaty_flows::{FlowContext, FlowError, Keys, Ledger, Registry, finality, receive_finality, swap_identities};
 use treaty_node::identities::NodeIdentities;
 use treaty_node::ledger::NodeLedger;
@@ -39,13 +42,13 @@ pub const CASH_PAYMENT: &str = "CashPayment";
 /// Takes cash this node issued off the ledger.
 pub const CASH_EXIT: &str = "CashExit";
 
-/// The cash contract packed as an attachment bundle (the same bytes, so the same id, on every
+/// The finance contracts (cash and obligations) packed as an attachment bundle (the same bytes, so the same id, on every
 /// node running this build).
 pub fn cash_bundle() -> Vec<u8> {
     let manifest = treaty_sandbox::bundle::Manifest {
         name: "treaty-finance".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        contracts: vec![CASH.into()],
+        contracts: vec![CASH.into(), OBLIGATION.into()],
         module: Some(treaty_sandbox::bundle::MODULE.into()),
         data_files: vec![],
     };
@@ -98,10 +101,12 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
             receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
         }
     });
+    let s4 = s.clone();
     registry.flow(CASH_EXIT, 1, move |ctx: FlowContext, args: ExitArgs| {
-        let s = s.clone();
+        let s = s4.clone();
         async move { with_locks_released(&ctx, &s, exit(&ctx, &s, args)).await }
     });
+    obligation::register(registry, &s);
 }
 
 #[derive(Deserialize)]
@@ -216,26 +221,31 @@ fn cash(amount: Amount<Issued<Currency>>, owner: AbstractParty, notary: &Party, 
     TransactionState::new(&Cash { amount, owner }, CASH, notary.clone(), AttachmentConstraint::Hash(code))
 }
 
-async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value, FlowError> {
-    let amount = amount(CASH_ISSUE, &args.amount)?;
-    let notary = match &args.notary {
+/// The notary named in `flow`'s arguments, or the network's only one.
+fn notary(s: &Services, flow: &str, named: Option<&str>) -> Result<Party, FlowError> {
+    match named {
         Some(n) => {
-            let name: X500Name = n.parse().map_err(|e| bad(CASH_ISSUE, "notary", e))?;
+            let name: X500Name = n.parse().map_err(|e| bad(flow, "notary", e))?;
             s.notaries
                 .iter()
                 .find(|p| p.name == name)
                 .cloned()
-                .ok_or_else(|| bad(CASH_ISSUE, "notary", format!("{name} is not a notary of this network")))?
+                .ok_or_else(|| bad(flow, "notary", format!("{name} is not a notary of this network")))
         }
         None => match s.notaries.as_slice() {
-            [one] => one.clone(),
-            [] => return Err(bad(CASH_ISSUE, "notary", "this network has no notary")),
+            [one] => Ok(one.clone()),
+            [] => Err(bad(flow, "notary", "this network has no notary")),
             many => {
                 let names: Vec<String> = many.iter().map(|p| p.name.to_string()).collect();
-                return Err(bad(CASH_ISSUE, "notary", format!("this network has several notaries; name one of {}", names.join("; "))));
+                Err(bad(flow, "notary", format!("this network has several notaries; name one of {}", names.join("; "))))
             }
         },
-    };
+    }
+}
+
+async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value, FlowError> {
+    let amount = amount(CASH_ISSUE, &args.amount)?;
+    let notary = notary(s, CASH_ISSUE, args.notary.as_deref())?;
     ctx.progress("building").await?;
     let token = Issued { issuer: PartyAndReference { party: s.me.clone().into(), reference: vec![0] }, product: amount.token.clone() };
     let issued = Amount::new(amount.quantity, token);

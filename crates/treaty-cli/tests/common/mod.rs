@@ -70,6 +70,19 @@ impl Net {
         Net { dir }
     }
 
+    /// Bootstraps `nodes` and a single notary `notary` into a fresh directory named after `test`.
+    pub fn with_notary(test: &str, nodes: &[&str], notary: &str) -> Net {
+        let dir = std::env::temp_dir().join(format!("treaty-rpc-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut args = vec!["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--json", "--notary", notary];
+        for n in nodes {
+            args.extend(["--node", n]);
+        }
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "bootstrap failed: {err}");
+        Net { dir }
+    }
+
     /// The directory of the node `legal`.
     pub fn node_dir(&self, legal: &str) -> PathBuf {
         let org = legal.split(',').next().unwrap().trim_start_matches("O=").to_lowercase();

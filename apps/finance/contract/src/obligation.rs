@@ -1,0 +1,258 @@
+//! `treaty.finance.Obligation`: an obligor owes a beneficiary an amount by a due date.
+//!
+//! - **Issue** (signed by the obligor): one new obligation, not defaulted, of a positive
+//!   amount, between two different parties.
+//! - **Settle** (signed by the obligor), before the due date: the obligation is consumed, and
+//!   the same transaction pays the beneficiary at least the amount in cash of its currency
+//!   (any issuer; the cash contract checks the payment itself). The time window must end by
+//!   the due date, so the notary vouches it was on time.
+//! - **Default** (signed by the beneficiary), from the due date on: the obligation is replaced
+//!   by the same obligation marked defaulted. The time window must start at or after the due
+//!   date. The finance app schedules this: each obligation asks its beneficiary's node to run
+//!   `ObligationDefault` when it falls due (white paper "Event scheduling").
+
+use serde::{Deserialize, Serialize};
+use treaty_contract_sdk::treaty_core::{
+    AbstractParty, Amount, CommandType, ContractState, Currency, LinearState, Timestamp, UniqueIdentifier,
+};
+use treaty_contract_sdk::{ContractRejection, ContractVerdict, LedgerTransaction, require};
+
+use crate::Cash;
+
+/// The obligation contract's name.
+pub const OBLIGATION: &str = "treaty.finance.Obligation";
+
+/// An obligation to pay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Obligation {
+    /// Who owes.
+    pub obligor: AbstractParty,
+    /// Who is owed.
+    pub beneficiary: AbstractParty,
+    /// How much (in cash of any issuer).
+    pub amount: Amount<Currency>,
+    /// Paid by this time, or it may be defaulted.
+    pub due: Timestamp,
+    /// Whether the beneficiary has declared it defaulted.
+    pub defaulted: bool,
+    /// The same in every version of this obligation.
+    pub linear_id: UniqueIdentifier,
+}
+
+impl ContractState for Obligation {
+    const TYPE_ID: &'static str = "treaty.finance.Obligation";
+    fn participants(&self) -> Vec<AbstractParty> {
+        vec![self.obligor.clone(), self.beneficiary.clone()]
+    }
+}
+
+impl LinearState for Obligation {
+    fn linear_id(&self) -> &UniqueIdentifier {
+        &self.linear_id
+    }
+}
+
+/// Obligation commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObligationCommand {
+    /// Create an obligation (signed by the obligor).
+    Issue,
+    /// Pay it off in the same transaction, by the due date (signed by the obligor).
+    Settle,
+    /// Declare it defaulted, from the due date on (signed by the beneficiary).
+    Default,
+}
+
+impl CommandType for ObligationCommand {
+    const TYPE_ID: &'static str = "treaty.finance.Obligation.Command";
+}
+
+fn reject(e: impl ToString) -> ContractRejection {
+    ContractRejection::new(e.to_string())
+}
+
+/// `treaty.finance.Obligation`.
+pub fn verify(tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejection> {
+    let inputs: Vec<Obligation> = tx.inputs_of().map_err(reject)?;
+    let outputs: Vec<Obligation> = tx.outputs_of().map_err(reject)?;
+    let commands = tx.commands_of::<ObligationCommand>().map_err(reject)?;
+    let [(command, signers)] = commands.as_slice() else {
+        return Err(reject("an obligation transaction needs exactly one obligation command"));
+    };
+    let signed =
+        |party: &AbstractParty, role: &str| require(signers.contains(party.owning_key()), || format!("the {role} {party} must sign"));
+    match command {
+        ObligationCommand::Issue => {
+            require(inputs.is_empty(), || "an issue consumes no obligation".into())?;
+            let [o] = outputs.as_slice() else { return Err(reject("an issue creates exactly one obligation")) };
+            require(o.amount.quantity > 0, || "the amount owed must be positive".into())?;
+            require(!o.defaulted, || "a new obligation cannot be defaulted".into())?;
+            require(o.obligor.owning_key() != o.beneficiary.owning_key(), || "obligor and beneficiary must differ".into())?;
+            signed(&o.obligor, "obligor")?;
+        }
+        ObligationCommand::Settle => {
+            let [o] = inputs.as_slice() else { return Err(reject("a settlement consumes exactly one obligation")) };
+            require(outputs.is_empty(), || "a settled obligation leaves no obligation behind".into())?;
+            require(!o.defaulted, || "a defaulted obligation cannot be settled".into())?;
+            let until = tx.time_window.and_then(|w| w.until_time());
+            require(until.is_some_and(|t| t <= o.due), || format!("a settlement needs a time window ending by the due date {}", o.due))?;
+            let mut paid: u64 = 0;
+            for c in tx.outputs_of::<Cash>().map_err(reject)? {
+                if c.owner.owning_key() == o.beneficiary.owning_key() && c.amount.token.product == o.amount.token {
+                    paid = paid.saturating_add(c.amount.quantity);
+                }
+            }
+            require(paid >= o.amount.quantity, || {
+                format!(
+                    "the beneficiary must be paid {} in this transaction; {} is paid",
+                    o.amount,
+                    Amount::new(paid, o.amount.token.clone())
+                )
+            })?;
+            signed(&o.obligor, "obligor")?;
+        }
+        ObligationCommand::Default => {
+            let ([i], [o]) = (inputs.as_slice(), outputs.as_slice()) else {
+                return Err(reject("a default replaces exactly one obligation"));
+            };
+            require(!i.defaulted, || "the obligation is defaulted already".into())?;
+            require(o.defaulted && Obligation { defaulted: true, ..i.clone() } == *o, || {
+                "a default changes nothing but marking the obligation defaulted".into()
+            })?;
+            let from = tx.time_window.and_then(|w| w.from_time());
+            require(from.is_some_and(|t| t >= i.due), || {
+                format!("a default needs a time window starting at or after the due date {}", i.due)
+            })?;
+            signed(&i.beneficiary, "beneficiary")?;
+        }
+    }
+    Ok(ContractVerdict::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use treaty_contract_sdk::treaty_core::{
+        AttachmentConstraint, Command, Issued, KeyPair, Party, PartyAndReference, SecureHash, SignatureScheme, StateAndRef, StateRef,
+        TimeWindow, TransactionKind, TransactionState,
+    };
+
+    use super::*;
+
+    fn party(name: &str, seed: u8) -> Party {
+        Party { name: name.parse().unwrap(), owning_key: KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap().public() }
+    }
+
+    struct World {
+        alice: Party,
+        bob: Party,
+        notary: Party,
+    }
+
+    fn world() -> World {
+        World { alice: party("O=Alice,L=London,C=GB", 1), bob: party("O=Bob,L=Paris,C=FR", 2), notary: party("O=Notary,L=Zurich,C=CH", 3) }
+    }
+
+    const DUE: Timestamp = Timestamp(1_000_000_000);
+
+    impl World {
+        fn obligation(&self, cents: u64) -> Obligation {
+            Obligation {
+                obligor: self.alice.clone().into(),
+                beneficiary: self.bob.clone().into(),
+                amount: Amount::new(cents, Currency::new("USD").unwrap()),
+                due: DUE,
+                defaulted: false,
+                linear_id: UniqueIdentifier::new(None, [9; 16]),
+            }
+        }
+        fn state<S: ContractState>(&self, s: &S, contract: &str) -> TransactionState {
+            TransactionState::new(s, contract, self.notary.clone(), AttachmentConstraint::AlwaysAccept)
+        }
+        fn cash(&self, cents: u64, owner: &Party) -> TransactionState {
+            let token = Issued {
+                issuer: PartyAndReference { party: self.notary.clone().into(), reference: vec![0] },
+                product: Currency::new("USD").unwrap(),
+            };
+            self.state(&Cash { amount: Amount::new(cents, token), owner: owner.clone().into() }, crate::CASH)
+        }
+        fn tx(
+            &self,
+            inputs: Vec<TransactionState>,
+            outputs: Vec<TransactionState>,
+            command: ObligationCommand,
+            signer: &Party,
+            window: Option<TimeWindow>,
+        ) -> LedgerTransaction {
+            LedgerTransaction {
+                id: SecureHash::sha256(b"tx"),
+                inputs: inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, state)| StateAndRef { state, r#ref: StateRef { txhash: SecureHash::sha256(b"in"), index: i as u32 } })
+                    .collect(),
+                outputs,
+                commands: vec![Command::new(&command, vec![signer.owning_key.clone()])],
+                attachments: vec![],
+                notary: Some(self.notary.clone()),
+                time_window: window,
+                references: vec![],
+                network_parameters_hash: None,
+                summaries: vec![],
+                kind: TransactionKind::Normal,
+            }
+        }
+    }
+
+    fn refused(tx: &LedgerTransaction, why: &str) {
+        let e = verify(tx).expect_err(why);
+        assert!(e.to_string().contains(why), "{e} should say {why:?}");
+    }
+
+    #[test]
+    fn issue_needs_the_obligor_and_a_positive_undefaulted_amount() {
+        let w = world();
+        let o = w.obligation(10000);
+        let out = w.state(&o, OBLIGATION);
+        assert!(verify(&w.tx(vec![], vec![out.clone()], ObligationCommand::Issue, &w.alice, None)).is_ok());
+        refused(&w.tx(vec![], vec![out], ObligationCommand::Issue, &w.bob, None), "the obligor O=Alice");
+        refused(&w.tx(vec![], vec![w.state(&w.obligation(0), OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "positive");
+        let defaulted = Obligation { defaulted: true, ..o.clone() };
+        refused(&w.tx(vec![], vec![w.state(&defaulted, OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "cannot be defaulted");
+        let to_self = Obligation { beneficiary: w.alice.clone().into(), ..o };
+        refused(&w.tx(vec![], vec![w.state(&to_self, OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "must differ");
+    }
+
+    #[test]
+    fn default_only_from_the_due_date_by_the_beneficiary() {
+        let w = world();
+        let o = w.obligation(10000);
+        let (input, output) = (w.state(&o, OBLIGATION), w.state(&Obligation { defaulted: true, ..o.clone() }, OBLIGATION));
+        let at_due = Some(TimeWindow::From(DUE));
+        assert!(verify(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, at_due)).is_ok());
+        let early = Some(TimeWindow::From(DUE.plus_micros(-1)));
+        refused(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, early), "at or after the due date");
+        refused(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, None), "at or after the due date");
+        refused(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.alice, at_due), "the beneficiary O=Bob");
+        let changed =
+            w.state(&Obligation { defaulted: true, amount: Amount::new(1, Currency::new("USD").unwrap()), ..o.clone() }, OBLIGATION);
+        refused(&w.tx(vec![input], vec![changed], ObligationCommand::Default, &w.bob, at_due), "changes nothing but");
+        refused(&w.tx(vec![output.clone()], vec![output], ObligationCommand::Default, &w.bob, at_due), "defaulted already");
+    }
+
+    #[test]
+    fn settlement_pays_the_beneficiary_by_the_due_date() {
+        let w = world();
+        let o = w.obligation(10000);
+        let input = w.state(&o, OBLIGATION);
+        let on_time = Some(TimeWindow::Until(DUE));
+        let paid = vec![w.cash(6000, &w.bob), w.cash(4000, &w.bob), w.cash(500, &w.alice)];
+        assert!(verify(&w.tx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.alice, on_time)).is_ok());
+        let short = vec![w.cash(6000, &w.bob), w.cash(4500, &w.alice)];
+        refused(&w.tx(vec![input.clone()], short, ObligationCommand::Settle, &w.alice, on_time), "must be paid 100.00 USD");
+        let late = Some(TimeWindow::Until(DUE.plus_micros(1)));
+        refused(&w.tx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.alice, late), "ending by the due date");
+        refused(&w.tx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.bob, on_time), "the obligor O=Alice");
+        let defaulted = w.state(&Obligation { defaulted: true, ..o }, OBLIGATION);
+        refused(&w.tx(vec![defaulted], paid, ObligationCommand::Settle, &w.alice, on_time), "cannot be settled");
+    }
+}

@@ -1,0 +1,281 @@
+//! Obligations: a debt due by a date, settled in cash or declared defaulted once due — the
+//! finance app's example of scheduled events (white paper "Event scheduling").
+//!
+//! - `ObligationIssue {"amount": "100.00 USD", "beneficiary": "<name>", "due": "<RFC 3339>",
+//!   "notary": "<name, optional with one notary>"}` — run by the obligor.
+//! - `ObligationSettle {"id": "<linear id>"}` — run by the obligor before the due date: pays
+//!   the beneficiary the amount in cash (with change) and consumes the obligation.
+//! - `ObligationDefault {"id": "<linear id>"}` — run by the beneficiary from the due date on.
+//!   Nobody needs to: every unsettled obligation asks its beneficiary's node, through the vault
+//!   schema registered here, to run it when it falls due, and the node's scheduler does so
+//!   exactly once, also when the node was down at the time.
+//!
+//! Each returns JSON with the transaction id and the obligation's linear id.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use treaty_core::{
+    AbstractParty, AttachmentConstraint, Command, Party, SignedTransaction, StateRef, TimeWindow, Timestamp, TransactionBuilder,
+    TransactionState, UniqueIdentifier, X500Name,
+};
+use treaty_finance_contracts::{CashCommand, OBLIGATION, Obligation, ObligationCommand};
+use treaty_flows::{FlowContext, FlowError, Registry, finality, receive_finality};
+use treaty_vault::{Criteria, IssuerFilter, PageSpec, ScheduledActivity, Sort, TypedSchema};
+
+use super::{Services, amount, bad, built, cash, code, lock_of, move_summaries, notary, select, sign, split, with_locks_released};
+
+/// Creates an obligation owed by this node.
+pub const OBLIGATION_ISSUE: &str = "ObligationIssue";
+/// Pays an obligation off.
+pub const OBLIGATION_SETTLE: &str = "ObligationSettle";
+/// Declares an obligation defaulted (scheduled at its due date on the beneficiary's node).
+pub const OBLIGATION_DEFAULT: &str = "ObligationDefault";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueArgs {
+    amount: String,
+    beneficiary: String,
+    due: String,
+    #[serde(default)]
+    notary: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdArgs {
+    id: String,
+}
+
+/// Registers the obligation schema (linear id; the default scheduled at the due date for the
+/// beneficiary) and the three flows with their responders.
+pub(crate) fn register(registry: &mut Registry, s: &Services) {
+    let schema = TypedSchema::<Obligation>::new().linear(|o| o.linear_id.clone()).scheduled(|o| {
+        (!o.defaulted).then(|| ScheduledActivity {
+            at: o.due,
+            flow: OBLIGATION_DEFAULT.into(),
+            args: json!({ "id": o.linear_id.id.hyphenated().to_string() }).to_string(),
+            by: o.beneficiary.clone(),
+        })
+    });
+    // A second registration (the same node started twice in one process) changes nothing.
+    let _ = s.vault.register(schema);
+    let s1 = s.clone();
+    registry.flow(OBLIGATION_ISSUE, 1, move |ctx: FlowContext, args: IssueArgs| {
+        let s = s1.clone();
+        async move { issue(&ctx, &s, args).await }
+    });
+    let s2 = s.clone();
+    registry.flow(OBLIGATION_SETTLE, 1, move |ctx: FlowContext, args: IdArgs| {
+        let s = s2.clone();
+        async move { with_locks_released(&ctx, &s, settle(&ctx, &s, args)).await }
+    });
+    let s3 = s.clone();
+    registry.flow(OBLIGATION_DEFAULT, 1, move |ctx: FlowContext, args: IdArgs| {
+        let s = s3.clone();
+        async move { default(&ctx, &s, args).await }
+    });
+    // The counterparty of each records the transaction it is sent.
+    for name in [OBLIGATION_ISSUE, OBLIGATION_SETTLE, OBLIGATION_DEFAULT] {
+        let s = s.clone();
+        registry.responder(name, move |ctx: FlowContext| {
+            let s = s.clone();
+            async move {
+                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid(format!("{name} responder without a session")))?;
+                receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
+            }
+        });
+    }
+}
+
+fn obligation_state(o: &Obligation, notary: &Party, code: treaty_core::SecureHash) -> TransactionState {
+    TransactionState::new(o, OBLIGATION, notary.clone(), AttachmentConstraint::Hash(code))
+}
+
+/// A well-known party on the network map.
+fn party(s: &Services, flow: &str, field: &str, text: &str) -> Result<Party, FlowError> {
+    let name: X500Name = text.parse().map_err(|e| bad(flow, field, e))?;
+    let found = s.view.borrow().node(&name).map(|n| n.legal_identity.clone());
+    found.ok_or_else(|| bad(flow, field, format!("{name} is not on the network map")))
+}
+
+fn linear_id(flow: &str, text: &str) -> Result<uuid::Uuid, FlowError> {
+    uuid::Uuid::parse_str(text).map_err(|e| bad(flow, "id", format!("{text:?} is not a linear id (a UUID): {e}")))
+}
+
+/// The counterparty's name (obligations are between well-known parties).
+fn name_of(party: &AbstractParty) -> Result<X500Name, FlowError> {
+    party.name().cloned().ok_or_else(|| FlowError::Exception(format!("the counterparty {party} is anonymous")))
+}
+
+async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value, FlowError> {
+    let owed = amount(OBLIGATION_ISSUE, &args.amount)?;
+    let beneficiary = party(s, OBLIGATION_ISSUE, "beneficiary", &args.beneficiary)?;
+    if beneficiary.name == s.me.name {
+        return Err(bad(OBLIGATION_ISSUE, "beneficiary", "a node cannot owe itself"));
+    }
+    let due: Timestamp = args.due.parse().map_err(|e| bad(OBLIGATION_ISSUE, "due", e))?;
+    let notary = notary(s, OBLIGATION_ISSUE, args.notary.as_deref())?;
+    let session = ctx.initiate(&beneficiary.name).await?;
+    ctx.progress("building").await?;
+    let (n, b) = (notary.clone(), beneficiary.clone());
+    let stx = built(ctx, s, "obligation-issue", |salt| async move {
+        let code = code(s).await?;
+        let o = Obligation {
+            obligor: s.me.clone().into(),
+            beneficiary: b.into(),
+            amount: owed,
+            due,
+            defaulted: false,
+            linear_id: UniqueIdentifier::new(None, rand::random()),
+        };
+        let wtx = TransactionBuilder::new(Some(n.clone()))
+            .output(obligation_state(&o, &n, code))
+            .command(Command::new(&ObligationCommand::Issue, vec![s.me.owning_key.clone()]))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&s.me.owning_key))
+    })
+    .await?;
+    let id = issued_id(&stx)?;
+    ctx.progress("notarising and sending").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
+    Ok(json!({
+        "transaction": done.id().to_string(),
+        "id": id.to_string(),
+        "amount": args.amount,
+        "beneficiary": beneficiary.name.to_string(),
+        "due": due.to_string(),
+    }))
+}
+
+fn issued_id(stx: &SignedTransaction) -> Result<uuid::Uuid, FlowError> {
+    let first = stx.tx().components().outputs.first().ok_or_else(|| FlowError::Invalid("the issue has no output".into()))?;
+    let o: Obligation = first.data.unpack().map_err(|e| FlowError::Invalid(format!("the issued obligation: {e}")))?;
+    Ok(o.linear_id.id)
+}
+
+/// An unconsumed obligation in this node's vault.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Found {
+    state_ref: StateRef,
+    obligation: Obligation,
+    notary: Party,
+}
+
+async fn find(s: &Services, id: uuid::Uuid) -> Result<Option<Found>, FlowError> {
+    let criteria = Criteria::unconsumed().and(Criteria::state_type(OBLIGATION)).and(Criteria::linear_id(id));
+    let page = s
+        .vault
+        .query(&criteria, &Sort::recording_order(), &PageSpec::first(2))
+        .await
+        .map_err(|e| FlowError::Invalid(format!("{} {e}", e.code())))?;
+    let Some(v) = page.states.into_iter().next() else { return Ok(None) };
+    let obligation: Obligation = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
+    Ok(Some(Found { state_ref: v.state_ref, obligation, notary: v.state.notary }))
+}
+
+async fn settle(ctx: &FlowContext, s: &Services, args: IdArgs) -> Result<Value, FlowError> {
+    let id = linear_id(OBLIGATION_SETTLE, &args.id)?;
+    // What is settled is decided once (journaled): a replay settles the same obligation.
+    let found = ctx.side_effect("obligation-settle.find", |_| find(s, id)).await?;
+    let Found { state_ref, obligation: o, notary } =
+        found.ok_or_else(|| FlowError::Exception(format!("no unsettled obligation {id} is in this node's vault")))?;
+    if o.obligor.owning_key() != &s.me.owning_key {
+        return Err(FlowError::Exception(format!("obligation {id} is owed by {}, not by this node", o.obligor)));
+    }
+    if o.defaulted {
+        return Err(FlowError::Exception(format!("obligation {id} has been defaulted and can no longer be settled")));
+    }
+    let beneficiary = name_of(&o.beneficiary)?;
+    let session = ctx.initiate(&beneficiary).await?;
+    ctx.progress("selecting coins").await?;
+    let lock = lock_of(ctx);
+    let stx = built(ctx, s, "obligation-settle", |salt| {
+        let o = o.clone();
+        async move {
+            let coins = select(s, lock, &o.amount.token, o.amount.quantity, &IssuerFilter::Any).await?;
+            if coins.notary != notary {
+                return Err(FlowError::Exception(format!(
+                    "the cash selected is guarded by {} but obligation {id} by {}; move it to one notary first",
+                    coins.notary.name, notary.name
+                )));
+            }
+            let code = code(s).await?;
+            let outputs = split(&coins, o.amount.quantity, &o.beneficiary, &s.me.clone().into());
+            let mut b = TransactionBuilder::new(Some(notary.clone())).input(state_ref);
+            for r in &coins.refs {
+                b = b.input(*r);
+            }
+            for summary in move_summaries(&outputs) {
+                b = b.summary(summary);
+            }
+            for (a, owner) in outputs {
+                b = b.output(cash(a, owner, &notary, code));
+            }
+            let mut signers = coins.owners.clone();
+            if !signers.contains(&s.me.owning_key) {
+                signers.push(s.me.owning_key.clone());
+            }
+            let wtx = b
+                .command(Command::new(&CashCommand::Move, coins.owners.clone()))
+                .command(Command::new(&ObligationCommand::Settle, vec![s.me.owning_key.clone()]))
+                .time_window(TimeWindow::Until(o.due))
+                .attachment(code)
+                .build(salt)
+                .map_err(|e| FlowError::Invalid(e.to_string()))?;
+            sign(s, SignedTransaction::new(wtx, vec![]), &signers)
+        }
+    })
+    .await?;
+    ctx.progress("notarising and sending").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
+    Ok(
+        json!({ "transaction": done.id().to_string(), "id": id.to_string(), "paid": o.amount.to_string(), "beneficiary": beneficiary.to_string() }),
+    )
+}
+
+async fn default(ctx: &FlowContext, s: &Services, args: IdArgs) -> Result<Value, FlowError> {
+    let id = linear_id(OBLIGATION_DEFAULT, &args.id)?;
+    let found = ctx.side_effect("obligation-default.find", |_| find(s, id)).await?;
+    // Settled in time (or defaulted already): nothing to do. A scheduled default ends here
+    // when the obligor paid.
+    let Some(Found { state_ref, obligation: o, notary }) = found.filter(|f| !f.obligation.defaulted) else {
+        return Ok(
+            json!({ "id": id.to_string(), "defaulted": false, "reason": "no unsettled, undefaulted obligation with this id is in this node's vault" }),
+        );
+    };
+    if o.beneficiary.owning_key() != &s.me.owning_key {
+        return Err(FlowError::Exception(format!("obligation {id} is owed to {}, who alone can declare it defaulted", o.beneficiary)));
+    }
+    if ctx.now().await? < o.due.micros() {
+        ctx.progress("waiting for the due date").await?;
+        ctx.sleep_until(o.due.micros()).await?;
+    }
+    let obligor = name_of(&o.obligor)?;
+    let session = ctx.initiate(&obligor).await?;
+    ctx.progress("building").await?;
+    let stx = built(ctx, s, "obligation-default", |salt| {
+        let o = o.clone();
+        async move {
+            let code = code(s).await?;
+            let defaulted = Obligation { defaulted: true, ..o.clone() };
+            let wtx = TransactionBuilder::new(Some(notary.clone()))
+                .input(state_ref)
+                .output(obligation_state(&defaulted, &notary, code))
+                .command(Command::new(&ObligationCommand::Default, vec![s.me.owning_key.clone()]))
+                .time_window(TimeWindow::From(o.due))
+                .attachment(code)
+                .build(salt)
+                .map_err(|e| FlowError::Invalid(e.to_string()))?;
+            sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&s.me.owning_key))
+        }
+    })
+    .await?;
+    ctx.progress("notarising and sending").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
+    Ok(
+        json!({ "transaction": done.id().to_string(), "id": id.to_string(), "defaulted": true, "obligor": obligor.to_string(), "amount": o.amount.to_string() }),
+    )
+}

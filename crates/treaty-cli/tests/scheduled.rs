@@ -1,0 +1,121 @@
+//! Scheduled events over real processes (issue 7): an obligation not paid by its due date is
+//! declared defaulted by its beneficiary's node — exactly once, although that node was killed
+//! before the due date and started only after it — while one settled in time never is.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{ALICE, BOB, Net, eventually, json, run};
+use serde_json::Value;
+
+const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
+
+/// `treaty flow start --wait --json` of `flow` on `node`: its result, or the failure.
+fn flow(net: &Net, node: &str, flow: &str, args: Value) -> Value {
+    let (code, out, err) = run(&["flow", "start", "--node", &net.node(node), flow, "--args", &args.to_string(), "--wait", "--json"]);
+    assert_eq!(code, 0, "{flow} on {node} failed: {err}{out}");
+    let record = json(&out);
+    assert_eq!(record["status"], "COMPLETED", "{record}");
+    record["result"].clone()
+}
+
+/// The flows named `name` on `node`.
+fn flows(net: &Net, node: &str, name: &str) -> Vec<Value> {
+    let (code, out, err) = run(&["flow", "list", "--node", &net.node(node), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    json(&out)["flows"].as_array().unwrap().iter().filter(|f| f["name"] == name).cloned().collect()
+}
+
+/// The node's vault states of type `type_id` with `status` (unconsumed, consumed, all).
+fn states(net: &Net, node: &str, type_id: &str, status: &str) -> Vec<Value> {
+    let (code, out, err) = run(&["vault", "query", "--node", &net.node(node), "--state-type", type_id, "--status", status, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    json(&out).as_array().unwrap().clone()
+}
+
+fn rfc3339_in(secs: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    treaty_core::Timestamp((now + Duration::from_secs(secs)).as_micros() as i64).to_string()
+}
+
+#[test]
+fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_paid_one_never() {
+    let net = Net::with_notary("scheduled", &[ALICE, BOB], NOTARY);
+    let _map = net.map();
+    let _notary = net.start(NOTARY);
+    let alice = net.start(ALICE);
+    let bob = net.start(BOB);
+    for (who, whom) in [(ALICE, BOB), (BOB, ALICE), (ALICE, NOTARY), (BOB, NOTARY)] {
+        net.await_known(who, whom);
+    }
+    flow(&net, ALICE, "CashIssue", serde_json::json!({ "amount": "500.00 USD" }));
+
+    // Two obligations of Alice to Bob, due in a few seconds; she pays the second at once.
+    let due = rfc3339_in(8);
+    let unpaid = flow(&net, ALICE, "ObligationIssue", serde_json::json!({ "amount": "100.00 USD", "beneficiary": BOB, "due": due }));
+    let paid = flow(&net, ALICE, "ObligationIssue", serde_json::json!({ "amount": "70.00 USD", "beneficiary": BOB, "due": due }));
+    let (unpaid_id, paid_id) = (unpaid["id"].as_str().unwrap().to_string(), paid["id"].as_str().unwrap().to_string());
+    assert_eq!(unpaid["due"], due.as_str());
+    let settled = flow(&net, ALICE, "ObligationSettle", serde_json::json!({ "id": paid_id }));
+    assert_eq!(settled["paid"], "70.00 USD");
+    // Bob holds the unpaid obligation and the 70.00 USD; nothing is defaulted yet.
+    let held = states(&net, BOB, "treaty.finance.Obligation", "unconsumed");
+    assert_eq!(held.iter().map(|s| s["linear_id"].as_str().unwrap()).collect::<Vec<_>>(), vec![unpaid_id.as_str()]);
+    assert!(flows(&net, BOB, "ObligationDefault").is_empty());
+    let (code, out, _) = run(&["vault", "balances", "--node", &net.node(BOB), "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("7000"), "Bob was paid 70.00 USD: {out}");
+
+    // Settling twice is refused, naming why.
+    let (code, out, err) = run(&[
+        "flow",
+        "start",
+        "--node",
+        &net.node(ALICE),
+        "ObligationSettle",
+        "--args",
+        &serde_json::json!({ "id": paid_id }).to_string(),
+        "--wait",
+        "--json",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(format!("{err}{out}").contains("no unsettled obligation"), "{err}{out}");
+
+    // Bob's node dies before the due date and comes back after it.
+    drop(bob);
+    let due_at: treaty_core::Timestamp = due.parse().unwrap();
+    while (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64) < due_at.micros() + 1_000_000 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bob = net.start(BOB);
+    eventually("Bob's node defaults the unpaid obligation", || {
+        flows(&net, BOB, "ObligationDefault").iter().any(|f| f["status"] == "COMPLETED")
+    });
+    let defaults = flows(&net, BOB, "ObligationDefault");
+    assert_eq!(defaults.len(), 1, "exactly one default: {defaults:?}");
+    let d = &defaults[0];
+    assert_eq!(d["args"]["id"], unpaid_id.as_str());
+    assert_eq!(d["result"]["defaulted"], true, "{d}");
+    assert_eq!(d["client_id"], format!("scheduled:{}", held[0]["state_ref"].as_str().unwrap()).as_str());
+    let default_tx = d["result"]["transaction"].as_str().unwrap().to_string();
+
+    // Both vaults hold the defaulted version (same linear id) from that transaction.
+    for node in [ALICE, BOB] {
+        eventually(&format!("{node} records the default"), || {
+            let now = states(&net, node, "treaty.finance.Obligation", "unconsumed");
+            now.len() == 1 && now[0]["tx_id"] == default_tx.as_str() && now[0]["linear_id"] == unpaid_id.as_str()
+        });
+    }
+
+    // A restart later starts nothing again: the activity was noted, and the defaulted
+    // obligation asks for none.
+    bob.stop();
+    let bob = net.start(BOB);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(flows(&net, BOB, "ObligationDefault").len(), 1);
+    // Defaulting by hand once more finds nothing to do.
+    let again = flow(&net, BOB, "ObligationDefault", serde_json::json!({ "id": unpaid_id }));
+    assert_eq!(again["defaulted"], false, "{again}");
+    drop((alice, bob));
+}
