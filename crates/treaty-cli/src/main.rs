@@ -192,6 +192,14 @@ enum VaultCommand {
         /// unconsumed (the default), consumed or all.
         #[arg(long)]
         status: Option<String>,
+        /// Further conditions as JSON (docs/vault.md, "Criteria as JSON"), e.g.
+        /// '{"fungible": {"token": "USD", "min_quantity": 10000}}'.
+        #[arg(long = "where", value_name = "JSON")]
+        where_json: Option<String>,
+        /// The order: "column [asc|desc], ..." (recorded_at, consumed_at, state_ref, quantity,
+        /// type_id or an app column); recording order by default.
+        #[arg(long)]
+        sort: Option<String>,
         /// Print one JSON document (an array of states).
         #[arg(long)]
         json: bool,
@@ -205,6 +213,9 @@ enum VaultCommand {
         /// Only states of this type id (e.g. test.Token); repeat for several.
         #[arg(long = "state-type", value_name = "NAME")]
         state_type: Vec<String>,
+        /// Further conditions as JSON (docs/vault.md, "Criteria as JSON").
+        #[arg(long = "where", value_name = "JSON")]
+        where_json: Option<String>,
         /// Stop after this many transactions (default: follow until interrupted).
         #[arg(long)]
         updates: Option<u64>,
@@ -416,10 +427,12 @@ fn main() -> ExitCode {
             FlowCommand::List { node, status, json } => flow::list(&node, status, json),
             FlowCommand::Kill { node, flow_id, json } => flow::kill(&node, &flow_id, json),
         },
-        Command::Vault { command: VaultCommand::Query { node, state_type, status, json } } => vault::query(&node, state_type, status, json),
+        Command::Vault { command: VaultCommand::Query { node, state_type, status, where_json, sort, json } } => {
+            vault::query(&node, state_type, status, where_json, sort, json)
+        }
         Command::Vault { command: VaultCommand::Balances { node, json } } => vault::balances(&node, json),
-        Command::Vault { command: VaultCommand::Track { node, state_type, updates, json } } => {
-            vault::track(&node, state_type, updates, json)
+        Command::Vault { command: VaultCommand::Track { node, state_type, where_json, updates, json } } => {
+            vault::track(&node, state_type, where_json, updates, json)
         }
         Command::Attachment { command: AttachmentCommand::Upload { node, file, json } } => attachment::upload(&node, &file, json),
         Command::Attachment { command: AttachmentCommand::Download { node, id, out, json } } => {

@@ -14,6 +14,15 @@ use crate::node::runtime;
 /// The statuses `--status` takes.
 const STATUSES: [&str; 3] = ["unconsumed", "consumed", "all"];
 
+/// `--where` checked to be JSON before it is sent (the node checks what it says).
+fn checked_where(where_json: Option<String>) -> Result<String> {
+    let Some(text) = where_json else { return Ok(String::new()) };
+    if let Err(e) = serde_json::from_str::<Value>(&text) {
+        bail!("--where is not JSON: {e}");
+    }
+    Ok(text)
+}
+
 /// Text, or JSON null when empty.
 fn text_or_null(s: &str) -> Value {
     if s.is_empty() { Value::Null } else { Value::String(s.into()) }
@@ -60,14 +69,22 @@ fn participants(s: &pb::VaultStateMessage) -> String {
 }
 
 /// Prints the vault's states matching `state_types` and `status`, as they stream in.
-pub fn query(node_dir: &Path, state_types: Vec<String>, status: Option<String>, json: bool) -> Result<()> {
+pub fn query(
+    node_dir: &Path,
+    state_types: Vec<String>,
+    status: Option<String>,
+    where_json: Option<String>,
+    sort: Option<String>,
+    json: bool,
+) -> Result<()> {
     let status = status.unwrap_or_else(|| "unconsumed".into());
     if !STATUSES.contains(&status.as_str()) {
         bail!("--status {status:?} is not one of {}", STATUSES.join(", "));
     }
+    let where_json = checked_where(where_json)?;
     runtime()?.block_on(async {
         let mut client = connect(node_dir).await?;
-        let request = pb::VaultQueryRequest { state_types, status, page_size: 0 };
+        let request = pb::VaultQueryRequest { state_types, status, page_size: 0, where_json, sort: sort.unwrap_or_default() };
         let mut states = client.query_vault(request).await.map_err(rpc)?.into_inner();
         let mut out = std::io::stdout().lock();
         let mut count = 0u64;
@@ -143,10 +160,11 @@ pub fn balances(node_dir: &Path, json: bool) -> Result<()> {
 
 /// Prints how many states match now, then each recorded transaction that produced or
 /// consumed matching states, as the node reports it; after `updates` transactions it stops.
-pub fn track(node_dir: &Path, state_types: Vec<String>, updates: Option<u64>, json: bool) -> Result<()> {
+pub fn track(node_dir: &Path, state_types: Vec<String>, where_json: Option<String>, updates: Option<u64>, json: bool) -> Result<()> {
+    let where_json = checked_where(where_json)?;
     runtime()?.block_on(async {
         let mut client = connect(node_dir).await?;
-        let request = pb::VaultQueryRequest { state_types, status: "unconsumed".into(), page_size: 0 };
+        let request = pb::VaultQueryRequest { state_types, status: "unconsumed".into(), page_size: 0, where_json, sort: String::new() };
         let mut feed = client.track_vault(request).await.map_err(rpc)?.into_inner();
         let mut out = std::io::stdout().lock();
         let mut seen = 0u64;

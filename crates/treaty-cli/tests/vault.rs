@@ -129,6 +129,35 @@ async fn vault_query_and_balances_show_the_nodes_states_over_tls() {
     assert!(out.contains(&format!("{}(0)", second.id())) && out.contains("25 TOKEN") && out.contains("2 state(s)"), "{out}");
     assert!(!out.contains(&issue.id().to_string()), "consumed states are not shown by default: {out}");
 
+    // --where: fungible quantity, participant (by key; names are resolved through the network
+    // map), a time range, and/or; --sort.
+    let refs = |out: &str| json(out).as_array().unwrap().iter().map(|s| s["state_ref"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let big = r#"{"fungible": {"token": "TOKEN", "min_quantity": 50}}"#;
+    let (code, out, err) = cli(args(&["vault", "query", "--node", &dir, "--where", big, "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(refs(&out), vec![format!("{}(0)", spend.id())], "only the 60 is at least 50");
+    let mine = format!(r#"{{"and": [{{"participant": "{}"}}, {{"recorded": {{"until": "2999-01-01T00:00:00Z"}}}}]}}"#, key.public());
+    let (code, out, err) =
+        cli(args(&["vault", "query", "--node", &dir, "--status", "all", "--where", &mine, "--sort", "quantity desc", "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(refs(&out), vec![format!("{}(0)", issue.id()), format!("{}(0)", spend.id()), format!("{}(0)", second.id())], "100, 60, 25");
+    let future = r#"{"or": [{"recorded": {"from": "2999-01-01T00:00:00Z"}}, {"external_id": "none"}]}"#;
+    let (code, out, _) = cli(args(&["vault", "query", "--node", &dir, "--where", future, "--json"])).await;
+    assert_eq!((code, json(&out)), (0, json!([])));
+    for (bad, why) in [
+        ("{not json", "--where is not JSON"),
+        (r#"{"fungible": {"min_quantity": -5}}"#, "where.fungible.min_quantity: expected a non-negative integer"),
+        (r#"{"participant": "O=Nobody,L=Nowhere,C=GB"}"#, "is not a party this node knows"),
+        (r#"{"column": {"name": "no_such", "eq": 1}}"#, "no_such"),
+    ] {
+        let (code, _, err) = cli(args(&["vault", "query", "--node", &dir, "--where", bad])).await;
+        assert_ne!(code, 0, "{bad}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+    let (code, _, err) = cli(args(&["vault", "query", "--node", &dir, "--sort", "quantity sideways"])).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("sideways"), "{err}");
+
     // Balances: 60 + 25 per token and issuer.
     let (code, out, err) = cli(args(&["vault", "balances", "--node", &dir, "--json"])).await;
     assert_eq!(code, 0, "{err}");

@@ -5,6 +5,7 @@
 //! ([`ledger`]) and client RPC ([`rpc`], over TLS: [`rpc_tls`]). The vault assembles here next.
 
 pub mod config;
+pub mod criteria_json;
 pub mod identities;
 pub mod keys;
 pub mod ledger;

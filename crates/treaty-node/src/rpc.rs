@@ -256,6 +256,11 @@ fn map_message(view: &NetworkView) -> pb::NetworkMap {
 }
 
 impl RpcService {
+    /// The well-known key of the party `name` on the network map, for criteria naming parties.
+    fn party_key(&self, name: &treaty_core::X500Name) -> Option<treaty_core::PublicKey> {
+        self.view.borrow().node(name).map(|n| n.legal_identity.owning_key.clone())
+    }
+
     async fn record(&self, id: FlowId) -> Result<FlowRecord, Status> {
         self.flows.get(id).await.map_err(status)?.ok_or_else(|| Status::not_found(format!("no flow {id} on this node")))
     }
@@ -520,11 +525,12 @@ impl pb::node_server::Node for RpcService {
 
     async fn query_vault(&self, request: Request<pb::VaultQueryRequest>) -> Result<Response<Self::QueryVaultStream>, Status> {
         require(&request, "ReadVault")?;
-        let (criteria, page_size) = rpc_vault::criteria(request.get_ref())?;
-        // Checked here so that a bad page size is the call's error, not the stream's.
-        self.vault.stream(criteria.clone(), treaty_vault::Sort::recording_order(), page_size).map_err(rpc_vault::status)?;
+        let (criteria, page_size) = rpc_vault::criteria(request.get_ref(), &|n| self.party_key(n))?;
+        let sort = rpc_vault::sort(request.get_ref())?;
+        // Checked here so that a bad page size, column or sort is the call's error, not the stream's.
+        self.vault.stream(criteria.clone(), sort.clone(), page_size).map_err(rpc_vault::status)?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(rpc_vault::stream_states(self.vault.clone(), criteria, page_size, tx));
+        tokio::spawn(rpc_vault::stream_states(self.vault.clone(), criteria, sort, page_size, tx));
         Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -538,7 +544,7 @@ impl pb::node_server::Node for RpcService {
 
     async fn track_vault(&self, request: Request<pb::VaultQueryRequest>) -> Result<Response<Self::TrackVaultStream>, Status> {
         require(&request, "ReadVault")?;
-        let (criteria, _) = rpc_vault::criteria(request.get_ref())?;
+        let (criteria, _) = rpc_vault::criteria(request.get_ref(), &|n| self.party_key(n))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(rpc_vault::track(self.vault.clone(), criteria, tx));
         Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx))))

@@ -3,7 +3,7 @@
 
 use tokio::sync::mpsc;
 use tonic::Status;
-use treaty_core::Currency;
+use treaty_core::{Currency, PublicKey, X500Name};
 use treaty_rpc::v1 as pb;
 use treaty_vault::{Balance, Criteria, Sort, StatusFilter, Vault, VaultError, VaultState};
 
@@ -29,8 +29,9 @@ pub fn status(e: VaultError) -> Status {
     }
 }
 
-/// The criteria and page size a query or track request asks for.
-pub fn criteria(request: &pb::VaultQueryRequest) -> Result<(Criteria, u32), Status> {
+/// The criteria and page size a query or track request asks for; `party` resolves the X.500
+/// names the request's JSON criteria may use for participants and owners.
+pub fn criteria(request: &pb::VaultQueryRequest, party: &dyn Fn(&X500Name) -> Option<PublicKey>) -> Result<(Criteria, u32), Status> {
     let status = match request.status.trim().to_ascii_lowercase().as_str() {
         "" | "unconsumed" => StatusFilter::Unconsumed,
         "consumed" => StatusFilter::Consumed,
@@ -40,6 +41,11 @@ pub fn criteria(request: &pb::VaultQueryRequest) -> Result<(Criteria, u32), Stat
     let mut criteria = Criteria::Status(status);
     if !request.state_types.is_empty() {
         criteria = criteria.and(Criteria::StateTypes(request.state_types.clone()));
+    }
+    if !request.where_json.trim().is_empty() {
+        let value: serde_json::Value =
+            serde_json::from_str(&request.where_json).map_err(|e| Status::invalid_argument(format!("where_json is not JSON: {e}")))?;
+        criteria = criteria.and(crate::criteria_json::parse(&value, "where", party).map_err(Status::invalid_argument)?);
     }
     let page_size = if request.page_size == 0 { DEFAULT_PAGE_SIZE } else { request.page_size };
     Ok((criteria, page_size))
@@ -113,10 +119,21 @@ pub fn balance_message(b: &Balance) -> pb::VaultBalance {
     }
 }
 
-/// Streams every state matching `criteria` into `tx`, one vault page at a time: the node
-/// holds one page (and the channel's few messages) however many states match.
-pub async fn stream_states(vault: Vault, criteria: Criteria, page_size: u32, tx: mpsc::Sender<Result<pb::VaultStateMessage, Status>>) {
-    let mut states = match vault.stream(criteria, Sort::recording_order(), page_size) {
+/// The order a query request asks for (recording order when it names none).
+pub fn sort(request: &pb::VaultQueryRequest) -> Result<Sort, Status> {
+    if request.sort.trim().is_empty() { Ok(Sort::recording_order()) } else { Sort::parse(&request.sort).map_err(status) }
+}
+
+/// Streams every state matching `criteria` into `tx` in `sort` order, one vault page at a time:
+/// the node holds one page (and the channel's few messages) however many states match.
+pub async fn stream_states(
+    vault: Vault,
+    criteria: Criteria,
+    sort: Sort,
+    page_size: u32,
+    tx: mpsc::Sender<Result<pb::VaultStateMessage, Status>>,
+) {
+    let mut states = match vault.stream(criteria, sort, page_size) {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(status(e))).await;
@@ -194,10 +211,29 @@ mod tests {
 
     #[test]
     fn statuses_default_to_unconsumed_and_others_are_refused_by_name() {
+        let none = |_: &X500Name| None;
         let req = |status: &str| pb::VaultQueryRequest { status: status.into(), ..Default::default() };
-        assert_eq!(criteria(&req("")).map(|c| c.1).ok(), Some(DEFAULT_PAGE_SIZE));
-        assert!(criteria(&req("ALL")).is_ok());
-        let e = criteria(&req("spent")).err().map(|s| s.message().to_string()).unwrap_or_default();
+        assert_eq!(criteria(&req(""), &none).map(|c| c.1).ok(), Some(DEFAULT_PAGE_SIZE));
+        assert!(criteria(&req("ALL"), &none).is_ok());
+        let e = criteria(&req("spent"), &none).err().map(|s| s.message().to_string()).unwrap_or_default();
         assert_eq!(e, "status \"spent\" is not one of unconsumed, consumed, all");
+    }
+
+    #[test]
+    fn where_json_is_anded_and_its_errors_are_invalid_arguments() {
+        let none = |_: &X500Name| None;
+        let req = |w: &str| pb::VaultQueryRequest { where_json: w.into(), ..Default::default() };
+        let (c, _) = criteria(&req(r#"{"state_type": "a.B"}"#), &none).unwrap();
+        assert_eq!(c, Criteria::unconsumed().and(Criteria::StateTypes(vec!["a.B".into()])));
+        let bad = criteria(&req("{nope"), &none).unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert!(bad.message().starts_with("where_json is not JSON"), "{}", bad.message());
+        let bad = criteria(&req(r#"{"colour": 1}"#), &none).unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert!(bad.message().contains("where: unknown condition \"colour\""), "{}", bad.message());
+        let sorted = pb::VaultQueryRequest { sort: "quantity desc".into(), ..Default::default() };
+        assert!(sort(&sorted).is_ok());
+        let bad = sort(&pb::VaultQueryRequest { sort: "quantity sideways".into(), ..Default::default() }).unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     }
 }
