@@ -40,7 +40,7 @@ pub use time::{TimeWindow, Timestamp};
 pub use transaction::{
     Attachment, Command, CommandData, CommandType, ComponentGroup, FilteredTransaction, LedgerResolver, LedgerTransaction, Limits,
     MapResolver, PrivacySalt, SignedTransaction, TransactionBuilder, TransactionError, TransactionKind, VerifyOptions, WireTransaction,
-    verify_transaction,
+    notary_change_outputs, verify_transaction,
 };
 
 /// The platform version this build of Treaty speaks (recorded in signatures).

@@ -34,6 +34,18 @@ impl fmt::Display for StateRef {
     }
 }
 
+impl core::str::FromStr for StateRef {
+    type Err = String;
+    /// The form [`fmt::Display`] writes: `<transaction id>(<output index>)`.
+    fn from_str(s: &str) -> Result<StateRef, String> {
+        let bad = || format!("{s:?} is not a state ref (<transaction id>(<output index>))");
+        let (tx, rest) = s.trim().split_once('(').ok_or_else(bad)?;
+        let index = rest.strip_suffix(')').ok_or_else(bad)?.parse::<u32>().map_err(|_| bad())?;
+        let txhash: SecureHash = tx.parse().map_err(|_| bad())?;
+        Ok(StateRef { txhash, index })
+    }
+}
+
 impl fmt::Debug for StateRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}({})", self.txhash.short(), self.index)
@@ -255,6 +267,22 @@ impl StatePointer {
             StatePointer::Linear(id) => {
                 candidates.iter().find(|c| c.state.data.is::<S>() && c.state.data.unpack::<S>().is_ok_and(|s| s.linear_id() == id))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_refs_parse_what_they_print() {
+        let r = StateRef { txhash: SecureHash::sha256(b"tx"), index: 7 };
+        assert_eq!(r.to_string().parse::<StateRef>(), Ok(r));
+        for bad in
+            ["", "abc(1)", &format!("{}", r.txhash), &format!("{}(x)", r.txhash), &format!("{}(1", r.txhash), &format!("{}(-1)", r.txhash)]
+        {
+            assert!(bad.parse::<StateRef>().is_err(), "{bad}");
         }
     }
 }

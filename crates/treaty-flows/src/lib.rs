@@ -14,6 +14,7 @@ pub mod finality;
 pub mod identities;
 pub mod journal;
 pub mod ledger;
+pub mod notary_change;
 pub mod protocol;
 pub mod resolve;
 pub mod signatures;
@@ -27,6 +28,7 @@ pub use finality::{NOTARY_PROTOCOL, NotaryRequest, finality, notarise, notary_re
 pub use identities::{Identities, SwappedIdentities, swap_identities};
 pub use journal::{Entry, FlowId, Received};
 pub use ledger::{AttachmentCheck, Ledger, MemoryLedger};
+pub use notary_change::{NOTARY_CHANGE, accept_notary_change, change_notary, counterparties, with_encumbrances};
 pub use resolve::{ReceiveOptions, ReceivedTransaction, receive_transaction, send_transaction};
 pub use signatures::{KeyPairs, Keys, collect_signatures, sign_transaction};
 pub use sql::{FLOW_MIGRATIONS, SqlFlowStore};

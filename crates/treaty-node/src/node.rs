@@ -193,6 +193,8 @@ pub struct NodeServices {
     pub view: watch::Receiver<Arc<NetworkView>>,
     /// The network parameters the node runs under.
     pub parameters: NetworkParameters,
+    /// The node's directory (where apps keep their own configuration files).
+    pub dir: std::path::PathBuf,
 }
 
 /// Starts a node with application flows: `apps` registers them, given the node's services.
@@ -247,8 +249,10 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
                 vault: vault.clone(),
                 view: view.clone(),
                 parameters: parameters.clone(),
+                dir: config.dir.clone(),
             };
             let mut r = registry(ledger.clone(), identities.clone());
+            notary_change_flows(&mut r, &services);
             if config.raw.notary.is_some() {
                 notary_service(config, &keys, &view, &ledger, &mut r).await?;
             }
@@ -478,6 +482,60 @@ async fn notary_service(
         }
     });
     Ok(())
+}
+
+/// Registers `NotaryChange {"states": ["<tx id>(<index>)", ...], "notary": "<X.500 name>"}`
+/// (and its acceptor): moves the states, with their encumbrances, to another notary of the
+/// network (docs/notary.md, "Notary change").
+pub fn notary_change_flows(r: &mut Registry, services: &NodeServices) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Args {
+        states: Vec<String>,
+        notary: String,
+    }
+    let notaries: Vec<Party> = services.parameters.notaries.iter().map(|n| n.identity.clone()).collect();
+    let s = services.clone();
+    let known = notaries.clone();
+    r.flow(treaty_flows::NOTARY_CHANGE, 1, move |ctx: FlowContext, args: Args| {
+        let (s, notaries) = (s.clone(), known.clone());
+        async move {
+            let bad = |field: &str, e: String| FlowError::InvalidArguments {
+                flow: treaty_flows::NOTARY_CHANGE.into(),
+                reason: format!("{field}: {e}"),
+            };
+            if args.states.is_empty() {
+                return Err(bad("states", "name at least one state ref".into()));
+            }
+            let refs = args
+                .states
+                .iter()
+                .map(|r| r.parse::<treaty_core::StateRef>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("states", e))?;
+            let name: X500Name = args.notary.parse().map_err(|e| bad("notary", format!("{e}")))?;
+            let new_notary = notaries.iter().find(|n| n.name == name).cloned().ok_or_else(|| {
+                let names: Vec<String> = notaries.iter().map(|n| n.name.to_string()).collect();
+                bad("notary", format!("{name} is not a notary of this network (its notaries: {})", names.join("; ")))
+            })?;
+            let states = treaty_flows::with_encumbrances(&s.ledger, &refs).await?;
+            let mut sessions = Vec::new();
+            for party in treaty_flows::counterparties(s.keys.as_ref(), &states)? {
+                sessions.push(ctx.initiate(&party).await?);
+            }
+            let done = treaty_flows::change_notary(&ctx, &s.ledger, &s.keys, &s.identity, &states, &new_notary, &sessions).await?;
+            let moved: Vec<String> = (0..states.len()).map(|i| format!("{}({i})", done.id())).collect();
+            Ok(serde_json::json!({ "transaction": done.id().to_string(), "notary": name.to_string(), "states": moved }))
+        }
+    });
+    let s = services.clone();
+    r.responder(treaty_flows::NOTARY_CHANGE, move |ctx: FlowContext| {
+        let (s, notaries) = (s.clone(), notaries.clone());
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("NotaryChange acceptor without a session".into()))?;
+            treaty_flows::accept_notary_change(&ctx, &session, &s.ledger, &s.keys, &notaries).await
+        }
+    });
 }
 
 /// The flows every node has (documented in docs/flows.md, part of the stable surface):
