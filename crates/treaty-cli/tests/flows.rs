@@ -449,3 +449,206 @@ async fn balances_are_conserved_across_three_nodes_after_1000_random_payments() 
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const RATES: &str = "O=Rates,L=Frankfurt,C=DE";
+
+/// Asks the oracle to sign a made-up transaction carrying one fix, revealing what the
+/// arguments say: `{"pair": "USD/EUR", "rate": "0.92", "reveal_other": false, "window": true}`.
+/// Returns `{"signed": true, "valid": <signature checks over the id>}` or `{"refused": "<why>"}`.
+fn ask_oracle_flow(r: &mut Registry, services: &NodeServices) {
+    treaty_finance::register(r, services);
+    let s = services.clone();
+    r.flow("TestAskOracle", 1, move |ctx: FlowContext, args: serde_json::Value| {
+        let s = s.clone();
+        async move {
+            use treaty_core::*;
+            use treaty_finance_contracts::{CashCommand, FxFix, parse_rate};
+            let fail = |e: String| FlowError::Exception(e);
+            let oracle: X500Name = RATES.parse().map_err(|e| fail(format!("{e}")))?;
+            let oracle_key =
+                s.view.borrow().node(&oracle).map(|n| n.legal_identity.owning_key.clone()).ok_or_else(|| fail("no oracle".into()))?;
+            let notary = s.parameters.notaries[0].identity.clone();
+            let (base, quote) = args["pair"].as_str().unwrap_or("USD/EUR").split_once('/').ok_or_else(|| fail("pair".into()))?;
+            let fix = FxFix {
+                base: base.into(),
+                quote: quote.into(),
+                rate_ppm: parse_rate(args["rate"].as_str().unwrap_or("0.92")).map_err(fail)?,
+            };
+            let now = Timestamp(ctx.now().await?);
+            let note = TransactionState::new(
+                &treaty_testkit::Token { owner: s.identity.clone().into(), amount: 1 },
+                treaty_testkit::TOKEN,
+                notary.clone(),
+                AttachmentConstraint::AlwaysAccept,
+            );
+            let mut b = TransactionBuilder::new(Some(notary))
+                .output(note)
+                .command(Command::new(&CashCommand::Move, vec![s.identity.owning_key.clone()]))
+                .command(Command::new(&fix, vec![oracle_key.clone()]));
+            if args["window"].as_bool().unwrap_or(true) {
+                b = b.time_window(TimeWindow::around(now, 10_000_000).map_err(|e| fail(e.to_string()))?);
+            }
+            let wtx = b.build(PrivacySalt([7; 32])).map_err(|e| fail(e.to_string()))?;
+            let reveal_other = args["reveal_other"].as_bool().unwrap_or(false);
+            let ftx = FilteredTransaction::build(
+                &wtx,
+                |g, i| match g {
+                    ComponentGroup::Commands | ComponentGroup::Signers => reveal_other || i == 1,
+                    ComponentGroup::TimeWindow => true,
+                    _ => false,
+                },
+                |_| false,
+            );
+            let session = ctx.initiate_as(&oracle, treaty_finance::FX_ORACLE, 1).await?;
+            Ok(match ctx.send_and_receive::<_, TransactionSignature>(&session, &treaty_finance::OracleRequest::Sign(ftx)).await {
+                Ok(sig) => json!({ "signed": true, "by_oracle": sig.by == oracle_key, "valid": sig.verify(&wtx.id()).is_ok() }),
+                Err(e) => json!({ "refused": e.to_string() }),
+            })
+        }
+    });
+}
+
+async fn start_oracle_client(dir: &Path, who: &str) -> RunningNode {
+    let mut config = NodeConfig::load(&dir.join(who).join("node.toml")).unwrap();
+    config.poll_interval = Duration::from_millis(200);
+    node::start_with(&config, ask_oracle_flow).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_obligation_settles_in_another_currency_at_the_oracles_signed_rate_and_wrong_fixes_are_refused() {
+    let dir = bootstrap_with("oracle", &["--node", ALICE, "--node", BOB, "--node", RATES, "--notary", NOTARY]);
+    std::fs::write(dir.join("rates").join(treaty_finance::RATES_FILE), r#"{"USD/EUR": "0.92", "USD/JPY": "151.5"}"#).unwrap();
+    let _map = map(&dir).await;
+    let _notary = start(&dir, "notary").await;
+    let alice = start_oracle_client(&dir, "alice").await;
+    let bob = start_finance(&dir, "bob").await;
+    let _rates = start_finance(&dir, "rates").await;
+    for (n, other) in [(&alice, BOB), (&alice, NOTARY), (&alice, RATES), (&bob, ALICE), (&bob, NOTARY)] {
+        knows(n, other).await;
+    }
+    ok(&run(&alice, "CashIssue", json!({ "amount": "500.00 EUR" })).await);
+
+    // Alice owes Bob 100.00 USD, the Rates oracle named; she pays in euros at its rate.
+    let due = treaty_core::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64 + 600_000_000,
+    );
+    let issued =
+        ok(&run(&alice, "ObligationIssue", json!({ "amount": "100.00 USD", "beneficiary": BOB, "due": due.to_string(), "oracle": RATES }))
+            .await);
+    let id = issued["id"].as_str().unwrap().to_string();
+    let settled = ok(&run(&alice, "ObligationSettle", json!({ "id": id, "currency": "EUR" })).await);
+    assert_eq!((settled["paid"].as_str(), settled["rate"].as_str()), (Some("92.00 EUR"), Some("0.92")), "{settled}");
+    let eur = |b: &[treaty_vault::Balance]| b.iter().filter(|b| b.token == "EUR").map(|b| b.quantity).sum::<u128>();
+    assert_eq!(eur(&bob.vault.balances(&treaty_vault::Criteria::unconsumed()).await.unwrap()), 9200);
+    assert_eq!(eur(&alice.vault.balances(&treaty_vault::Criteria::unconsumed()).await.unwrap()), 40800);
+    // The settlement Bob recorded carries the oracle's signature.
+    let tx: treaty_core::SecureHash = settled["transaction"].as_str().unwrap().parse().unwrap();
+    let recorded = bob.ledger.transactions(&[tx]).await.unwrap().pop().unwrap().unwrap();
+    let rates_key = bob.view.borrow().node(&RATES.parse().unwrap()).unwrap().legal_identity.owning_key.clone();
+    assert!(recorded.sigs().iter().any(|s| s.by == rates_key && s.verify(&tx).is_ok()), "oracle signature on the settlement");
+
+    // An obligation naming no oracle cannot be settled in another currency.
+    let plain = ok(&run(&alice, "ObligationIssue", json!({ "amount": "10.00 USD", "beneficiary": BOB, "due": due.to_string() })).await);
+    let refused = run(&alice, "ObligationSettle", json!({ "id": plain["id"], "currency": "EUR" })).await;
+    assert_eq!(refused.status, FlowStatus::Failed);
+    assert!(refused.error.as_deref().unwrap_or_default().contains("names no exchange-rate oracle"), "{refused:?}");
+
+    // The oracle signs a right fix it sees alone, and refuses the rest, naming why.
+    let ask = |args: serde_json::Value| {
+        let alice = &alice;
+        async move { ok(&run(alice, "TestAskOracle", args).await) }
+    };
+    let good = ask(json!({})).await;
+    assert_eq!(
+        (good["signed"].as_bool(), good["by_oracle"].as_bool(), good["valid"].as_bool()),
+        (Some(true), Some(true), Some(true)),
+        "{good}"
+    );
+    let cases = [
+        (json!({ "rate": "0.95" }), "wrong fix: USD/EUR is 0.92 here, not 0.95"),
+        (json!({ "reveal_other": true }), "is not an exchange-rate fix"),
+        (json!({ "window": false }), "time window must be revealed"),
+        (json!({ "pair": "EUR/GBP", "rate": "0.87" }), "no rate for EUR/GBP"),
+    ];
+    for (args, why) in cases {
+        let answer = ask(args.clone()).await;
+        let refused = answer["refused"].as_str().unwrap_or_else(|| panic!("{args} was signed: {answer}"));
+        assert!(refused.contains(why), "{args}: {refused}");
+    }
+    let _ = dir;
+}
+
+const NOTARY2: &str = "O=Backup Notary,L=Rome,C=IT";
+
+/// The unconsumed states on `node` of `type_id`, with their notaries' names.
+async fn held(node: &RunningNode, type_id: &str) -> Vec<(treaty_core::StateRef, String)> {
+    let criteria = treaty_vault::Criteria::unconsumed().and(treaty_vault::Criteria::state_type(type_id));
+    let page = node.vault.query(&criteria, &treaty_vault::Sort::recording_order(), &treaty_vault::PageSpec::first(1000)).await.unwrap();
+    page.states.iter().map(|s| (s.state_ref, s.state.notary.name.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notary_change_moves_states_with_their_encumbrances_and_later_spends_use_the_new_notary() {
+    let dir = bootstrap_with("notarychange", &["--node", ALICE, "--node", BOB, "--notary", NOTARY, "--notary", NOTARY2]);
+    let _map = map(&dir).await;
+    let _notary = start(&dir, "notary").await;
+    let _backup = start(&dir, "backup-notary").await;
+    let alice = start_finance(&dir, "alice").await;
+    let bob = start_finance(&dir, "bob").await;
+    for (n, other) in [(&alice, BOB), (&alice, NOTARY), (&alice, NOTARY2), (&bob, ALICE), (&bob, NOTARY), (&bob, NOTARY2)] {
+        knows(n, other).await;
+    }
+    let (n1, n2) =
+        (NOTARY.parse::<treaty_core::X500Name>().unwrap().to_string(), NOTARY2.parse::<treaty_core::X500Name>().unwrap().to_string());
+    let later = treaty_core::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64 + 3_600_000_000,
+    );
+    ok(&run(&alice, "CashIssue", json!({ "amount": "100.00 USD", "notary": NOTARY })).await);
+    let ob = ok(&run(
+        &alice,
+        "ObligationIssue",
+        json!({ "amount": "5.00 USD", "beneficiary": BOB, "due": later.to_string(), "notary": NOTARY }),
+    )
+    .await);
+    ok(&run(&alice, "CashLock", json!({ "amount": "30.00 USD", "until": later.to_string() })).await);
+    let cash = held(&alice, "treaty.finance.Cash").await;
+    let obligation = held(&alice, "treaty.finance.Obligation").await;
+    assert_eq!(cash.len(), 2, "the locked 30.00 and the 70.00 change: {cash:?}");
+    assert!(cash.iter().chain(&obligation).all(|(_, n)| *n == n1));
+
+    // Move the cash and the obligation; the time lock guarding the 30.00 comes along by itself,
+    // and Bob (the obligation's other participant) signs.
+    let mut refs: Vec<String> = cash.iter().chain(&obligation).map(|(r, _)| r.to_string()).collect();
+    let moved = ok(&run(&alice, "NotaryChange", json!({ "states": refs.clone(), "notary": NOTARY2 })).await);
+    assert_eq!(moved["states"].as_array().unwrap().len(), 4, "three states and the lock: {moved}");
+    for type_id in ["treaty.finance.Cash", "treaty.finance.Obligation", "treaty.finance.TimeLock"] {
+        let now = held(&alice, type_id).await;
+        assert!(
+            !now.is_empty() && now.iter().all(|(r, n)| *n == n2 && r.txhash.to_string() == moved["transaction"].as_str().unwrap()),
+            "{type_id}: {now:?}"
+        );
+    }
+    assert!(held(&bob, "treaty.finance.Obligation").await.iter().all(|(_, n)| *n == n2), "Bob recorded the move");
+    let usd_before = usd(&alice).await.0;
+    assert_eq!(usd_before, 7000, "the locked 30.00 stays locked after the move");
+
+    // Later spends go through the new notary: a payment, and settling the obligation.
+    ok(&run(&alice, "CashPayment", json!({ "amount": "20.00 USD", "recipient": BOB })).await);
+    assert!(held(&bob, "treaty.finance.Cash").await.iter().all(|(_, n)| *n == n2));
+    ok(&run(&alice, "ObligationSettle", json!({ "id": ob["id"] })).await);
+    assert!(held(&bob, "treaty.finance.Obligation").await.is_empty());
+
+    // Refusals: a state already moved (the old notary knows it consumed), an unknown notary,
+    // the current notary, a malformed ref.
+    refs.truncate(1);
+    let again = run(&alice, "NotaryChange", json!({ "states": refs, "notary": NOTARY2 })).await;
+    assert_eq!(again.status, FlowStatus::Failed, "{again:?}");
+    let unknown = run(&alice, "NotaryChange", json!({ "states": refs, "notary": "O=Nobody,L=Nowhere,C=GB" })).await;
+    assert!(unknown.error.as_deref().unwrap_or_default().contains("is not a notary of this network"), "{unknown:?}");
+    let current = held(&alice, "treaty.finance.Cash").await[0].0.to_string();
+    let same = run(&alice, "NotaryChange", json!({ "states": [current], "notary": NOTARY2 })).await;
+    assert!(same.error.as_deref().unwrap_or_default().contains("are guarded by O=Backup Notary"), "{same:?}");
+    let malformed = run(&alice, "NotaryChange", json!({ "states": ["nope"], "notary": NOTARY2 })).await;
+    assert!(malformed.error.as_deref().unwrap_or_default().contains("is not a state ref"), "{malformed:?}");
+    let _ = dir;
+}

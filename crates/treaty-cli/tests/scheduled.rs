@@ -63,9 +63,7 @@ fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_pai
     let held = states(&net, BOB, "treaty.finance.Obligation", "unconsumed");
     assert_eq!(held.iter().map(|s| s["linear_id"].as_str().unwrap()).collect::<Vec<_>>(), vec![unpaid_id.as_str()]);
     assert!(flows(&net, BOB, "ObligationDefault").is_empty());
-    let (code, out, _) = run(&["vault", "balances", "--node", &net.node(BOB), "--json"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("7000"), "Bob was paid 70.00 USD: {out}");
+    assert_eq!(usd(&net, BOB), 7000, "Bob was paid 70.00 USD");
 
     // Settling twice is refused, naming why.
     let (code, out, err) = run(&[
@@ -118,4 +116,72 @@ fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_pai
     let again = flow(&net, BOB, "ObligationDefault", serde_json::json!({ "id": unpaid_id }));
     assert_eq!(again["defaulted"], false, "{again}");
     drop((alice, bob));
+}
+
+/// The node's spendable balance of USD issued by Alice, in cents (`vault balances --json`).
+fn usd(net: &Net, node: &str) -> u64 {
+    let (code, out, err) = run(&["vault", "balances", "--node", &net.node(node), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["token"] == "USD")
+        .map(|b| b["raw_quantity"].as_str().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn time_locked_cash_cannot_be_spent_before_its_time_and_unlocks_itself_then() {
+    let net = Net::with_notary("timelock", &[ALICE, BOB], NOTARY);
+    let _map = net.map();
+    let _notary = net.start(NOTARY);
+    let _alice = net.start(ALICE);
+    let _bob = net.start(BOB);
+    for (who, whom) in [(ALICE, BOB), (BOB, ALICE), (ALICE, NOTARY), (BOB, NOTARY)] {
+        net.await_known(who, whom);
+    }
+    flow(&net, ALICE, "CashIssue", serde_json::json!({ "amount": "500.00 USD" }));
+    assert_eq!(usd(&net, ALICE), 50000);
+
+    // Alice locks 200.00 of her own until a few seconds from now, and pays Bob 50.00 locked
+    // the same way.
+    let until = rfc3339_in(8);
+    let locked = flow(&net, ALICE, "CashLock", serde_json::json!({ "amount": "200.00 USD", "until": until }));
+    assert_eq!(locked["until"], until.as_str());
+    flow(&net, ALICE, "CashLock", serde_json::json!({ "amount": "50.00 USD", "until": until, "recipient": BOB }));
+    // Locked cash is in the vaults but not spendable: Alice has 250.00 she can pay, Bob none.
+    assert_eq!(usd(&net, ALICE), 25000);
+    assert_eq!(usd(&net, BOB), 0);
+    assert_eq!(states(&net, ALICE, "treaty.finance.TimeLock", "unconsumed").len(), 1);
+    assert_eq!(states(&net, BOB, "treaty.finance.TimeLock", "unconsumed").len(), 1);
+    let (code, out, err) = run(&[
+        "flow",
+        "start",
+        "--node",
+        &net.node(ALICE),
+        "CashPayment",
+        "--args",
+        &serde_json::json!({ "amount": "300.00 USD", "recipient": BOB }).to_string(),
+        "--wait",
+        "--json",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(format!("{err}{out}").contains("insufficient balance of USD: requested 30000, available unlocked 25000"), "{err}{out}");
+    // Unlocking by hand before the time finds nothing due.
+    assert_eq!(flow(&net, ALICE, "CashUnlock", serde_json::json!({}))["unlocked"], 0);
+
+    // At the time, each owner's node unlocks its cash by itself.
+    eventually("Alice's 200.00 unlocks", || usd(&net, ALICE) == 45000);
+    eventually("Bob's 50.00 unlocks", || usd(&net, BOB) == 5000);
+    assert!(states(&net, ALICE, "treaty.finance.TimeLock", "unconsumed").is_empty());
+    assert!(states(&net, BOB, "treaty.finance.TimeLock", "unconsumed").is_empty());
+    let unlocks = flows(&net, ALICE, "CashUnlock");
+    assert!(
+        unlocks.iter().any(|f| f["client_id"].as_str().is_some_and(|c| c.starts_with("scheduled:")) && f["result"]["unlocked"] == 1),
+        "{unlocks:?}"
+    );
+    // And it is spendable again.
+    flow(&net, ALICE, "CashPayment", serde_json::json!({ "amount": "300.00 USD", "recipient": BOB }));
+    assert_eq!(usd(&net, BOB), 35000);
 }

@@ -4,7 +4,8 @@
 //! script (reproducibly: see `src/wasm_build.rs`) and embedded here as bytes. Package them as
 //! attachments with `treaty_sandbox::bundle`.
 
-/// `apps/finance/contract`: `treaty.finance.Cash` and `treaty.finance.Obligation`.
+/// `apps/finance/contract`: `treaty.finance.Cash`, `treaty.finance.Obligation` and
+/// `treaty.finance.TimeLock`.
 pub const FINANCE_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/treaty_finance_contracts.wasm"));
 
 /// `contracts/test-contracts`: `test.Token`, `test.Panics`, `test.Float`, `test.DataFile`,

@@ -10,6 +10,9 @@
 //!
 //! `treaty.finance.Obligation` ([`obligation`]): a debt due by a date, settled in cash or
 //! declared defaulted once due.
+//!
+//! `treaty.finance.TimeLock` ([`timelock`]): freezes the states it encumbers (time-locked
+//! cash) until a time.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +20,12 @@ use serde::{Deserialize, Serialize};
 use treaty_contract_sdk::treaty_core::{AbstractParty, Amount, CommandType, ContractState, Currency, Issued, OwnableState, TokenType};
 use treaty_contract_sdk::{ContractRejection, ContractVerdict, LedgerTransaction, require};
 
+pub mod fx;
 pub mod obligation;
+pub mod timelock;
+pub use fx::{FxFix, RATE_SCALE, format_rate, parse_rate};
 pub use obligation::{OBLIGATION, Obligation, ObligationCommand};
+pub use timelock::{TIME_LOCK, TimeLock, TimeLockCommand};
 
 /// The cash contract's name.
 pub const CASH: &str = "treaty.finance.Cash";
@@ -138,4 +145,5 @@ pub fn verify(tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejecti
 treaty_contract_sdk::export_contracts! {
     "treaty.finance.Cash" => verify,
     "treaty.finance.Obligation" => obligation::verify,
+    "treaty.finance.TimeLock" => timelock::verify,
 }

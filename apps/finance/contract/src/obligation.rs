@@ -5,7 +5,10 @@
 //! - **Settle** (signed by the obligor), before the due date: the obligation is consumed, and
 //!   the same transaction pays the beneficiary at least the amount in cash of its currency
 //!   (any issuer; the cash contract checks the payment itself). The time window must end by
-//!   the due date, so the notary vouches it was on time.
+//!   the due date, so the notary vouches it was on time. An obligation that names an exchange-
+//!   rate oracle may instead be paid in another currency: the transaction then carries one
+//!   [`FxFix`] from the owed currency to the paid one, signed by that oracle, and pays at
+//!   least the amount converted at that rate (rounded up).
 //! - **Default** (signed by the beneficiary), from the due date on: the obligation is replaced
 //!   by the same obligation marked defaulted. The time window must start at or after the due
 //!   date. The finance app schedules this: each obligation asks its beneficiary's node to run
@@ -18,6 +21,7 @@ use treaty_contract_sdk::treaty_core::{
 use treaty_contract_sdk::{ContractRejection, ContractVerdict, LedgerTransaction, require};
 
 use crate::Cash;
+use crate::fx::FxFix;
 
 /// The obligation contract's name.
 pub const OBLIGATION: &str = "treaty.finance.Obligation";
@@ -37,6 +41,9 @@ pub struct Obligation {
     pub defaulted: bool,
     /// The same in every version of this obligation.
     pub linear_id: UniqueIdentifier,
+    /// The exchange-rate oracle whose fixes both parties accept for paying in another
+    /// currency (none: only the owed currency settles it).
+    pub oracle: Option<AbstractParty>,
 }
 
 impl ContractState for Obligation {
@@ -96,18 +103,28 @@ pub fn verify(tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejecti
             require(!o.defaulted, || "a defaulted obligation cannot be settled".into())?;
             let until = tx.time_window.and_then(|w| w.until_time());
             require(until.is_some_and(|t| t <= o.due), || format!("a settlement needs a time window ending by the due date {}", o.due))?;
+            let fixes = tx.commands_of::<FxFix>().map_err(reject)?;
+            let owed = match fixes.as_slice() {
+                [] => o.amount.clone(),
+                [(fix, fix_signers)] => {
+                    let oracle =
+                        o.oracle.as_ref().ok_or_else(|| reject("this obligation names no oracle: it settles only in its own currency"))?;
+                    require(fix_signers.contains(oracle.owning_key()), || {
+                        format!("the fix {} must be signed by the oracle {oracle}", fix.pair())
+                    })?;
+                    let quote = Currency::new(&fix.quote).map_err(reject)?;
+                    fix.convert(&o.amount, &quote).ok_or_else(|| reject(format!("the fix {} does not convert {}", fix.pair(), o.amount)))?
+                }
+                _ => return Err(reject("a settlement uses at most one exchange-rate fix")),
+            };
             let mut paid: u64 = 0;
             for c in tx.outputs_of::<Cash>().map_err(reject)? {
-                if c.owner.owning_key() == o.beneficiary.owning_key() && c.amount.token.product == o.amount.token {
+                if c.owner.owning_key() == o.beneficiary.owning_key() && c.amount.token.product == owed.token {
                     paid = paid.saturating_add(c.amount.quantity);
                 }
             }
-            require(paid >= o.amount.quantity, || {
-                format!(
-                    "the beneficiary must be paid {} in this transaction; {} is paid",
-                    o.amount,
-                    Amount::new(paid, o.amount.token.clone())
-                )
+            require(paid >= owed.quantity, || {
+                format!("the beneficiary must be paid {owed} in this transaction; {} is paid", Amount::new(paid, owed.token.clone()))
             })?;
             signed(&o.obligor, "obligor")?;
         }
@@ -146,10 +163,16 @@ mod tests {
         alice: Party,
         bob: Party,
         notary: Party,
+        oracle: Party,
     }
 
     fn world() -> World {
-        World { alice: party("O=Alice,L=London,C=GB", 1), bob: party("O=Bob,L=Paris,C=FR", 2), notary: party("O=Notary,L=Zurich,C=CH", 3) }
+        World {
+            alice: party("O=Alice,L=London,C=GB", 1),
+            bob: party("O=Bob,L=Paris,C=FR", 2),
+            notary: party("O=Notary,L=Zurich,C=CH", 3),
+            oracle: party("O=Rates,L=Frankfurt,C=DE", 4),
+        }
     }
 
     const DUE: Timestamp = Timestamp(1_000_000_000);
@@ -163,15 +186,19 @@ mod tests {
                 due: DUE,
                 defaulted: false,
                 linear_id: UniqueIdentifier::new(None, [9; 16]),
+                oracle: Some(self.oracle.clone().into()),
             }
         }
         fn state<S: ContractState>(&self, s: &S, contract: &str) -> TransactionState {
             TransactionState::new(s, contract, self.notary.clone(), AttachmentConstraint::AlwaysAccept)
         }
         fn cash(&self, cents: u64, owner: &Party) -> TransactionState {
+            self.cash_in(cents, "USD", owner)
+        }
+        fn cash_in(&self, cents: u64, currency: &str, owner: &Party) -> TransactionState {
             let token = Issued {
                 issuer: PartyAndReference { party: self.notary.clone().into(), reference: vec![0] },
-                product: Currency::new("USD").unwrap(),
+                product: Currency::new(currency).unwrap(),
             };
             self.state(&Cash { amount: Amount::new(cents, token), owner: owner.clone().into() }, crate::CASH)
         }
@@ -254,5 +281,35 @@ mod tests {
         refused(&w.tx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.bob, on_time), "the obligor O=Alice");
         let defaulted = w.state(&Obligation { defaulted: true, ..o }, OBLIGATION);
         refused(&w.tx(vec![defaulted], paid, ObligationCommand::Settle, &w.alice, on_time), "cannot be settled");
+    }
+
+    #[test]
+    fn settlement_in_another_currency_needs_the_named_oracles_fix() {
+        let w = world();
+        let o = w.obligation(10000);
+        let input = w.state(&o, OBLIGATION);
+        let on_time = Some(TimeWindow::Until(DUE));
+        let fix = FxFix { base: "USD".into(), quote: "EUR".into(), rate_ppm: 920_000 };
+        let with_fix = |outputs: Vec<TransactionState>, fix: &FxFix, signer: &Party| {
+            let mut tx = w.tx(vec![input.clone()], outputs, ObligationCommand::Settle, &w.alice, on_time);
+            tx.commands.push(Command::new(fix, vec![signer.owning_key.clone()]));
+            tx
+        };
+        // 100.00 USD at 0.92 is 92.00 EUR.
+        assert!(verify(&with_fix(vec![w.cash_in(9200, "EUR", &w.bob)], &fix, &w.oracle)).is_ok());
+        refused(&with_fix(vec![w.cash_in(9199, "EUR", &w.bob)], &fix, &w.oracle), "must be paid 92.00 EUR");
+        refused(&with_fix(vec![w.cash_in(9200, "EUR", &w.bob)], &fix, &w.bob), "signed by the oracle O=Rates");
+        // Without a fix, euros do not count.
+        refused(
+            &w.tx(vec![input.clone()], vec![w.cash_in(9200, "EUR", &w.bob)], ObligationCommand::Settle, &w.alice, on_time),
+            "must be paid 100.00 USD",
+        );
+        let wrong_pair = FxFix { base: "EUR".into(), quote: "USD".into(), rate_ppm: 1_000_000 };
+        refused(&with_fix(vec![w.cash(10000, &w.bob)], &wrong_pair, &w.oracle), "does not convert");
+        // An obligation without an oracle settles only in its own currency.
+        let plain = w.state(&Obligation { oracle: None, ..o }, OBLIGATION);
+        let mut tx = w.tx(vec![plain], vec![w.cash_in(9200, "EUR", &w.bob)], ObligationCommand::Settle, &w.alice, on_time);
+        tx.commands.push(Command::new(&fix, vec![w.oracle.owning_key.clone()]));
+        refused(&tx, "names no oracle");
     }
 }

@@ -25,10 +25,14 @@ use treaty_core::{
     AbstractParty, Amount, AttachmentConstraint, Command, Currency, Issued, Party, PartyAndReference, PrivacySalt, PublicKey, SecureHash,
     SignedTransaction, StateRef, TransactionBuilder, TransactionState, X500Name,
 };
-use treaty_finance_contracts::{CASH, Cash, CashCommand, OBLIGATION};
+use treaty_finance_contracts::{CASH, Cash, CashCommand, OBLIGATION, TIME_LOCK};
 
 mod obligation;
+mod oracle;
+mod timelock;
 pub use obligation::{OBLIGATION_DEFAULT, OBLIGATION_ISSUE, OBLIGATION_SETTLE};
+pub use oracle::{FX_ORACLE, OracleRequest, RATES_FILE, TOLERANCE_SECS};
+pub use timelock::{CASH_LOCK, CASH_UNLOCK};
 use treaty_flows::{FlowContext, FlowError, Keys, Ledger, Registry, finality, receive_finality, swap_identities};
 use treaty_node::identities::NodeIdentities;
 use treaty_node::ledger::NodeLedger;
@@ -48,7 +52,7 @@ pub fn cash_bundle() -> Vec<u8> {
     let manifest = treaty_sandbox::bundle::Manifest {
         name: "treaty-finance".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        contracts: vec![CASH.into(), OBLIGATION.into()],
+        contracts: vec![CASH.into(), OBLIGATION.into(), TIME_LOCK.into()],
         module: Some(treaty_sandbox::bundle::MODULE.into()),
         data_files: vec![],
     };
@@ -64,6 +68,8 @@ struct Services {
     vault: Vault,
     view: tokio::sync::watch::Receiver<Arc<treaty_netmap::NetworkView>>,
     notaries: Vec<Party>,
+    /// The node's directory (the oracle's rates file).
+    dir: std::path::PathBuf,
 }
 
 /// Registers the cash schema in the node's vault (so cash is queryable by owner, issuer,
@@ -78,6 +84,7 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
         vault: services.vault.clone(),
         view: services.view.clone(),
         notaries: services.parameters.notaries.iter().map(|n| n.identity.clone()).collect(),
+        dir: services.dir.clone(),
     };
     let s1 = s.clone();
     registry.flow(CASH_ISSUE, 1, move |ctx: FlowContext, args: IssueArgs| {
@@ -107,6 +114,8 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
         async move { with_locks_released(&ctx, &s, exit(&ctx, &s, args)).await }
     });
     obligation::register(registry, &s);
+    timelock::register(registry, &s);
+    oracle::register(registry, &s);
 }
 
 #[derive(Deserialize)]
@@ -313,6 +322,17 @@ async fn select(s: &Services, lock: LockId, currency: &Currency, quantity: u64, 
 
 /// Splits `quantity` of the coins' cash (per issuer) between `to` and the change owner.
 fn split(coins: &Coins, quantity: u64, to: &AbstractParty, change: &AbstractParty) -> Vec<(Amount<Issued<Currency>>, AbstractParty)> {
+    split_marked(coins, quantity, to, change).into_iter().map(|(a, owner, _)| (a, owner)).collect()
+}
+
+/// [`split`], each output marked `true` if it is paid to `to` (not change), which tells them
+/// apart when `to` is the change owner too.
+fn split_marked(
+    coins: &Coins,
+    quantity: u64,
+    to: &AbstractParty,
+    change: &AbstractParty,
+) -> Vec<(Amount<Issued<Currency>>, AbstractParty, bool)> {
     let mut per_issuer: BTreeMap<String, Amount<Issued<Currency>>> = BTreeMap::new();
     for c in &coins.states {
         let key = treaty_core::TokenType::display_name(&c.amount.token);
@@ -328,10 +348,10 @@ fn split(coins: &Coins, quantity: u64, to: &AbstractParty, change: &AbstractPart
         let paid = left.min(total.quantity);
         left -= paid;
         if paid > 0 {
-            outputs.push((Amount::new(paid, total.token.clone()), to.clone()));
+            outputs.push((Amount::new(paid, total.token.clone()), to.clone(), true));
         }
         if total.quantity > paid {
-            outputs.push((Amount::new(total.quantity - paid, total.token), change.clone()));
+            outputs.push((Amount::new(total.quantity - paid, total.token), change.clone(), false));
         }
     }
     outputs

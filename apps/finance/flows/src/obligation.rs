@@ -2,9 +2,12 @@
 //! finance app's example of scheduled events (white paper "Event scheduling").
 //!
 //! - `ObligationIssue {"amount": "100.00 USD", "beneficiary": "<name>", "due": "<RFC 3339>",
-//!   "notary": "<name, optional with one notary>"}` — run by the obligor.
-//! - `ObligationSettle {"id": "<linear id>"}` — run by the obligor before the due date: pays
-//!   the beneficiary the amount in cash (with change) and consumes the obligation.
+//!   "notary": "<name, optional with one notary>", "oracle": "<name, optional>"}` — run by the
+//!   obligor; `oracle` names the exchange-rate oracle whose fixes settle it in other currencies.
+//! - `ObligationSettle {"id": "<linear id>", "currency": "<code, optional>"}` — run by the
+//!   obligor before the due date: pays the beneficiary the amount in cash (with change) and
+//!   consumes the obligation. In another currency, the amount is converted at the named
+//!   oracle's rate, which the oracle signs for (seeing only its fix and the time window).
 //! - `ObligationDefault {"id": "<linear id>"}` — run by the beneficiary from the due date on.
 //!   Nobody needs to: every unsettled obligation asks its beneficiary's node, through the vault
 //!   schema registered here, to run it when it falls due, and the node's scheduler does so
@@ -15,13 +18,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use treaty_core::{
-    AbstractParty, AttachmentConstraint, Command, Party, SignedTransaction, StateRef, TimeWindow, Timestamp, TransactionBuilder,
+    AbstractParty, AttachmentConstraint, Command, Currency, Party, SignedTransaction, StateRef, TimeWindow, Timestamp, TransactionBuilder,
     TransactionState, UniqueIdentifier, X500Name,
 };
-use treaty_finance_contracts::{CashCommand, OBLIGATION, Obligation, ObligationCommand};
+use treaty_finance_contracts::{CashCommand, FxFix, OBLIGATION, Obligation, ObligationCommand, format_rate};
 use treaty_flows::{FlowContext, FlowError, Registry, finality, receive_finality};
 use treaty_vault::{Criteria, IssuerFilter, PageSpec, ScheduledActivity, Sort, TypedSchema};
 
+use super::oracle;
 use super::{Services, amount, bad, built, cash, code, lock_of, move_summaries, notary, select, sign, split, with_locks_released};
 
 /// Creates an obligation owed by this node.
@@ -39,12 +43,22 @@ struct IssueArgs {
     due: String,
     #[serde(default)]
     notary: Option<String>,
+    #[serde(default)]
+    oracle: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IdArgs {
     id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleArgs {
+    id: String,
+    #[serde(default)]
+    currency: Option<String>,
 }
 
 /// Registers the obligation schema (linear id; the default scheduled at the due date for the
@@ -66,7 +80,7 @@ pub(crate) fn register(registry: &mut Registry, s: &Services) {
         async move { issue(&ctx, &s, args).await }
     });
     let s2 = s.clone();
-    registry.flow(OBLIGATION_SETTLE, 1, move |ctx: FlowContext, args: IdArgs| {
+    registry.flow(OBLIGATION_SETTLE, 1, move |ctx: FlowContext, args: SettleArgs| {
         let s = s2.clone();
         async move { with_locks_released(&ctx, &s, settle(&ctx, &s, args)).await }
     });
@@ -116,9 +130,10 @@ async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value
     }
     let due: Timestamp = args.due.parse().map_err(|e| bad(OBLIGATION_ISSUE, "due", e))?;
     let notary = notary(s, OBLIGATION_ISSUE, args.notary.as_deref())?;
+    let oracle = args.oracle.as_deref().map(|o| party(s, OBLIGATION_ISSUE, "oracle", o)).transpose()?;
     let session = ctx.initiate(&beneficiary.name).await?;
     ctx.progress("building").await?;
-    let (n, b) = (notary.clone(), beneficiary.clone());
+    let (n, b, oracle) = (notary.clone(), beneficiary.clone(), oracle.map(AbstractParty::from));
     let stx = built(ctx, s, "obligation-issue", |salt| async move {
         let code = code(s).await?;
         let o = Obligation {
@@ -128,6 +143,7 @@ async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value
             due,
             defaulted: false,
             linear_id: UniqueIdentifier::new(None, rand::random()),
+            oracle,
         };
         let wtx = TransactionBuilder::new(Some(n.clone()))
             .output(obligation_state(&o, &n, code))
@@ -176,8 +192,9 @@ async fn find(s: &Services, id: uuid::Uuid) -> Result<Option<Found>, FlowError> 
     Ok(Some(Found { state_ref: v.state_ref, obligation, notary: v.state.notary }))
 }
 
-async fn settle(ctx: &FlowContext, s: &Services, args: IdArgs) -> Result<Value, FlowError> {
+async fn settle(ctx: &FlowContext, s: &Services, args: SettleArgs) -> Result<Value, FlowError> {
     let id = linear_id(OBLIGATION_SETTLE, &args.id)?;
+    let pay_in = args.currency.as_deref().map(|c| Currency::new(c).map_err(|e| bad(OBLIGATION_SETTLE, "currency", e))).transpose()?;
     // What is settled is decided once (journaled): a replay settles the same obligation.
     let found = ctx.side_effect("obligation-settle.find", |_| find(s, id)).await?;
     let Found { state_ref, obligation: o, notary } =
@@ -190,12 +207,47 @@ async fn settle(ctx: &FlowContext, s: &Services, args: IdArgs) -> Result<Value, 
     }
     let beneficiary = name_of(&o.beneficiary)?;
     let session = ctx.initiate(&beneficiary).await?;
+    // In another currency: the oracle the obligation names fixes the rate.
+    let fx = match pay_in.filter(|c| *c != o.amount.token) {
+        None => None,
+        Some(quote) => {
+            let oracle = o.oracle.clone().ok_or_else(|| {
+                bad(
+                    OBLIGATION_SETTLE,
+                    "currency",
+                    format!("obligation {id} names no exchange-rate oracle: it settles only in {}", o.amount.token.code()),
+                )
+            })?;
+            let oracle_session = oracle::open(ctx, &name_of(&oracle)?).await?;
+            ctx.progress("fixing the exchange rate").await?;
+            let rate_ppm = oracle::ask_rate(ctx, &oracle_session, o.amount.token.code(), quote.code()).await?;
+            let fix = FxFix { base: o.amount.token.code().to_string(), quote: quote.code().to_string(), rate_ppm };
+            Some((fix, quote, oracle, oracle_session))
+        }
+    };
+    let owed = match &fx {
+        None => o.amount.clone(),
+        Some((fix, quote, _, _)) => fix
+            .convert(&o.amount, quote)
+            .ok_or_else(|| FlowError::Exception(format!("{} cannot be converted at {}", o.amount, fix.pair())))?,
+    };
+    // The window: until the due date, and — when an oracle signs — near now, as it requires.
+    let now = Timestamp(ctx.now().await?);
+    let window = match fx {
+        None => TimeWindow::Until(o.due),
+        Some(_) => {
+            let half = oracle::TOLERANCE_SECS * 1_000_000 / 2;
+            TimeWindow::between(now.plus_micros(-half), o.due.min(now.plus_micros(half)))
+                .map_err(|_| FlowError::Exception(format!("obligation {id} fell due at {}: too late to settle", o.due)))?
+        }
+    };
     ctx.progress("selecting coins").await?;
     let lock = lock_of(ctx);
+    let fix_command = fx.as_ref().map(|(fix, _, oracle, _)| (fix.clone(), oracle.owning_key().clone()));
     let stx = built(ctx, s, "obligation-settle", |salt| {
-        let o = o.clone();
+        let (o, owed) = (o.clone(), owed.clone());
         async move {
-            let coins = select(s, lock, &o.amount.token, o.amount.quantity, &IssuerFilter::Any).await?;
+            let coins = select(s, lock, &owed.token, owed.quantity, &IssuerFilter::Any).await?;
             if coins.notary != notary {
                 return Err(FlowError::Exception(format!(
                     "the cash selected is guarded by {} but obligation {id} by {}; move it to one notary first",
@@ -203,7 +255,7 @@ async fn settle(ctx: &FlowContext, s: &Services, args: IdArgs) -> Result<Value, 
                 )));
             }
             let code = code(s).await?;
-            let outputs = split(&coins, o.amount.quantity, &o.beneficiary, &s.me.clone().into());
+            let outputs = split(&coins, owed.quantity, &o.beneficiary, &s.me.clone().into());
             let mut b = TransactionBuilder::new(Some(notary.clone())).input(state_ref);
             for r in &coins.refs {
                 b = b.input(*r);
@@ -218,22 +270,35 @@ async fn settle(ctx: &FlowContext, s: &Services, args: IdArgs) -> Result<Value, 
             if !signers.contains(&s.me.owning_key) {
                 signers.push(s.me.owning_key.clone());
             }
-            let wtx = b
+            b = b
                 .command(Command::new(&CashCommand::Move, coins.owners.clone()))
-                .command(Command::new(&ObligationCommand::Settle, vec![s.me.owning_key.clone()]))
-                .time_window(TimeWindow::Until(o.due))
-                .attachment(code)
-                .build(salt)
-                .map_err(|e| FlowError::Invalid(e.to_string()))?;
+                .command(Command::new(&ObligationCommand::Settle, vec![s.me.owning_key.clone()]));
+            if let Some((fix, oracle_key)) = fix_command {
+                b = b.command(Command::new(&fix, vec![oracle_key]));
+            }
+            let wtx = b.time_window(window).attachment(code).build(salt).map_err(|e| FlowError::Invalid(e.to_string()))?;
             sign(s, SignedTransaction::new(wtx, vec![]), &signers)
         }
     })
     .await?;
+    let stx = match &fx {
+        None => stx,
+        Some((_, _, oracle, oracle_session)) => {
+            ctx.progress("collecting the oracle's signature").await?;
+            let signature = oracle::ask_signature(ctx, oracle_session, oracle.owning_key(), stx.tx()).await?;
+            stx.with_signatures(vec![signature])
+        }
+    };
     ctx.progress("notarising and sending").await?;
     let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
-    Ok(
-        json!({ "transaction": done.id().to_string(), "id": id.to_string(), "paid": o.amount.to_string(), "beneficiary": beneficiary.to_string() }),
-    )
+    let rate = fx.as_ref().map(|(fix, _, _, _)| format_rate(fix.rate_ppm));
+    Ok(json!({
+        "transaction": done.id().to_string(),
+        "id": id.to_string(),
+        "paid": owed.to_string(),
+        "beneficiary": beneficiary.to_string(),
+        "rate": rate,
+    }))
 }
 
 async fn default(ctx: &FlowContext, s: &Services, args: IdArgs) -> Result<Value, FlowError> {

@@ -1,0 +1,239 @@
+//! Time-locked cash: the finance app's encumbrance example (white paper "Encumbrances").
+//!
+//! - `CashLock {"amount": "50.00 USD", "until": "<RFC 3339>", "recipient": "<name, optional>"}`
+//!   moves that much of this node's cash to the recipient (this node when omitted) as cash
+//!   *encumbered* by a `treaty.finance.TimeLock` state created in the same transaction. Until
+//!   the lock's time nobody can spend it: the platform refuses to consume the cash without its
+//!   lock, and the time-lock contract refuses to consume the lock before `until`. Locked cash
+//!   is in the vault but not in the spendable balance nor in coin selection.
+//! - `CashUnlock {}` consumes every lock of this node whose time has come together with the
+//!   cash it guards, and gives the same cash back unencumbered. Nobody needs to run it: each
+//!   lock asks its owner's node (through the vault schema registered here) to run it at
+//!   `until`.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use treaty_core::{
+    AbstractParty, AttachmentConstraint, Command, SecureHash, SignedTransaction, StateRef, TimeWindow, Timestamp, TransactionBuilder,
+    TransactionState, X500Name,
+};
+use treaty_finance_contracts::{Cash, CashCommand, TIME_LOCK, TimeLock, TimeLockCommand};
+use treaty_flows::{FlowContext, FlowError, Ledger, Registry, finality, receive_finality};
+use treaty_vault::{Criteria, IssuerFilter, MAX_PAGE_SIZE, PageSpec, ScheduledActivity, Sort, Status, TypedSchema, VaultError};
+
+use super::{Services, amount, bad, built, cash, code, lock_of, move_summaries, select, sign, split_marked, with_locks_released};
+
+/// Locks cash until a time.
+pub const CASH_LOCK: &str = "CashLock";
+/// Unlocks the time-locked cash whose time has come.
+pub const CASH_UNLOCK: &str = "CashUnlock";
+
+/// Most locks one `CashUnlock` transaction consumes (the next run takes the rest).
+const MAX_LOCKS: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockArgs {
+    amount: String,
+    until: String,
+    #[serde(default)]
+    recipient: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlockArgs {}
+
+/// Registers the time-lock schema (the unlock scheduled at the lock's time, for its owner) and
+/// the two flows; the recipient of locked cash records it through the responder.
+pub(crate) fn register(registry: &mut Registry, s: &Services) {
+    let schema = TypedSchema::<TimeLock>::new()
+        .scheduled(|l| Some(ScheduledActivity { at: l.until, flow: CASH_UNLOCK.into(), args: "{}".into(), by: l.owner.clone() }));
+    // A second registration (the same node started twice in one process) changes nothing.
+    let _ = s.vault.register(schema);
+    let s1 = s.clone();
+    registry.flow(CASH_LOCK, 1, move |ctx: FlowContext, args: LockArgs| {
+        let s = s1.clone();
+        async move { with_locks_released(&ctx, &s, lock(&ctx, &s, args)).await }
+    });
+    let s2 = s.clone();
+    registry.flow(CASH_UNLOCK, 1, move |ctx: FlowContext, _: UnlockArgs| {
+        let s = s2.clone();
+        async move { with_locks_released(&ctx, &s, unlock(&ctx, &s)).await }
+    });
+    let s3 = s.clone();
+    registry.responder(CASH_LOCK, move |ctx: FlowContext| {
+        let s = s3.clone();
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("CashLock responder without a session".into()))?;
+            receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
+        }
+    });
+}
+
+fn time_lock(l: &TimeLock, notary: &treaty_core::Party, code: SecureHash) -> TransactionState {
+    TransactionState::new(l, TIME_LOCK, notary.clone(), AttachmentConstraint::Hash(code))
+}
+
+async fn lock(ctx: &FlowContext, s: &Services, args: LockArgs) -> Result<Value, FlowError> {
+    let amount = amount(CASH_LOCK, &args.amount)?;
+    let until: Timestamp = args.until.parse().map_err(|e| bad(CASH_LOCK, "until", e))?;
+    let recipient = match &args.recipient {
+        None => s.me.clone(),
+        Some(text) => {
+            let name: X500Name = text.parse().map_err(|e| bad(CASH_LOCK, "recipient", e))?;
+            let found = s.view.borrow().node(&name).map(|n| n.legal_identity.clone());
+            found.ok_or_else(|| bad(CASH_LOCK, "recipient", format!("{name} is not on the network map")))?
+        }
+    };
+    let sessions = if recipient.name == s.me.name { vec![] } else { vec![ctx.initiate(&recipient.name).await?] };
+    ctx.progress("selecting coins").await?;
+    let lock = lock_of(ctx);
+    let to: AbstractParty = recipient.clone().into();
+    let stx = built(ctx, s, "cash-lock", |salt| {
+        let (to, currency) = (to.clone(), amount.token.clone());
+        async move {
+            let coins = select(s, lock, &currency, amount.quantity, &IssuerFilter::Any).await?;
+            let code = code(s).await?;
+            let outputs = split_marked(&coins, amount.quantity, &to, &s.me.clone().into());
+            // The lock goes last; every paid output points at it.
+            let lock_index = u32::try_from(outputs.len()).map_err(|_| FlowError::Invalid("too many outputs".into()))?;
+            let mut b = TransactionBuilder::new(Some(coins.notary.clone()));
+            for r in &coins.refs {
+                b = b.input(*r);
+            }
+            let plain: Vec<_> = outputs.iter().map(|(a, owner, _)| (a.clone(), owner.clone())).collect();
+            for summary in move_summaries(&plain) {
+                b = b.summary(summary);
+            }
+            for (a, owner, paid) in outputs {
+                let state = cash(a, owner, &coins.notary, code);
+                b = b.output(if paid { state.with_encumbrance(lock_index) } else { state });
+            }
+            let wtx = b
+                .output(time_lock(&TimeLock { until, owner: to.clone() }, &coins.notary, code))
+                .command(Command::new(&CashCommand::Move, coins.owners.clone()))
+                .command(Command::new(&TimeLockCommand::Lock, vec![s.me.owning_key.clone()]))
+                .attachment(code)
+                .build(salt)
+                .map_err(|e| FlowError::Invalid(e.to_string()))?;
+            sign(s, SignedTransaction::new(wtx, vec![]), &coins.owners)
+        }
+    })
+    .await?;
+    ctx.progress("notarising and sending").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &sessions).await?;
+    Ok(
+        json!({ "transaction": done.id().to_string(), "amount": args.amount, "until": until.to_string(), "recipient": recipient.name.to_string() }),
+    )
+}
+
+/// A lock whose time has come and the cash it guards, locked for this flow in the vault.
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
+struct Due {
+    lock: StateRef,
+    until: Timestamp,
+    cash: Vec<(StateRef, Cash)>,
+    notary: treaty_core::Party,
+}
+
+fn vault_error(e: VaultError) -> FlowError {
+    FlowError::Invalid(format!("{} {e}", e.code()))
+}
+
+/// This node's locks due at `now` (at most [`MAX_LOCKS`]), each with the unconsumed cash it
+/// encumbers; each group soft-locked for this flow, skipping groups another flow holds.
+async fn due(ctx: &FlowContext, s: &Services, now: Timestamp) -> Result<Vec<Due>, FlowError> {
+    let criteria = Criteria::unconsumed().and(Criteria::state_type(TIME_LOCK)).and(Criteria::participant(&s.me.owning_key));
+    let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(MAX_PAGE_SIZE)).await.map_err(vault_error)?;
+    let mut out = Vec::new();
+    for v in page.states {
+        if out.len() == MAX_LOCKS {
+            break;
+        }
+        let l: TimeLock = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
+        if l.until > now || l.owner.owning_key() != &s.me.owning_key {
+            continue;
+        }
+        let Some(Some(locking)) = s.ledger.transactions(&[v.state_ref.txhash]).await?.pop() else {
+            return Err(FlowError::Invalid(format!("the transaction of lock {} is not recorded here", v.state_ref)));
+        };
+        let mut cash = Vec::new();
+        for (index, o) in locking.tx().components().outputs.iter().enumerate() {
+            if o.encumbrance != Some(v.state_ref.index) {
+                continue;
+            }
+            let r = StateRef { txhash: v.state_ref.txhash, index: index as u32 };
+            let held = s.vault.state(&r).await.map_err(vault_error)?;
+            if held.is_some_and(|h| h.status == Status::Unconsumed) {
+                let c: Cash = o.data.unpack().map_err(|e| FlowError::Invalid(format!("locked state {r}: {e}")))?;
+                cash.push((r, c));
+            }
+        }
+        if cash.is_empty() {
+            continue;
+        }
+        let mut group: Vec<StateRef> = cash.iter().map(|(r, _)| *r).collect();
+        group.push(v.state_ref);
+        match s.vault.lock(lock_of(ctx), &group).await {
+            Ok(()) => out.push(Due { lock: v.state_ref, until: l.until, cash, notary: v.state.notary }),
+            // Another flow is unlocking it.
+            Err(VaultError::StatesUnavailable { .. }) => continue,
+            Err(e) => return Err(vault_error(e)),
+        }
+    }
+    Ok(out)
+}
+
+async fn unlock(ctx: &FlowContext, s: &Services) -> Result<Value, FlowError> {
+    let now = Timestamp(ctx.now().await?);
+    let found: Vec<Due> = ctx.side_effect("cash-unlock.due", |_| due(ctx, s, now)).await?;
+    // One notary per transaction: the first lock's; the rest wait for the next run.
+    let Some(notary) = found.first().map(|d| d.notary.clone()) else {
+        return Ok(json!({ "unlocked": 0 }));
+    };
+    let group: Vec<Due> = found.into_iter().filter(|d| d.notary == notary).collect();
+    let from = group.iter().map(|d| d.until).max().unwrap_or(now);
+    let me: AbstractParty = s.me.clone().into();
+    ctx.progress("unlocking").await?;
+    let g = group.clone();
+    let stx = built(ctx, s, "cash-unlock", |salt| async move {
+        let code = code(s).await?;
+        let mut b = TransactionBuilder::new(Some(notary.clone()));
+        let mut owners = Vec::new();
+        let mut outputs = Vec::new();
+        for d in &g {
+            b = b.input(d.lock);
+            for (r, c) in &d.cash {
+                b = b.input(*r);
+                if !owners.contains(c.owner.owning_key()) {
+                    owners.push(c.owner.owning_key().clone());
+                }
+                outputs.push((c.amount.clone(), me.clone()));
+            }
+        }
+        for summary in move_summaries(&outputs) {
+            b = b.summary(summary);
+        }
+        for (a, owner) in outputs {
+            b = b.output(cash(a, owner, &notary, code));
+        }
+        let mut signers = owners.clone();
+        if !signers.contains(&s.me.owning_key) {
+            signers.push(s.me.owning_key.clone());
+        }
+        let wtx = b
+            .command(Command::new(&CashCommand::Move, owners))
+            .command(Command::new(&TimeLockCommand::Unlock, vec![s.me.owning_key.clone()]))
+            .time_window(TimeWindow::From(from))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        sign(s, SignedTransaction::new(wtx, vec![]), &signers)
+    })
+    .await?;
+    ctx.progress("notarising").await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[]).await?;
+    let amounts: Vec<String> = group.iter().flat_map(|d| d.cash.iter().map(|(_, c)| c.amount.to_string())).collect();
+    Ok(json!({ "transaction": done.id().to_string(), "unlocked": group.len(), "amounts": amounts }))
+}
