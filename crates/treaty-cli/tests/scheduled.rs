@@ -6,10 +6,31 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ALICE, BOB, Net, eventually, json, run};
+use common::{ALICE, BOB, Net, Proc, eventually, json, run};
 use serde_json::Value;
 
 const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
+
+/// A network of Alice, Bob and a notary, each a running process, all knowing each other.
+struct Running {
+    net: Net,
+    map: Proc,
+    notary: Proc,
+    alice: Proc,
+    bob: Proc,
+}
+
+fn network(test: &str) -> Running {
+    let net = Net::with_notary(test, &[ALICE, BOB], NOTARY);
+    let map = net.map();
+    let notary = net.start(NOTARY);
+    let alice = net.start(ALICE);
+    let bob = net.start(BOB);
+    for (who, whom) in [(ALICE, BOB), (BOB, ALICE), (ALICE, NOTARY), (BOB, NOTARY)] {
+        net.await_known(who, whom);
+    }
+    Running { net, map, notary, alice, bob }
+}
 
 /// `treaty flow start --wait --json` of `flow` on `node`: its result, or the failure.
 fn flow(net: &Net, node: &str, flow: &str, args: Value) -> Value {
@@ -41,14 +62,7 @@ fn rfc3339_in(secs: u64) -> String {
 
 #[test]
 fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_paid_one_never() {
-    let net = Net::with_notary("scheduled", &[ALICE, BOB], NOTARY);
-    let _map = net.map();
-    let _notary = net.start(NOTARY);
-    let alice = net.start(ALICE);
-    let bob = net.start(BOB);
-    for (who, whom) in [(ALICE, BOB), (BOB, ALICE), (ALICE, NOTARY), (BOB, NOTARY)] {
-        net.await_known(who, whom);
-    }
+    let Running { net, map: _map, notary: _notary, alice, bob } = network("scheduled");
     flow(&net, ALICE, "CashIssue", serde_json::json!({ "amount": "500.00 USD" }));
 
     // Two obligations of Alice to Bob, due in a few seconds; she pays the second at once.
@@ -133,14 +147,7 @@ fn usd(net: &Net, node: &str) -> u64 {
 
 #[test]
 fn time_locked_cash_cannot_be_spent_before_its_time_and_unlocks_itself_then() {
-    let net = Net::with_notary("timelock", &[ALICE, BOB], NOTARY);
-    let _map = net.map();
-    let _notary = net.start(NOTARY);
-    let _alice = net.start(ALICE);
-    let _bob = net.start(BOB);
-    for (who, whom) in [(ALICE, BOB), (BOB, ALICE), (ALICE, NOTARY), (BOB, NOTARY)] {
-        net.await_known(who, whom);
-    }
+    let Running { net, map: _map, notary: _notary, alice: _alice, bob: _bob } = network("timelock");
     flow(&net, ALICE, "CashIssue", serde_json::json!({ "amount": "500.00 USD" }));
     assert_eq!(usd(&net, ALICE), 50000);
 

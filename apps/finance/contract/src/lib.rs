@@ -22,6 +22,8 @@ use treaty_contract_sdk::{ContractRejection, ContractVerdict, LedgerTransaction,
 
 pub mod fx;
 pub mod obligation;
+#[cfg(test)]
+mod testing;
 pub mod timelock;
 pub use fx::{FxFix, RATE_SCALE, format_rate, parse_rate};
 pub use obligation::{OBLIGATION, Obligation, ObligationCommand};

@@ -148,32 +148,10 @@ pub fn verify(tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejecti
 
 #[cfg(test)]
 mod tests {
-    use treaty_contract_sdk::treaty_core::{
-        AttachmentConstraint, Command, Issued, KeyPair, Party, PartyAndReference, SecureHash, SignatureScheme, StateAndRef, StateRef,
-        TimeWindow, TransactionKind, TransactionState,
-    };
+    use treaty_contract_sdk::treaty_core::{Command, Party, TimeWindow, TransactionState};
 
     use super::*;
-
-    fn party(name: &str, seed: u8) -> Party {
-        Party { name: name.parse().unwrap(), owning_key: KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap().public() }
-    }
-
-    struct World {
-        alice: Party,
-        bob: Party,
-        notary: Party,
-        oracle: Party,
-    }
-
-    fn world() -> World {
-        World {
-            alice: party("O=Alice,L=London,C=GB", 1),
-            bob: party("O=Bob,L=Paris,C=FR", 2),
-            notary: party("O=Notary,L=Zurich,C=CH", 3),
-            oracle: party("O=Rates,L=Frankfurt,C=DE", 4),
-        }
-    }
+    use crate::testing::{World, world};
 
     const DUE: Timestamp = Timestamp(1_000_000_000);
 
@@ -189,20 +167,11 @@ mod tests {
                 oracle: Some(self.oracle.clone().into()),
             }
         }
-        fn state<S: ContractState>(&self, s: &S, contract: &str) -> TransactionState {
-            TransactionState::new(s, contract, self.notary.clone(), AttachmentConstraint::AlwaysAccept)
-        }
-        fn cash(&self, cents: u64, owner: &Party) -> TransactionState {
+        fn usd(&self, cents: u64, owner: &Party) -> TransactionState {
             self.cash_in(cents, "USD", owner)
         }
-        fn cash_in(&self, cents: u64, currency: &str, owner: &Party) -> TransactionState {
-            let token = Issued {
-                issuer: PartyAndReference { party: self.notary.clone().into(), reference: vec![0] },
-                product: Currency::new(currency).unwrap(),
-            };
-            self.state(&Cash { amount: Amount::new(cents, token), owner: owner.clone().into() }, crate::CASH)
-        }
-        fn tx(
+        /// An obligation transaction whose inputs come from one earlier transaction, in order.
+        fn otx(
             &self,
             inputs: Vec<TransactionState>,
             outputs: Vec<TransactionState>,
@@ -210,29 +179,12 @@ mod tests {
             signer: &Party,
             window: Option<TimeWindow>,
         ) -> LedgerTransaction {
-            LedgerTransaction {
-                id: SecureHash::sha256(b"tx"),
-                inputs: inputs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, state)| StateAndRef { state, r#ref: StateRef { txhash: SecureHash::sha256(b"in"), index: i as u32 } })
-                    .collect(),
-                outputs,
-                commands: vec![Command::new(&command, vec![signer.owning_key.clone()])],
-                attachments: vec![],
-                notary: Some(self.notary.clone()),
-                time_window: window,
-                references: vec![],
-                network_parameters_hash: None,
-                summaries: vec![],
-                kind: TransactionKind::Normal,
-            }
+            self.tx(inputs.into_iter().zip(0..).collect(), outputs, command, signer, window)
         }
     }
 
     fn refused(tx: &LedgerTransaction, why: &str) {
-        let e = verify(tx).expect_err(why);
-        assert!(e.to_string().contains(why), "{e} should say {why:?}");
+        crate::testing::refused(verify, tx, why);
     }
 
     #[test]
@@ -240,13 +192,13 @@ mod tests {
         let w = world();
         let o = w.obligation(10000);
         let out = w.state(&o, OBLIGATION);
-        assert!(verify(&w.tx(vec![], vec![out.clone()], ObligationCommand::Issue, &w.alice, None)).is_ok());
-        refused(&w.tx(vec![], vec![out], ObligationCommand::Issue, &w.bob, None), "the obligor O=Alice");
-        refused(&w.tx(vec![], vec![w.state(&w.obligation(0), OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "positive");
+        assert!(verify(&w.otx(vec![], vec![out.clone()], ObligationCommand::Issue, &w.alice, None)).is_ok());
+        refused(&w.otx(vec![], vec![out], ObligationCommand::Issue, &w.bob, None), "the obligor O=Alice");
+        refused(&w.otx(vec![], vec![w.state(&w.obligation(0), OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "positive");
         let defaulted = Obligation { defaulted: true, ..o.clone() };
-        refused(&w.tx(vec![], vec![w.state(&defaulted, OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "cannot be defaulted");
+        refused(&w.otx(vec![], vec![w.state(&defaulted, OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "cannot be defaulted");
         let to_self = Obligation { beneficiary: w.alice.clone().into(), ..o };
-        refused(&w.tx(vec![], vec![w.state(&to_self, OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "must differ");
+        refused(&w.otx(vec![], vec![w.state(&to_self, OBLIGATION)], ObligationCommand::Issue, &w.alice, None), "must differ");
     }
 
     #[test]
@@ -255,15 +207,15 @@ mod tests {
         let o = w.obligation(10000);
         let (input, output) = (w.state(&o, OBLIGATION), w.state(&Obligation { defaulted: true, ..o.clone() }, OBLIGATION));
         let at_due = Some(TimeWindow::From(DUE));
-        assert!(verify(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, at_due)).is_ok());
+        assert!(verify(&w.otx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, at_due)).is_ok());
         let early = Some(TimeWindow::From(DUE.plus_micros(-1)));
-        refused(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, early), "at or after the due date");
-        refused(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, None), "at or after the due date");
-        refused(&w.tx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.alice, at_due), "the beneficiary O=Bob");
+        refused(&w.otx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, early), "at or after the due date");
+        refused(&w.otx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.bob, None), "at or after the due date");
+        refused(&w.otx(vec![input.clone()], vec![output.clone()], ObligationCommand::Default, &w.alice, at_due), "the beneficiary O=Bob");
         let changed =
             w.state(&Obligation { defaulted: true, amount: Amount::new(1, Currency::new("USD").unwrap()), ..o.clone() }, OBLIGATION);
-        refused(&w.tx(vec![input], vec![changed], ObligationCommand::Default, &w.bob, at_due), "changes nothing but");
-        refused(&w.tx(vec![output.clone()], vec![output], ObligationCommand::Default, &w.bob, at_due), "defaulted already");
+        refused(&w.otx(vec![input], vec![changed], ObligationCommand::Default, &w.bob, at_due), "changes nothing but");
+        refused(&w.otx(vec![output.clone()], vec![output], ObligationCommand::Default, &w.bob, at_due), "defaulted already");
     }
 
     #[test]
@@ -272,15 +224,15 @@ mod tests {
         let o = w.obligation(10000);
         let input = w.state(&o, OBLIGATION);
         let on_time = Some(TimeWindow::Until(DUE));
-        let paid = vec![w.cash(6000, &w.bob), w.cash(4000, &w.bob), w.cash(500, &w.alice)];
-        assert!(verify(&w.tx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.alice, on_time)).is_ok());
-        let short = vec![w.cash(6000, &w.bob), w.cash(4500, &w.alice)];
-        refused(&w.tx(vec![input.clone()], short, ObligationCommand::Settle, &w.alice, on_time), "must be paid 100.00 USD");
+        let paid = vec![w.usd(6000, &w.bob), w.usd(4000, &w.bob), w.usd(500, &w.alice)];
+        assert!(verify(&w.otx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.alice, on_time)).is_ok());
+        let short = vec![w.usd(6000, &w.bob), w.usd(4500, &w.alice)];
+        refused(&w.otx(vec![input.clone()], short, ObligationCommand::Settle, &w.alice, on_time), "must be paid 100.00 USD");
         let late = Some(TimeWindow::Until(DUE.plus_micros(1)));
-        refused(&w.tx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.alice, late), "ending by the due date");
-        refused(&w.tx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.bob, on_time), "the obligor O=Alice");
+        refused(&w.otx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.alice, late), "ending by the due date");
+        refused(&w.otx(vec![input.clone()], paid.clone(), ObligationCommand::Settle, &w.bob, on_time), "the obligor O=Alice");
         let defaulted = w.state(&Obligation { defaulted: true, ..o }, OBLIGATION);
-        refused(&w.tx(vec![defaulted], paid, ObligationCommand::Settle, &w.alice, on_time), "cannot be settled");
+        refused(&w.otx(vec![defaulted], paid, ObligationCommand::Settle, &w.alice, on_time), "cannot be settled");
     }
 
     #[test]
@@ -291,7 +243,7 @@ mod tests {
         let on_time = Some(TimeWindow::Until(DUE));
         let fix = FxFix { base: "USD".into(), quote: "EUR".into(), rate_ppm: 920_000 };
         let with_fix = |outputs: Vec<TransactionState>, fix: &FxFix, signer: &Party| {
-            let mut tx = w.tx(vec![input.clone()], outputs, ObligationCommand::Settle, &w.alice, on_time);
+            let mut tx = w.otx(vec![input.clone()], outputs, ObligationCommand::Settle, &w.alice, on_time);
             tx.commands.push(Command::new(fix, vec![signer.owning_key.clone()]));
             tx
         };
@@ -301,14 +253,14 @@ mod tests {
         refused(&with_fix(vec![w.cash_in(9200, "EUR", &w.bob)], &fix, &w.bob), "signed by the oracle O=Rates");
         // Without a fix, euros do not count.
         refused(
-            &w.tx(vec![input.clone()], vec![w.cash_in(9200, "EUR", &w.bob)], ObligationCommand::Settle, &w.alice, on_time),
+            &w.otx(vec![input.clone()], vec![w.cash_in(9200, "EUR", &w.bob)], ObligationCommand::Settle, &w.alice, on_time),
             "must be paid 100.00 USD",
         );
         let wrong_pair = FxFix { base: "EUR".into(), quote: "USD".into(), rate_ppm: 1_000_000 };
-        refused(&with_fix(vec![w.cash(10000, &w.bob)], &wrong_pair, &w.oracle), "does not convert");
+        refused(&with_fix(vec![w.usd(10000, &w.bob)], &wrong_pair, &w.oracle), "does not convert");
         // An obligation without an oracle settles only in its own currency.
         let plain = w.state(&Obligation { oracle: None, ..o }, OBLIGATION);
-        let mut tx = w.tx(vec![plain], vec![w.cash_in(9200, "EUR", &w.bob)], ObligationCommand::Settle, &w.alice, on_time);
+        let mut tx = w.otx(vec![plain], vec![w.cash_in(9200, "EUR", &w.bob)], ObligationCommand::Settle, &w.alice, on_time);
         tx.commands.push(Command::new(&fix, vec![w.oracle.owning_key.clone()]));
         refused(&tx, "names no oracle");
     }

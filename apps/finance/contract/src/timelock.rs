@@ -91,102 +91,51 @@ pub fn verify(tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejecti
 
 #[cfg(test)]
 mod tests {
-    use treaty_contract_sdk::treaty_core::{
-        Amount, AttachmentConstraint, Command, Currency, Issued, KeyPair, Party, PartyAndReference, SecureHash, SignatureScheme,
-        StateAndRef, StateRef, TimeWindow, TransactionKind, TransactionState,
-    };
+    use treaty_contract_sdk::treaty_core::{TimeWindow, TransactionState};
 
     use super::*;
-    use crate::{CASH, Cash};
+    use crate::testing::{World, world};
 
     const UNTIL: Timestamp = Timestamp(2_000_000_000);
 
-    fn party(name: &str, seed: u8) -> Party {
-        Party { name: name.parse().unwrap(), owning_key: KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap().public() }
-    }
-
-    struct World {
-        alice: Party,
-        bob: Party,
-        notary: Party,
-    }
-
-    fn world() -> World {
-        World { alice: party("O=Alice,L=London,C=GB", 1), bob: party("O=Bob,L=Paris,C=FR", 2), notary: party("O=Notary,L=Zurich,C=CH", 3) }
-    }
-
     impl World {
         fn lock(&self) -> TransactionState {
-            let l = TimeLock { until: UNTIL, owner: self.alice.clone().into() };
-            TransactionState::new(&l, TIME_LOCK, self.notary.clone(), AttachmentConstraint::AlwaysAccept)
+            self.state(&TimeLock { until: UNTIL, owner: self.alice.clone().into() }, TIME_LOCK)
         }
-        fn cash(&self, encumbrance: Option<u32>) -> TransactionState {
-            let token = Issued {
-                issuer: PartyAndReference { party: self.notary.clone().into(), reference: vec![0] },
-                product: Currency::new("USD").unwrap(),
-            };
-            let mut s = TransactionState::new(
-                &Cash { amount: Amount::new(5000, token), owner: self.alice.clone().into() },
-                CASH,
-                self.notary.clone(),
-                AttachmentConstraint::AlwaysAccept,
-            );
+        fn locked_cash(&self, encumbrance: Option<u32>) -> TransactionState {
+            let mut s = self.cash_in(5000, "USD", &self.alice);
             s.encumbrance = encumbrance;
             s
-        }
-        fn tx(
-            &self,
-            inputs: Vec<(TransactionState, u32)>,
-            outputs: Vec<TransactionState>,
-            command: TimeLockCommand,
-            signer: &Party,
-            window: Option<TimeWindow>,
-        ) -> LedgerTransaction {
-            let earlier = SecureHash::sha256(b"lock tx");
-            LedgerTransaction {
-                id: SecureHash::sha256(b"tx"),
-                inputs: inputs
-                    .into_iter()
-                    .map(|(state, index)| StateAndRef { state, r#ref: StateRef { txhash: earlier, index } })
-                    .collect(),
-                outputs,
-                commands: vec![Command::new(&command, vec![signer.owning_key.clone()])],
-                attachments: vec![],
-                notary: Some(self.notary.clone()),
-                time_window: window,
-                references: vec![],
-                network_parameters_hash: None,
-                summaries: vec![],
-                kind: TransactionKind::Normal,
-            }
         }
     }
 
     fn refused(tx: &LedgerTransaction, why: &str) {
-        let e = verify(tx).expect_err(why);
-        assert!(e.to_string().contains(why), "{e} should say {why:?}");
+        crate::testing::refused(verify, tx, why);
     }
 
     #[test]
     fn a_lock_must_guard_something() {
         let w = world();
-        assert!(verify(&w.tx(vec![], vec![w.cash(Some(1)), w.lock()], TimeLockCommand::Lock, &w.alice, None)).is_ok());
-        refused(&w.tx(vec![], vec![w.cash(None), w.lock()], TimeLockCommand::Lock, &w.alice, None), "encumbers no output");
-        refused(&w.tx(vec![(w.lock(), 1)], vec![w.cash(Some(1)), w.lock()], TimeLockCommand::Lock, &w.alice, None), "consumes no lock");
+        assert!(verify(&w.tx(vec![], vec![w.locked_cash(Some(1)), w.lock()], TimeLockCommand::Lock, &w.alice, None)).is_ok());
+        refused(&w.tx(vec![], vec![w.locked_cash(None), w.lock()], TimeLockCommand::Lock, &w.alice, None), "encumbers no output");
+        refused(
+            &w.tx(vec![(w.lock(), 1)], vec![w.locked_cash(Some(1)), w.lock()], TimeLockCommand::Lock, &w.alice, None),
+            "consumes no lock",
+        );
     }
 
     #[test]
     fn unlocking_only_from_the_time_by_the_owner_with_what_it_guards() {
         let w = world();
-        let (cash, lock) = ((w.cash(Some(1)), 0), (w.lock(), 1));
+        let (cash, lock) = ((w.locked_cash(Some(1)), 0), (w.lock(), 1));
         let at = Some(TimeWindow::From(UNTIL));
         let inputs = vec![cash.clone(), lock.clone()];
-        assert!(verify(&w.tx(inputs.clone(), vec![w.cash(None)], TimeLockCommand::Unlock, &w.alice, at)).is_ok());
+        assert!(verify(&w.tx(inputs.clone(), vec![w.locked_cash(None)], TimeLockCommand::Unlock, &w.alice, at)).is_ok());
         let early = Some(TimeWindow::between(UNTIL.plus_micros(-10), UNTIL.plus_micros(10)).unwrap());
-        refused(&w.tx(inputs.clone(), vec![w.cash(None)], TimeLockCommand::Unlock, &w.alice, early), "holds until");
-        refused(&w.tx(inputs.clone(), vec![w.cash(None)], TimeLockCommand::Unlock, &w.alice, None), "holds until");
-        refused(&w.tx(inputs.clone(), vec![w.cash(None)], TimeLockCommand::Unlock, &w.bob, at), "owner O=Alice");
+        refused(&w.tx(inputs.clone(), vec![w.locked_cash(None)], TimeLockCommand::Unlock, &w.alice, early), "holds until");
+        refused(&w.tx(inputs.clone(), vec![w.locked_cash(None)], TimeLockCommand::Unlock, &w.alice, None), "holds until");
+        refused(&w.tx(inputs.clone(), vec![w.locked_cash(None)], TimeLockCommand::Unlock, &w.bob, at), "owner O=Alice");
         refused(&w.tx(vec![lock], vec![], TimeLockCommand::Unlock, &w.alice, at), "without any state it encumbers");
-        refused(&w.tx(inputs, vec![w.cash(None), w.lock()], TimeLockCommand::Unlock, &w.alice, at), "creates no lock");
+        refused(&w.tx(inputs, vec![w.locked_cash(None), w.lock()], TimeLockCommand::Unlock, &w.alice, at), "creates no lock");
     }
 }

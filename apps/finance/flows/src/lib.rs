@@ -370,6 +370,33 @@ fn move_summaries(outputs: &[(Amount<Issued<Currency>>, AbstractParty)]) -> Vec<
     totals.values().map(|o| format!("Move {o}")).collect()
 }
 
+/// A transaction for `notary` consuming `inputs` and creating cash `outputs` (amount, owner,
+/// encumbrance), with the move summaries the cash contract vouches for. Callers add the
+/// commands and anything else the transaction carries.
+fn cash_move(
+    notary: &Party,
+    inputs: &[StateRef],
+    outputs: Vec<(Amount<Issued<Currency>>, AbstractParty, Option<u32>)>,
+    code: SecureHash,
+) -> TransactionBuilder {
+    let mut b = TransactionBuilder::new(Some(notary.clone()));
+    for r in inputs {
+        b = b.input(*r);
+    }
+    let plain: Vec<(Amount<Issued<Currency>>, AbstractParty)> = outputs.iter().map(|(a, o, _)| (a.clone(), o.clone())).collect();
+    for summary in move_summaries(&plain) {
+        b = b.summary(summary);
+    }
+    for (a, owner, encumbrance) in outputs {
+        let state = cash(a, owner, notary, code);
+        b = b.output(match encumbrance {
+            Some(e) => state.with_encumbrance(e),
+            None => state,
+        });
+    }
+    b
+}
+
 async fn pay(ctx: &FlowContext, s: &Services, args: PaymentArgs) -> Result<Value, FlowError> {
     let amount = amount(CASH_PAYMENT, &args.amount)?;
     let recipient: X500Name = args.recipient.parse().map_err(|e| bad(CASH_PAYMENT, "recipient", e))?;
@@ -395,17 +422,7 @@ async fn pay(ctx: &FlowContext, s: &Services, args: PaymentArgs) -> Result<Value
             let coins = select(s, lock, &currency, amount.quantity, &IssuerFilter::Any).await?;
             let code = code(s).await?;
             let outputs = split(&coins, amount.quantity, &to, &change);
-            let mut b = TransactionBuilder::new(Some(coins.notary.clone()));
-            for r in &coins.refs {
-                b = b.input(*r);
-            }
-            for summary in move_summaries(&outputs) {
-                b = b.summary(summary);
-            }
-            for (a, owner) in outputs {
-                b = b.output(cash(a, owner, &coins.notary, code));
-            }
-            let wtx = b
+            let wtx = cash_move(&coins.notary, &coins.refs, outputs.into_iter().map(|(a, o)| (a, o, None)).collect(), code)
                 .command(Command::new(&CashCommand::Move, coins.owners.clone()))
                 .attachment(code)
                 .build(salt)

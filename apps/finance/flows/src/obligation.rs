@@ -26,7 +26,7 @@ use treaty_flows::{FlowContext, FlowError, Registry, finality, receive_finality}
 use treaty_vault::{Criteria, IssuerFilter, PageSpec, ScheduledActivity, Sort, TypedSchema};
 
 use super::oracle;
-use super::{Services, amount, bad, built, cash, code, lock_of, move_summaries, notary, select, sign, split, with_locks_released};
+use super::{Services, amount, bad, built, cash_move, code, lock_of, notary, select, sign, split, with_locks_released};
 
 /// Creates an obligation owed by this node.
 pub const OBLIGATION_ISSUE: &str = "ObligationIssue";
@@ -256,16 +256,8 @@ async fn settle(ctx: &FlowContext, s: &Services, args: SettleArgs) -> Result<Val
             }
             let code = code(s).await?;
             let outputs = split(&coins, owed.quantity, &o.beneficiary, &s.me.clone().into());
-            let mut b = TransactionBuilder::new(Some(notary.clone())).input(state_ref);
-            for r in &coins.refs {
-                b = b.input(*r);
-            }
-            for summary in move_summaries(&outputs) {
-                b = b.summary(summary);
-            }
-            for (a, owner) in outputs {
-                b = b.output(cash(a, owner, &notary, code));
-            }
+            let mut b =
+                cash_move(&notary, &coins.refs, outputs.into_iter().map(|(a, owner)| (a, owner, None)).collect(), code).input(state_ref);
             let mut signers = coins.owners.clone();
             if !signers.contains(&s.me.owning_key) {
                 signers.push(s.me.owning_key.clone());

@@ -14,14 +14,14 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use treaty_core::{
-    AbstractParty, AttachmentConstraint, Command, SecureHash, SignedTransaction, StateRef, TimeWindow, Timestamp, TransactionBuilder,
-    TransactionState, X500Name,
+    AbstractParty, AttachmentConstraint, Command, SecureHash, SignedTransaction, StateRef, TimeWindow, Timestamp, TransactionState,
+    X500Name,
 };
 use treaty_finance_contracts::{Cash, CashCommand, TIME_LOCK, TimeLock, TimeLockCommand};
 use treaty_flows::{FlowContext, FlowError, Ledger, Registry, finality, receive_finality};
 use treaty_vault::{Criteria, IssuerFilter, MAX_PAGE_SIZE, PageSpec, ScheduledActivity, Sort, Status, TypedSchema, VaultError};
 
-use super::{Services, amount, bad, built, cash, code, lock_of, move_summaries, select, sign, split_marked, with_locks_released};
+use super::{Services, amount, bad, built, cash_move, code, lock_of, select, sign, split_marked, with_locks_released};
 
 /// Locks cash until a time.
 pub const CASH_LOCK: &str = "CashLock";
@@ -98,18 +98,8 @@ async fn lock(ctx: &FlowContext, s: &Services, args: LockArgs) -> Result<Value, 
             let outputs = split_marked(&coins, amount.quantity, &to, &s.me.clone().into());
             // The lock goes last; every paid output points at it.
             let lock_index = u32::try_from(outputs.len()).map_err(|_| FlowError::Invalid("too many outputs".into()))?;
-            let mut b = TransactionBuilder::new(Some(coins.notary.clone()));
-            for r in &coins.refs {
-                b = b.input(*r);
-            }
-            let plain: Vec<_> = outputs.iter().map(|(a, owner, _)| (a.clone(), owner.clone())).collect();
-            for summary in move_summaries(&plain) {
-                b = b.summary(summary);
-            }
-            for (a, owner, paid) in outputs {
-                let state = cash(a, owner, &coins.notary, code);
-                b = b.output(if paid { state.with_encumbrance(lock_index) } else { state });
-            }
+            let encumbered = outputs.into_iter().map(|(a, owner, paid)| (a, owner, paid.then_some(lock_index))).collect();
+            let b = cash_move(&coins.notary, &coins.refs, encumbered, code);
             let wtx = b
                 .output(time_lock(&TimeLock { until, owner: to.clone() }, &coins.notary, code))
                 .command(Command::new(&CashCommand::Move, coins.owners.clone()))
@@ -199,25 +189,20 @@ async fn unlock(ctx: &FlowContext, s: &Services) -> Result<Value, FlowError> {
     let g = group.clone();
     let stx = built(ctx, s, "cash-unlock", |salt| async move {
         let code = code(s).await?;
-        let mut b = TransactionBuilder::new(Some(notary.clone()));
+        let mut inputs = Vec::new();
         let mut owners = Vec::new();
         let mut outputs = Vec::new();
         for d in &g {
-            b = b.input(d.lock);
+            inputs.push(d.lock);
             for (r, c) in &d.cash {
-                b = b.input(*r);
+                inputs.push(*r);
                 if !owners.contains(c.owner.owning_key()) {
                     owners.push(c.owner.owning_key().clone());
                 }
-                outputs.push((c.amount.clone(), me.clone()));
+                outputs.push((c.amount.clone(), me.clone(), None));
             }
         }
-        for summary in move_summaries(&outputs) {
-            b = b.summary(summary);
-        }
-        for (a, owner) in outputs {
-            b = b.output(cash(a, owner, &notary, code));
-        }
+        let b = cash_move(&notary, &inputs, outputs, code);
         let mut signers = owners.clone();
         if !signers.contains(&s.me.owning_key) {
             signers.push(s.me.owning_key.clone());
