@@ -321,6 +321,36 @@ async fn coins_locked_by_a_flow_that_is_gone_are_free_again_after_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_that_succeeds_leaves_no_coin_of_its_own_locked() {
+    use treaty_vault::{Criteria, LockFilter, LockId, PageSpec, Sort};
+    let (dir, _map, _notary, alice, bob) = cash_network("leftover").await;
+    ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({ "amount": "50.00 USD" })).await);
+    ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({ "amount": "20.00 EUR" })).await);
+    let eur = Criteria::unconsumed().and(Criteria::Fungible(treaty_vault::FungibleCriteria::token("EUR")));
+    let euro = alice.vault.query(&eur, &Sort::recording_order(), &PageSpec::first(10)).await.unwrap().states[0].state_ref;
+    // Bob is down: the payment selects its coins, notarises, and waits to hand Bob the result.
+    bob.stop();
+    let id = alice.flows.start(treaty_finance::CASH_PAYMENT, json!({ "amount": "10.00 USD", "recipient": BOB }), None).await.unwrap();
+    let locked = Criteria::Lock(LockFilter::Locked);
+    for _ in 0..200 {
+        if alice.vault.count(&locked).await.unwrap() > 0 || alice.vault.count(&Criteria::consumed()).await.unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What a selection the node died in the middle of would leave: a coin locked by this flow
+    // that its transaction does not spend.
+    alice.vault.lock(LockId(id.0), &[euro]).await.unwrap();
+    let bob = start_finance(&dir, "bob").await;
+    knows(&bob, ALICE).await;
+    let done = tokio::time::timeout(Duration::from_secs(60), alice.flows.wait(id)).await.expect("payment finished").unwrap();
+    ok(&done);
+    assert_eq!(alice.vault.count(&locked).await.unwrap(), 0, "nothing stays locked by a finished payment");
+    assert_eq!(usd(&bob).await.0, 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const CAROL: &str = "O=Carol,L=Madrid,C=ES";
 
 /// Runs `flow` on `node` `n` times at once and waits for all of them.

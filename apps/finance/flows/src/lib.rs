@@ -157,17 +157,22 @@ fn lock_of(ctx: &FlowContext) -> LockId {
     LockId(ctx.id().0)
 }
 
-/// Runs a flow body; if it fails, the coins it locked are released.
+/// Runs a flow body, then releases whatever the flow still holds locked: everything when it
+/// failed; when it succeeded, the coins it spent are unlocked by being consumed, and anything
+/// left is from a selection whose transaction was never journaled (the node died inside the
+/// build step, and the replay selected again) — without this those coins stayed locked until
+/// the next restart.
 async fn with_locks_released(
     ctx: &FlowContext,
     s: &Services,
     body: impl Future<Output = Result<Value, FlowError>>,
 ) -> Result<Value, FlowError> {
     let result = body.await;
-    if result.is_err()
-        && let Err(e) = s.vault.release(lock_of(ctx)).await
-    {
-        tracing::warn!("flow {} failed and its coins could not be released: {e}", ctx.id());
+    match s.vault.release(lock_of(ctx)).await {
+        Ok(0) => {}
+        Ok(n) if result.is_ok() => tracing::info!("flow {} released {n} coin(s) it selected but did not spend", ctx.id()),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("flow {} ended and its coins could not be released: {e}", ctx.id()),
     }
     result
 }
