@@ -682,3 +682,59 @@ async fn notary_change_moves_states_with_their_encumbrances_and_later_spends_use
     assert!(malformed.error.as_deref().unwrap_or_default().contains("is not a state ref"), "{malformed:?}");
     let _ = dir;
 }
+
+/// Units of `token` (any issuer) held by `node`, from its vault's balances.
+async fn units(node: &RunningNode, token: &str) -> u128 {
+    let balances = node.vault.balances(&treaty_vault::Criteria::unconsumed()).await.unwrap();
+    balances.iter().filter(|b| b.token == token).map(|b| b.quantity).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_fixed_and_evolvable_types_move_and_reference_the_latest_type_version() {
+    let (dir, _map, _notary, alice, bob) = cash_network("tokens").await;
+    // Alice maintains a building's token type; Bob observes it (he will hold its tokens).
+    let created = ok(&run(&alice, "TokenTypeCreate", json!({ "data": { "valuation": "100" }, "observers": [BOB] })).await);
+    let type_id = created["id"].as_str().unwrap().to_string();
+    let type_v1: treaty_core::StateRef = format!("{}(0)", created["transaction"].as_str().unwrap()).parse().unwrap();
+    assert_eq!(held(&bob, "treaty.finance.EvolvableTokenType").await.len(), 1, "the observer keeps the type");
+
+    // Fungible shares of the building, a fixed token, and the deed as a non-fungible token.
+    let shares = ok(&run(&alice, "TokenIssue", json!({ "token": type_id, "quantity": 10 })).await);
+    ok(&run(&alice, "TokenIssue", json!({ "token": "GOLD-GRAM", "quantity": 500 })).await);
+    let deed = ok(&run(&alice, "TokenIssue", json!({ "token": type_id })).await);
+    let deed_id = deed["id"].as_str().unwrap().to_string();
+    let issue_tx: treaty_core::SecureHash = shares["transaction"].as_str().unwrap().parse().unwrap();
+    let issued = alice.ledger.transactions(&[issue_tx]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(issued.tx().components().references, vec![type_v1], "the issue references the type");
+    assert_eq!((units(&alice, &type_id).await, units(&alice, "GOLD-GRAM").await), (10, 500));
+
+    // The maintainer evolves the type; moves then reference the new version, not the old.
+    let updated = ok(&run(&alice, "TokenTypeUpdate", json!({ "id": type_id, "data": { "valuation": "120" } })).await);
+    let type_v2 = format!("{}(0)", updated["transaction"].as_str().unwrap());
+    let bob_types = held(&bob, "treaty.finance.EvolvableTokenType").await;
+    assert_eq!(bob_types.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>(), vec![type_v2.clone()], "Bob follows the latest version");
+    let moved = ok(&run(&alice, "TokenMove", json!({ "token": type_id, "quantity": 4, "recipient": BOB })).await);
+    assert_eq!(moved["references"], json!([type_v2]), "{moved}");
+    ok(&run(&alice, "TokenMove", json!({ "token": "GOLD-GRAM", "quantity": 200, "recipient": BOB })).await);
+    let deed_moved = ok(&run(&alice, "TokenMove", json!({ "id": deed_id, "recipient": BOB })).await);
+    assert_eq!(deed_moved["references"], json!([type_v2]));
+    // Bob, an observer, resolves the pointer in his own vault to move some back.
+    let back = ok(&run(&bob, "TokenMove", json!({ "token": type_id, "quantity": 1, "recipient": ALICE })).await);
+    assert_eq!(back["references"], json!([type_v2]));
+    assert_eq!((units(&alice, &type_id).await, units(&bob, &type_id).await), (7, 3));
+    assert_eq!((units(&alice, "GOLD-GRAM").await, units(&bob, "GOLD-GRAM").await), (300, 200));
+    let deeds = held(&bob, "treaty.finance.NonFungibleToken").await;
+    assert_eq!(deeds.len(), 1);
+    assert!(held(&alice, "treaty.finance.NonFungibleToken").await.is_empty());
+
+    // Refusals, each naming what is wrong.
+    let too_much = run(&bob, "TokenMove", json!({ "token": type_id, "quantity": 4, "recipient": ALICE })).await;
+    assert!(too_much.error.as_deref().unwrap_or_default().contains("insufficient balance"), "{too_much:?}");
+    let not_observer = run(&bob, "TokenIssue", json!({ "token": "00000000-0000-0000-0000-000000000001", "quantity": 1 })).await;
+    assert!(not_observer.error.as_deref().unwrap_or_default().contains("is not in this node's vault"), "{not_observer:?}");
+    let by_bob = run(&bob, "TokenTypeUpdate", json!({ "id": type_id, "data": {} })).await;
+    assert!(by_bob.error.as_deref().unwrap_or_default().contains("maintained by"), "{by_bob:?}");
+    let unclear = run(&alice, "TokenMove", json!({ "token": "GOLD-GRAM", "recipient": BOB })).await;
+    assert!(unclear.error.as_deref().unwrap_or_default().contains("give \"token\" and a positive \"quantity\""), "{unclear:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,6 +13,9 @@
 //!
 //! `treaty.finance.TimeLock` ([`timelock`]): freezes the states it encumbers (time-locked
 //! cash) until a time.
+//!
+//! `treaty.finance.Tokens` and `treaty.finance.TokenTypes` ([`tokens`]): fungible and
+//! non-fungible tokens of fixed or evolvable types.
 
 use std::collections::BTreeMap;
 
@@ -25,9 +28,13 @@ pub mod obligation;
 #[cfg(test)]
 mod testing;
 pub mod timelock;
+pub mod tokens;
 pub use fx::{FxFix, RATE_SCALE, format_rate, parse_rate};
 pub use obligation::{OBLIGATION, Obligation, ObligationCommand};
 pub use timelock::{TIME_LOCK, TimeLock, TimeLockCommand};
+pub use tokens::{
+    EvolvableTokenType, FungibleToken, IssuedToken, NonFungibleToken, TOKEN_TYPES, TOKENS, TokenCommand, TokenKind, TokenTypeCommand,
+};
 
 /// The cash contract's name.
 pub const CASH: &str = "treaty.finance.Cash";
@@ -148,4 +155,6 @@ treaty_contract_sdk::export_contracts! {
     "treaty.finance.Cash" => verify,
     "treaty.finance.Obligation" => obligation::verify,
     "treaty.finance.TimeLock" => timelock::verify,
+    "treaty.finance.Tokens" => tokens::verify_tokens,
+    "treaty.finance.TokenTypes" => tokens::verify_token_types,
 }

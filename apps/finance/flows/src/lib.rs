@@ -25,14 +25,16 @@ use treaty_core::{
     AbstractParty, Amount, AttachmentConstraint, Command, Currency, Issued, Party, PartyAndReference, PrivacySalt, PublicKey, SecureHash,
     SignedTransaction, StateRef, TransactionBuilder, TransactionState, X500Name,
 };
-use treaty_finance_contracts::{CASH, Cash, CashCommand, OBLIGATION, TIME_LOCK};
+use treaty_finance_contracts::{CASH, Cash, CashCommand, OBLIGATION, TIME_LOCK, TOKEN_TYPES, TOKENS};
 
 mod obligation;
 mod oracle;
 mod timelock;
+mod tokens;
 pub use obligation::{OBLIGATION_DEFAULT, OBLIGATION_ISSUE, OBLIGATION_SETTLE};
 pub use oracle::{FX_ORACLE, OracleRequest, RATES_FILE, TOLERANCE_SECS};
 pub use timelock::{CASH_LOCK, CASH_UNLOCK};
+pub use tokens::{TOKEN_ISSUE, TOKEN_MOVE, TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE};
 use treaty_flows::{FlowContext, FlowError, Keys, Ledger, Registry, finality, receive_finality, swap_identities};
 use treaty_node::identities::NodeIdentities;
 use treaty_node::ledger::NodeLedger;
@@ -52,7 +54,7 @@ pub fn cash_bundle() -> Vec<u8> {
     let manifest = treaty_sandbox::bundle::Manifest {
         name: "treaty-finance".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        contracts: vec![CASH.into(), OBLIGATION.into(), TIME_LOCK.into()],
+        contracts: vec![CASH.into(), OBLIGATION.into(), TIME_LOCK.into(), TOKENS.into(), TOKEN_TYPES.into()],
         module: Some(treaty_sandbox::bundle::MODULE.into()),
         data_files: vec![],
     };
@@ -116,6 +118,7 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
     obligation::register(registry, &s);
     timelock::register(registry, &s);
     oracle::register(registry, &s);
+    tokens::register(registry, &s);
 }
 
 #[derive(Deserialize)]

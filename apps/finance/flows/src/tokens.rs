@@ -1,0 +1,388 @@
+//! Token flows (docs/finance.md, "Tokens"):
+//!
+//! - `TokenTypeCreate {"fraction_digits": 0, "data": {...}, "observers": ["<name>", ...]}` and
+//!   `TokenTypeUpdate {"id": "<type id>", "data": {...}}` — an evolvable token type this node
+//!   maintains; observers (typically holders) keep every version.
+//! - `TokenIssue {"token": "<fixed id or type id>", "quantity": N, "holder": "<name>"}` —
+//!   `quantity` in the smallest unit; without it, one non-fungible token. A fixed token takes
+//!   `"fraction_digits"` (default 0).
+//! - `TokenMove {"token": "<fixed id or type id>", "quantity": N, "recipient": "<name>"}` or
+//!   `TokenMove {"id": "<non-fungible token id>", "recipient": "<name>"}`.
+//!
+//! For a token of an evolvable type, the builder resolves the type's linear pointer in this
+//! node's vault to its latest version and adds it as a reference input.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use treaty_core::{
+    AttachmentConstraint, Command, Party, SecureHash, SignedTransaction, StateRef, TransactionBuilder, TransactionState, UniqueIdentifier,
+    X500Name,
+};
+use treaty_finance_contracts::{
+    EvolvableTokenType, FungibleToken, IssuedToken, NonFungibleToken, TOKEN_TYPES, TOKENS, TokenCommand, TokenKind, TokenTypeCommand,
+};
+use treaty_flows::{FlowContext, FlowError, Registry, finality, receive_finality};
+use treaty_vault::{Criteria, FungibleColumns, IssuerFilter, PageSpec, Sort, TypedSchema, fungible};
+
+use super::{Services, bad, built, code, lock_of, notary, owners, sign, vault_error, with_locks_released};
+
+/// Creates an evolvable token type.
+pub const TOKEN_TYPE_CREATE: &str = "TokenTypeCreate";
+/// Updates an evolvable token type.
+pub const TOKEN_TYPE_UPDATE: &str = "TokenTypeUpdate";
+/// Issues tokens.
+pub const TOKEN_ISSUE: &str = "TokenIssue";
+/// Moves tokens.
+pub const TOKEN_MOVE: &str = "TokenMove";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateArgs {
+    #[serde(default)]
+    fraction_digits: u8,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(default)]
+    observers: Vec<String>,
+    #[serde(default)]
+    notary: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateArgs {
+    id: String,
+    data: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueArgs {
+    token: String,
+    #[serde(default)]
+    quantity: Option<u64>,
+    #[serde(default)]
+    fraction_digits: Option<u8>,
+    #[serde(default)]
+    holder: Option<String>,
+    #[serde(default)]
+    notary: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveArgs {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    quantity: Option<u64>,
+    #[serde(default)]
+    id: Option<String>,
+    recipient: String,
+}
+
+/// Registers the token schemas (fungible tokens are selectable and in balances, named by their
+/// type; the others by linear id) and the flows with their responders.
+pub(crate) fn register(registry: &mut Registry, s: &Services) {
+    // A second registration (the same node started twice in one process) changes nothing.
+    let _ = s.vault.register(fungible(|t: &FungibleToken| FungibleColumns {
+        owner: t.holder.clone(),
+        issuer: t.token.issuer.to_string(),
+        token: t.token.kind.name(),
+        quantity: t.quantity,
+    }));
+    let _ = s
+        .vault
+        .register(TypedSchema::<NonFungibleToken>::new().linear(|n| n.linear_id.clone()).text("token", |n| Some(n.token.kind.name())));
+    let _ = s.vault.register(TypedSchema::<EvolvableTokenType>::new().linear(|t| t.linear_id.clone()));
+    let s1 = s.clone();
+    registry.flow(TOKEN_TYPE_CREATE, 1, move |ctx: FlowContext, args: CreateArgs| {
+        let s = s1.clone();
+        async move { create(&ctx, &s, args).await }
+    });
+    let s2 = s.clone();
+    registry.flow(TOKEN_TYPE_UPDATE, 1, move |ctx: FlowContext, args: UpdateArgs| {
+        let s = s2.clone();
+        async move { update(&ctx, &s, args).await }
+    });
+    let s3 = s.clone();
+    registry.flow(TOKEN_ISSUE, 1, move |ctx: FlowContext, args: IssueArgs| {
+        let s = s3.clone();
+        async move { issue(&ctx, &s, args).await }
+    });
+    let s4 = s.clone();
+    registry.flow(TOKEN_MOVE, 1, move |ctx: FlowContext, args: MoveArgs| {
+        let s = s4.clone();
+        async move { with_locks_released(&ctx, &s, move_tokens(&ctx, &s, args)).await }
+    });
+    for name in [TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE, TOKEN_ISSUE, TOKEN_MOVE] {
+        let s = s.clone();
+        registry.responder(name, move |ctx: FlowContext| {
+            let s = s.clone();
+            async move {
+                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid(format!("{name} responder without a session")))?;
+                receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
+            }
+        });
+    }
+}
+
+fn party(s: &Services, flow: &str, field: &str, text: &str) -> Result<Party, FlowError> {
+    let name: X500Name = text.parse().map_err(|e| bad(flow, field, e))?;
+    if name == s.me.name {
+        return Ok(s.me.clone());
+    }
+    let found = s.view.borrow().node(&name).map(|n| n.legal_identity.clone());
+    found.ok_or_else(|| bad(flow, field, format!("{name} is not on the network map")))
+}
+
+fn uuid_of(flow: &str, field: &str, text: &str) -> Result<uuid::Uuid, FlowError> {
+    uuid::Uuid::parse_str(text).map_err(|e| bad(flow, field, format!("{text:?} is not an id (a UUID): {e}")))
+}
+
+/// The latest version of the token type `id` in this node's vault: what a linear pointer to it
+/// resolves to.
+async fn latest_type(s: &Services, id: uuid::Uuid) -> Result<Option<(StateRef, EvolvableTokenType, Party)>, FlowError> {
+    let criteria = Criteria::unconsumed().and(Criteria::state_type(TOKEN_TYPES_TYPE)).and(Criteria::linear_id(id));
+    let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(2)).await.map_err(vault_error)?;
+    let Some(v) = page.states.into_iter().next() else { return Ok(None) };
+    let t: EvolvableTokenType = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
+    Ok(Some((v.state_ref, t, v.state.notary)))
+}
+
+/// The type id of [`EvolvableTokenType`] states.
+const TOKEN_TYPES_TYPE: &str = "treaty.finance.EvolvableTokenType";
+
+/// What `text` names: the evolvable type with that id if it is a UUID whose type this node
+/// holds, else a fixed type; with the reference the builder must add for an evolvable one.
+async fn kind_of(s: &Services, flow: &str, text: &str, fixed_digits: u8) -> Result<(TokenKind, Option<(StateRef, Party)>), FlowError> {
+    if let Ok(id) = uuid::Uuid::parse_str(text) {
+        let (r, t, notary) = latest_type(s, id).await?.ok_or_else(|| {
+            bad(flow, "token", format!("token type {id} is not in this node's vault: its maintainer must list this node as an observer"))
+        })?;
+        return Ok((TokenKind::Evolvable { type_id: t.linear_id, fraction_digits: t.fraction_digits }, Some((r, notary))));
+    }
+    if text.is_empty() {
+        return Err(bad(flow, "token", "name a fixed token id or an evolvable type id"));
+    }
+    Ok((TokenKind::Fixed { id: text.to_string(), fraction_digits: fixed_digits }, None))
+}
+
+fn tokens_state<S: treaty_core::ContractState>(state: &S, contract: &str, notary: &Party, code: SecureHash) -> TransactionState {
+    TransactionState::new(state, contract, notary.clone(), AttachmentConstraint::Hash(code))
+}
+
+async fn create(ctx: &FlowContext, s: &Services, args: CreateArgs) -> Result<Value, FlowError> {
+    let notary = notary(s, TOKEN_TYPE_CREATE, args.notary.as_deref())?;
+    let observers: Vec<Party> = args.observers.iter().map(|o| party(s, TOKEN_TYPE_CREATE, "observers", o)).collect::<Result<_, _>>()?;
+    let mut sessions = Vec::new();
+    for o in observers.iter().filter(|o| o.name != s.me.name) {
+        sessions.push(ctx.initiate(&o.name).await?);
+    }
+    let stx = built(ctx, s, "token-type-create", |salt| async move {
+        let code = code(s).await?;
+        let t = EvolvableTokenType {
+            maintainer: s.me.clone().into(),
+            observers: observers.into_iter().map(Into::into).collect(),
+            linear_id: UniqueIdentifier::new(None, rand::random()),
+            fraction_digits: args.fraction_digits,
+            data: args.data,
+        };
+        let wtx = TransactionBuilder::new(Some(notary.clone()))
+            .output(tokens_state(&t, TOKEN_TYPES, &notary, code))
+            .command(Command::new(&TokenTypeCommand::Create, vec![s.me.owning_key.clone()]))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&s.me.owning_key))
+    })
+    .await?;
+    let t: EvolvableTokenType = first_output(&stx)?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &sessions).await?;
+    Ok(json!({ "transaction": done.id().to_string(), "id": t.linear_id.id.to_string() }))
+}
+
+fn first_output<S: treaty_core::ContractState>(stx: &SignedTransaction) -> Result<S, FlowError> {
+    let o = stx.tx().components().outputs.first().ok_or_else(|| FlowError::Invalid("the transaction has no output".into()))?;
+    o.data.unpack().map_err(|e| FlowError::Invalid(format!("its first output: {e}")))
+}
+
+async fn update(ctx: &FlowContext, s: &Services, args: UpdateArgs) -> Result<Value, FlowError> {
+    let id = uuid_of(TOKEN_TYPE_UPDATE, "id", &args.id)?;
+    let found = ctx.side_effect("token-type-update.find", |_| latest_type(s, id)).await?;
+    let (r, old, notary) = found.ok_or_else(|| FlowError::Exception(format!("token type {id} is not in this node's vault")))?;
+    if old.maintainer.owning_key() != &s.me.owning_key {
+        return Err(FlowError::Exception(format!("token type {id} is maintained by {}, not this node", old.maintainer)));
+    }
+    let mut sessions = Vec::new();
+    for o in &old.observers {
+        if let Some(name) = o.name().filter(|n| **n != s.me.name) {
+            sessions.push(ctx.initiate(name).await?);
+        }
+    }
+    let next = EvolvableTokenType { data: args.data, ..old };
+    let stx = built(ctx, s, "token-type-update", |salt| async move {
+        let code = code(s).await?;
+        let wtx = TransactionBuilder::new(Some(notary.clone()))
+            .input(r)
+            .output(tokens_state(&next, TOKEN_TYPES, &notary, code))
+            .command(Command::new(&TokenTypeCommand::Update, vec![s.me.owning_key.clone()]))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&s.me.owning_key))
+    })
+    .await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &sessions).await?;
+    Ok(json!({ "transaction": done.id().to_string(), "id": id.to_string() }))
+}
+
+async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value, FlowError> {
+    let holder = match &args.holder {
+        Some(h) => party(s, TOKEN_ISSUE, "holder", h)?,
+        None => s.me.clone(),
+    };
+    if args.quantity == Some(0) {
+        return Err(bad(TOKEN_ISSUE, "quantity", "must be more than zero"));
+    }
+    let (kind, reference) = kind_of(s, TOKEN_ISSUE, &args.token, args.fraction_digits.unwrap_or(0)).await?;
+    let notary = match &reference {
+        Some((_, n)) => n.clone(),
+        None => notary(s, TOKEN_ISSUE, args.notary.as_deref())?,
+    };
+    let sessions = if holder.name == s.me.name { vec![] } else { vec![ctx.initiate(&holder.name).await?] };
+    let token = IssuedToken { issuer: s.me.clone().into(), kind };
+    let quantity = args.quantity;
+    let stx = built(ctx, s, "token-issue", |salt| async move {
+        let code = code(s).await?;
+        let mut b = TransactionBuilder::new(Some(notary.clone()));
+        if let Some((r, _)) = reference {
+            b = b.reference(r);
+        }
+        b = match quantity {
+            Some(quantity) => {
+                b.output(tokens_state(&FungibleToken { token, quantity, holder: holder.clone().into() }, TOKENS, &notary, code))
+            }
+            None => b.output(tokens_state(
+                &NonFungibleToken { token, holder: holder.clone().into(), linear_id: UniqueIdentifier::new(None, rand::random()) },
+                TOKENS,
+                &notary,
+                code,
+            )),
+        };
+        let wtx = b
+            .command(Command::new(&TokenCommand::Issue, vec![s.me.owning_key.clone()]))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&s.me.owning_key))
+    })
+    .await?;
+    let nft = if quantity.is_none() { Some(first_output::<NonFungibleToken>(&stx)?.linear_id.id.to_string()) } else { None };
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &sessions).await?;
+    Ok(json!({ "transaction": done.id().to_string(), "token": args.token, "quantity": quantity, "id": nft }))
+}
+
+async fn move_tokens(ctx: &FlowContext, s: &Services, args: MoveArgs) -> Result<Value, FlowError> {
+    let recipient = party(s, TOKEN_MOVE, "recipient", &args.recipient)?;
+    if recipient.name == s.me.name {
+        return Err(bad(TOKEN_MOVE, "recipient", "a node cannot move tokens to itself"));
+    }
+    let what = match (&args.token, args.quantity, &args.id) {
+        (Some(t), Some(q), None) if q > 0 => Ok((t.clone(), q)),
+        (None, None, Some(id)) => Err(uuid_of(TOKEN_MOVE, "id", id)?),
+        _ => return Err(bad(TOKEN_MOVE, "token", "give \"token\" and a positive \"quantity\", or the \"id\" of a non-fungible token")),
+    };
+    let session = ctx.initiate(&recipient.name).await?;
+    let lock = lock_of(ctx);
+    let to: treaty_core::AbstractParty = recipient.clone().into();
+    let stx = built(ctx, s, "token-move", |salt| async move {
+        let code = code(s).await?;
+        // Inputs, outputs and the types to reference, from this node's vault.
+        let mut inputs: Vec<(StateRef, Party)> = Vec::new();
+        let mut outputs: Vec<TransactionState> = Vec::new();
+        let mut holders = Vec::new();
+        let mut tokens: Vec<IssuedToken> = Vec::new();
+        match what {
+            Ok((token, quantity)) => {
+                let selection =
+                    s.vault.select_fungible(&token, &IssuerFilter::Any, quantity, &owners(s), lock).await.map_err(vault_error)?;
+                let mut per_token: Vec<(IssuedToken, u64)> = Vec::new();
+                for v in selection.states {
+                    let f: FungibleToken = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
+                    inputs.push((v.state_ref, v.state.notary.clone()));
+                    if !holders.contains(f.holder.owning_key()) {
+                        holders.push(f.holder.owning_key().clone());
+                    }
+                    match per_token.iter_mut().find(|(t, _)| *t == f.token) {
+                        Some((_, q)) => *q += f.quantity,
+                        None => per_token.push((f.token, f.quantity)),
+                    }
+                }
+                let mut left = quantity;
+                for (token, total) in per_token {
+                    let paid = left.min(total);
+                    left -= paid;
+                    tokens.push(token.clone());
+                    let notary = &inputs[0].1;
+                    if paid > 0 {
+                        outputs.push(tokens_state(&FungibleToken { token: token.clone(), quantity: paid, holder: to.clone() }, TOKENS, notary, code));
+                    }
+                    if total > paid {
+                        let change = FungibleToken { token, quantity: total - paid, holder: s.me.clone().into() };
+                        outputs.push(tokens_state(&change, TOKENS, notary, code));
+                    }
+                }
+            }
+            Err(id) => {
+                let criteria = Criteria::unconsumed().and(Criteria::state_type("treaty.finance.NonFungibleToken")).and(Criteria::linear_id(id));
+                let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(2)).await.map_err(vault_error)?;
+                let v = page.states.into_iter().next().ok_or_else(|| FlowError::Exception(format!("no non-fungible token {id} is in this node's vault")))?;
+                s.vault.lock(lock, &[v.state_ref]).await.map_err(vault_error)?;
+                let n: NonFungibleToken = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
+                inputs.push((v.state_ref, v.state.notary.clone()));
+                holders.push(n.holder.owning_key().clone());
+                tokens.push(n.token.clone());
+                outputs.push(tokens_state(&NonFungibleToken { holder: to.clone(), ..n }, TOKENS, &v.state.notary, code));
+            }
+        }
+        let notary = inputs.first().map(|(_, n)| n.clone()).ok_or_else(|| FlowError::Invalid("nothing selected".into()))?;
+        if inputs.iter().any(|(_, n)| *n != notary) {
+            return Err(FlowError::Exception("the tokens selected are guarded by different notaries; move them to one first".into()));
+        }
+        let mut b = TransactionBuilder::new(Some(notary.clone()));
+        for (r, _) in &inputs {
+            b = b.input(*r);
+        }
+        // Linear pointers resolved to each type's latest version, added as references.
+        let mut referenced: Vec<StateRef> = Vec::new();
+        for t in &tokens {
+            if let TokenKind::Evolvable { type_id, .. } = &t.kind {
+                let (r, _, _) = latest_type(s, type_id.id).await?.ok_or_else(|| {
+                    FlowError::Exception(format!(
+                        "the latest version of token type {type_id} is not in this node's vault: its maintainer must list this node as an observer"
+                    ))
+                })?;
+                if !referenced.contains(&r) {
+                    referenced.push(r);
+                    b = b.reference(r);
+                }
+            }
+        }
+        for o in outputs {
+            b = b.output(o);
+        }
+        let wtx = b
+            .command(Command::new(&TokenCommand::Move, holders.clone()))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        sign(s, SignedTransaction::new(wtx, vec![]), &holders)
+    })
+    .await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
+    let references: Vec<String> = done.tx().components().references.iter().map(ToString::to_string).collect();
+    Ok(json!({ "transaction": done.id().to_string(), "recipient": recipient.name.to_string(), "references": references }))
+}
