@@ -232,6 +232,28 @@ enum VaultCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Counts the matching states and sums their fungible quantities, grouped by columns.
+    Aggregate {
+        /// The node's directory.
+        #[arg(long)]
+        node: PathBuf,
+        /// Only states of this type id; repeat for several.
+        #[arg(long = "state-type", value_name = "NAME")]
+        state_type: Vec<String>,
+        /// unconsumed (the default), consumed or all.
+        #[arg(long)]
+        status: Option<String>,
+        /// Further conditions as JSON (docs/vault.md, "Criteria as JSON").
+        #[arg(long = "where", value_name = "JSON")]
+        where_json: Option<String>,
+        /// Group by these, comma-separated: token, issuer, owner, type_id, contract, notary,
+        /// status, or an app column. None: one total.
+        #[arg(long = "group-by", value_delimiter = ',', value_name = "COLUMNS")]
+        group_by: Vec<String>,
+        /// Print one JSON document (an array of groups).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -431,6 +453,9 @@ fn main() -> ExitCode {
             vault::query(&node, state_type, status, where_json, sort, json)
         }
         Command::Vault { command: VaultCommand::Balances { node, json } } => vault::balances(&node, json),
+        Command::Vault { command: VaultCommand::Aggregate { node, state_type, status, where_json, group_by, json } } => {
+            vault::aggregate(&node, state_type, status, where_json, group_by, json)
+        }
         Command::Vault { command: VaultCommand::Track { node, state_type, where_json, updates, json } } => {
             vault::track(&node, state_type, where_json, updates, json)
         }

@@ -136,6 +136,60 @@ fn balance_json(b: &pb::VaultBalance) -> Value {
     })
 }
 
+/// Prints counts and quantity sums of the matching states per group.
+pub fn aggregate(
+    node_dir: &Path,
+    state_types: Vec<String>,
+    status: Option<String>,
+    where_json: Option<String>,
+    group_by: Vec<String>,
+    json: bool,
+) -> Result<()> {
+    let status = status.unwrap_or_else(|| "unconsumed".into());
+    if !STATUSES.contains(&status.as_str()) {
+        bail!("--status {status:?} is not one of {}", STATUSES.join(", "));
+    }
+    let where_json = checked_where(where_json)?;
+    runtime()?.block_on(async {
+        let mut client = connect(node_dir).await?;
+        let query = pb::VaultQueryRequest { state_types, status, page_size: 0, where_json, sort: String::new() };
+        let request = pb::VaultAggregateRequest { query: Some(query), group_by: group_by.clone() };
+        let rows = client.aggregate_vault(request).await.map_err(rpc)?.into_inner().rows;
+        let value = |r: &pb::VaultAggregateRow, i: usize| -> Value {
+            if r.is_null.get(i).copied().unwrap_or(false) {
+                Value::Null
+            } else {
+                Value::String(r.group.get(i).cloned().unwrap_or_default())
+            }
+        };
+        if json {
+            let docs: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    let group: serde_json::Map<String, Value> =
+                        group_by.iter().enumerate().map(|(i, g)| (g.trim().to_string(), value(r, i))).collect();
+                    json!({ "group": group, "count": r.count, "sum": r.sum })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        } else {
+            let mut out = std::io::stdout().lock();
+            for g in &group_by {
+                write!(out, "{:<40} ", g.trim().to_uppercase())?;
+            }
+            writeln!(out, "{:>10} {:>24}", "COUNT", "SUM")?;
+            for r in &rows {
+                for i in 0..group_by.len() {
+                    let v = value(r, i);
+                    write!(out, "{:<40} ", v.as_str().unwrap_or("-"))?;
+                }
+                writeln!(out, "{:>10} {:>24}", r.count, r.sum)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Prints the totals of the unconsumed fungible states per token and issuer.
 pub fn balances(node_dir: &Path, json: bool) -> Result<()> {
     runtime()?.block_on(async {

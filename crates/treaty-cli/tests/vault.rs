@@ -169,6 +169,28 @@ async fn vault_query_and_balances_show_the_nodes_states_over_tls() {
     assert_eq!(code, 0);
     assert!(out.contains("TOKEN") && out.contains(ISSUER) && out.contains("85"), "{out}");
 
+    // Aggregates: grouped by status and token over every state, one total, and refusals.
+    let (code, out, err) =
+        cli(args(&["vault", "aggregate", "--node", &dir, "--status", "all", "--group-by", "status,token", "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out),
+        json!([
+            { "group": { "status": "consumed", "token": "TOKEN" }, "count": 1, "sum": "100" },
+            { "group": { "status": "unconsumed", "token": "TOKEN" }, "count": 2, "sum": "85" },
+        ])
+    );
+    let small = r#"{"fungible": {"max_quantity": 30}}"#;
+    let (code, out, err) = cli(args(&["vault", "aggregate", "--node", &dir, "--where", small, "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out), json!([{ "group": {}, "count": 1, "sum": "25" }]));
+    let (code, out, _) = cli(args(&["vault", "aggregate", "--node", &dir, "--group-by", "issuer"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("ISSUER") && out.contains(ISSUER) && out.contains("85"), "{out}");
+    let (code, _, err) = cli(args(&["vault", "aggregate", "--node", &dir, "--group-by", "colour"])).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("colour"), "an unknown column is named: {err}");
+
     // Track: the snapshot count, then each new transaction, one JSON object per line. New
     // spends are recorded until the CLI (which subscribes at some point) has seen one.
     let tracker = tokio::task::spawn_blocking({

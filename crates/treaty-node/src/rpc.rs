@@ -540,6 +540,15 @@ impl pb::node_server::Node for RpcService {
         Ok(Response::new(pb::VaultBalancesResponse { balances: balances.iter().map(rpc_vault::balance_message).collect() }))
     }
 
+    async fn aggregate_vault(&self, request: Request<pb::VaultAggregateRequest>) -> Result<Response<pb::VaultAggregateResponse>, Status> {
+        require(&request, "ReadVault")?;
+        let query = request.get_ref().query.clone().unwrap_or_default();
+        let (criteria, _) = rpc_vault::criteria(&query, &|n| self.party_key(n))?;
+        let group_by = rpc_vault::group_by(&request.get_ref().group_by)?;
+        let rows = self.vault.aggregate(&criteria, &group_by).await.map_err(rpc_vault::status)?;
+        Ok(Response::new(pb::VaultAggregateResponse { rows: rows.iter().map(rpc_vault::aggregate_message).collect() }))
+    }
+
     type TrackVaultStream = EventStream<pb::VaultUpdateMessage>;
 
     async fn track_vault(&self, request: Request<pb::VaultQueryRequest>) -> Result<Response<Self::TrackVaultStream>, Status> {

@@ -5,7 +5,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use treaty_core::{Currency, PublicKey, X500Name};
 use treaty_rpc::v1 as pb;
-use treaty_vault::{Balance, Criteria, Sort, StatusFilter, Vault, VaultError, VaultState};
+use treaty_vault::{AggregateRow, Balance, ColumnValue, Criteria, GroupBy, Sort, StatusFilter, Vault, VaultError, VaultState};
 
 /// Page size when the request gives none.
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
@@ -104,6 +104,48 @@ pub fn decimal(raw: u128, digits: u8) -> String {
     let text = format!("{raw:0>width$}", width = usize::from(digits) + 1);
     let (whole, fraction) = text.split_at(text.len() - usize::from(digits));
     format!("{whole}.{fraction}")
+}
+
+/// The group-by names an aggregate request may use besides app columns.
+pub const GROUP_BY: &str = "token, issuer, owner, type_id, contract, notary, status";
+
+/// The grouping an aggregate request names (an unknown name is taken as an app column, which
+/// the vault checks).
+pub fn group_by(names: &[String]) -> Result<Vec<GroupBy>, Status> {
+    names
+        .iter()
+        .map(|n| {
+            Ok(match n.trim() {
+                "token" => GroupBy::Token,
+                "issuer" => GroupBy::Issuer,
+                "owner" => GroupBy::Owner,
+                "type_id" => GroupBy::StateType,
+                "contract" => GroupBy::Contract,
+                "notary" => GroupBy::Notary,
+                "status" => GroupBy::Status,
+                "" => return Err(Status::invalid_argument(format!("an empty group-by name (one of {GROUP_BY}, or an app column)"))),
+                column => GroupBy::Column(column.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// An aggregate row as the protocol shows it.
+pub fn aggregate_message(row: &AggregateRow) -> pb::VaultAggregateRow {
+    pb::VaultAggregateRow {
+        group: row
+            .group
+            .iter()
+            .map(|v| match v {
+                Some(ColumnValue::Text(t)) => t.clone(),
+                Some(ColumnValue::Integer(i)) => i.to_string(),
+                None => String::new(),
+            })
+            .collect(),
+        is_null: row.group.iter().map(Option::is_none).collect(),
+        count: row.count,
+        sum: row.sum.to_string(),
+    }
 }
 
 /// A balance as the protocol shows it.
@@ -235,5 +277,25 @@ mod tests {
         assert!(sort(&sorted).is_ok());
         let bad = sort(&pb::VaultQueryRequest { sort: "quantity sideways".into(), ..Default::default() }).unwrap_err();
         assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn group_by_names_map_to_columns_and_the_rest_to_app_columns() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            group_by(&names(&["token", " issuer", "type_id", "trade_ref"])).unwrap(),
+            vec![GroupBy::Token, GroupBy::Issuer, GroupBy::StateType, GroupBy::Column("trade_ref".into())]
+        );
+        assert_eq!(group_by(&names(&[""])).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let row = AggregateRow {
+            group: vec![Some(ColumnValue::Text("USD".into())), None, Some(ColumnValue::Integer(7))],
+            count: 2,
+            sum: 1 << 70,
+        };
+        let m = aggregate_message(&row);
+        assert_eq!(
+            (m.group, m.is_null, m.count, m.sum),
+            (vec!["USD".into(), String::new(), "7".into()], vec![false, true, false], 2, "1180591620717411303424".into())
+        );
     }
 }
