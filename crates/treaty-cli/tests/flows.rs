@@ -723,12 +723,21 @@ async fn tokens_of_fixed_and_evolvable_types_move_and_reference_the_latest_type_
     assert_eq!(back["references"], json!([type_v2]));
     assert_eq!((units(&alice, &type_id).await, units(&bob, &type_id).await), (7, 3));
     assert_eq!((units(&alice, "GOLD-GRAM").await, units(&bob, "GOLD-GRAM").await), (300, 200));
-    let deeds = held(&bob, "treaty.finance.NonFungibleToken").await;
-    assert_eq!(deeds.len(), 1);
+    assert_eq!(held(&bob, "treaty.finance.NonFungibleToken").await.len(), 1);
     assert!(held(&alice, "treaty.finance.NonFungibleToken").await.is_empty());
 
+    // Redemptions: Bob hands 2 shares and the deed back to Alice, who signs; Alice redeems
+    // 100 of her own gold alone.
+    let redeemed = ok(&run(&bob, "TokenRedeem", json!({ "token": type_id, "quantity": 2, "issuer": ALICE })).await);
+    assert_eq!(redeemed["quantity"], 2, "{redeemed}");
+    ok(&run(&bob, "TokenRedeem", json!({ "id": deed_id })).await);
+    ok(&run(&alice, "TokenRedeem", json!({ "token": "GOLD-GRAM", "quantity": 100 })).await);
+    assert_eq!((units(&alice, &type_id).await, units(&bob, &type_id).await), (7, 1));
+    assert_eq!(units(&alice, "GOLD-GRAM").await, 200);
+    assert!(held(&bob, "treaty.finance.NonFungibleToken").await.is_empty());
+
     // Refusals, each naming what is wrong.
-    let too_much = run(&bob, "TokenMove", json!({ "token": type_id, "quantity": 4, "recipient": ALICE })).await;
+    let too_much = run(&bob, "TokenMove", json!({ "token": type_id, "quantity": 2, "recipient": ALICE })).await;
     assert!(too_much.error.as_deref().unwrap_or_default().contains("insufficient balance"), "{too_much:?}");
     let not_observer = run(&bob, "TokenIssue", json!({ "token": "00000000-0000-0000-0000-000000000001", "quantity": 1 })).await;
     assert!(not_observer.error.as_deref().unwrap_or_default().contains("is not in this node's vault"), "{not_observer:?}");

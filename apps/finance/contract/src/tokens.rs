@@ -10,7 +10,9 @@
 //! - `treaty.finance.Tokens` governs [`FungibleToken`] (an amount held) and [`NonFungibleToken`]
 //!   (a unique token, a linear state): **Issue** (no token consumed; every issuer signs) and
 //!   **Move** (fungible amounts conserved per issued token; every non-fungible token consumed
-//!   reappears with the same id; every holder of what is consumed signs).
+//!   reappears with the same id; every holder of what is consumed signs) and **Redeem** (tokens
+//!   of one issuer leave the ledger — fungible change may stay — signed by the issuer and the
+//!   holders).
 //! - `treaty.finance.TokenTypes` governs [`EvolvableTokenType`]: **Create** and **Update** (the
 //!   same linear id, maintainer and fraction digits), signed by the maintainer.
 
@@ -143,6 +145,9 @@ pub enum TokenCommand {
     Issue,
     /// Transfer tokens (signed by the holders of those consumed).
     Move,
+    /// Take tokens off the ledger (signed by their issuer and their holders); fungible change
+    /// may go back to the holder.
+    Redeem,
 }
 
 impl CommandType for TokenCommand {
@@ -204,6 +209,35 @@ pub fn verify_tokens(tx: &LedgerTransaction) -> Result<ContractVerdict, Contract
                 require(!nout[..i].iter().any(|m| m.linear_id == n.linear_id), || {
                     format!("non-fungible token {} is issued twice", n.linear_id)
                 })?;
+            }
+        }
+        TokenCommand::Redeem => {
+            require(!fin.is_empty() || !nin.is_empty(), || "a redemption consumes tokens".into())?;
+            require(nout.is_empty(), || "a redemption creates no non-fungible token".into())?;
+            let issuer = fin.iter().map(|f| &f.token.issuer).chain(nin.iter().map(|n| &n.token.issuer)).next();
+            let issuer = issuer.ok_or_else(|| reject("a redemption consumes tokens"))?;
+            require(fin.iter().map(|f| &f.token.issuer).chain(nin.iter().map(|n| &n.token.issuer)).all(|i| i == issuer), || {
+                "a redemption takes back the tokens of one issuer".into()
+            })?;
+            let (mut redeemed, mut kept) = (0u128, 0u128);
+            for f in &fout {
+                require(fin.iter().any(|i| i.token == f.token), || {
+                    format!("change of {} must be of a token consumed", f.token.kind.name())
+                })?;
+                kept += u128::from(f.quantity);
+            }
+            for f in &fin {
+                redeemed += u128::from(f.quantity);
+            }
+            require(kept < redeemed || !nin.is_empty(), || "a redemption must take some quantity off the ledger".into())?;
+            for t in fin.iter().map(|f| &f.token).collect::<Vec<_>>() {
+                let total_in: u128 = fin.iter().filter(|f| f.token == *t).map(|f| u128::from(f.quantity)).sum();
+                let total_out: u128 = fout.iter().filter(|f| f.token == *t).map(|f| u128::from(f.quantity)).sum();
+                require(total_out <= total_in, || format!("more {} comes out than was redeemed", t.kind.name()))?;
+            }
+            signed(issuer, "issuer")?;
+            for holder in fin.iter().map(|f| &f.holder).chain(nin.iter().map(|n| &n.holder)) {
+                signed(holder, "holder")?;
             }
         }
         TokenCommand::Move => {
@@ -358,5 +392,21 @@ mod tests {
             &w.tx(vec![(v1, 0)], vec![other], TokenTypeCommand::Update, &w.alice, None),
             "keeps the type's linear id",
         );
+    }
+
+    #[test]
+    fn redemptions_need_the_issuer_and_take_something_off() {
+        let w = world();
+        let both = |mut tx: LedgerTransaction| {
+            tx.commands[0].signers.push(w.bob.owning_key.clone());
+            w.referencing(tx)
+        };
+        // Bob redeems 4 of his 10 with Alice, the issuer: 6 come back to him.
+        let ok = w.tx(vec![(w.fungible(10, &w.bob), 0)], vec![w.fungible(6, &w.bob)], TokenCommand::Redeem, &w.alice, None);
+        assert!(verify_tokens(&both(ok)).is_ok());
+        let without_issuer = w.tx(vec![(w.fungible(10, &w.bob), 0)], vec![w.fungible(6, &w.bob)], TokenCommand::Redeem, &w.bob, None);
+        refused(&w.referencing(without_issuer), "the issuer O=Alice");
+        let nothing = w.tx(vec![(w.fungible(10, &w.bob), 0)], vec![w.fungible(10, &w.bob)], TokenCommand::Redeem, &w.alice, None);
+        refused(&both(nothing), "must take some quantity off");
     }
 }

@@ -34,7 +34,7 @@ mod tokens;
 pub use obligation::{OBLIGATION_DEFAULT, OBLIGATION_ISSUE, OBLIGATION_SETTLE};
 pub use oracle::{FX_ORACLE, OracleRequest, RATES_FILE, TOLERANCE_SECS};
 pub use timelock::{CASH_LOCK, CASH_UNLOCK};
-pub use tokens::{TOKEN_ISSUE, TOKEN_MOVE, TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE};
+pub use tokens::{TOKEN_ISSUE, TOKEN_MOVE, TOKEN_REDEEM, TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE};
 use treaty_flows::{FlowContext, FlowError, Keys, Ledger, Registry, finality, receive_finality, swap_identities};
 use treaty_node::identities::NodeIdentities;
 use treaty_node::ledger::NodeLedger;

@@ -8,6 +8,9 @@
 //!   `"fraction_digits"` (default 0).
 //! - `TokenMove {"token": "<fixed id or type id>", "quantity": N, "recipient": "<name>"}` or
 //!   `TokenMove {"id": "<non-fungible token id>", "recipient": "<name>"}`.
+//! - `TokenRedeem {"token": "<fixed id or type id>", "quantity": N, "issuer": "<name>"}` or
+//!   `TokenRedeem {"id": "<non-fungible token id>"}` — the holder hands tokens back to their
+//!   issuer, who signs (it checks they are its own tokens being redeemed).
 //!
 //! For a token of an evolvable type, the builder resolves the type's linear pointer in this
 //! node's vault to its latest version and adds it as a reference input.
@@ -23,7 +26,7 @@ use treaty_core::{
 use treaty_finance_contracts::{
     EvolvableTokenType, FungibleToken, IssuedToken, NonFungibleToken, TOKEN_TYPES, TOKENS, TokenCommand, TokenKind, TokenTypeCommand,
 };
-use treaty_flows::{FlowContext, FlowError, Registry, finality, receive_finality};
+use treaty_flows::{FlowContext, FlowError, Keys, Registry, collect_signatures, finality, receive_finality, sign_transaction};
 use treaty_vault::{Criteria, FungibleColumns, IssuerFilter, PageSpec, Sort, TypedSchema, fungible};
 
 use super::{Services, bad, built, code, lock_of, notary, owners, sign, vault_error, with_locks_released};
@@ -36,6 +39,8 @@ pub const TOKEN_TYPE_UPDATE: &str = "TokenTypeUpdate";
 pub const TOKEN_ISSUE: &str = "TokenIssue";
 /// Moves tokens.
 pub const TOKEN_MOVE: &str = "TokenMove";
+/// Redeems tokens with their issuer.
+pub const TOKEN_REDEEM: &str = "TokenRedeem";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +88,19 @@ struct MoveArgs {
     recipient: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemArgs {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    quantity: Option<u64>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
 /// Registers the token schemas (fungible tokens are selectable and in balances, named by their
 /// type; the others by linear id) and the flows with their responders.
 pub(crate) fn register(registry: &mut Registry, s: &Services) {
@@ -116,6 +134,31 @@ pub(crate) fn register(registry: &mut Registry, s: &Services) {
     registry.flow(TOKEN_MOVE, 1, move |ctx: FlowContext, args: MoveArgs| {
         let s = s4.clone();
         async move { with_locks_released(&ctx, &s, move_tokens(&ctx, &s, args)).await }
+    });
+    let s5 = s.clone();
+    registry.flow(TOKEN_REDEEM, 1, move |ctx: FlowContext, args: RedeemArgs| {
+        let s = s5.clone();
+        async move { with_locks_released(&ctx, &s, redeem(&ctx, &s, args)).await }
+    });
+    let s6 = s.clone();
+    registry.responder(TOKEN_REDEEM, move |ctx: FlowContext| {
+        let s = s6.clone();
+        async move {
+            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("TokenRedeem responder without a session".into()))?;
+            let me = s.me.owning_key.clone();
+            sign_transaction(&ctx, &session, &s.ledger, &s.keys, |ltx| {
+                if !ltx.commands.iter().any(|c| c.data.unpack::<TokenCommand>().is_ok_and(|t| t == TokenCommand::Redeem)) {
+                    return Err("it is not a redemption".into());
+                }
+                let fungible: Vec<FungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
+                let unique: Vec<NonFungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
+                let ours =
+                    fungible.iter().map(|f| &f.token.issuer).chain(unique.iter().map(|n| &n.token.issuer)).all(|i| *i.owning_key() == me);
+                if ours { Ok(()) } else { Err("it redeems tokens this node did not issue".into()) }
+            })
+            .await?;
+            receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
+        }
     });
     for name in [TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE, TOKEN_ISSUE, TOKEN_MOVE] {
         let s = s.clone();
@@ -385,4 +428,127 @@ async fn move_tokens(ctx: &FlowContext, s: &Services, args: MoveArgs) -> Result<
     let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
     let references: Vec<String> = done.tx().components().references.iter().map(ToString::to_string).collect();
     Ok(json!({ "transaction": done.id().to_string(), "recipient": recipient.name.to_string(), "references": references }))
+}
+
+/// What a redemption consumes, chosen once (journaled).
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
+struct Redeemed {
+    inputs: Vec<StateRef>,
+    notary: Party,
+    fungible: Vec<FungibleToken>,
+    unique: Vec<NonFungibleToken>,
+}
+
+async fn redeem(ctx: &FlowContext, s: &Services, args: RedeemArgs) -> Result<Value, FlowError> {
+    let what = match (&args.token, args.quantity, &args.id) {
+        (Some(t), Some(q), None) if q > 0 => Ok((t.clone(), q)),
+        (None, None, Some(id)) => Err(uuid_of(TOKEN_REDEEM, "id", id)?),
+        _ => return Err(bad(TOKEN_REDEEM, "token", "give \"token\" and a positive \"quantity\", or the \"id\" of a non-fungible token")),
+    };
+    let issuers = match &args.issuer {
+        Some(i) => IssuerFilter::OneOf(vec![treaty_core::AbstractParty::from(party(s, TOKEN_REDEEM, "issuer", i)?).to_string()]),
+        None => IssuerFilter::Any,
+    };
+    let lock = lock_of(ctx);
+    let chosen: Redeemed = ctx
+        .side_effect("token-redeem.select", |_| async move {
+            let mut r = Redeemed { inputs: Vec::new(), notary: s.me.clone(), fungible: Vec::new(), unique: Vec::new() };
+            match what {
+                Ok((token, quantity)) => {
+                    let selection = s.vault.select_fungible(&token, &issuers, quantity, &owners(s), lock).await.map_err(vault_error)?;
+                    for v in selection.states {
+                        r.notary = v.state.notary.clone();
+                        r.inputs.push(v.state_ref);
+                        r.fungible
+                            .push(v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?);
+                    }
+                }
+                Err(id) => {
+                    let criteria =
+                        Criteria::unconsumed().and(Criteria::state_type("treaty.finance.NonFungibleToken")).and(Criteria::linear_id(id));
+                    let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(2)).await.map_err(vault_error)?;
+                    let v = page
+                        .states
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| FlowError::Exception(format!("no non-fungible token {id} is in this node's vault")))?;
+                    s.vault.lock(lock, &[v.state_ref]).await.map_err(vault_error)?;
+                    r.notary = v.state.notary.clone();
+                    r.inputs.push(v.state_ref);
+                    r.unique.push(v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?);
+                }
+            }
+            Ok(r)
+        })
+        .await?;
+    let tokens: Vec<IssuedToken> =
+        chosen.fungible.iter().map(|f| f.token.clone()).chain(chosen.unique.iter().map(|n| n.token.clone())).collect();
+    let issuer = tokens.first().map(|t| t.issuer.clone()).ok_or_else(|| FlowError::Invalid("nothing selected".into()))?;
+    if tokens.iter().any(|t| t.issuer != issuer) {
+        return Err(bad(TOKEN_REDEEM, "issuer", "the tokens selected come from several issuers; name one"));
+    }
+    let issuer_key = issuer.owning_key().clone();
+    let sessions = if issuer_key == s.me.owning_key {
+        vec![]
+    } else {
+        let name = issuer.name().cloned().ok_or_else(|| FlowError::Exception(format!("the issuer {issuer} is anonymous")))?;
+        vec![ctx.initiate(&name).await?]
+    };
+    let mut holders: Vec<treaty_core::PublicKey> = Vec::new();
+    for h in chosen.fungible.iter().map(|f| &f.holder).chain(chosen.unique.iter().map(|n| &n.holder)) {
+        if !holders.contains(h.owning_key()) {
+            holders.push(h.owning_key().clone());
+        }
+    }
+    let mut required = holders.clone();
+    if !required.contains(&issuer_key) {
+        required.push(issuer_key);
+    }
+    let quantity = args.quantity;
+    let c = chosen.clone();
+    let (req, required_keys) = (required.clone(), required.clone());
+    let stx = built(ctx, s, "token-redeem", |salt| async move {
+        let code = code(s).await?;
+        let mut b = TransactionBuilder::new(Some(c.notary.clone()));
+        for r in &c.inputs {
+            b = b.input(*r);
+        }
+        let mut referenced: Vec<StateRef> = Vec::new();
+        for t in c.fungible.iter().map(|f| &f.token).chain(c.unique.iter().map(|n| &n.token)) {
+            if let TokenKind::Evolvable { type_id, .. } = &t.kind {
+                let (r, _, _) = latest_type(s, type_id.id).await?.ok_or_else(|| {
+                    FlowError::Exception(format!("the latest version of token type {type_id} is not in this node's vault"))
+                })?;
+                if !referenced.contains(&r) {
+                    referenced.push(r);
+                    b = b.reference(r);
+                }
+            }
+        }
+        // Fungible change stays with this node.
+        if let (Some(first), Some(quantity)) = (c.fungible.first(), quantity) {
+            let total: u64 = c.fungible.iter().map(|f| f.quantity).sum();
+            if total > quantity {
+                let change = FungibleToken { token: first.token.clone(), quantity: total - quantity, holder: s.me.clone().into() };
+                b = b.output(tokens_state(&change, TOKENS, &c.notary, code));
+            }
+        }
+        let wtx = b
+            .command(Command::new(&TokenCommand::Redeem, req))
+            .attachment(code)
+            .build(salt)
+            .map_err(|e| FlowError::Invalid(e.to_string()))?;
+        // This node signs for the keys it holds: the holders', and the issuer's if it issued them.
+        let mut stx = SignedTransaction::new(wtx, vec![]);
+        let id = stx.id();
+        for k in s.keys.owned(&required_keys) {
+            stx = stx.with_signature(s.keys.sign(&id, &k)?);
+        }
+        Ok(stx)
+    })
+    .await?;
+    let stx = if sessions.is_empty() { stx } else { collect_signatures(ctx, &s.ledger, stx, &required, &sessions).await? };
+    let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &sessions).await?;
+    let redeemed: u64 = chosen.fungible.iter().map(|f| f.quantity).sum::<u64>().min(quantity.unwrap_or(0));
+    Ok(json!({ "transaction": done.id().to_string(), "issuer": issuer.to_string(), "quantity": quantity.map(|_| redeemed), "id": args.id }))
 }
