@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Treaty: a permissioned, decentralised ledger for business networks.
 #[derive(Parser)]
@@ -179,23 +179,30 @@ enum FlowCommand {
     },
 }
 
+/// Which states a vault command reads.
+#[derive(Args)]
+struct VaultFilter {
+    /// The node's directory.
+    #[arg(long)]
+    node: PathBuf,
+    /// Only states of this type id (e.g. test.Token); repeat for several.
+    #[arg(long = "state-type", value_name = "NAME")]
+    state_type: Vec<String>,
+    /// unconsumed (the default), consumed or all.
+    #[arg(long)]
+    status: Option<String>,
+    /// Further conditions as JSON (docs/vault.md, "Criteria as JSON"), e.g.
+    /// '{"fungible": {"token": "USD", "min_quantity": 10000}}'.
+    #[arg(long = "where", value_name = "JSON")]
+    where_json: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum VaultCommand {
     /// Lists the vault's states (unconsumed by default), in recording order.
     Query {
-        /// The node's directory.
-        #[arg(long)]
-        node: PathBuf,
-        /// Only states of this type id (e.g. test.Token); repeat for several.
-        #[arg(long = "state-type", value_name = "NAME")]
-        state_type: Vec<String>,
-        /// unconsumed (the default), consumed or all.
-        #[arg(long)]
-        status: Option<String>,
-        /// Further conditions as JSON (docs/vault.md, "Criteria as JSON"), e.g.
-        /// '{"fungible": {"token": "USD", "min_quantity": 10000}}'.
-        #[arg(long = "where", value_name = "JSON")]
-        where_json: Option<String>,
+        #[command(flatten)]
+        filter: VaultFilter,
         /// The order: "column [asc|desc], ..." (recorded_at, consumed_at, state_ref, quantity,
         /// type_id or an app column); recording order by default.
         #[arg(long)]
@@ -234,18 +241,8 @@ enum VaultCommand {
     },
     /// Counts the matching states and sums their fungible quantities, grouped by columns.
     Aggregate {
-        /// The node's directory.
-        #[arg(long)]
-        node: PathBuf,
-        /// Only states of this type id; repeat for several.
-        #[arg(long = "state-type", value_name = "NAME")]
-        state_type: Vec<String>,
-        /// unconsumed (the default), consumed or all.
-        #[arg(long)]
-        status: Option<String>,
-        /// Further conditions as JSON (docs/vault.md, "Criteria as JSON").
-        #[arg(long = "where", value_name = "JSON")]
-        where_json: Option<String>,
+        #[command(flatten)]
+        filter: VaultFilter,
         /// Group by these, comma-separated: token, issuer, owner, type_id, contract, notary,
         /// status, or an app column. None: one total.
         #[arg(long = "group-by", value_delimiter = ',', value_name = "COLUMNS")]
@@ -449,12 +446,12 @@ fn main() -> ExitCode {
             FlowCommand::List { node, status, json } => flow::list(&node, status, json),
             FlowCommand::Kill { node, flow_id, json } => flow::kill(&node, &flow_id, json),
         },
-        Command::Vault { command: VaultCommand::Query { node, state_type, status, where_json, sort, json } } => {
-            vault::query(&node, state_type, status, where_json, sort, json)
+        Command::Vault { command: VaultCommand::Query { filter: f, sort, json } } => {
+            vault::query(&f.node, f.state_type, f.status, f.where_json, sort, json)
         }
         Command::Vault { command: VaultCommand::Balances { node, json } } => vault::balances(&node, json),
-        Command::Vault { command: VaultCommand::Aggregate { node, state_type, status, where_json, group_by, json } } => {
-            vault::aggregate(&node, state_type, status, where_json, group_by, json)
+        Command::Vault { command: VaultCommand::Aggregate { filter: f, group_by, json } } => {
+            vault::aggregate(&f.node, f.state_type, f.status, f.where_json, group_by, json)
         }
         Command::Vault { command: VaultCommand::Track { node, state_type, where_json, updates, json } } => {
             vault::track(&node, state_type, where_json, updates, json)

@@ -14,6 +14,22 @@ use crate::node::runtime;
 /// The statuses `--status` takes.
 const STATUSES: [&str; 3] = ["unconsumed", "consumed", "all"];
 
+/// The request `--state-type`, `--status`, `--where` and `--sort` make, checked before
+/// connecting.
+fn query_request(
+    state_types: Vec<String>,
+    status: Option<String>,
+    where_json: Option<String>,
+    sort: Option<String>,
+) -> Result<pb::VaultQueryRequest> {
+    let status = status.unwrap_or_else(|| "unconsumed".into());
+    if !STATUSES.contains(&status.as_str()) {
+        bail!("--status {status:?} is not one of {}", STATUSES.join(", "));
+    }
+    let where_json = checked_where(where_json)?;
+    Ok(pb::VaultQueryRequest { state_types, status, page_size: 0, where_json, sort: sort.unwrap_or_default() })
+}
+
 /// `--where` checked to be JSON before it is sent (the node checks what it says).
 fn checked_where(where_json: Option<String>) -> Result<String> {
     let Some(text) = where_json else { return Ok(String::new()) };
@@ -77,14 +93,9 @@ pub fn query(
     sort: Option<String>,
     json: bool,
 ) -> Result<()> {
-    let status = status.unwrap_or_else(|| "unconsumed".into());
-    if !STATUSES.contains(&status.as_str()) {
-        bail!("--status {status:?} is not one of {}", STATUSES.join(", "));
-    }
-    let where_json = checked_where(where_json)?;
+    let request = query_request(state_types, status, where_json, sort)?;
     runtime()?.block_on(async {
         let mut client = connect(node_dir).await?;
-        let request = pb::VaultQueryRequest { state_types, status, page_size: 0, where_json, sort: sort.unwrap_or_default() };
         let mut states = client.query_vault(request).await.map_err(rpc)?.into_inner();
         let mut out = std::io::stdout().lock();
         let mut count = 0u64;
@@ -145,14 +156,9 @@ pub fn aggregate(
     group_by: Vec<String>,
     json: bool,
 ) -> Result<()> {
-    let status = status.unwrap_or_else(|| "unconsumed".into());
-    if !STATUSES.contains(&status.as_str()) {
-        bail!("--status {status:?} is not one of {}", STATUSES.join(", "));
-    }
-    let where_json = checked_where(where_json)?;
+    let query = query_request(state_types, status, where_json, None)?;
     runtime()?.block_on(async {
         let mut client = connect(node_dir).await?;
-        let query = pb::VaultQueryRequest { state_types, status, page_size: 0, where_json, sort: String::new() };
         let request = pb::VaultAggregateRequest { query: Some(query), group_by: group_by.clone() };
         let rows = client.aggregate_vault(request).await.map_err(rpc)?.into_inner().rows;
         let value = |r: &pb::VaultAggregateRow, i: usize| -> Value {

@@ -160,6 +160,21 @@ fn lock_of(ctx: &FlowContext) -> LockId {
     LockId(ctx.id().0)
 }
 
+/// Registers, for each initiating flow in `names`, the responder that verifies and records the
+/// transaction the initiator finalises (the counterparty's whole part in most finance flows).
+fn finality_responders(registry: &mut Registry, s: &Services, names: &[&'static str]) {
+    for &name in names {
+        let s = s.clone();
+        registry.responder(name, move |ctx: FlowContext| {
+            let s = s.clone();
+            async move {
+                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid(format!("{name} responder without a session")))?;
+                receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
+            }
+        });
+    }
+}
+
 /// Runs a flow body, then releases whatever the flow still holds locked: everything when it
 /// failed; when it succeeded, the coins it spent are unlocked by being consumed, and anything
 /// left is from a selection whose transaction was never journaled (the node died inside the

@@ -22,7 +22,7 @@ use treaty_core::{
     TransactionState, UniqueIdentifier, X500Name,
 };
 use treaty_finance_contracts::{CashCommand, FxFix, OBLIGATION, Obligation, ObligationCommand, format_rate};
-use treaty_flows::{FlowContext, FlowError, Registry, finality, receive_finality};
+use treaty_flows::{FlowContext, FlowError, Registry, finality};
 use treaty_vault::{Criteria, IssuerFilter, PageSpec, ScheduledActivity, Sort, TypedSchema};
 
 use super::oracle;
@@ -90,16 +90,7 @@ pub(crate) fn register(registry: &mut Registry, s: &Services) {
         async move { default(&ctx, &s, args).await }
     });
     // The counterparty of each records the transaction it is sent.
-    for name in [OBLIGATION_ISSUE, OBLIGATION_SETTLE, OBLIGATION_DEFAULT] {
-        let s = s.clone();
-        registry.responder(name, move |ctx: FlowContext| {
-            let s = s.clone();
-            async move {
-                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid(format!("{name} responder without a session")))?;
-                receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
-            }
-        });
-    }
+    super::finality_responders(registry, s, &[OBLIGATION_ISSUE, OBLIGATION_SETTLE, OBLIGATION_DEFAULT]);
 }
 
 fn obligation_state(o: &Obligation, notary: &Party, code: treaty_core::SecureHash) -> TransactionState {

@@ -18,7 +18,7 @@ use treaty_core::{
     X500Name,
 };
 use treaty_finance_contracts::{Cash, CashCommand, TIME_LOCK, TimeLock, TimeLockCommand};
-use treaty_flows::{FlowContext, FlowError, Ledger, Registry, finality, receive_finality};
+use treaty_flows::{FlowContext, FlowError, Ledger, Registry, finality};
 use treaty_vault::{Criteria, IssuerFilter, MAX_PAGE_SIZE, PageSpec, ScheduledActivity, Sort, Status, TypedSchema, VaultError};
 
 use super::{Services, amount, bad, built, cash_move, code, lock_of, select, sign, split_marked, with_locks_released};
@@ -61,14 +61,7 @@ pub(crate) fn register(registry: &mut Registry, s: &Services) {
         let s = s2.clone();
         async move { with_locks_released(&ctx, &s, unlock(&ctx, &s)).await }
     });
-    let s3 = s.clone();
-    registry.responder(CASH_LOCK, move |ctx: FlowContext| {
-        let s = s3.clone();
-        async move {
-            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("CashLock responder without a session".into()))?;
-            receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
-        }
-    });
+    super::finality_responders(registry, s, &[CASH_LOCK]);
 }
 
 fn time_lock(l: &TimeLock, notary: &treaty_core::Party, code: SecureHash) -> TransactionState {

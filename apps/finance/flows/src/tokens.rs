@@ -160,16 +160,7 @@ pub(crate) fn register(registry: &mut Registry, s: &Services) {
             receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
         }
     });
-    for name in [TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE, TOKEN_ISSUE, TOKEN_MOVE] {
-        let s = s.clone();
-        registry.responder(name, move |ctx: FlowContext| {
-            let s = s.clone();
-            async move {
-                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid(format!("{name} responder without a session")))?;
-                receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
-            }
-        });
-    }
+    super::finality_responders(registry, s, &[TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE, TOKEN_ISSUE, TOKEN_MOVE]);
 }
 
 fn party(s: &Services, flow: &str, field: &str, text: &str) -> Result<Party, FlowError> {
