@@ -290,7 +290,7 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
     // Asking for more than Bob has fails, naming the shortfall, and locks nothing.
     let short = run(&bob, treaty_finance::CASH_PAYMENT, json!({"amount": "60.00 USD", "recipient": ALICE})).await;
     assert_eq!(short.status, FlowStatus::Failed);
-    assert!(short.error.as_ref().unwrap().to_lowercase().contains("insufficient"), "{short:?}");
+    assert!(short.error.as_ref().unwrap().contains("VAULT-INSUFFICIENT-BALANCE insufficient balance of USD"), "{short:?}");
     ok(&run(&bob, treaty_finance::CASH_PAYMENT, json!({"amount": "50.00 USD", "recipient": ALICE})).await);
     assert_eq!(usd(&bob).await.0, 0);
 

@@ -174,7 +174,10 @@ fn time_locked_cash_cannot_be_spent_before_its_time_and_unlocks_itself_then() {
         "--json",
     ]);
     assert_ne!(code, 0, "{out}");
-    assert!(format!("{err}{out}").contains("insufficient balance of USD: requested 30000, available unlocked 25000"), "{err}{out}");
+    assert!(
+        format!("{err}{out}").contains("VAULT-INSUFFICIENT-BALANCE insufficient balance of USD: requested 30000, available unlocked 25000"),
+        "{err}{out}"
+    );
     // Unlocking by hand before the time finds nothing due.
     assert_eq!(flow(&net, ALICE, "CashUnlock", serde_json::json!({}))["unlocked"], 0);
 

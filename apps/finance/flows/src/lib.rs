@@ -197,7 +197,7 @@ async fn with_locks_released(
 
 fn vault_error(e: VaultError) -> FlowError {
     match e {
-        VaultError::InsufficientBalance { .. } => FlowError::Exception(e.to_string()),
+        VaultError::InsufficientBalance { .. } => FlowError::Exception(format!("{} {e}", e.code())),
         other => FlowError::Invalid(format!("{} {other}", other.code())),
     }
 }
