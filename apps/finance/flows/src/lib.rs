@@ -160,6 +160,24 @@ fn lock_of(ctx: &FlowContext) -> LockId {
     LockId(ctx.id().0)
 }
 
+/// The unconsumed state of type `S` with linear id `id` in this node's vault, decoded: its ref,
+/// the state and its notary. What a linear pointer resolves to.
+async fn linear_state<S: treaty_core::ContractState>(s: &Services, id: uuid::Uuid) -> Result<Option<(StateRef, S, Party)>, FlowError> {
+    let criteria =
+        treaty_vault::Criteria::unconsumed().and(treaty_vault::Criteria::state_type(S::TYPE_ID)).and(treaty_vault::Criteria::linear_id(id));
+    let page =
+        s.vault.query(&criteria, &treaty_vault::Sort::recording_order(), &treaty_vault::PageSpec::first(1)).await.map_err(vault_error)?;
+    let Some(v) = page.states.into_iter().next() else { return Ok(None) };
+    let state: S = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
+    Ok(Some((v.state_ref, state, v.state.notary)))
+}
+
+/// The first output of `stx`, decoded as an `S`.
+fn first_output<S: treaty_core::ContractState>(stx: &SignedTransaction) -> Result<S, FlowError> {
+    let o = stx.tx().components().outputs.first().ok_or_else(|| FlowError::Invalid("the transaction has no output".into()))?;
+    o.data.unpack().map_err(|e| FlowError::Invalid(format!("its first output: {e}")))
+}
+
 /// Registers, for each initiating flow in `names`, the responder that verifies and records the
 /// transaction the initiator finalises (the counterparty's whole part in most finance flows).
 fn finality_responders(registry: &mut Registry, s: &Services, names: &[&'static str]) {

@@ -23,10 +23,12 @@ use treaty_core::{
 };
 use treaty_finance_contracts::{CashCommand, FxFix, OBLIGATION, Obligation, ObligationCommand, format_rate};
 use treaty_flows::{FlowContext, FlowError, Registry, finality};
-use treaty_vault::{Criteria, IssuerFilter, PageSpec, ScheduledActivity, Sort, TypedSchema};
+use treaty_vault::{IssuerFilter, ScheduledActivity, TypedSchema};
 
 use super::oracle;
-use super::{Services, amount, bad, built, cash_move, code, lock_of, notary, select, sign, split, with_locks_released};
+use super::{
+    Services, amount, bad, built, cash_move, code, first_output, linear_state, lock_of, notary, select, sign, split, with_locks_released,
+};
 
 /// Creates an obligation owed by this node.
 pub const OBLIGATION_ISSUE: &str = "ObligationIssue";
@@ -145,7 +147,7 @@ async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value
         sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&s.me.owning_key))
     })
     .await?;
-    let id = issued_id(&stx)?;
+    let id = first_output::<Obligation>(&stx)?.linear_id.id;
     ctx.progress("notarising and sending").await?;
     let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[session]).await?;
     Ok(json!({
@@ -157,12 +159,6 @@ async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value
     }))
 }
 
-fn issued_id(stx: &SignedTransaction) -> Result<uuid::Uuid, FlowError> {
-    let first = stx.tx().components().outputs.first().ok_or_else(|| FlowError::Invalid("the issue has no output".into()))?;
-    let o: Obligation = first.data.unpack().map_err(|e| FlowError::Invalid(format!("the issued obligation: {e}")))?;
-    Ok(o.linear_id.id)
-}
-
 /// An unconsumed obligation in this node's vault.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Found {
@@ -172,15 +168,7 @@ struct Found {
 }
 
 async fn find(s: &Services, id: uuid::Uuid) -> Result<Option<Found>, FlowError> {
-    let criteria = Criteria::unconsumed().and(Criteria::state_type(OBLIGATION)).and(Criteria::linear_id(id));
-    let page = s
-        .vault
-        .query(&criteria, &Sort::recording_order(), &PageSpec::first(2))
-        .await
-        .map_err(|e| FlowError::Invalid(format!("{} {e}", e.code())))?;
-    let Some(v) = page.states.into_iter().next() else { return Ok(None) };
-    let obligation: Obligation = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
-    Ok(Some(Found { state_ref: v.state_ref, obligation, notary: v.state.notary }))
+    Ok(linear_state::<Obligation>(s, id).await?.map(|(state_ref, obligation, notary)| Found { state_ref, obligation, notary }))
 }
 
 async fn settle(ctx: &FlowContext, s: &Services, args: SettleArgs) -> Result<Value, FlowError> {

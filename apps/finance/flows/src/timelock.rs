@@ -127,7 +127,9 @@ fn vault_error(e: VaultError) -> FlowError {
 /// This node's locks due at `now` (at most [`MAX_LOCKS`]), each with the unconsumed cash it
 /// encumbers; each group soft-locked for this flow, skipping groups another flow holds.
 async fn due(ctx: &FlowContext, s: &Services, now: Timestamp) -> Result<Vec<Due>, FlowError> {
-    let criteria = Criteria::unconsumed().and(Criteria::state_type(TIME_LOCK)).and(Criteria::participant(&s.me.owning_key));
+    let criteria = Criteria::unconsumed()
+        .and(Criteria::state_type(<TimeLock as treaty_core::ContractState>::TYPE_ID))
+        .and(Criteria::participant(&s.me.owning_key));
     let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(MAX_PAGE_SIZE)).await.map_err(vault_error)?;
     let mut out = Vec::new();
     for v in page.states {

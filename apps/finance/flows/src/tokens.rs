@@ -27,9 +27,9 @@ use treaty_finance_contracts::{
     EvolvableTokenType, FungibleToken, IssuedToken, NonFungibleToken, TOKEN_TYPES, TOKENS, TokenCommand, TokenKind, TokenTypeCommand,
 };
 use treaty_flows::{FlowContext, FlowError, Keys, Registry, collect_signatures, finality, receive_finality, sign_transaction};
-use treaty_vault::{Criteria, FungibleColumns, IssuerFilter, PageSpec, Sort, TypedSchema, fungible};
+use treaty_vault::{FungibleColumns, IssuerFilter, TypedSchema, fungible};
 
-use super::{Services, bad, built, code, lock_of, notary, owners, sign, vault_error, with_locks_released};
+use super::{Services, bad, built, code, first_output, linear_state, lock_of, notary, owners, sign, vault_error, with_locks_released};
 
 /// Creates an evolvable token type.
 pub const TOKEN_TYPE_CREATE: &str = "TokenTypeCreate";
@@ -179,15 +179,17 @@ fn uuid_of(flow: &str, field: &str, text: &str) -> Result<uuid::Uuid, FlowError>
 /// The latest version of the token type `id` in this node's vault: what a linear pointer to it
 /// resolves to.
 async fn latest_type(s: &Services, id: uuid::Uuid) -> Result<Option<(StateRef, EvolvableTokenType, Party)>, FlowError> {
-    let criteria = Criteria::unconsumed().and(Criteria::state_type(TOKEN_TYPES_TYPE)).and(Criteria::linear_id(id));
-    let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(2)).await.map_err(vault_error)?;
-    let Some(v) = page.states.into_iter().next() else { return Ok(None) };
-    let t: EvolvableTokenType = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
-    Ok(Some((v.state_ref, t, v.state.notary)))
+    linear_state(s, id).await
 }
 
-/// The type id of [`EvolvableTokenType`] states.
-const TOKEN_TYPES_TYPE: &str = "treaty.finance.EvolvableTokenType";
+/// This node's non-fungible token `id`, locked for the flow holding `lock`.
+async fn held_nft(s: &Services, id: uuid::Uuid, lock: treaty_vault::LockId) -> Result<(StateRef, NonFungibleToken, Party), FlowError> {
+    let (r, n, notary) = linear_state::<NonFungibleToken>(s, id)
+        .await?
+        .ok_or_else(|| FlowError::Exception(format!("no non-fungible token {id} is in this node's vault")))?;
+    s.vault.lock(lock, &[r]).await.map_err(vault_error)?;
+    Ok((r, n, notary))
+}
 
 /// What `text` names: the evolvable type with that id if it is a UUID whose type this node
 /// holds, else a fixed type; with the reference the builder must add for an evolvable one.
@@ -236,11 +238,6 @@ async fn create(ctx: &FlowContext, s: &Services, args: CreateArgs) -> Result<Val
     let t: EvolvableTokenType = first_output(&stx)?;
     let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &sessions).await?;
     Ok(json!({ "transaction": done.id().to_string(), "id": t.linear_id.id.to_string() }))
-}
-
-fn first_output<S: treaty_core::ContractState>(stx: &SignedTransaction) -> Result<S, FlowError> {
-    let o = stx.tx().components().outputs.first().ok_or_else(|| FlowError::Invalid("the transaction has no output".into()))?;
-    o.data.unpack().map_err(|e| FlowError::Invalid(format!("its first output: {e}")))
 }
 
 async fn update(ctx: &FlowContext, s: &Services, args: UpdateArgs) -> Result<Value, FlowError> {
@@ -371,15 +368,11 @@ async fn move_tokens(ctx: &FlowContext, s: &Services, args: MoveArgs) -> Result<
                 }
             }
             Err(id) => {
-                let criteria = Criteria::unconsumed().and(Criteria::state_type("treaty.finance.NonFungibleToken")).and(Criteria::linear_id(id));
-                let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(2)).await.map_err(vault_error)?;
-                let v = page.states.into_iter().next().ok_or_else(|| FlowError::Exception(format!("no non-fungible token {id} is in this node's vault")))?;
-                s.vault.lock(lock, &[v.state_ref]).await.map_err(vault_error)?;
-                let n: NonFungibleToken = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
-                inputs.push((v.state_ref, v.state.notary.clone()));
+                let (r, n, notary) = held_nft(s, id, lock).await?;
+                inputs.push((r, notary.clone()));
                 holders.push(n.holder.owning_key().clone());
                 tokens.push(n.token.clone());
-                outputs.push(tokens_state(&NonFungibleToken { holder: to.clone(), ..n }, TOKENS, &v.state.notary, code));
+                outputs.push(tokens_state(&NonFungibleToken { holder: to.clone(), ..n }, TOKENS, &notary, code));
             }
         }
         let notary = inputs.first().map(|(_, n)| n.clone()).ok_or_else(|| FlowError::Invalid("nothing selected".into()))?;
@@ -455,18 +448,10 @@ async fn redeem(ctx: &FlowContext, s: &Services, args: RedeemArgs) -> Result<Val
                     }
                 }
                 Err(id) => {
-                    let criteria =
-                        Criteria::unconsumed().and(Criteria::state_type("treaty.finance.NonFungibleToken")).and(Criteria::linear_id(id));
-                    let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(2)).await.map_err(vault_error)?;
-                    let v = page
-                        .states
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| FlowError::Exception(format!("no non-fungible token {id} is in this node's vault")))?;
-                    s.vault.lock(lock, &[v.state_ref]).await.map_err(vault_error)?;
-                    r.notary = v.state.notary.clone();
-                    r.inputs.push(v.state_ref);
-                    r.unique.push(v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?);
+                    let (r2, n, notary) = held_nft(s, id, lock).await?;
+                    r.notary = notary;
+                    r.inputs.push(r2);
+                    r.unique.push(n);
                 }
             }
             Ok(r)
