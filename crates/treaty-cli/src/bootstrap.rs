@@ -100,14 +100,41 @@ fn slug(name: &X500Name, taken: &mut BTreeSet<String>) -> String {
 
 /// Finds `count` consecutive free ports on 127.0.0.1 in a randomly placed block.
 fn free_ports(count: u16) -> Result<Vec<u16>> {
+    // Outside the kernel's ephemeral range: outgoing connections (every client of every node)
+    // take their local ports from it, so a node told to listen there can find its port taken
+    // by the time it starts. Blocks of `block` consecutive ports, from 10000.
+    let (lo, hi) = ephemeral_range();
+    let block = count.div_ceil(10).max(1).saturating_mul(10);
+    let starts: Vec<u16> = (10_000u32..65_536)
+        .step_by(usize::from(block))
+        .filter(|&start| {
+            let end = start + u32::from(block);
+            end <= u32::from(lo) || start > u32::from(hi)
+        })
+        .filter(|&start| start + u32::from(block) <= 65_536)
+        .filter_map(|start| u16::try_from(start).ok())
+        .collect();
+    if starts.is_empty() {
+        bail!("no block of {count} ports on 127.0.0.1 lies outside the ephemeral range {lo}-{hi}");
+    }
     for _ in 0..64 {
-        let base = 20_000 + (rand::random::<u16>() % 400) * 100;
+        let base = starts[usize::from(rand::random::<u16>()) % starts.len()];
         let ports: Vec<u16> = (base..base + count).collect();
         if ports.iter().all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
             return Ok(ports);
         }
     }
     bail!("could not find {count} free ports on 127.0.0.1")
+}
+
+/// The kernel's ephemeral port range (Linux's default when it cannot be read).
+fn ephemeral_range() -> (u16, u16) {
+    let read = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let parsed = read.and_then(|t| {
+        let mut it = t.split_whitespace().map(|n| n.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    });
+    parsed.unwrap_or((32_768, 60_999))
 }
 
 /// Writes a file only its owner can read.
