@@ -18,10 +18,16 @@ use crate::state::ContractName;
 /// A notary service on the network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotaryInfo {
-    /// The service identity (a composite key for a cluster).
+    /// The service identity. A cluster's members share its key (docs/notary.md, "Raft
+    /// cluster").
     pub identity: Party,
     /// Whether it sees and verifies whole transactions.
     pub validating: bool,
+    /// For a cluster: the legal names of the member nodes that host the service, in the order
+    /// clients try them (each client starts at a member chosen by the transaction id and moves
+    /// on when one does not answer). Empty for a notary that is a node of its own.
+    #[serde(default)]
+    pub members: Vec<crate::identity::X500Name>,
 }
 
 /// Limits on contract execution (all deterministic: every node enforces the same numbers).

@@ -49,6 +49,8 @@ pub(crate) enum Wait {
     Message,
     /// Its wake time (microseconds since the Unix epoch), in `sleep_until`.
     Sleep(i64),
+    /// A message, or else the deadline (microseconds since the Unix epoch), in `receive_until`.
+    MessageUntil(i64),
 }
 
 /// Messages delivered to a flow and not yet journaled, and whether it waits.
@@ -377,15 +379,43 @@ impl FlowContext {
 
     /// Receives the next message on `session` and decodes it as a `T`.
     pub async fn receive<T: DeserializeOwned>(&self, session: &Session) -> Result<T, FlowError> {
-        let ask = Ask::Receive(session.id);
-        let outcome = match self.replay(&ask)? {
+        let outcome = match self.replay(&Ask::Receive(session.id))? {
             Some(Entry::Received { outcome, .. }) => {
                 // It received, so the session was opened: a later send is Data, not a second Init.
                 self.mark_init_sent(session);
                 outcome
             }
-            _ => self.receive_live(session).await?,
+            // Without a deadline it returns only with a message.
+            _ => self.receive_live(session, None).await?.unwrap_or(Received::Ended),
         };
+        self.decode::<T>(session, outcome)
+    }
+
+    /// Receives the next message on `session`, or `None` if none has come by `deadline`
+    /// (microseconds since the Unix epoch). Either outcome is journaled, so a replay after a
+    /// restart gives the same answer; a flow waiting here may be parked and is woken by the
+    /// message or at the deadline. A message that comes after the deadline stays queued for
+    /// the session: a later receive on it gets it.
+    pub async fn receive_until<T: DeserializeOwned>(&self, session: &Session, deadline: i64) -> Result<Option<T>, FlowError> {
+        let outcome = match self.replay(&Ask::ReceiveUntil(session.id))? {
+            Some(Entry::Received { outcome, .. }) => {
+                self.mark_init_sent(session);
+                outcome
+            }
+            Some(_) => {
+                // Timed out before; the session was opened if the code sent on it.
+                self.mark_init_sent(session);
+                return Ok(None);
+            }
+            None => match self.receive_live(session, Some(deadline)).await? {
+                Some(outcome) => outcome,
+                None => return Ok(None),
+            },
+        };
+        self.decode::<T>(session, outcome).map(Some)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, session: &Session, outcome: Received) -> Result<T, FlowError> {
         match outcome {
             Received::Data(bytes) => encoding::decode(&bytes).map_err(|e| FlowError::BadMessage {
                 party: session.party.to_string(),
@@ -400,7 +430,9 @@ impl FlowContext {
         }
     }
 
-    async fn receive_live(&self, session: &Session) -> Result<Received, FlowError> {
+    /// Waits for the next message on `session`; with a `deadline`, `None` (journaled) once it
+    /// passes with nothing come.
+    async fn receive_live(&self, session: &Session, deadline: Option<i64>) -> Result<Option<Received>, FlowError> {
         if session.initiator && !self.init_sent(session) {
             // Receiving first: open the session with an empty Init (idempotent id).
             let id = MessageId::derived(&MessageId(self.run.id.0), &format!("init-{}", session.id));
@@ -432,12 +464,33 @@ impl FlowContext {
                             tracing::debug!("marking message {id} processed failed (it will be dropped when redelivered): {e}");
                         }
                     });
-                    return Ok(received);
+                    return Ok(Some(received));
                 }
-                None => {
-                    self.shared.idle(&self.run);
-                    self.idle_wait(notified, None).await;
-                }
+                None => match deadline {
+                    None => {
+                        self.shared.idle(&self.run);
+                        self.idle_wait(notified, None).await;
+                    }
+                    Some(deadline) => {
+                        let left = deadline.saturating_sub(crate::now_micros());
+                        if left <= 0 {
+                            self.run.set_waiting(None);
+                            self.shared.not_idle(&self.run);
+                            self.record(Entry::TimedOut { session: session.id }).await?;
+                            return Ok(None);
+                        }
+                        let left = Duration::from_micros(left.unsigned_abs());
+                        self.run.set_waiting(Some(Wait::MessageUntil(deadline)));
+                        self.shared.idle(&self.run);
+                        let wake = async {
+                            tokio::select! {
+                                () = notified => {}
+                                () = tokio::time::sleep(left) => {}
+                            }
+                        };
+                        self.idle_wait(wake, Some(left)).await;
+                    }
+                },
             }
         }
     }

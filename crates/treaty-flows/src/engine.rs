@@ -696,7 +696,7 @@ impl FlowEngine {
         }
         let wake_at = match wait {
             Wait::Message => None,
-            Wait::Sleep(until) => Some(until),
+            Wait::Sleep(until) | Wait::MessageUntil(until) => Some(until),
         };
         // The parking names the journal's length in the store: write what is pending first.
         run.flush(&*self.shared.store).await?;

@@ -46,11 +46,24 @@ pub fn needs_notary(stx: &SignedTransaction) -> bool {
     !c.inputs.is_empty() || !c.references.is_empty() || c.time_window.is_some()
 }
 
+/// How long a client waits for one member of a notary cluster before asking the next; it
+/// doubles after every round of the members, up to [`CLUSTER_MEMBER_MAX_WAIT`].
+pub const CLUSTER_MEMBER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest wait for one member of a notary cluster.
+pub const CLUSTER_MEMBER_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Asks the transaction's notary to notarise `stx` on behalf of `me` (whose identity key signs
 /// the request): a non-validating notary gets a tear-off, a validating one (so the network
 /// parameters say, through [`Ledger::is_validating_notary`]) the whole transaction with its
 /// back-chain from `ledger`. Returns the notary's signature, checked; a refusal is
 /// [`FlowError::Notary`] with the conflicting states and their consumers, or the reason.
+///
+/// A notary cluster (its members listed in the network parameters, [`Ledger::notary_members`])
+/// is asked through one member at a time: the first is chosen by the transaction id (spreading
+/// clients over the members), and a member that has not answered within
+/// [`CLUSTER_MEMBER_WAIT`] is left for the next. Notarising is idempotent, so asking again
+/// gets the answer the silent member would have given; the waits are journaled, so a replay
+/// asks the same members in the same order.
 pub async fn notarise<L: Ledger, K: Keys>(
     ctx: &FlowContext,
     ledger: &Arc<L>,
@@ -60,15 +73,33 @@ pub async fn notarise<L: Ledger, K: Keys>(
 ) -> Result<TransactionSignature, FlowError> {
     let id = stx.id();
     let notary = stx.tx().components().notary.clone().ok_or_else(|| FlowError::Invalid(format!("transaction {id} names no notary")))?;
-    let session = ctx.initiate_as(&notary.name, NOTARY_PROTOCOL, 1).await?;
     let signature = keys.sign_bytes(&me.owning_key, &request_signing_bytes(&id, &notary))?;
-    let answer: NotaryAnswer = if ledger.is_validating_notary(&notary.name) {
-        ctx.send(&session, &NotaryRequest::Whole { tx_id: id, signature }).await?;
-        send_transaction(ctx, &session, ledger, stx).await?;
+    let members = ledger.notary_members(&notary.name);
+    let answer: NotaryAnswer = if members.is_empty() {
+        let session = ctx.initiate_as(&notary.name, NOTARY_PROTOCOL, 1).await?;
+        ask_notary(ctx, ledger, stx, &notary.name, &session, signature).await?;
         ctx.receive(&session).await?
     } else {
-        let transaction = FilteredTransaction::reveal_groups(stx.tx(), &FilteredTransaction::NOTARY_GROUPS);
-        ctx.send_and_receive(&session, &NotaryRequest::Filtered(NotarisationRequest { transaction, signature })).await?
+        let first = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or_default()) as usize % members.len();
+        let mut attempt = 0usize;
+        loop {
+            let member = &members[(first + attempt) % members.len()];
+            let session = ctx.initiate_as(member, NOTARY_PROTOCOL, 1).await?;
+            ask_notary(ctx, ledger, stx, &notary.name, &session, signature.clone()).await?;
+            let round = u32::try_from(attempt / members.len()).unwrap_or(u32::MAX).min(8);
+            let wait = (CLUSTER_MEMBER_WAIT * 2u32.pow(round)).min(CLUSTER_MEMBER_MAX_WAIT);
+            let deadline = ctx.now().await?.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
+            if let Some(answer) = ctx.receive_until(&session, deadline).await? {
+                break answer;
+            }
+            ctx.progress(&format!(
+                "{member} (of notary {}) did not answer within {} s; asking the next member",
+                notary.name,
+                wait.as_secs()
+            ))
+            .await?;
+            attempt += 1;
+        }
     };
     let sig = answer.map_err(|refusal| FlowError::Notary(Box::new(refusal)))?;
     if !notary.owning_key.contains_leaf(&sig.by) {
@@ -81,6 +112,25 @@ pub async fn notarise<L: Ledger, K: Keys>(
     sig.verify(&id)
         .map_err(|e| FlowError::Exception(format!("notary {}'s signature over transaction {id} is invalid: {e}", notary.name)))?;
     Ok(sig)
+}
+
+/// Sends the notarisation request on `session`: a tear-off, or for a validating notary the
+/// whole transaction (answering the notary's questions for its back-chain).
+async fn ask_notary<L: Ledger>(
+    ctx: &FlowContext,
+    ledger: &Arc<L>,
+    stx: &SignedTransaction,
+    notary: &X500Name,
+    session: &Session,
+    signature: Vec<u8>,
+) -> Result<(), FlowError> {
+    if ledger.is_validating_notary(notary) {
+        ctx.send(session, &NotaryRequest::Whole { tx_id: stx.id(), signature }).await?;
+        send_transaction(ctx, session, ledger, stx).await.map(|_| ())
+    } else {
+        let transaction = FilteredTransaction::reveal_groups(stx.tx(), &FilteredTransaction::NOTARY_GROUPS);
+        ctx.send(session, &NotaryRequest::Filtered(NotarisationRequest { transaction, signature })).await
+    }
 }
 
 /// Verifies `stx` against what this node has recorded (its inputs' and references'

@@ -74,6 +74,11 @@ pub enum Entry {
     },
     /// A progress step was reported.
     Progress(String),
+    /// Nothing came on a session by a receive's deadline ([`crate::FlowContext::receive_until`]).
+    TimedOut {
+        /// Session id.
+        session: u64,
+    },
 }
 
 /// What a receive got.
@@ -99,6 +104,7 @@ impl Entry {
             Entry::Slept(_) => "sleep".into(),
             Entry::SideEffect { key, .. } => format!("run side effect {key:?}"),
             Entry::Progress(step) => format!("report progress {step:?}"),
+            Entry::TimedOut { session } => format!("receive on session {session:x} (timed out)"),
         }
     }
 }
@@ -109,6 +115,7 @@ pub(crate) enum Ask {
     Open(X500Name),
     Send(u64),
     Receive(u64),
+    ReceiveUntil(u64),
     Now,
     Random,
     Sleep,
@@ -122,6 +129,7 @@ impl Ask {
             (Ask::Open(p), Entry::Opened { party, .. }) => p == party,
             (Ask::Send(s), Entry::Sent { session, .. }) => s == session,
             (Ask::Receive(s), Entry::Received { session, .. }) => s == session,
+            (Ask::ReceiveUntil(s), Entry::Received { session, .. } | Entry::TimedOut { session }) => s == session,
             (Ask::Now, Entry::Now(_)) | (Ask::Random, Entry::Random(_)) | (Ask::Sleep, Entry::Slept(_)) => true,
             (Ask::SideEffect(k), Entry::SideEffect { key, .. }) => k == key,
             (Ask::Progress(p), Entry::Progress(step)) => p == step,
@@ -134,6 +142,7 @@ impl Ask {
             Ask::Open(p) => format!("open a session with {p}"),
             Ask::Send(s) => format!("send on session {s:x}"),
             Ask::Receive(s) => format!("receive on session {s:x}"),
+            Ask::ReceiveUntil(s) => format!("receive on session {s:x} with a deadline"),
             Ask::Now => "read the clock".into(),
             Ask::Random => "draw randomness".into(),
             Ask::Sleep => "sleep".into(),

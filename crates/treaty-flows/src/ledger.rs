@@ -38,6 +38,13 @@ pub trait Ledger: Send + Sync + 'static {
     /// Whether the network parameters list `notary` as a validating notary (which needs whole
     /// transactions with their back-chains, not tear-offs).
     fn is_validating_notary(&self, notary: &X500Name) -> bool;
+
+    /// The member nodes hosting `notary` when it is a cluster (the network parameters'
+    /// [`treaty_core::NotaryInfo::members`]); empty for a notary that is a node of its own.
+    fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
+        let _ = notary;
+        Vec::new()
+    }
 }
 
 /// Checks an attachment bundle and describes it (see [`Ledger::check_attachment`]).
@@ -51,6 +58,7 @@ pub struct MemoryLedger {
     check: AttachmentCheck,
     max_message_size: usize,
     validating_notaries: Mutex<HashSet<X500Name>>,
+    notary_members: Mutex<HashMap<X500Name, Vec<X500Name>>>,
 }
 
 impl MemoryLedger {
@@ -63,7 +71,13 @@ impl MemoryLedger {
             check,
             max_message_size,
             validating_notaries: Mutex::default(),
+            notary_members: Mutex::default(),
         }
+    }
+
+    /// Names the member nodes hosting `notary` (a cluster), as network parameters would.
+    pub fn set_notary_members(&self, notary: X500Name, members: Vec<X500Name>) {
+        crate::context::lock(&self.notary_members).insert(notary, members);
     }
 
     /// Marks `notary` as validating, as network parameters would.
@@ -167,5 +181,9 @@ impl Ledger for MemoryLedger {
 
     fn is_validating_notary(&self, notary: &X500Name) -> bool {
         crate::context::lock(&self.validating_notaries).contains(notary)
+    }
+
+    fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
+        crate::context::lock(&self.notary_members).get(notary).cloned().unwrap_or_default()
     }
 }

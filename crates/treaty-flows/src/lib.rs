@@ -24,7 +24,9 @@ pub mod store;
 pub use context::{FlowContext, Session};
 pub use engine::{CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, Registry, Transport};
 pub use error::FlowError;
-pub use finality::{NOTARY_PROTOCOL, NotaryRequest, finality, notarise, notary_responder, receive_finality};
+pub use finality::{
+    CLUSTER_MEMBER_MAX_WAIT, CLUSTER_MEMBER_WAIT, NOTARY_PROTOCOL, NotaryRequest, finality, notarise, notary_responder, receive_finality,
+};
 pub use identities::{Identities, SwappedIdentities, swap_identities};
 pub use journal::{Entry, FlowId, Received};
 pub use ledger::{AttachmentCheck, Ledger, MemoryLedger};

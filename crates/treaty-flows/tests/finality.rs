@@ -248,3 +248,49 @@ async fn the_payer_crashing_after_notarisation_still_records_and_shares_once() {
     let tx: SecureHash = out["tx"].as_str().unwrap().parse().unwrap();
     assert!(alice_ledger.get(&tx).is_some() && bob_ledger.get(&tx).is_some());
 }
+
+#[tokio::test]
+async fn a_cluster_member_that_does_not_answer_is_left_for_the_next() {
+    cluster_failover(EngineOptions::default()).await;
+}
+
+#[tokio::test]
+async fn a_flow_parked_while_waiting_for_a_cluster_member_wakes_at_the_deadline() {
+    // Parked at once: only the engine's alarm can bring it back to ask the next member.
+    cluster_failover(EngineOptions { evict_after: Some(std::time::Duration::ZERO), ..EngineOptions::default() }).await;
+}
+
+async fn cluster_failover(alice_options: EngineOptions) {
+    // A notary cluster of two members sharing the service (its key, its uniqueness log); the
+    // member this transaction's id picks first is down, so Alice must move on to the other.
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let chain = Arc::new(token_chain(3, 21).unwrap());
+    let (alice_ledger, bob_ledger, member_ledger) = (ledger(), ledger(), ledger());
+    alice_ledger.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &NetworkParameters::default()).unwrap());
+    chain.transactions.iter().for_each(|t| alice_ledger.insert(t.clone()));
+    let provider = Arc::new(MemoryUniquenessProvider::new(Rules::default()));
+    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap());
+    let (down, up) = ("CN=Replica 1,O=Chain Notary,L=Zurich,C=CH", "CN=Replica 2,O=Chain Notary,L=Zurich,C=CH");
+    let id = payment(&chain, 9, false, 100).id();
+    let first = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap()) as usize % 2;
+    let members = if first == 0 { vec![name(down), name(up)] } else { vec![name(up), name(down)] };
+    alice_ledger.set_notary_members(chain.notary.name.clone(), members);
+    dir.write().unwrap().insert(name(down), vec!["sim:nobody-listens".into()]);
+    let alice = Node::start(&net, &dir, ALICE, &Disk::default(), registry(alice_ledger.clone(), chain.clone(), None), alice_options).await;
+    let _bob =
+        Node::start(&net, &dir, BOB, &Disk::default(), registry(bob_ledger.clone(), chain.clone(), None), EngineOptions::default()).await;
+    let _member =
+        Node::start(&net, &dir, up, &Disk::default(), registry(member_ledger, chain.clone(), Some(service)), EngineOptions::default())
+            .await;
+
+    let began = std::time::Instant::now();
+    let flow = alice.engine.start("Pay", json!({ "to": BOB, "salt": 9, "stale": false }), None).await.unwrap();
+    let out = result(&finished(&alice.engine, flow).await);
+    assert_eq!(out["tx"], id.to_string());
+    assert_eq!(out["signatures"], 2, "notarised by the member that answered, with the service key");
+    assert!(began.elapsed() >= CLUSTER_MEMBER_WAIT, "it waited for the silent member first ({:?})", began.elapsed());
+    let journal = alice.engine.journal(flow).await.unwrap();
+    assert_eq!(journal.iter().filter(|e| matches!(e, Entry::TimedOut { .. })).count(), 1, "{journal:?}");
+    assert!(bob_ledger.get(&id).is_some());
+}
