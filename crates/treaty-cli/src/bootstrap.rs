@@ -24,7 +24,9 @@ use treaty_core::{KeyPair, NetworkParameters, NotaryInfo, Party, SignatureScheme
 use treaty_net::map::kinds;
 use treaty_net::pki::{self, CertRole, CertifiedKey, RevocationList, Validity};
 use treaty_net::{keystore, signed::Signed};
-use treaty_node::config::{DatabaseConfig, Listen, NetworkMapConfig, NodeConfig, NotaryConfig, RpcConfig, RpcUser, hash_password};
+use treaty_node::config::{
+    DatabaseConfig, Listen, NetworkMapConfig, NodeConfig, NotaryConfig, ReplicaConfig, RpcConfig, RpcUser, hash_password,
+};
 
 /// What to bootstrap.
 pub struct Request {
@@ -212,7 +214,34 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
             }
         }
     }
-    let ports = free_ports(1 + 2 * members.len() as u16)?;
+    // Ports: the map, then p2p and rpc of each member, then the Raft replica of each cluster
+    // member.
+    let clustered = if req.cluster > 1 { members.iter().filter(|m| m.notary.is_some()).count() } else { 0 };
+    let ports = free_ports(1 + 2 * members.len() as u16 + clustered as u16)?;
+    let mut next_raft = 1 + 2 * members.len();
+    let raft_ports: Vec<Option<u16>> = members
+        .iter()
+        .map(|m| {
+            (req.cluster > 1 && m.notary.is_some()).then(|| {
+                next_raft += 1;
+                ports[next_raft - 1]
+            })
+        })
+        .collect();
+    // Each cluster's replicas: id (from 1, in member order), Raft address, member name.
+    let replicas_of = |service: &X500Name| -> Vec<ReplicaConfig> {
+        members
+            .iter()
+            .zip(&raft_ports)
+            .filter(|(m, p)| p.is_some() && m.notary.as_ref().is_some_and(|(s, _)| s == service))
+            .enumerate()
+            .map(|(i, (m, p))| ReplicaConfig {
+                id: i as u64 + 1,
+                address: format!("127.0.0.1:{}", p.unwrap_or_default()),
+                name: m.name.to_string(),
+            })
+            .collect()
+    };
     let map_url = format!("http://127.0.0.1:{}", ports[0]);
 
     // Cluster service identities: one key per notary service, shared by its members.
@@ -268,7 +297,15 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
             rpc: RpcConfig { listen: rpc.clone(), tls: true, users: vec![admin] },
             network_map: NetworkMapConfig { url: map_url.clone(), trusted_key: map.key.public().to_string(), poll_seconds: Some(2) },
             database: DatabaseConfig { url: "sqlite://node.db".into() },
-            notary: m.notary.as_ref().map(|(s, v)| NotaryConfig { validating: *v, service_name: (req.cluster > 1).then(|| s.to_string()) }),
+            notary: m.notary.as_ref().map(|(s, v)| match raft_ports[i] {
+                Some(port) => NotaryConfig {
+                    validating: *v,
+                    service_name: Some(s.to_string()),
+                    raft_listen: Some(format!("127.0.0.1:{port}")),
+                    replicas: replicas_of(s),
+                },
+                None => NotaryConfig { validating: *v, service_name: None, raft_listen: None, replicas: Vec::new() },
+            }),
         };
         write(&dir.join("node.toml"), config.to_toml().as_bytes())?;
         // RPC over TLS with a certificate from the node CA, for the RPC address.
@@ -288,7 +325,8 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
         let service = services.iter().find(|(s, _, _)| s == n).map(|(_, _, id)| id.key.public());
         let own = identities.iter().find(|(m, _)| m == n).map(|(_, k)| k.clone());
         let owning_key = service.or(own).context("every notary has a service key or is a node")?;
-        params.notaries.push(NotaryInfo { identity: Party { name: n.clone(), owning_key }, validating: req.validating });
+        let members = replicas_of(n).iter().map(|r| r.name.parse()).collect::<Result<Vec<X500Name>, _>>()?;
+        params.notaries.push(NotaryInfo { identity: Party { name: n.clone(), owning_key }, validating: req.validating, members });
     }
     let signed_params = Signed::sign(kinds::NETWORK_PARAMETERS, &params, &map.key);
     write(&net_dir.join("network-parameters.signed"), &encoding::encode(&signed_params))?;

@@ -88,11 +88,19 @@ fn a_notary_cluster_shares_one_service_identity() {
     let signed: Signed = encoding::decode(&read(dir.join("network/network-parameters.signed"))).unwrap();
     let params: NetworkParameters = encoding::decode(&signed.raw).unwrap();
     assert!(params.notaries[0].validating);
+    let names: Vec<String> = members.iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+    let listed: Vec<String> = params.notaries[0].members.iter().map(ToString::to_string).collect();
+    assert_eq!(listed, names, "the parameters name the members clients ask");
     for m in members {
         let d = PathBuf::from(m["dir"].as_str().unwrap());
         let service = treaty_net::keystore::read_key(&d.join("keys/service.key")).unwrap();
         assert_eq!(params.notaries[0].identity.owning_key, service.public());
         assert!(m["name"].as_str().unwrap().starts_with("CN=Replica "));
+        // Each member hosts a replica of the cluster, knowing all three.
+        let config = NodeConfig::load(&d.join("node.toml")).unwrap();
+        let cluster = config.cluster.as_ref().expect("a cluster member");
+        assert_eq!(cluster.replicas.len(), 3);
+        assert_eq!(cluster.replicas[&cluster.id].1, config.legal_name);
     }
 }
 

@@ -20,7 +20,14 @@
 //!
 //! [notary]                          # only on notary nodes
 //! validating = false
-//! service_name = "O=Notary,L=Zurich,C=CH"   # the service identity, for cluster members
+//! # for a member of a notary cluster (docs/notary.md, "Notary clusters of nodes"):
+//! service_name = "O=Notary,L=Zurich,C=CH"   # the service identity (keys/service.key)
+//! raft_listen = "127.0.0.1:40103"           # its Raft replica, for the other members only
+//!
+//! [[notary.replicas]]                       # every member, this node included
+//! id = 1
+//! address = "127.0.0.1:40103"
+//! name = "CN=Replica 1,O=Notary,L=Zurich,C=CH"
 //! ```
 //!
 //! Every error names the file, the key and what is wrong.
@@ -156,6 +163,74 @@ pub struct NotaryConfig {
     /// For a cluster member: the service identity's legal name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
+    /// For a cluster member: where its Raft replica listens (`host:port`) for the other
+    /// members and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_listen: Option<String>,
+    /// For a cluster member: every replica of the cluster, this node included (static
+    /// membership: changing it is a new cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+/// One replica of a notary cluster, in `[[notary.replicas]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Its Raft id (unique in the cluster, not 0).
+    pub id: u64,
+    /// Where its Raft replica listens (`host:port`).
+    pub address: String,
+    /// The member node's legal name (on its TLS certificate).
+    pub name: String,
+}
+
+/// A cluster member's part in its cluster, as checked at load.
+#[derive(Clone, Debug)]
+pub struct ClusterMember {
+    /// The service identity's legal name.
+    pub service: X500Name,
+    /// This node's Raft id.
+    pub id: u64,
+    /// Where this node's replica listens.
+    pub listen: SocketAddr,
+    /// Every replica: id → (address, legal name).
+    pub replicas: std::collections::BTreeMap<u64, (String, X500Name)>,
+}
+
+/// Checks a cluster member's `[notary]` section: the service name, its replica's address,
+/// and the replicas (ids unique and not 0, names valid, this node one of them).
+fn cluster_member(n: &NotaryConfig, me: &X500Name, taken: &[SocketAddr]) -> Result<ClusterMember, (&'static str, String)> {
+    let service = n
+        .service_name
+        .as_deref()
+        .ok_or(("notary.service_name", "a cluster member must name its service identity".to_string()))?
+        .parse::<X500Name>()
+        .map_err(|e| ("notary.service_name", e.to_string()))?;
+    let listen = n.raft_listen.clone().ok_or(("notary.raft_listen", "a cluster member must say where its replica listens".into()))?;
+    let addr: SocketAddr = listen.parse().map_err(|e| ("notary.raft_listen", format!("{listen:?} is not host:port: {e}")))?;
+    if taken.contains(&addr) {
+        return Err(("notary.raft_listen", format!("{addr} is also the p2p or rpc address")));
+    }
+    if n.replicas.is_empty() {
+        return Err(("notary.replicas", "a cluster member must list every replica of its cluster".into()));
+    }
+    let mut replicas = std::collections::BTreeMap::new();
+    for r in &n.replicas {
+        let name = r.name.parse::<X500Name>().map_err(|e| ("notary.replicas", format!("replica {}: {:?}: {e}", r.id, r.name)))?;
+        if r.id == 0 {
+            return Err(("notary.replicas", format!("replica {name}: ids start at 1")));
+        }
+        if replicas.insert(r.id, (r.address.clone(), name)).is_some() {
+            return Err(("notary.replicas", format!("replica id {} is given twice", r.id)));
+        }
+    }
+    let id = replicas
+        .iter()
+        .find(|(_, (_, name))| name == me)
+        .map(|(id, _)| *id)
+        .ok_or(("notary.replicas", format!("this node ({me}) is not one of the replicas")))?;
+    Ok(ClusterMember { service, id, listen: addr, replicas })
 }
 
 /// Why a configuration file was refused.
@@ -208,8 +283,8 @@ pub struct LoadedConfig {
     pub network_map_key: PublicKey,
     /// How often to poll the network map.
     pub poll_interval: Duration,
-    /// The notary's service name, if a cluster member.
-    pub notary_service: Option<X500Name>,
+    /// Its part in a notary cluster, if a member.
+    pub cluster: Option<ClusterMember>,
 }
 
 impl NodeConfig {
@@ -293,13 +368,15 @@ impl NodeConfig {
         if !raw.database.url.starts_with("sqlite://") && !raw.database.url.starts_with("postgres://") {
             return Err(invalid("database.url", format!("{:?} must start with sqlite:// or postgres://", raw.database.url)));
         }
-        let notary_service = match raw.notary.as_ref().and_then(|n| n.service_name.as_ref()) {
-            Some(n) => Some(n.parse::<X500Name>().map_err(|e| invalid("notary.service_name", e.to_string()))?),
-            None => None,
+        let cluster = match raw.notary.as_ref() {
+            Some(n) if n.service_name.is_some() || n.raft_listen.is_some() || !n.replicas.is_empty() => {
+                Some(cluster_member(n, &legal_name, &[p2p, rpc]).map_err(|(key, reason)| invalid(key, reason))?)
+            }
+            _ => None,
         };
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rpc_tls = raw.rpc.tls;
-        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, rpc_tls, network_map_key, poll_interval, notary_service })
+        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, rpc_tls, network_map_key, poll_interval, cluster })
     }
 
     /// The file's text.
@@ -379,5 +456,33 @@ mod tests {
         let e = err(&user(&format!("certificate_sha256 = \"{fp}\""))
             .replace("listen = \"127.0.0.1:40102\"", "listen = \"127.0.0.1:40102\"\ntls = false"));
         assert!(e.contains("needs rpc.tls = true"), "{e}");
+    }
+
+    #[test]
+    fn a_cluster_member_must_name_its_service_its_replica_and_itself_among_the_replicas() {
+        let member = |notary: &str| text("", "") + notary + "\n";
+        let replicas = "[[notary.replicas]]\nid = 1\naddress = \"127.0.0.1:40103\"\nname = \"O=Alice,L=London,C=GB\"\n[[notary.replicas]]\nid = 2\naddress = \"127.0.0.1:40203\"\nname = \"O=Bob,L=Paris,C=FR\"";
+        let good = member(&format!(
+            "[notary]\nvalidating = false\nservice_name = \"O=Notary,L=Zurich,C=CH\"\nraft_listen = \"127.0.0.1:40103\"\n{replicas}"
+        ));
+        let c = NodeConfig::parse(&good, Path::new("/n/node.toml")).unwrap();
+        let cluster = c.cluster.as_ref().unwrap();
+        assert_eq!((cluster.id, cluster.replicas.len()), (1, 2));
+        assert_eq!(cluster.service.to_string(), "O=Notary, L=Zurich, C=CH");
+        assert_eq!(NodeConfig::parse(&c.raw.to_toml(), Path::new("/n/node.toml")).unwrap().raw, c.raw, "round-trips");
+
+        let e = err(&good.replace("raft_listen = \"127.0.0.1:40103\"\n", ""));
+        assert!(e.contains("key `notary.raft_listen`") && e.contains("must say where its replica listens"), "{e}");
+        let e = err(&good.replace("raft_listen = \"127.0.0.1:40103\"", "raft_listen = \"127.0.0.1:40101\""));
+        assert!(e.contains("key `notary.raft_listen`") && e.contains("also the p2p or rpc address"), "{e}");
+        let e = err(&good.replace("service_name = \"O=Notary,L=Zurich,C=CH\"\n", ""));
+        assert!(e.contains("key `notary.service_name`"), "{e}");
+        let e = err(&good.replace("O=Alice,L=London,C=GB\"\n[[", "O=Carol,L=London,C=GB\"\n[["));
+        assert!(e.contains("key `notary.replicas`") && e.contains("is not one of the replicas"), "{e}");
+        let e = err(&good.replace("id = 2", "id = 1"));
+        assert!(e.contains("replica id 1 is given twice"), "{e}");
+        // A single notary node has none of it.
+        let single = NodeConfig::parse(&member("[notary]\nvalidating = true"), Path::new("/n/node.toml")).unwrap();
+        assert!(single.cluster.is_none() && single.raw.notary.is_some());
     }
 }

@@ -196,6 +196,10 @@ impl Ledger for NodeLedger {
     fn is_validating_notary(&self, notary: &X500Name) -> bool {
         self.params.notaries.iter().any(|n| n.validating && n.identity.name == *notary)
     }
+
+    fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
+        self.params.notaries.iter().find(|n| n.identity.name == *notary).map(|n| n.members.clone()).unwrap_or_default()
+    }
 }
 
 /// The verifier when the sandbox cannot be created: every contract is refused, saying why.

@@ -455,14 +455,8 @@ async fn notary_service(
     ledger: &Arc<NodeLedger>,
     r: &mut Registry,
 ) -> Result<(), NodeError> {
-    if config.notary_service.is_some() {
-        // Cluster members share a service identity over the Raft provider; nodes don't host
-        // that yet (treaty-notary's Raft replicas run on their own).
-        tracing::warn!(
-            "this node is a member of notary cluster {:?}; hosting a clustered notary service is not supported yet",
-            config.notary_service
-        );
-        return Ok(());
+    if let Some(cluster) = &config.cluster {
+        return cluster_notary_service(config, cluster, keys, view, ledger, r).await;
     }
     let path = config.dir.join("uniqueness.redb");
     let provider = RedbUniquenessProvider::open(&path, UniquenessConfig::default())
@@ -473,6 +467,77 @@ async fn notary_service(
     let service =
         NotaryService::new(identity, crate::keys::identity_key(&config.dir)?, Arc::new(provider)).map_err(NodeError::Parameters)?;
     let service = Arc::new(service.validating(validating));
+    let (view, ledger) = (view.clone(), ledger.clone());
+    r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
+        let (service, view, ledger) = (service.clone(), view.clone(), ledger.clone());
+        async move {
+            let lookup = |name: &X500Name| view.borrow().node(name).map(|n| n.legal_identity.clone());
+            notary_responder(&ctx, &service, &ledger, lookup).await
+        }
+    });
+    Ok(())
+}
+
+/// A member of a notary cluster hosts the cluster's service: the service identity of the
+/// network parameters, signing with the shared service key (`keys/service.key`), committing
+/// through its own Raft replica (`uniqueness-raft.redb` in the node directory, the other
+/// members reached over mutual TLS at their `raft_listen` addresses). Clients pick a member
+/// (the parameters list them) and move on to the next when one does not answer; whichever
+/// member answers, the answer is the cluster's: committed by a majority, signed by the service.
+async fn cluster_notary_service(
+    config: &LoadedConfig,
+    cluster: &crate::config::ClusterMember,
+    keys: &NodeKeys,
+    view: &watch::Receiver<Arc<NetworkView>>,
+    ledger: &Arc<NodeLedger>,
+    r: &mut Registry,
+) -> Result<(), NodeError> {
+    use treaty_notary::raft::{RaftConfig, RaftUniquenessProvider, TlsNetwork, TlsPeer};
+    let params = view.borrow().parameters.clone();
+    let info = params.notaries.iter().find(|n| n.identity.name == cluster.service).ok_or_else(|| {
+        NodeError::Parameters(format!(
+            "notary.service_name {} is not a notary in the network parameters (they list: {})",
+            cluster.service,
+            params.notaries.iter().map(|n| n.identity.name.to_string()).collect::<Vec<_>>().join("; ")
+        ))
+    })?;
+    let key_path = config.dir.join("keys").join("service.key");
+    let key = treaty_net::keystore::read_key(&key_path).map_err(|e| NodeError::Keys(e.into()))?;
+    if !info.identity.owning_key.contains_leaf(&key.public()) {
+        return Err(NodeError::Parameters(format!(
+            "{} holds key {}, but the network parameters give notary {} the key {}",
+            key_path.display(),
+            key.public().short(),
+            cluster.service,
+            info.identity.owning_key.short()
+        )));
+    }
+    let peers = cluster
+        .replicas
+        .iter()
+        .filter(|(id, _)| **id != cluster.id)
+        .map(|(id, (address, name))| (*id, TlsPeer { address: address.clone(), name: name.clone() }))
+        .collect();
+    let network = TlsNetwork::bind(&cluster.listen.to_string(), keys.tls.clone(), peers).await.map_err(|error| NodeError::Listen {
+        key: "notary.raft_listen",
+        address: cluster.listen,
+        error,
+    })?;
+    let members = cluster.replicas.iter().map(|(id, (address, _))| (*id, address.clone())).collect();
+    let path = config.dir.join("uniqueness-raft.redb");
+    let provider = RaftUniquenessProvider::start(&path, RaftConfig::new(cluster.id, members), Arc::new(network))
+        .await
+        .map_err(|e| NodeError::Database { url: path.display().to_string(), message: e.to_string() })?;
+    let validating = config.raw.notary.as_ref().is_some_and(|n| n.validating);
+    let service = NotaryService::new(info.identity.clone(), key, Arc::new(provider)).map_err(NodeError::Parameters)?;
+    let service = Arc::new(service.validating(validating));
+    tracing::info!(
+        "hosting notary {} as replica {} of {} (Raft on {})",
+        cluster.service,
+        cluster.id,
+        cluster.replicas.len(),
+        cluster.listen
+    );
     let (view, ledger) = (view.clone(), ledger.clone());
     r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
         let (service, view, ledger) = (service.clone(), view.clone(), ledger.clone());

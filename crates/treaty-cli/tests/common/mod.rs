@@ -72,9 +72,17 @@ impl Net {
 
     /// Bootstraps `nodes` and a single notary `notary` into a fresh directory named after `test`.
     pub fn with_notary(test: &str, nodes: &[&str], notary: &str) -> Net {
+        Net::with_notary_cluster(test, nodes, notary, 1)
+    }
+
+    /// Bootstraps `nodes` and the notary `notary`, hosted by `members` nodes (a cluster when
+    /// more than one: their names are `CN=Replica i,` before the notary's).
+    pub fn with_notary_cluster(test: &str, nodes: &[&str], notary: &str, members: u32) -> Net {
         let dir = std::env::temp_dir().join(format!("treaty-rpc-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut args = vec!["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--json", "--notary", notary];
+        let members = members.to_string();
+        let mut args =
+            vec!["network", "bootstrap", "--dir", dir.to_str().unwrap(), "--json", "--notary", notary, "--notary-cluster", &members];
         for n in nodes {
             args.extend(["--node", n]);
         }
@@ -85,8 +93,15 @@ impl Net {
 
     /// The directory of the node `legal`.
     pub fn node_dir(&self, legal: &str) -> PathBuf {
-        let org = legal.split(',').next().unwrap().trim_start_matches("O=").to_lowercase();
-        let d = self.dir.join(&org);
+        // As bootstrap names them: the organisation, then any common name, lower case, with
+        // dashes for anything but letters and digits.
+        let name: treaty_core::X500Name = legal.parse().unwrap();
+        let slug = |s: &str| s.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>();
+        let mut stem = slug(name.organisation());
+        if let Some(cn) = name.common_name() {
+            stem = format!("{stem}-{}", slug(cn));
+        }
+        let d = self.dir.join(stem.trim_matches('-'));
         assert!(d.join("node.toml").exists(), "no node directory {}", d.display());
         d
     }
