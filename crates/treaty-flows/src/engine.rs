@@ -290,16 +290,23 @@ struct Table {
     /// the first ones.
     idle: BTreeSet<(u64, FlowId)>,
     next_idle: u64,
-    /// Parkings the cap asked for that have not finished.
+    /// Parkings the cap asked for that have not finished: the flows in `runs` whose
+    /// `park_requested` is set. Changed under this lock only, in the same step as the flag, so
+    /// a flow that has left `runs` is never still counted here (the cap would count it twice,
+    /// ask one flow too few, and nothing would ask again once every flow waits).
     requested: usize,
 }
 
 impl Table {
-    /// Removes a flow's slot and what routes to it.
+    /// Removes a flow's slot and what routes to it (and the cap's request to park it, if any:
+    /// parked, ended or killed, it is no longer in flight).
     fn remove(&mut self, id: FlowId) -> Option<Slot> {
         let slot = self.runs.remove(&id)?;
         match &slot {
             Slot::Live(run, _) => {
+                if run.park_requested.swap(false, Ordering::SeqCst) {
+                    self.requested = self.requested.saturating_sub(1);
+                }
                 for (party, session, initiator) in run.session_keys() {
                     if self.sessions.get(&(party.clone(), session, initiator)) == Some(&id) {
                         self.sessions.remove(&(party, session, initiator));
@@ -679,11 +686,21 @@ impl FlowEngine {
     /// message has come for it — drops it from memory. Runs in the flow's own task between two
     /// polls of the flow, so the flow cannot move meanwhile; only messages can arrive, and they
     /// are queued under the table lock, which the last step holds. Returns whether it parked.
+    ///
+    /// If the cap asked for this parking and it did not happen (a message came meanwhile, or
+    /// the parking could not be written), the flow leaves the cap's index of waiting flows until
+    /// it waits again, and the cap asks another flow in its place: nothing else would, once
+    /// every flow waits. (A parking that happened settled the request as the flow left memory.)
     async fn park(&self, run: &Arc<Run>) -> Result<bool, FlowError> {
         let parked = self.try_park(run).await;
+        let mut t = lock(&self.shared.table);
         if run.park_requested.swap(false, Ordering::SeqCst) {
-            let mut t = lock(&self.shared.table);
             t.requested = t.requested.saturating_sub(1);
+            let seq = run.idle.swap(0, Ordering::SeqCst);
+            if seq != 0 {
+                t.idle.remove(&(seq, run.id));
+            }
+            self.shared.over_cap(&mut t);
         }
         parked
     }
@@ -1083,6 +1100,7 @@ impl FlowEngine {
             }
         }
         t.reviving = 0;
+        t.requested = 0;
         t.sessions.clear();
         t.idle.clear();
         if let Some(alarm) = self.shared.alarm_task.get() {

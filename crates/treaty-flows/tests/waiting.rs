@@ -116,12 +116,30 @@ async fn many_flows_wait_on_disk_not_in_memory() {
         while let Some(id) = starts.join_next().await {
             ids.push(id.unwrap());
         }
+        // Bounded, so that an engine stuck over its cap fails here, saying so, rather than
+        // hanging until the test runner kills it.
+        let waited = Instant::now();
         while engine.resident() > cap {
+            assert!(
+                waited.elapsed() < Duration::from_secs(120),
+                "{} flows started, all waiting, yet {} in memory (cap {cap}) and {} parked",
+                ids.len(),
+                engine.resident(),
+                engine.parked()
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     // Every flow has reached its receive: each has journaled its session and sent its Init.
+    let waited = Instant::now();
     while transport.sent.load(Ordering::Relaxed) < n as u64 || engine.parked() < n.saturating_sub(cap) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "{} of {n} flows opened their session; {} in memory (cap {cap}), {} parked",
+            transport.sent.load(Ordering::Relaxed),
+            engine.resident(),
+            engine.parked()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started_in = began.elapsed();
