@@ -35,6 +35,15 @@ pub fn build_contracts(workspace: &Path, target_dir: &Path) -> Result<Vec<(Strin
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    // What cargo told this build script about the host build (its cfgs, e.g. a backend chosen
+    // in .cargo/config.toml, and its features) is not true of the wasm build: the nested
+    // cargo sets these afresh for its own build scripts, but only those that apply, so any
+    // left over would leak into them.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_")) {
+            cmd.env_remove(key);
+        }
+    }
     for (package, _) in CONTRACT_CRATES {
         cmd.args(["-p", package]);
     }
