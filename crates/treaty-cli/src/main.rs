@@ -333,6 +333,10 @@ enum BenchCommand {
         /// Fraction of transactions that reuse an input of an earlier one (each must be refused).
         #[arg(long, default_value_t = 0.0)]
         conflict_rate: f64,
+        /// Request signatures the server checks in one batch, at most (0: each on its own;
+        /// default: the server's, 256).
+        #[arg(long)]
+        verify_batch: Option<usize>,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -467,9 +471,18 @@ fn main() -> ExitCode {
             bench::flows(&scenario, count, concurrency, json)
         }
         Command::Bench { command: BenchCommand::Resolve { length, json } } => bench::resolve(length, json),
-        Command::Bench { command: BenchCommand::Notary { provider, validating, tx, inputs, concurrency, conflict_rate, json } } => {
-            bench::notary::notary(&bench::notary::NotaryArgs { provider, validating, tx, inputs, concurrency, conflict_rate, json })
-        }
+        Command::Bench {
+            command: BenchCommand::Notary { provider, validating, tx, inputs, concurrency, conflict_rate, verify_batch, json },
+        } => bench::notary::notary(&bench::notary::NotaryArgs {
+            provider,
+            validating,
+            tx,
+            inputs,
+            concurrency,
+            conflict_rate,
+            verify_batch,
+            json,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

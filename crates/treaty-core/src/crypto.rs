@@ -172,6 +172,41 @@ impl Ed25519PublicKey {
     }
 }
 
+/// Checks many signatures, each `(key, message, signature)`, and gives one verdict per item.
+///
+/// The Ed25519 ones are checked together, as one batch equation with weights derived from all
+/// of them (`ed25519_dalek::verify_batch`): about twice as fast per signature as checking
+/// each. If the batch fails, each is checked alone with [`PublicKey::verify`] to find which.
+/// A signature forged without its key fails the batch (but for a negligible chance), so the
+/// verdicts are those of [`PublicKey::verify`] — except that a batch can accept a signature
+/// whose key holder built it with small-order components on purpose, which a check on its
+/// own refuses. Use it where a signature only authenticates its signer to the checker (a
+/// notary's request signatures), never for signatures others must agree on (transactions).
+#[cfg(feature = "parallel")]
+pub fn verify_many(items: &[(&PublicKey, &[u8], &[u8])]) -> Vec<bool> {
+    let mut verdicts = vec![false; items.len()];
+    let (mut at, mut keys, mut messages, mut signatures) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, (key, msg, sig)) in items.iter().enumerate() {
+        match key {
+            PublicKey::Ed25519(k) => {
+                // A key off the curve or a signature of the wrong length never verifies.
+                if let (Some(point), Ok(sig)) = (k.point(), <[u8; 64]>::try_from(*sig)) {
+                    at.push(i);
+                    keys.push(*point);
+                    messages.push(*msg);
+                    signatures.push(ed25519_dalek::Signature::from_bytes(&sig));
+                }
+            }
+            other => verdicts[i] = other.verify(msg, sig).is_ok(),
+        }
+    }
+    let batch_ok = at.len() > 1 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    for (j, i) in at.into_iter().enumerate() {
+        verdicts[i] = batch_ok || keys[j].verify_strict(messages[j], &signatures[j]).is_ok();
+    }
+    verdicts
+}
+
 /// How many decompressed Ed25519 keys [`decompressed`] keeps (it forgets them all when full).
 const DECOMPRESSED_KEYS: usize = 4096;
 
@@ -609,6 +644,43 @@ mod tests {
         // Decoding goes through the same check.
         let enc = encoding::encode(&(0u8, identity));
         assert!(encoding::decode::<PublicKey>(&enc).is_err());
+    }
+
+    #[test]
+    fn many_signatures_checked_together_get_the_verdicts_of_each_checked_alone() {
+        let eds: Vec<KeyPair> = (1..=5).map(|n| key(SignatureScheme::Ed25519, n)).collect();
+        let p256 = key(SignatureScheme::EcdsaP256Sha256, 9);
+        let messages: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 1 + i as usize]).collect();
+        let mut keys: Vec<PublicKey> = Vec::new();
+        let mut sigs: Vec<Vec<u8>> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let signer = if i % 7 == 3 { &p256 } else { &eds[i % eds.len()] };
+            keys.push(signer.public());
+            sigs.push(signer.sign(m));
+        }
+        let check = |keys: &[PublicKey], sigs: &[Vec<u8>]| {
+            let items: Vec<(&PublicKey, &[u8], &[u8])> =
+                keys.iter().zip(&messages).zip(sigs).map(|((k, m), s)| (k, m.as_slice(), s.as_slice())).collect();
+            let alone: Vec<bool> = items.iter().map(|(k, m, s)| k.verify(m, s).is_ok()).collect();
+            (verify_many(&items), alone)
+        };
+        let (together, alone) = check(&keys, &sigs);
+        assert!(together.iter().all(|v| *v), "all good");
+        assert_eq!(together, alone);
+        // A tampered signature, one by the wrong key, a short one and a P-256 one made bad: the
+        // batch fails and each is judged alone.
+        sigs[4][10] ^= 1;
+        sigs[11] = eds[0].sign(b"something else");
+        sigs[20].truncate(63);
+        sigs[3][20] ^= 1;
+        keys[30] = eds[4].public(); // signed by eds[0]
+        let (together, alone) = check(&keys, &sigs);
+        assert_eq!(together, alone);
+        let refused: Vec<usize> = together.iter().enumerate().filter(|(_, v)| !**v).map(|(i, _)| i).collect();
+        assert_eq!(refused, vec![3, 4, 11, 20, 30]);
+        // One alone, and none.
+        assert_eq!(verify_many(&[(&keys[0], &messages[0], &sigs[0])]), vec![true]);
+        assert!(verify_many(&[]).is_empty());
     }
 
     #[test]

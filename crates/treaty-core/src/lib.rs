@@ -28,6 +28,8 @@ pub mod transaction;
 pub use amount::{Amount, AmountError, Currency, Issued, TokenType};
 pub use composite::{CompositeKey, CompositeKeyError, WeightedKey};
 pub use contract::{ContractInput, ContractOutput, ContractRejection, ContractVerdict, ContractVerifier, NativeContracts};
+#[cfg(feature = "parallel")]
+pub use crypto::verify_many;
 pub use crypto::{CryptoError, KeyPair, PublicKey, SignatureMetadata, SignatureScheme, TransactionSignature};
 pub use hash::SecureHash;
 pub use identity::{AbstractParty, AnonymousParty, NameError, Party, PartyAndReference, X500Name};

@@ -41,6 +41,7 @@ pub mod service;
 pub mod signer;
 mod single_node;
 mod time_window;
+pub mod verifier;
 
 pub use apply::{DEFAULT_MAX_INPUTS, MemoryState, Rules, UniquenessState};
 pub use batch::MAX_LINGER;

@@ -244,6 +244,7 @@ pub struct PartyFile {
 /// tls_key = "tls.key"
 /// validating = false
 /// # optional: max_request_bytes = 16777216, max_inputs = 10000
+/// # optional: verify_batch = 256         # request signatures per batch check; 0: one by one
 /// # validating only: the contract attachments (bundles) it trusts
 /// # attachments = ["contracts.bundle"]
 ///
@@ -282,6 +283,10 @@ pub struct ServerFile {
     /// The most inputs per transaction (default [`crate::DEFAULT_MAX_INPUTS`]).
     #[serde(default)]
     pub max_inputs: Option<u64>,
+    /// Request signatures checked in one batch, at most (default
+    /// [`crate::verifier::MAX_VERIFY_BATCH`]; 0: each on its own, on the request's task).
+    #[serde(default)]
+    pub verify_batch: Option<usize>,
     /// Validating only: the contract attachment bundles it trusts.
     #[serde(default)]
     pub attachments: Vec<PathBuf>,
@@ -404,7 +409,8 @@ impl ServerFile {
         let hosted = self.provider(&tls, UniquenessConfig { rules, ..UniquenessConfig::default() }).await?;
         let service = NotaryService::new(identity.clone(), key, hosted.provider())
             .map_err(|e| self.bad(&self.resolve(&self.identity_key), e))?
-            .validating(self.validating);
+            .validating(self.validating)
+            .with_request_batch(self.verify_batch.unwrap_or(crate::verifier::MAX_VERIFY_BATCH));
         let max_request_bytes = self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
         let status = ServerStatus {
             identity,

@@ -127,6 +127,8 @@ pub type NotaryAnswer = Result<TransactionSignature, NotaryRefusal>;
 pub struct NotaryService {
     identity: Party,
     signer: BatchSigner,
+    /// `None`: request signatures are checked on the caller's task, one by one.
+    verifier: Option<crate::verifier::RequestVerifier>,
     provider: Arc<dyn UniquenessProvider>,
     validating: bool,
 }
@@ -147,7 +149,13 @@ impl NotaryService {
                 identity.owning_key.short()
             ));
         }
-        Ok(NotaryService { identity, signer: BatchSigner::new(key, DEFAULT_MAX_SIGNING_BATCH), provider, validating: false })
+        Ok(NotaryService {
+            identity,
+            signer: BatchSigner::new(key, DEFAULT_MAX_SIGNING_BATCH),
+            verifier: Some(crate::verifier::RequestVerifier::start(crate::verifier::MAX_VERIFY_BATCH)),
+            provider,
+            validating: false,
+        })
     }
 
     /// The same service as a validating notary (`true`): it asks for whole transactions with
@@ -159,6 +167,12 @@ impl NotaryService {
     /// Whether this is a validating notary.
     pub fn is_validating(&self) -> bool {
         self.validating
+    }
+
+    /// The same service checking request signatures in batches of at most `max` (default
+    /// [`crate::verifier::MAX_VERIFY_BATCH`]); 0 checks each on its caller's task instead.
+    pub fn with_request_batch(self, max: usize) -> NotaryService {
+        NotaryService { verifier: (max > 0).then(|| crate::verifier::RequestVerifier::start(max)), ..self }
     }
 
     /// The same service signing at most `max` transactions per signature (1: every transaction
@@ -189,10 +203,15 @@ impl NotaryService {
         }
         let named = ftx.notary().map_err(|e| invalid(e.to_string()))?;
         self.check_notary(tx_id, named.as_ref())?;
-        requester
-            .owning_key
-            .verify(&request_signing_bytes(&tx_id, &self.identity), &request.signature)
-            .map_err(|_| NotaryRefusal::RequestSignatureInvalid { tx_id, requester: requester.name.to_string() })?;
+        // Checked in a batch with the other requests arriving now (see `verifier`).
+        let message = request_signing_bytes(&tx_id, &self.identity);
+        let ok = match &self.verifier {
+            Some(v) => v.verify(&requester.owning_key, message, &request.signature).await,
+            None => requester.owning_key.verify(&message, &request.signature).is_ok(),
+        };
+        if !ok {
+            return Err(NotaryRefusal::RequestSignatureInvalid { tx_id, requester: requester.name.to_string() });
+        }
         let inputs = ftx.inputs().map_err(|e| invalid(e.to_string()))?;
         let references = ftx.references().map_err(|e| invalid(e.to_string()))?;
         let time_window = ftx.time_window().map_err(|e| invalid(e.to_string()))?;

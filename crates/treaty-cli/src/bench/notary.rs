@@ -78,6 +78,9 @@ pub struct NotaryArgs {
     pub concurrency: usize,
     /// Fraction of transactions that reuse an input of an earlier one.
     pub conflict_rate: f64,
+    /// The server's `verify_batch` (request signatures per batch check; 0: one by one);
+    /// `None`: its default.
+    pub verify_batch: Option<usize>,
     /// Print one JSON document.
     pub json: bool,
 }
@@ -567,6 +570,9 @@ async fn start_notary(
         quoted(&cast.notary.name.to_string()),
         args.validating
     );
+    if let Some(n) = args.verify_batch {
+        config.push_str(&format!("verify_batch = {n}\n"));
+    }
     if args.validating {
         std::fs::write(home.join("contracts.bundle"), treaty_testkit::token_bundle())?;
         config.push_str("attachments = [\"contracts.bundle\"]\n");
