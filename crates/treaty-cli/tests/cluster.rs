@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ALICE, BOB, Net, Proc, json, run};
+use common::{ALICE, BOB, Net, Proc, json, run, usd};
 use serde_json::{Value, json};
 
 const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
@@ -24,19 +24,6 @@ fn completed(net: &Net, node: &str, flow: &str, args: Value) -> Value {
     let record = start(net, node, flow, args);
     assert_eq!(record["status"], "COMPLETED", "{record}");
     record["result"].clone()
-}
-
-/// The node's USD balance in cents.
-fn usd(net: &Net, node: &str) -> u64 {
-    let (code, out, err) = run(&["vault", "balances", "--node", &net.node(node), "--json"]);
-    assert_eq!(code, 0, "{err}");
-    json(&out)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["token"] == "USD")
-        .map(|b| b["raw_quantity"].as_str().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 /// How many notarisations `member` has answered (its `treaty.Notarise` responder flows).

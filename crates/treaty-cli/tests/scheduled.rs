@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ALICE, BOB, Net, Proc, eventually, json, run};
+use common::{ALICE, BOB, Net, Proc, eventually, json, run, usd};
 use serde_json::Value;
 
 const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
@@ -130,19 +130,6 @@ fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_pai
     let again = flow(&net, BOB, "ObligationDefault", serde_json::json!({ "id": unpaid_id }));
     assert_eq!(again["defaulted"], false, "{again}");
     drop((alice, bob));
-}
-
-/// The node's spendable balance of USD issued by Alice, in cents (`vault balances --json`).
-fn usd(net: &Net, node: &str) -> u64 {
-    let (code, out, err) = run(&["vault", "balances", "--node", &net.node(node), "--json"]);
-    assert_eq!(code, 0, "{err}");
-    json(&out)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["token"] == "USD")
-        .map(|b| b["raw_quantity"].as_str().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 #[test]

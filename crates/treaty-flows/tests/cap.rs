@@ -9,18 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{ALICE, BOB, HookedParking, ParkHook, name};
 use serde_json::json;
 use treaty_core::{X500Name, encoding};
 use treaty_flows::protocol::{Envelope, FLOW_TOPIC, SessionMessage};
 use treaty_flows::*;
 use treaty_net::messaging::{InboundMessage, MessageId, StoreError};
-
-const ALICE: &str = "O=Alice,L=London,C=GB";
-const BOB: &str = "O=Bob,L=Paris,C=FR";
-
-fn name(s: &str) -> X500Name {
-    s.parse().unwrap()
-}
 
 /// Counts what flows send (each flow sends its session's opening before it waits).
 #[derive(Default)]
@@ -64,51 +60,20 @@ async fn within(secs: u64, done: impl Fn() -> bool) -> bool {
     true
 }
 
-/// A memory store that cannot write the parking of the flows in `refused`.
+/// Refuses to write the parking of the flows in `refused`, counting the attempts.
 #[derive(Default)]
-struct RefusedParking {
-    inner: MemoryFlowStore,
+struct Refused {
     refused: Mutex<Vec<FlowId>>,
     attempts: AtomicUsize,
 }
 
-impl FlowStore for RefusedParking {
-    async fn create(&self, record: FlowRecord) -> Result<Created, StoreError> {
-        self.inner.create(record).await
-    }
-    async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
-        self.inner.append(id, first, entries).await
-    }
-    async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, StoreError> {
-        self.inner.journal(id).await
-    }
-    async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
-        self.inner.set_status(id, status, result, error).await
-    }
-    async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn list(&self) -> Result<Vec<FlowRecord>, StoreError> {
-        self.inner.list().await
-    }
-    async fn runnable(&self) -> Result<Vec<FlowRecord>, StoreError> {
-        self.inner.runnable().await
-    }
-    async fn park(&self, parking: &Parking) -> Result<(), StoreError> {
+impl ParkHook for Refused {
+    async fn before_park(&self, parking: &Parking) -> Result<(), StoreError> {
         if self.refused.lock().unwrap().contains(&parking.id) {
             self.attempts.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::permanent("the disk is full"));
         }
-        self.inner.park(parking).await
-    }
-    async fn parked_session(&self, party: &X500Name, session: u64, initiator: bool) -> Result<Option<FlowId>, StoreError> {
-        self.inner.parked_session(party, session, initiator).await
-    }
-    async fn parked(&self) -> Result<Vec<ParkedFlow>, StoreError> {
-        self.inner.parked().await
-    }
-    async fn awake(&self) -> Result<Vec<FlowRecord>, StoreError> {
-        self.inner.awake().await
+        Ok(())
     }
 }
 
@@ -122,17 +87,17 @@ fn answer(session: u64, text: &str) -> InboundMessage {
 /// staying over its cap for good (nothing else would ask again once every flow waits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parking_that_fails_is_replaced_by_another_flows() {
-    let store = Arc::new(RefusedParking::default());
+    let store = Arc::new(HookedParking::new(Refused::default()));
     let transport = Arc::new(Counting::default());
     let engine = FlowEngine::new(name(ALICE), store.clone(), transport.clone(), registry(), capped(1));
     let first = engine.start("Wait", json!(null), None).await.unwrap();
-    store.refused.lock().unwrap().push(first);
+    store.hook.refused.lock().unwrap().push(first);
     assert!(within(20, || transport.sent.load(Ordering::SeqCst) == 1).await, "the first flow never waited");
     // The second flow puts the engine over its cap of one: the first (longest waiting) is asked
     // to park, and cannot.
     let second = engine.start("Wait", json!(null), None).await.unwrap();
     assert!(within(20, || transport.sent.load(Ordering::SeqCst) == 2).await, "the second flow never waited");
-    assert!(within(20, || store.attempts.load(Ordering::SeqCst) >= 1).await, "the first flow was never asked to park");
+    assert!(within(20, || store.hook.attempts.load(Ordering::SeqCst) >= 1).await, "the first flow was never asked to park");
     let back_under = within(10, || engine.resident() == 1).await;
     assert!(
         back_under,

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 mod common;
 
-use common::{ALICE, BOB, Directory, Node, finished, name, result};
+use common::{ALICE, BOB, Directory, HookedParking, Node, ParkHook, finished, name, result};
 use treaty_core::{X500Name, encoding};
 use treaty_flows::protocol::{Envelope, FLOW_TOPIC, SessionMessage};
 use treaty_flows::*;
@@ -297,49 +297,18 @@ impl Transport for Wire {
     }
 }
 
-/// A memory store whose parking writes wait for the test: `entered` gets a permit when one
-/// starts, and it goes on when `gate` has one.
-struct HeldParking {
-    inner: MemoryFlowStore,
+/// Parking writes wait for the test: `entered` gets a permit when one starts, and it goes on
+/// when `gate` has one.
+struct Held {
     entered: Semaphore,
     gate: Semaphore,
 }
 
-impl FlowStore for HeldParking {
-    async fn create(&self, record: FlowRecord) -> Result<Created, StoreError> {
-        self.inner.create(record).await
-    }
-    async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
-        self.inner.append(id, first, entries).await
-    }
-    async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, StoreError> {
-        self.inner.journal(id).await
-    }
-    async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
-        self.inner.set_status(id, status, result, error).await
-    }
-    async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn list(&self) -> Result<Vec<FlowRecord>, StoreError> {
-        self.inner.list().await
-    }
-    async fn runnable(&self) -> Result<Vec<FlowRecord>, StoreError> {
-        self.inner.runnable().await
-    }
-    async fn park(&self, parking: &Parking) -> Result<(), StoreError> {
+impl ParkHook for Held {
+    async fn before_park(&self, _: &Parking) -> Result<(), StoreError> {
         self.entered.add_permits(1);
         self.gate.acquire().await.map_err(|e| StoreError::permanent(e.to_string()))?.forget();
-        self.inner.park(parking).await
-    }
-    async fn parked_session(&self, party: &X500Name, session: u64, initiator: bool) -> Result<Option<FlowId>, StoreError> {
-        self.inner.parked_session(party, session, initiator).await
-    }
-    async fn parked(&self) -> Result<Vec<ParkedFlow>, StoreError> {
-        self.inner.parked().await
-    }
-    async fn awake(&self) -> Result<Vec<FlowRecord>, StoreError> {
-        self.inner.awake().await
+        Ok(())
     }
 }
 
@@ -414,17 +383,17 @@ fn from_bob(session: u64, value: &impl Serialize) -> InboundMessage {
 
 #[tokio::test]
 async fn a_message_arriving_while_the_flow_is_being_parked_is_not_lost() {
-    let store = Arc::new(HeldParking { inner: MemoryFlowStore::default(), entered: Semaphore::new(0), gate: Semaphore::new(0) });
+    let store = Arc::new(HookedParking::new(Held { entered: Semaphore::new(0), gate: Semaphore::new(0) }));
     let wire = Arc::new(Wire::default());
     let engine = engine(store.clone(), &wire, parked_at_once());
     let id = engine.start("Wait", json!(1), None).await.unwrap();
     let s = session(&engine, id).await;
     // The flow waits, and its task is writing its parking (held here) ...
-    store.entered.acquire().await.unwrap().forget();
+    store.hook.entered.acquire().await.unwrap().forget();
     // ... when the answer comes: it is queued for the flow, which is still in memory.
     let answer = from_bob(s, &"now".to_string());
     engine.deliver(answer.clone()).await.unwrap();
-    store.gate.add_permits(1);
+    store.hook.gate.add_permits(1);
     let r = finished(&engine, id).await;
     assert_eq!(result(&r), json!(["now"]));
     assert_eq!(received(&store.journal(id).await.unwrap()), vec![answer.id]);
@@ -435,7 +404,7 @@ async fn a_message_arriving_while_the_flow_is_being_parked_is_not_lost() {
 
 #[tokio::test]
 async fn a_message_arriving_just_after_the_parking_brings_the_flow_back() {
-    let store = Arc::new(HeldParking { inner: MemoryFlowStore::default(), entered: Semaphore::new(0), gate: Semaphore::new(1000) });
+    let store = Arc::new(HookedParking::new(Held { entered: Semaphore::new(0), gate: Semaphore::new(1000) }));
     let wire = Arc::new(Wire::default());
     let engine = engine(store.clone(), &wire, parked_at_once());
     let id = engine.start("Wait", json!(2), None).await.unwrap();

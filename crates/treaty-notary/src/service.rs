@@ -206,7 +206,7 @@ impl NotaryService {
         // Checked in a batch with the other requests arriving now (see `verifier`).
         let message = request_signing_bytes(&tx_id, &self.identity);
         let ok = match &self.verifier {
-            Some(v) => v.verify(&requester.owning_key, message, &request.signature).await,
+            Some(v) => v.verify(&requester.owning_key, &message, &request.signature).await,
             None => requester.owning_key.verify(&message, &request.signature).is_ok(),
         };
         if !ok {

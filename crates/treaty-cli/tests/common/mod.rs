@@ -239,3 +239,16 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The node's spendable USD in cents (`treaty vault balances --json`, every issuer).
+pub fn usd(net: &Net, node: &str) -> u64 {
+    let (code, out, err) = run(&["vault", "balances", "--node", &net.node(node), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["token"] == "USD")
+        .map(|b| b["raw_quantity"].as_str().unwrap().parse::<u64>().unwrap())
+        .sum()
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use treaty_core::X500Name;
 use treaty_flows::*;
-use treaty_net::messaging::{MemoryMessageStore, Messenger, MessengerConfig, PeerDirectory};
+use treaty_net::messaging::{MemoryMessageStore, Messenger, MessengerConfig, PeerDirectory, StoreError};
 use treaty_net::sim::{SimConnector, SimNetwork};
 
 pub const ALICE: &str = "O=Alice,L=London,C=GB";
@@ -112,4 +112,60 @@ pub async fn finished(engine: &FlowEngine, id: FlowId) -> FlowRecord {
 pub fn result(r: &FlowRecord) -> serde_json::Value {
     assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
     serde_json::from_slice(r.result.as_ref().unwrap()).unwrap()
+}
+
+/// What a [`HookedParking`] store does before it writes a parking (hold it, refuse it, count it).
+pub trait ParkHook: Send + Sync + 'static {
+    /// Runs before `parking` is written; an error is the store's answer instead.
+    fn before_park(&self, parking: &Parking) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A memory store that runs its hook before writing each parking (tests of parking races and
+/// failures); everything else is the memory store's.
+pub struct HookedParking<H> {
+    pub inner: MemoryFlowStore,
+    pub hook: H,
+}
+
+impl<H> HookedParking<H> {
+    pub fn new(hook: H) -> HookedParking<H> {
+        HookedParking { inner: MemoryFlowStore::default(), hook }
+    }
+}
+
+impl<H: ParkHook> FlowStore for HookedParking<H> {
+    async fn create(&self, record: FlowRecord) -> Result<Created, StoreError> {
+        self.inner.create(record).await
+    }
+    async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
+        self.inner.append(id, first, entries).await
+    }
+    async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, StoreError> {
+        self.inner.journal(id).await
+    }
+    async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
+        self.inner.set_status(id, status, result, error).await
+    }
+    async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        self.inner.list().await
+    }
+    async fn runnable(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        self.inner.runnable().await
+    }
+    async fn park(&self, parking: &Parking) -> Result<(), StoreError> {
+        self.hook.before_park(parking).await?;
+        self.inner.park(parking).await
+    }
+    async fn parked_session(&self, party: &X500Name, session: u64, initiator: bool) -> Result<Option<FlowId>, StoreError> {
+        self.inner.parked_session(party, session, initiator).await
+    }
+    async fn parked(&self) -> Result<Vec<ParkedFlow>, StoreError> {
+        self.inner.parked().await
+    }
+    async fn awake(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        self.inner.awake().await
+    }
 }
