@@ -49,6 +49,9 @@ pub fn needs_notary(stx: &SignedTransaction) -> bool {
 /// How long a client waits for one member of a notary cluster before asking the next; it
 /// doubles after every round of the members, up to [`CLUSTER_MEMBER_MAX_WAIT`].
 pub const CLUSTER_MEMBER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How many times a client asks again a notary that answered `Overloaded`, waiting the time it
+/// estimated (10 ms to 30 s) before each; then the refusal is the flow's error.
+pub const NOTARY_BUSY_RETRIES: u32 = 20;
 /// The longest wait for one member of a notary cluster.
 pub const CLUSTER_MEMBER_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -74,31 +77,17 @@ pub async fn notarise<L: Ledger, K: Keys>(
     let id = stx.id();
     let notary = stx.tx().components().notary.clone().ok_or_else(|| FlowError::Invalid(format!("transaction {id} names no notary")))?;
     let signature = keys.sign_bytes(&me.owning_key, &request_signing_bytes(&id, &notary))?;
-    let members = ledger.notary_members(&notary.name);
-    let answer: NotaryAnswer = if members.is_empty() {
-        let session = ctx.initiate_as(&notary.name, NOTARY_PROTOCOL, 1).await?;
-        ask_notary(ctx, ledger, stx, &notary.name, &session, signature).await?;
-        ctx.receive(&session).await?
-    } else {
-        let first = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or_default()) as usize % members.len();
-        let mut attempt = 0usize;
-        loop {
-            let member = &members[(first + attempt) % members.len()];
-            let session = ctx.initiate_as(member, NOTARY_PROTOCOL, 1).await?;
-            ask_notary(ctx, ledger, stx, &notary.name, &session, signature.clone()).await?;
-            let round = u32::try_from(attempt / members.len()).unwrap_or(u32::MAX).min(8);
-            let wait = (CLUSTER_MEMBER_WAIT * 2u32.pow(round)).min(CLUSTER_MEMBER_MAX_WAIT);
-            let deadline = ctx.now().await?.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
-            if let Some(answer) = ctx.receive_until(&session, deadline).await? {
-                break answer;
+    let mut busy = 0u32;
+    let answer = loop {
+        match ask_once(ctx, ledger, stx, &notary.name, &signature).await? {
+            Err(NotaryRefusal::Overloaded { reason, retry_after_ms }) if busy < NOTARY_BUSY_RETRIES => {
+                busy += 1;
+                let wait_ms = retry_after_ms.clamp(10, 30_000);
+                ctx.progress(&format!("notary {} is busy ({reason}); asking again in {wait_ms} ms", notary.name)).await?;
+                let until = ctx.now().await?.saturating_add(i64::try_from(wait_ms).unwrap_or(30_000) * 1000);
+                ctx.sleep_until(until).await?;
             }
-            ctx.progress(&format!(
-                "{member} (of notary {}) did not answer within {} s; asking the next member",
-                notary.name,
-                wait.as_secs()
-            ))
-            .await?;
-            attempt += 1;
+            other => break other,
         }
     };
     let sig = answer.map_err(|refusal| FlowError::Notary(Box::new(refusal)))?;
@@ -112,6 +101,41 @@ pub async fn notarise<L: Ledger, K: Keys>(
     sig.verify(&id)
         .map_err(|e| FlowError::Exception(format!("notary {}'s signature over transaction {id} is invalid: {e}", notary.name)))?;
     Ok(sig)
+}
+
+/// Asks the notary once (a cluster through its members in turn) and returns its answer.
+async fn ask_once<L: Ledger>(
+    ctx: &FlowContext,
+    ledger: &Arc<L>,
+    stx: &SignedTransaction,
+    notary: &X500Name,
+    signature: &[u8],
+) -> Result<NotaryAnswer, FlowError> {
+    let id = stx.id();
+    let members = ledger.notary_members(notary);
+    let answer: NotaryAnswer = if members.is_empty() {
+        let session = ctx.initiate_as(notary, NOTARY_PROTOCOL, 1).await?;
+        ask_notary(ctx, ledger, stx, notary, &session, signature.to_vec()).await?;
+        ctx.receive(&session).await?
+    } else {
+        let first = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or_default()) as usize % members.len();
+        let mut attempt = 0usize;
+        loop {
+            let member = &members[(first + attempt) % members.len()];
+            let session = ctx.initiate_as(member, NOTARY_PROTOCOL, 1).await?;
+            ask_notary(ctx, ledger, stx, notary, &session, signature.to_vec()).await?;
+            let round = u32::try_from(attempt / members.len()).unwrap_or(u32::MAX).min(8);
+            let wait = (CLUSTER_MEMBER_WAIT * 2u32.pow(round)).min(CLUSTER_MEMBER_MAX_WAIT);
+            let deadline = ctx.now().await?.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
+            if let Some(answer) = ctx.receive_until(&session, deadline).await? {
+                break answer;
+            }
+            ctx.progress(&format!("{member} (of notary {}) did not answer within {} s; asking the next member", notary, wait.as_secs()))
+                .await?;
+            attempt += 1;
+        }
+    };
+    Ok(answer)
 }
 
 /// Sends the notarisation request on `session`: a tear-off, or for a validating notary the

@@ -294,3 +294,50 @@ async fn cluster_failover(alice_options: EngineOptions) {
     assert_eq!(journal.iter().filter(|e| matches!(e, Entry::TimedOut { .. })).count(), 1, "{journal:?}");
     assert!(bob_ledger.get(&id).is_some());
 }
+
+#[tokio::test]
+async fn a_busy_notary_is_asked_again_after_the_wait_it_estimated() {
+    // The notary answers the first request `Overloaded` (as its queue would when full), then
+    // serves normally: the payer waits the estimate, journaled, and asks again.
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let chain = Arc::new(token_chain(3, 21).unwrap());
+    let (alice_ledger, bob_ledger, notary_ledger) = (ledger(), ledger(), ledger());
+    alice_ledger.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &NetworkParameters::default()).unwrap());
+    chain.transactions.iter().for_each(|t| alice_ledger.insert(t.clone()));
+    let provider = Arc::new(MemoryUniquenessProvider::new(Rules::default()));
+    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap());
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut notary_flows = Registry::new();
+    notary_flows.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
+        let (service, l, busy) = (service.clone(), notary_ledger.clone(), busy.clone());
+        async move {
+            if !busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+                let _: NotaryRequest = ctx.receive(&session).await?;
+                let answer: treaty_notary::NotaryAnswer =
+                    Err(treaty_notary::NotaryRefusal::Overloaded { reason: "the queue is full".into(), retry_after_ms: 400 });
+                return ctx.send(&session, &answer).await;
+            }
+            notary_responder(&ctx, &service, &l, |who: &X500Name| (who == &name(ALICE)).then(alice)).await
+        }
+    });
+    let alice =
+        Node::start(&net, &dir, ALICE, &Disk::default(), registry(alice_ledger.clone(), chain.clone(), None), EngineOptions::default())
+            .await;
+    let _bob =
+        Node::start(&net, &dir, BOB, &Disk::default(), registry(bob_ledger.clone(), chain.clone(), None), EngineOptions::default()).await;
+    let _notary = Node::start(&net, &dir, NOTARY, &Disk::default(), notary_flows, EngineOptions::default()).await;
+
+    let began = std::time::Instant::now();
+    let flow = alice.engine.start("Pay", json!({ "to": BOB, "salt": 10, "stale": false }), None).await.unwrap();
+    let out = result(&finished(&alice.engine, flow).await);
+    assert_eq!(out["signatures"], 2);
+    assert!(began.elapsed() >= std::time::Duration::from_millis(400), "it waited the estimate ({:?})", began.elapsed());
+    let journal = alice.engine.journal(flow).await.unwrap();
+    assert!(
+        journal.iter().any(|e| matches!(e, Entry::Progress(p) if p.contains("is busy (the queue is full); asking again in 400 ms"))),
+        "{journal:?}"
+    );
+    assert!(journal.iter().any(|e| matches!(e, Entry::Slept(_))));
+}

@@ -245,6 +245,7 @@ pub struct PartyFile {
 /// validating = false
 /// # optional: max_request_bytes = 16777216, max_inputs = 10000
 /// # optional: verify_batch = 256         # request signatures per batch check; 0: one by one
+/// # optional: max_pending = 10000         # requests waiting for their commit; beyond: Overloaded
 /// # validating only: the contract attachments (bundles) it trusts
 /// # attachments = ["contracts.bundle"]
 ///
@@ -287,6 +288,11 @@ pub struct ServerFile {
     /// [`crate::verifier::MAX_VERIFY_BATCH`]; 0: each on its own, on the request's task).
     #[serde(default)]
     pub verify_batch: Option<usize>,
+    /// Requests that may wait for their commit at once (default
+    /// [`crate::service::DEFAULT_MAX_PENDING`]); beyond, they are refused `Overloaded` with an
+    /// estimated wait.
+    #[serde(default)]
+    pub max_pending: Option<usize>,
     /// Validating only: the contract attachment bundles it trusts.
     #[serde(default)]
     pub attachments: Vec<PathBuf>,
@@ -410,7 +416,8 @@ impl ServerFile {
         let service = NotaryService::new(identity.clone(), key, hosted.provider())
             .map_err(|e| self.bad(&self.resolve(&self.identity_key), e))?
             .validating(self.validating)
-            .with_request_batch(self.verify_batch.unwrap_or(crate::verifier::MAX_VERIFY_BATCH));
+            .with_request_batch(self.verify_batch.unwrap_or(crate::verifier::MAX_VERIFY_BATCH))
+            .with_max_pending(self.max_pending.unwrap_or(crate::service::DEFAULT_MAX_PENDING));
         let max_request_bytes = self.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES);
         let status = ServerStatus {
             identity,

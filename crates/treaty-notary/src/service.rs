@@ -131,6 +131,62 @@ pub struct NotaryService {
     verifier: Option<crate::verifier::RequestVerifier>,
     provider: Arc<dyn UniquenessProvider>,
     validating: bool,
+    admission: Arc<Admission>,
+}
+
+/// The most requests a service lets wait for their commit at once by default; beyond it,
+/// requests are refused as `Overloaded` with an estimated wait.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+
+/// Requests waiting for their commit, and the recent commit rate (to estimate a wait).
+struct Admission {
+    max: usize,
+    pending: std::sync::atomic::AtomicUsize,
+    /// (start of the current window, answers in it, answers per second over the last window).
+    rate: std::sync::Mutex<(std::time::Instant, u64, f64)>,
+}
+
+impl Admission {
+    fn new(max: usize) -> Admission {
+        Admission { max, pending: std::sync::atomic::AtomicUsize::new(0), rate: std::sync::Mutex::new((std::time::Instant::now(), 0, 0.0)) }
+    }
+
+    /// A place in the queue, or `Overloaded` with the time the queue ahead should take.
+    fn admit(self: &Arc<Self>) -> Result<Pending, NotaryRefusal> {
+        use std::sync::atomic::Ordering;
+        let waiting = self.pending.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.max {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            let rate = self.rate.lock().unwrap_or_else(|p| p.into_inner()).2;
+            // At the recent rate the queue ahead takes waiting / rate seconds; with no rate yet
+            // (nothing committed lately), a second.
+            let retry_after_ms = if rate > 1.0 { ((waiting as f64 / rate) * 1000.0).ceil() as u64 } else { 1000 };
+            return Err(NotaryRefusal::Overloaded {
+                reason: format!("{waiting} requests are waiting for their commit, the most this notary queues"),
+                retry_after_ms: retry_after_ms.clamp(10, 60_000),
+            });
+        }
+        Ok(Pending(self.clone()))
+    }
+
+    fn answered(&self) {
+        let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        r.1 += 1;
+        let elapsed = r.0.elapsed().as_secs_f64();
+        if elapsed >= 0.25 {
+            r.2 = r.1 as f64 / elapsed;
+            *r = (std::time::Instant::now(), 0, r.2);
+        }
+    }
+}
+
+/// A request's place in the queue, given back when it is answered.
+struct Pending(Arc<Admission>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The most transactions one batch signature covers by default.
@@ -155,6 +211,7 @@ impl NotaryService {
             verifier: Some(crate::verifier::RequestVerifier::start(crate::verifier::MAX_VERIFY_BATCH)),
             provider,
             validating: false,
+            admission: Arc::new(Admission::new(DEFAULT_MAX_PENDING)),
         })
     }
 
@@ -173,6 +230,13 @@ impl NotaryService {
     /// [`crate::verifier::MAX_VERIFY_BATCH`]); 0 checks each on its caller's task instead.
     pub fn with_request_batch(self, max: usize) -> NotaryService {
         NotaryService { verifier: (max > 0).then(|| crate::verifier::RequestVerifier::start(max)), ..self }
+    }
+
+    /// The same service letting at most `max` requests wait for their commit at once (default
+    /// [`DEFAULT_MAX_PENDING`]); a request beyond is refused as `Overloaded`, with the time
+    /// the queue ahead should take at the recent commit rate.
+    pub fn with_max_pending(self, max: usize) -> NotaryService {
+        NotaryService { admission: Arc::new(Admission::new(max.max(1))), ..self }
     }
 
     /// The same service signing at most `max` transactions per signature (1: every transaction
@@ -282,7 +346,11 @@ impl NotaryService {
         now: Timestamp,
     ) -> NotaryAnswer {
         let request = CommitRequest { tx_id, inputs, references, time_window, requester: requester.name.clone() };
-        match self.provider.commit(request, now).await {
+        let place = self.admission.admit()?;
+        let committed = self.provider.commit(request, now).await;
+        self.admission.answered();
+        drop(place);
+        match committed {
             Ok(()) => Ok(self.signer.sign(tx_id).await),
             Err(NotaryError::Conflict { tx_id, conflict }) => Err(NotaryRefusal::Conflict { tx_id, conflict }),
             Err(NotaryError::TimeWindowInvalid { tx_id, window, now, tolerance_micros }) => {

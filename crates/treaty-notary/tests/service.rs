@@ -98,3 +98,49 @@ async fn wrong_notary_and_bad_request_signature_are_distinct_refusals() {
     // Neither consumed anything: the rightful request goes through.
     f.service.notarise(&request(&f, &wtx, &FilteredTransaction::NOTARY_GROUPS), &f.alice, NOW).await.unwrap();
 }
+
+/// A provider whose commits wait for the test's permits.
+struct Held {
+    inner: MemoryUniquenessProvider,
+    gate: tokio::sync::Semaphore,
+}
+
+impl UniquenessProvider for Held {
+    fn commit(&self, request: CommitRequest, now: Timestamp) -> CommitFuture<'_> {
+        Box::pin(async move {
+            self.gate.acquire().await.map_err(|e| NotaryError::Stopped(e.to_string()))?.forget();
+            self.inner.commit(request, now).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_request_beyond_the_queue_is_refused_as_overloaded_with_an_estimated_wait_and_consumes_nothing() {
+    let (nk, ak) = (key(3), key(1));
+    let notary = party("O=Notary,L=Zurich,C=CH", &nk);
+    let held = Arc::new(Held { inner: MemoryUniquenessProvider::new(Rules::default()), gate: tokio::sync::Semaphore::new(0) });
+    let service = Arc::new(NotaryService::new(notary.clone(), nk, held.clone()).unwrap().with_max_pending(2));
+    let alice = party("O=Alice,L=London,C=GB", &ak);
+    let f = Fixture { service: NotaryService::new(notary.clone(), key(3), held.clone()).unwrap(), notary, alice, alice_key: ak };
+    // Two requests wait for their commit: the queue is full.
+    let mut waiting = Vec::new();
+    for input in [1, 2] {
+        let (service, req, alice) =
+            (service.clone(), request(&f, &spend(&f.notary, input), &FilteredTransaction::NOTARY_GROUPS), f.alice.clone());
+        waiting.push(tokio::spawn(async move { service.notarise(&req, &alice, NOW).await }));
+    }
+    // Both reach the provider, where they wait for a permit.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let third = spend(&f.notary, 3);
+    let refused = service.notarise(&request(&f, &third, &FilteredTransaction::NOTARY_GROUPS), &f.alice, NOW).await.unwrap_err();
+    let NotaryRefusal::Overloaded { reason, retry_after_ms } = &refused else { panic!("{refused:?}") };
+    assert!(reason.contains("2 requests are waiting"), "{reason}");
+    assert!((10..=60_000).contains(retry_after_ms), "{retry_after_ms}");
+    assert_eq!(refused.code(), "NOTARY-OVERLOADED");
+    // The queue drains; the refused request consumed nothing and now goes through.
+    held.gate.add_permits(3);
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    service.notarise(&request(&f, &third, &FilteredTransaction::NOTARY_GROUPS), &f.alice, NOW).await.unwrap();
+}
