@@ -369,7 +369,7 @@ fn real_nodes(r: &mut Report) -> Result<()> {
         let cash = cash_between(alice, bob).await;
         map_task.abort();
         for n in nodes {
-            n.stop().await;
+            n.stop();
         }
         Ok::<_, anyhow::Error>((id, result, ms, journal, cash?))
     });

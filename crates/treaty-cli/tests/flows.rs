@@ -75,11 +75,11 @@ async fn echo_runs_between_two_nodes_and_survives_downtime_and_restart() {
     assert_eq!(result, json!({"echo": "hello", "from": "O=Bob, L=Paris, C=FR"}));
 
     // Bob is down when the next one starts, and Alice's node restarts while it waits.
-    bob.stop().await;
+    bob.stop();
     let id = alice.flows.start(ECHO, json!({"to": BOB, "message": "still there?"}), Some("retry-safe-1".into())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(alice.flows.get(id).await.unwrap().unwrap().status, FlowStatus::Runnable);
-    alice.stop().await;
+    alice.stop();
     let alice = start(&dir, "alice").await;
     // The same client id finds the same flow after the restart.
     let again = alice.flows.start(ECHO, json!({"to": BOB, "message": "still there?"}), Some("retry-safe-1".into())).await.unwrap();
@@ -115,7 +115,7 @@ async fn swap_identities_gives_each_side_a_fresh_key_only_the_other_can_name() {
     assert_eq!((alice.identities.confidential_keys(), bob.identities.confidential_keys()), (1, 1));
 
     // The key survives a restart: derived again from the seed file, and it can still sign.
-    alice.stop().await;
+    alice.stop();
     let alice = start(&dir, "alice").await;
     assert_eq!(alice.identities.confidential_keys(), 1);
     use treaty_flows::Keys;
@@ -315,7 +315,7 @@ async fn coins_locked_by_a_flow_that_is_gone_are_free_again_after_a_restart() {
     alice.vault.lock(LockId(uuid::Uuid::from_u128(7)), &[coin]).await.unwrap();
     let locked = Criteria::Lock(LockFilter::Locked);
     assert_eq!(alice.vault.count(&locked).await.unwrap(), 1);
-    alice.stop().await;
+    alice.stop();
     let alice = start_finance(&dir, "alice").await;
     assert_eq!(alice.vault.count(&locked).await.unwrap(), 0, "released at start-up");
     let _ = std::fs::remove_dir_all(&dir);
@@ -330,7 +330,7 @@ async fn a_payment_that_succeeds_leaves_no_coin_of_its_own_locked() {
     let eur = Criteria::unconsumed().and(Criteria::Fungible(treaty_vault::FungibleCriteria::token("EUR")));
     let euro = alice.vault.query(&eur, &Sort::recording_order(), &PageSpec::first(10)).await.unwrap().states[0].state_ref;
     // Bob is down: the payment selects its coins, notarises, and waits to hand Bob the result.
-    bob.stop().await;
+    bob.stop();
     let id = alice.flows.start(treaty_finance::CASH_PAYMENT, json!({ "amount": "10.00 USD", "recipient": BOB }), None).await.unwrap();
     let locked = Criteria::Lock(LockFilter::Locked);
     for _ in 0..200 {

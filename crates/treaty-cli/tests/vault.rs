@@ -233,7 +233,7 @@ async fn vault_query_and_balances_show_the_nodes_states_over_tls() {
     assert!(err.contains("RPC user \"viewer\" lacks permission ReadVault"), "{err}");
 
     // Node not running: the same error as every RPC command.
-    alice.stop().await;
+    alice.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, _, flow_err) = cli(args(&["flow", "list", "--node", &dir])).await;
     assert_ne!(code, 0);
@@ -291,5 +291,5 @@ async fn track_vault_counts_the_snapshot_then_streams_each_transaction() {
     assert_eq!(update.consumed.len(), 1);
     assert_eq!(update.consumed[0].tx_id, issue.id().to_string());
     assert_eq!(update.consumed[0].consuming_tx, spend.id().to_string());
-    alice.stop().await;
+    alice.stop();
 }

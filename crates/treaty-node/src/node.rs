@@ -116,13 +116,11 @@ impl RunningNode {
         if let Some(rpc) = self.rpc.take() {
             rpc.stop(Duration::from_secs(2)).await;
         }
-        self.stop().await;
+        self.stop();
     }
 
-    /// Stops the node's tasks, then closes its database (waiting for writes in progress), so
-    /// nothing of this node writes after it returns: the same directory can be started again
-    /// at once, in this process or another. Everything durable stays in the database.
-    pub async fn stop(self) {
+    /// Stops the node's tasks. Everything durable stays in the database.
+    pub fn stop(self) {
         if let Some(rpc) = self.rpc {
             rpc.abort();
         }
@@ -131,7 +129,6 @@ impl RunningNode {
         for t in self.tasks {
             t.abort();
         }
-        self.db.close().await;
     }
 }
 

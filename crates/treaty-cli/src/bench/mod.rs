@@ -72,10 +72,10 @@ async fn baseline_sqlite(dir: &std::path::Path) -> Result<f64> {
 }
 
 /// Stops the nodes and the map of [`local_network`].
-async fn stop(map_task: tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, nodes: Vec<node::RunningNode>) {
+fn stop(map_task: tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, nodes: Vec<node::RunningNode>) {
     map_task.abort();
     for n in nodes {
-        n.stop().await;
+        n.stop();
     }
 }
 
@@ -169,7 +169,7 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
         }
         let seconds = began.elapsed().as_secs_f64();
         producer.await??;
-        stop(map_task, nodes).await;
+        stop(map_task, nodes);
         let ed25519 = baseline_ed25519()?;
         Ok(MessagingReport {
             scenario: "messaging",
@@ -263,7 +263,7 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
         let seconds = began.elapsed().as_secs_f64();
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-        stop(map_task, nodes).await;
+        stop(map_task, nodes);
         Ok(FlowsReport {
             scenario,
             flows: count,
@@ -333,7 +333,7 @@ pub fn resolve(length: usize, json: bool) -> Result<()> {
         let bob_flow = nodes[1].flows.list().await?.first().map(|f| f.id).context("Bob ran no responder")?;
         let batches_received =
             nodes[1].flows.journal(bob_flow).await?.iter().filter(|e| matches!(e, treaty_flows::Entry::Received { .. })).count();
-        stop(map_task, nodes).await;
+        stop(map_task, nodes);
         Ok(ResolveReport {
             scenario: "resolve",
             transactions: length,
