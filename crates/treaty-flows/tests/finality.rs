@@ -120,16 +120,31 @@ async fn network() -> Net {
     network_with(false).await
 }
 
-/// Alice, Bob and a notary (validating or not; the ledgers' network parameters agree).
-async fn network_with(validating: bool) -> Net {
-    let net = SimNetwork::new();
-    let dir = Directory::default();
+/// What every network here is made of: the token chain, Alice's ledger holding it, Bob's and
+/// the notary's ledgers (empty), and a notary service on the in-memory provider.
+struct Parts {
+    chain: Arc<TokenChain>,
+    alice_ledger: Arc<MemoryLedger>,
+    bob_ledger: Arc<MemoryLedger>,
+    notary_ledger: Arc<MemoryLedger>,
+    service: NotaryService,
+}
+
+fn parts() -> Parts {
     let chain = Arc::new(token_chain(3, 21).unwrap());
     let (alice_ledger, bob_ledger, notary_ledger) = (ledger(), ledger(), ledger());
     alice_ledger.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &NetworkParameters::default()).unwrap());
     chain.transactions.iter().for_each(|t| alice_ledger.insert(t.clone()));
     let provider = Arc::new(MemoryUniquenessProvider::new(Rules::default()));
-    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap().validating(validating));
+    let service = NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap();
+    Parts { chain, alice_ledger, bob_ledger, notary_ledger, service }
+}
+
+/// Alice, Bob and a notary (validating or not; the ledgers' network parameters agree).
+async fn network_with(validating: bool) -> Net {
+    let (net, dir) = (SimNetwork::new(), Directory::default());
+    let Parts { chain, alice_ledger, bob_ledger, notary_ledger, service } = parts();
+    let service = Arc::new(service.validating(validating));
     if validating {
         alice_ledger.set_validating_notary(chain.notary.name.clone());
     }
@@ -263,14 +278,9 @@ async fn a_flow_parked_while_waiting_for_a_cluster_member_wakes_at_the_deadline(
 async fn cluster_failover(alice_options: EngineOptions) {
     // A notary cluster of two members sharing the service (its key, its uniqueness log); the
     // member this transaction's id picks first is down, so Alice must move on to the other.
-    let net = SimNetwork::new();
-    let dir = Directory::default();
-    let chain = Arc::new(token_chain(3, 21).unwrap());
-    let (alice_ledger, bob_ledger, member_ledger) = (ledger(), ledger(), ledger());
-    alice_ledger.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &NetworkParameters::default()).unwrap());
-    chain.transactions.iter().for_each(|t| alice_ledger.insert(t.clone()));
-    let provider = Arc::new(MemoryUniquenessProvider::new(Rules::default()));
-    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap());
+    let (net, dir) = (SimNetwork::new(), Directory::default());
+    let Parts { chain, alice_ledger, bob_ledger, notary_ledger: member_ledger, service } = parts();
+    let service = Arc::new(service);
     let (down, up) = ("CN=Replica 1,O=Chain Notary,L=Zurich,C=CH", "CN=Replica 2,O=Chain Notary,L=Zurich,C=CH");
     let id = payment(&chain, 9, false, 100).id();
     let first = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap()) as usize % 2;
@@ -299,14 +309,9 @@ async fn cluster_failover(alice_options: EngineOptions) {
 async fn a_busy_notary_is_asked_again_after_the_wait_it_estimated() {
     // The notary answers the first request `Overloaded` (as its queue would when full), then
     // serves normally: the payer waits the estimate, journaled, and asks again.
-    let net = SimNetwork::new();
-    let dir = Directory::default();
-    let chain = Arc::new(token_chain(3, 21).unwrap());
-    let (alice_ledger, bob_ledger, notary_ledger) = (ledger(), ledger(), ledger());
-    alice_ledger.insert_attachment(treaty_sandbox::check_attachment(&chain.attachment, &NetworkParameters::default()).unwrap());
-    chain.transactions.iter().for_each(|t| alice_ledger.insert(t.clone()));
-    let provider = Arc::new(MemoryUniquenessProvider::new(Rules::default()));
-    let service = Arc::new(NotaryService::new(chain.notary.clone(), key(3).unwrap(), provider).unwrap());
+    let (net, dir) = (SimNetwork::new(), Directory::default());
+    let Parts { chain, alice_ledger, bob_ledger, notary_ledger, service } = parts();
+    let service = Arc::new(service);
     let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut notary_flows = Registry::new();
     notary_flows.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
