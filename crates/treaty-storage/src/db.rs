@@ -453,11 +453,15 @@ impl GroupCommit {
     /// and opens the writer's savepoint. Run the statements on [`GroupWrite::conn`], then call
     /// [`GroupWrite::finish`].
     pub async fn begin(self: &Arc<Self>, pool: &SqlitePool, writer: &Arc<Mutex<()>>) -> Result<GroupWrite<'_>, StorageError> {
-        let (mut state, epoch) = self.join(pool, writer).await?;
-        let (tx, _) = state.open.as_mut().ok_or_else(|| StorageError::GroupCommit("no open transaction".into()))?;
-        sqlx::query("SAVEPOINT treaty_write").execute(&mut **tx).await.ctx("SAVEPOINT")?;
-        state.in_body = true;
-        Ok(GroupWrite { state, epoch, group: self.clone(), savepoint: true })
+        let (state, epoch) = self.join(pool, writer).await?;
+        // Armed from here: cancelled even before its savepoint, the writer leaves the shared
+        // transaction to be committed (see `Drop`).
+        let mut write = GroupWrite { state: Some(state), epoch, group: self.clone(), savepoint: true };
+        sqlx::query("SAVEPOINT treaty_write").execute(write.conn()?).await.ctx("SAVEPOINT")?;
+        if let Some(state) = write.state.as_mut() {
+            state.in_body = true;
+        }
+        Ok(write)
     }
 
     /// [`GroupCommit::begin`] for a writer of exactly one statement: no savepoint, since
@@ -465,7 +469,7 @@ impl GroupCommit {
     /// was. Saves two round trips to the connection's thread per write.
     pub async fn begin_statement(self: &Arc<Self>, pool: &SqlitePool, writer: &Arc<Mutex<()>>) -> Result<GroupWrite<'_>, StorageError> {
         let (state, epoch) = self.join(pool, writer).await?;
-        Ok(GroupWrite { state, epoch, group: self.clone(), savepoint: false })
+        Ok(GroupWrite { state: Some(state), epoch, group: self.clone(), savepoint: false })
     }
 
     /// Joins the open transaction (opening one if needed). Returns the locked state, whose
@@ -545,7 +549,8 @@ impl GroupCommit {
 /// One writer's part of a [`GroupCommit`] transaction, its savepoint open. Holding it keeps
 /// other writers of this process waiting, so run the statements and finish.
 pub struct GroupWrite<'a> {
-    state: tokio::sync::MutexGuard<'a, GroupState>,
+    /// `None` once finished.
+    state: Option<tokio::sync::MutexGuard<'a, GroupState>>,
     epoch: u64,
     group: Arc<GroupCommit>,
     /// Inside a savepoint of its own (else a single statement: see
@@ -556,7 +561,7 @@ pub struct GroupWrite<'a> {
 impl GroupWrite<'_> {
     /// The connection to run this writer's statements on.
     pub fn conn(&mut self) -> Result<&mut sqlx::SqliteConnection, StorageError> {
-        match self.state.open.as_mut() {
+        match self.state.as_mut().and_then(|s| s.open.as_mut()) {
             Some((tx, _)) => Ok(&mut **tx),
             None => Err(StorageError::GroupCommit("no open transaction".into())),
         }
@@ -566,7 +571,8 @@ impl GroupWrite<'_> {
     /// transaction has committed. The commit runs in a task of its own, so a caller cancelled
     /// while it waits cannot leave the transaction open.
     pub async fn finish(mut self, keep: bool) -> Result<(), StorageError> {
-        let released = match self.state.open.as_mut() {
+        let Some(mut state) = self.state.take() else { return Err(StorageError::GroupCommit("finished twice".into())) };
+        let released = match state.open.as_mut() {
             Some(_) if !self.savepoint => Ok(()),
             Some((tx, _)) if keep => sqlx::query("RELEASE treaty_write").execute(&mut **tx).await.ctx("RELEASE").map(|_| ()),
             Some((tx, _)) => {
@@ -578,12 +584,31 @@ impl GroupWrite<'_> {
         };
         // If the savepoint could not be closed, the next writer (or the committer) undoes it.
         if released.is_ok() {
-            self.state.in_body = false;
+            state.in_body = false;
         }
-        let GroupWrite { state, epoch, group, .. } = self;
         drop(state);
+        let (group, epoch) = (self.group.clone(), self.epoch);
         let committed = tokio::spawn(async move { group.commit(epoch).await }).await;
         released?;
         committed.map_err(|e| StorageError::GroupCommit(e.to_string()))?
+    }
+}
+
+impl Drop for GroupWrite<'_> {
+    /// A writer dropped before [`GroupWrite::finish`] (its task cancelled or aborted, or an
+    /// error returned halfway) leaves the shared transaction open, holding SQLite's write lock
+    /// until another writer of this process comes and commits it — never, if the node was
+    /// stopped. So a task of its own commits it now (undoing the dropped writer's statements
+    /// first), as any writer finishing would.
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else { return };
+        drop(state);
+        let (group, epoch) = (self.group.clone(), self.epoch);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // A failed commit is recorded for the epoch's other writers, who wait for it.
+            runtime.spawn(async move {
+                let _ = group.commit(epoch).await;
+            });
+        }
     }
 }

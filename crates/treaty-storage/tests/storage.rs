@@ -882,3 +882,24 @@ async fn sqlite_two_handles_writing_at_once() {
     a.close().await;
     b.close().await;
 }
+
+/// A writer of the group commit cancelled halfway (its task aborted, as stopping a node does)
+/// must not leave the shared transaction open: SQLite's write lock would stay taken until the
+/// next writer of that process came — never, if the process stopped writing — and another
+/// process (or a node restarted in this one) would wait out the busy timeout and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_group_writer_does_not_keep_the_database_locked() {
+    let fx = Fixture::sqlite();
+    let db = fx.open().await;
+    let (pool, writer, group) = db.sqlite_group().expect("SQLite");
+    let mut write = group.begin(pool, writer).await.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS cancelled_test (x INTEGER)").execute(write.conn().unwrap()).await.unwrap();
+    drop(write); // cancelled: never finished
+    let other = Database::open(&fx.url, fx.dir.path()).await.unwrap();
+    let began = std::time::Instant::now();
+    let tx = other.begin_write().await.expect("the other handle can write");
+    assert!(began.elapsed() < std::time::Duration::from_secs(3), "waited {:?} for the lock", began.elapsed());
+    drop(tx);
+    other.close().await;
+    db.close().await;
+}
