@@ -325,8 +325,16 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
         let service = services.iter().find(|(s, _, _)| s == n).map(|(_, _, id)| id.key.public());
         let own = identities.iter().find(|(m, _)| m == n).map(|(_, k)| k.clone());
         let owning_key = service.or(own).context("every notary has a service key or is a node")?;
-        let members = replicas_of(n).iter().map(|r| r.name.parse()).collect::<Result<Vec<X500Name>, _>>()?;
-        params.notaries.push(NotaryInfo { identity: Party { name: n.clone(), owning_key }, validating: req.validating, members });
+        let member_names: Vec<X500Name> = if req.cluster > 1 {
+            members.iter().filter(|m| m.notary.as_ref().is_some_and(|(s, _)| s == n)).map(|m| m.name.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        params.notaries.push(NotaryInfo {
+            identity: Party { name: n.clone(), owning_key },
+            validating: req.validating,
+            members: member_names,
+        });
     }
     let signed_params = Signed::sign(kinds::NETWORK_PARAMETERS, &params, &map.key);
     write(&net_dir.join("network-parameters.signed"), &encoding::encode(&signed_params))?;

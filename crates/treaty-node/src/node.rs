@@ -445,9 +445,10 @@ async fn release_orphan_locks(vault: &Vault, flows: &FlowEngine) -> Result<u64, 
 
 /// A notary node hosts the notary service (validating when its `[notary]` section says so): a
 /// redb uniqueness log in the node directory (`uniqueness.redb`), the node's identity key
-/// signing, batches of transactions committed together signed together. Requesting parties'
-/// keys come from the network map; a validating notary resolves back-chains into the node's
-/// ledger and verifies them in its sandbox.
+/// signing, batches of transactions committed together signed together — or, for a member of
+/// a cluster, the cluster's service ([`cluster_notary_service`]). Requesting parties' keys come
+/// from the network map; a validating notary resolves back-chains into the node's ledger and
+/// verifies them in its sandbox.
 async fn notary_service(
     config: &LoadedConfig,
     keys: &NodeKeys,
@@ -455,17 +456,18 @@ async fn notary_service(
     ledger: &Arc<NodeLedger>,
     r: &mut Registry,
 ) -> Result<(), NodeError> {
-    if let Some(cluster) = &config.cluster {
-        return cluster_notary_service(config, cluster, keys, view, ledger, r).await;
-    }
-    let path = config.dir.join("uniqueness.redb");
-    let provider = RedbUniquenessProvider::open(&path, UniquenessConfig::default())
-        .await
-        .map_err(|e| NodeError::Database { url: path.display().to_string(), message: e.to_string() })?;
-    let identity = Party { name: config.legal_name.clone(), owning_key: keys.identity.public() };
+    let service = match &config.cluster {
+        Some(cluster) => cluster_notary_service(config, cluster, keys, view).await?,
+        None => {
+            let path = config.dir.join("uniqueness.redb");
+            let provider = RedbUniquenessProvider::open(&path, UniquenessConfig::default())
+                .await
+                .map_err(|e| NodeError::Database { url: path.display().to_string(), message: e.to_string() })?;
+            let identity = Party { name: config.legal_name.clone(), owning_key: keys.identity.public() };
+            NotaryService::new(identity, crate::keys::identity_key(&config.dir)?, Arc::new(provider)).map_err(NodeError::Parameters)?
+        }
+    };
     let validating = config.raw.notary.as_ref().is_some_and(|n| n.validating);
-    let service =
-        NotaryService::new(identity, crate::keys::identity_key(&config.dir)?, Arc::new(provider)).map_err(NodeError::Parameters)?;
     let service = Arc::new(service.validating(validating));
     let (view, ledger) = (view.clone(), ledger.clone());
     r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
@@ -478,20 +480,18 @@ async fn notary_service(
     Ok(())
 }
 
-/// A member of a notary cluster hosts the cluster's service: the service identity of the
-/// network parameters, signing with the shared service key (`keys/service.key`), committing
-/// through its own Raft replica (`uniqueness-raft.redb` in the node directory, the other
-/// members reached over mutual TLS at their `raft_listen` addresses). Clients pick a member
-/// (the parameters list them) and move on to the next when one does not answer; whichever
-/// member answers, the answer is the cluster's: committed by a majority, signed by the service.
+/// The service a member of a notary cluster hosts: the service identity of the network
+/// parameters, signing with the shared service key (`keys/service.key`), committing through
+/// its own Raft replica (`uniqueness-raft.redb` in the node directory, the other members
+/// reached over mutual TLS at their `raft_listen` addresses). Clients pick a member (the
+/// parameters list them) and move on to the next when one does not answer; whichever member
+/// answers, the answer is the cluster's: committed by a majority, signed by the service.
 async fn cluster_notary_service(
     config: &LoadedConfig,
     cluster: &crate::config::ClusterMember,
     keys: &NodeKeys,
     view: &watch::Receiver<Arc<NetworkView>>,
-    ledger: &Arc<NodeLedger>,
-    r: &mut Registry,
-) -> Result<(), NodeError> {
+) -> Result<NotaryService, NodeError> {
     use treaty_notary::raft::{RaftConfig, RaftUniquenessProvider, TlsNetwork, TlsPeer};
     let params = view.borrow().parameters.clone();
     let info = params.notaries.iter().find(|n| n.identity.name == cluster.service).ok_or_else(|| {
@@ -503,10 +503,11 @@ async fn cluster_notary_service(
     })?;
     let key_path = config.dir.join("keys").join("service.key");
     let key = treaty_net::keystore::read_key(&key_path).map_err(|e| NodeError::Keys(e.into()))?;
-    if !info.identity.owning_key.contains_leaf(&key.public()) {
-        return Err(NodeError::Parameters(format!(
-            "{} holds key {}, but the network parameters give notary {} the key {}",
-            key_path.display(),
+    // Checked before the replica starts: a member with the wrong key must not join the log.
+    let service_key_error = |e: String| NodeError::Parameters(format!("{}: {e}", key_path.display()));
+    if key.public() != info.identity.owning_key {
+        return Err(service_key_error(format!(
+            "holds key {}, but the network parameters give notary {} the key {}",
             key.public().short(),
             cluster.service,
             info.identity.owning_key.short()
@@ -528,9 +529,6 @@ async fn cluster_notary_service(
     let provider = RaftUniquenessProvider::start(&path, RaftConfig::new(cluster.id, members), Arc::new(network))
         .await
         .map_err(|e| NodeError::Database { url: path.display().to_string(), message: e.to_string() })?;
-    let validating = config.raw.notary.as_ref().is_some_and(|n| n.validating);
-    let service = NotaryService::new(info.identity.clone(), key, Arc::new(provider)).map_err(NodeError::Parameters)?;
-    let service = Arc::new(service.validating(validating));
     tracing::info!(
         "hosting notary {} as replica {} of {} (Raft on {})",
         cluster.service,
@@ -538,15 +536,7 @@ async fn cluster_notary_service(
         cluster.replicas.len(),
         cluster.listen
     );
-    let (view, ledger) = (view.clone(), ledger.clone());
-    r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
-        let (service, view, ledger) = (service.clone(), view.clone(), ledger.clone());
-        async move {
-            let lookup = |name: &X500Name| view.borrow().node(name).map(|n| n.legal_identity.clone());
-            notary_responder(&ctx, &service, &ledger, lookup).await
-        }
-    });
-    Ok(())
+    NotaryService::new(info.identity.clone(), key, Arc::new(provider)).map_err(service_key_error)
 }
 
 /// Registers `NotaryChange {"states": ["<tx id>(<index>)", ...], "notary": "<X.500 name>"}`
