@@ -7,7 +7,9 @@
 //! connection on a thread of its own and runs *jobs* — closures over the connection — there:
 //! a job's statements cost function calls. Jobs queued together share one transaction and
 //! one fsync (group commit), each in a savepoint of its own so a failing job is undone alone,
-//! and each caller hears back only after the commit that holds its job.
+//! and each caller hears back only after the commit that holds its job is on disk. The fsync
+//! runs on a second thread, so the writer runs the next batch while the last one is synced
+//! (a pipelined group commit).
 //!
 //! The thread takes the process's SQLite writer lock (the one [`crate::Database::begin_write`]
 //! and the sqlx group commit take) for each transaction, so sqlx writers and jobs never hold
@@ -64,21 +66,46 @@ pub struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// Opens `file` (an existing database, already migrated) and starts the thread.
+    /// Opens `file` (an existing database, already migrated) and starts the thread, with the
+    /// thread that makes its commits durable.
     pub(crate) fn start(file: &Path, writer: Arc<tokio::sync::Mutex<()>>) -> Result<SqliteWriter, StorageError> {
         let shown = file.display().to_string();
         let failed = |e: rusqlite::Error| Failure::of(&format!("opening {shown} for the writer thread"), &e).error();
         let conn = rusqlite::Connection::open(file).map_err(failed)?;
         conn.busy_timeout(crate::db::SQLITE_BUSY_TIMEOUT).map_err(failed)?;
-        // The same settings as the pool's connections (db.rs): durable commits, foreign keys.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;")
-            .map_err(failed)?;
+        // WAL and foreign keys as on the pool's connections (db.rs). `synchronous = NORMAL`:
+        // a commit writes its frames to the WAL without waiting for the disk; the sync thread
+        // then fsyncs the WAL and only after that answers the batch's callers, while this
+        // thread already runs the next batch (see `sync`). Checkpoints still sync the WAL
+        // before copying it and the database after. Statement and savepoint journals stay in
+        // memory: on disk, a large batch's savepoint journal was a temporary file created and
+        // deleted per commit.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; \
+             PRAGMA temp_store = MEMORY;",
+        )
+        .map_err(failed)?;
         conn.set_prepared_statement_cache_capacity(256);
+        let mut wal = file.as_os_str().to_owned();
+        wal.push("-wal");
+        let poisoned: Arc<Mutex<Option<Failure>>> = Arc::default();
+        let spawn_failed =
+            |e: std::io::Error| StorageError::Writer { reason: format!("starting the writer thread: {e}"), transient: false };
+        let (done, batches) = mpsc::channel::<Batch>();
+        let poison = poisoned.clone();
+        let syncer = std::thread::Builder::new()
+            .name("treaty-sqlite-sync".into())
+            .spawn(move || sync(Path::new(&wal), batches, poison))
+            .map_err(spawn_failed)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("treaty-sqlite-writer".into())
-            .spawn(move || run(conn, rx, writer))
-            .map_err(|e| StorageError::Writer { reason: format!("starting the writer thread: {e}"), transient: false })?;
+            .spawn(move || {
+                run(conn, rx, writer, done, poisoned);
+                // `done` was dropped by `run`: the sync thread finishes what is queued and ends.
+                let _ = syncer.join();
+            })
+            .map_err(spawn_failed)?;
         Ok(SqliteWriter { jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
 
@@ -135,8 +162,25 @@ impl SqliteWriter {
     }
 }
 
-/// The thread: take what is queued, run it in one transaction, commit, complete, repeat.
-fn run(conn: rusqlite::Connection, jobs: mpsc::Receiver<Job>, writer: Arc<tokio::sync::Mutex<()>>) {
+/// A committed (or failed) batch on its way to the sync thread: each caller's completion with
+/// how its job ended in the transaction.
+type Batch = Vec<(Completion, Result<(), Failure>)>;
+
+/// Runs a cached statement with no parameters (transaction control).
+fn control(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// The thread: take what is queued, run it in one transaction, commit, hand the callers to
+/// the sync thread, repeat. Committing does not wait for the disk (`synchronous = NORMAL`), so
+/// the next batch runs while the previous one is being made durable.
+fn run(
+    conn: rusqlite::Connection,
+    jobs: mpsc::Receiver<Job>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+    done: mpsc::Sender<Batch>,
+    poisoned: Arc<Mutex<Option<Failure>>>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -145,43 +189,107 @@ fn run(conn: rusqlite::Connection, jobs: mpsc::Receiver<Job>, writer: Arc<tokio:
                 Err(_) => break,
             }
         }
+        let refused = poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let _lock = writer.blocking_lock();
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let failure = Failure::of("beginning a write transaction (BEGIN IMMEDIATE)", &e);
-            for job in batch {
-                let (_, complete) = job(Err(&failure));
-                complete(Err(failure.clone()));
-            }
+        let begun = match refused {
+            Some(failure) => Err(failure),
+            None => control(&conn, "BEGIN IMMEDIATE").map_err(|e| Failure::of("beginning a write transaction (BEGIN IMMEDIATE)", &e)),
+        };
+        if let Err(failure) = begun {
+            drop(_lock);
+            let failed: Batch = batch
+                .into_iter()
+                .map(|job| {
+                    let (_, complete) = job(Err(&failure));
+                    (complete, Err(failure.clone()))
+                })
+                .collect();
+            let _ = done.send(failed);
             continue;
         }
         let mut completions = Vec::with_capacity(batch.len());
         for job in batch {
-            if let Err(e) = conn.execute_batch("SAVEPOINT treaty_job") {
+            if let Err(e) = control(&conn, "SAVEPOINT treaty_job") {
                 let failure = Failure::of("SAVEPOINT", &e);
                 let (_, complete) = job(Err(&failure));
                 completions.push((complete, Some(failure)));
                 continue;
             }
             let (keep, complete) = job(Ok(&conn));
-            let closed = if keep {
-                conn.execute_batch("RELEASE treaty_job")
-            } else {
-                conn.execute_batch("ROLLBACK TO treaty_job; RELEASE treaty_job")
-            };
+            let closed =
+                if keep { control(&conn, "RELEASE treaty_job") } else { conn.execute_batch("ROLLBACK TO treaty_job; RELEASE treaty_job") };
             completions.push((complete, closed.err().map(|e| Failure::of("closing a write's savepoint", &e))));
         }
-        let committed = conn.execute_batch("COMMIT").map_err(|e| Failure::of("committing", &e));
+        let committed = control(&conn, "COMMIT").map_err(|e| Failure::of("committing", &e));
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         drop(_lock);
-        for (complete, savepoint) in completions {
-            complete(match (&committed, savepoint) {
-                (Err(failure), _) => Err(failure.clone()),
-                (Ok(()), Some(failure)) => Err(failure),
-                (Ok(()), None) => Ok(()),
+        let batch: Batch = completions
+            .into_iter()
+            .map(|(complete, savepoint)| {
+                let outcome = match (&committed, savepoint) {
+                    (Err(failure), _) => Err(failure.clone()),
+                    (Ok(()), Some(failure)) => Err(failure),
+                    (Ok(()), None) => Ok(()),
+                };
+                (complete, outcome)
+            })
+            .collect();
+        if done.send(batch).is_err() {
+            // The sync thread is gone (it cannot be: it ends only after this loop); nobody
+            // would hear of later commits, so stop taking jobs.
+            return;
+        }
+    }
+}
+
+/// The sync thread: takes every committed batch queued, fsyncs the WAL once for all of them,
+/// and only then answers their callers, in commit order. A commit is visible to readers of
+/// the database from the moment the writer committed it, but nobody is told it happened (so
+/// no flow goes on, no message leaves the node) before it is on disk. If an fsync fails,
+/// what the kernel still holds is unknown (a failed fsync may have dropped the dirty pages),
+/// so every later write is refused too, naming the failure: the node must be restarted,
+/// and recovery then starts from what is really on disk.
+fn sync(wal: &Path, batches: mpsc::Receiver<Batch>, poisoned: Arc<Mutex<Option<Failure>>>) {
+    while let Ok(first) = batches.recv() {
+        let mut pending = first;
+        while let Ok(more) = batches.try_recv() {
+            pending.extend(more);
+        }
+        let synced = if pending.iter().any(|(_, outcome)| outcome.is_ok()) {
+            let before = poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match before {
+                Some(failure) => Err(failure),
+                None => fsync(wal).inspect_err(|failure| {
+                    tracing::error!("{}; refusing every further write until the node is restarted", failure.reason);
+                    *poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.clone());
+                }),
+            }
+        } else {
+            Ok(())
+        };
+        for (complete, outcome) in pending {
+            complete(match (outcome, &synced) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Ok(()), Err(failure)) => Err(failure.clone()),
+                (Err(failure), _) => Err(failure),
             });
         }
+    }
+}
+
+/// Makes everything written to the WAL file so far durable. No WAL file means its content was
+/// checkpointed into the database and the file removed, which syncs the database first.
+fn fsync(wal: &Path) -> Result<(), Failure> {
+    let failed = |e: std::io::Error| Failure {
+        reason: format!("the database's write-ahead log {} could not be synced to disk: {e}", wal.display()),
+        transient: false,
+    };
+    match std::fs::File::open(wal) {
+        Ok(file) => file.sync_data().map_err(failed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -207,6 +315,61 @@ pub fn numbered(sql: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A batch whose completions report into `seen`.
+    fn batch(seen: &Arc<Mutex<Vec<Result<(), String>>>>, outcomes: &[bool]) -> Batch {
+        outcomes
+            .iter()
+            .map(|&ok| {
+                let seen = seen.clone();
+                let complete: Completion = Box::new(move |r: Result<(), Failure>| seen.lock().unwrap().push(r.map_err(|f| f.reason)));
+                (complete, if ok { Ok(()) } else { Err(Failure { reason: "job failed".into(), transient: false }) })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_its_batch_and_refuses_every_later_write() {
+        let dir = std::env::temp_dir().join(format!("treaty-writer-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A "WAL" under a regular file: opening it fails with ENOTDIR, as an I/O error would.
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        let wal = dir.join("file").join("node.db-wal");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let poisoned: Arc<Mutex<Option<Failure>>> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        tx.send(batch(&seen, &[true, false])).unwrap();
+        drop(tx);
+        sync(&wal, rx, poisoned.clone());
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen[0].as_ref().unwrap_err().contains("could not be synced to disk"), "{seen:?}");
+        assert!(seen[0].as_ref().unwrap_err().contains("node.db-wal"), "{seen:?}");
+        assert_eq!(seen[1], Err("job failed".to_string()), "a job's own failure is kept");
+        assert!(poisoned.lock().unwrap().is_some(), "later writes are refused");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn synced_batches_are_answered_in_commit_order() {
+        let dir = std::env::temp_dir().join(format!("treaty-writer-order-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let wal = dir.join("node.db-wal");
+        std::fs::write(&wal, b"frames").unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for n in 0..5 {
+            let order = order.clone();
+            let complete: Completion = Box::new(move |r: Result<(), Failure>| order.lock().unwrap().push((n, r.is_ok())));
+            tx.send(vec![(complete, Ok(()))]).unwrap();
+        }
+        drop(tx);
+        sync(&wal, rx, Arc::default());
+        assert_eq!(*order.lock().unwrap(), (0..5).map(|n| (n, true)).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     #[test]
     fn placeholders_become_numbered() {
         assert_eq!(super::numbered("SELECT $1, $12 WHERE x = '$' AND y = $3"), "SELECT ?1, ?12 WHERE x = '$' AND y = ?3");
