@@ -1,11 +1,17 @@
 //! The messenger: durable, deduplicated, ordered delivery over [`Link`]s.
 //!
 //! Sending: [`Messenger::send`] writes the messages to the outbox (durable when it returns)
-//! and wakes the destination's sender task. There is one sender task per destination; it
-//! opens a link on demand (trying the peer's addresses in order), sends the oldest outbox
-//! messages as one batch, waits for the acknowledgement, deletes what was acknowledged and
-//! repeats; on any failure it drops the link and retries with exponential back-off, forever.
-//! A link with nothing to send is closed after the idle timeout.
+//! and hands them to the destination's sender task. There is one sender task per destination;
+//! it opens a link on demand (trying the peer's addresses in order), sends the oldest unsent
+//! messages as one batch, waits for the acknowledgement and repeats; on any failure it drops
+//! the link and retries with exponential back-off, forever. A link with nothing to send is
+//! closed after the idle timeout.
+//!
+//! The sender works from memory: the messages handed to it since it last read the outbox. It
+//! reads the outbox itself when memory may lack some (at start, after a failure, when a
+//! rescan finds the outbox non-empty, when memory overflowed). Acknowledged messages are
+//! deleted from the outbox in the background: the next batch does not wait for that commit
+//! (a crash before it resends them, and the receiver drops the duplicates).
 //!
 //! Receiving: [`Messenger::serve_link`] reads batches from an accepted link, stores them in the
 //! inbox in one transaction (a message id seen before is dropped there), acknowledges the
@@ -152,7 +158,11 @@ struct Inner<S, C> {
     connector: C,
     directory: Arc<dyn PeerDirectory>,
     config: MessengerConfig,
-    senders: Mutex<HashMap<X500Name, Arc<Notify>>>,
+    senders: Mutex<HashMap<X500Name, Arc<Lane>>>,
+    /// One lock per sending peer: its batches are stored and delivered one at a time, even
+    /// across links (a sender that gave up on a link resends on a new one while the old
+    /// link's batch may still be being stored; interleaving the two would break order).
+    receiving: Mutex<HashMap<X500Name, Arc<tokio::sync::Mutex<()>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     deliver: mpsc::Sender<InboundMessage>,
     shutdown: watch::Sender<bool>,
@@ -172,6 +182,23 @@ impl<S, C> Clone for Messenger<S, C> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The most messages a sender keeps in memory; beyond it, it reads them from the outbox.
+const MEMORY_QUEUE_LIMIT: usize = 8192;
+
+/// What a destination's sender task works from.
+struct Lane {
+    wake: Notify,
+    queue: Mutex<Queue>,
+}
+
+/// Messages for a destination not yet handed to its link.
+struct Queue {
+    /// Messages accepted since the sender last read the outbox, oldest first.
+    messages: std::collections::VecDeque<OutboundMessage>,
+    /// The outbox may hold unsent messages `messages` lacks: read it next.
+    from_store: bool,
 }
 
 fn wire_size(topic: &str, payload: &[u8]) -> u64 {
@@ -196,6 +223,7 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             directory,
             config,
             senders: Mutex::new(HashMap::new()),
+            receiving: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             deliver,
             shutdown: watch::Sender::new(false),
@@ -242,8 +270,13 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
     }
 
     async fn rescan(&self) -> Result<(), StoreError> {
+        // Messages may have been written by another process, or left by a sender that failed:
+        // each destination with an outbox reads it once more.
         for destination in self.inner.store.outbox_destinations().await? {
-            self.wake(&destination);
+            if let Some(lane) = self.lane(&destination) {
+                lock(&lane.queue).from_store = true;
+                lane.wake.notify_one();
+            }
         }
         Ok(())
     }
@@ -292,7 +325,7 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             })
             .collect();
         if !outbound.is_empty() {
-            self.inner.store.enqueue(outbound).await?;
+            self.inner.store.enqueue(outbound.clone()).await?;
         }
         if !local.is_empty() {
             let inbound: Vec<InboundMessage> = local
@@ -306,8 +339,22 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
                 let _ = self.inner.deliver.send(m).await;
             }
         }
+        // Durable now: the senders may have them.
         for d in &destinations {
-            self.wake(d);
+            let Some(lane) = self.lane(d) else { continue };
+            {
+                let mut q = lock(&lane.queue);
+                if !q.from_store {
+                    let mine = outbound.iter().filter(|m| &m.destination == d);
+                    if q.messages.len() + mine.clone().count() > MEMORY_QUEUE_LIMIT {
+                        q.messages.clear();
+                        q.from_store = true;
+                    } else {
+                        q.messages.extend(mine.cloned());
+                    }
+                }
+            }
+            lane.wake.notify_one();
         }
         Ok(ids)
     }
@@ -322,23 +369,24 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
         self.inner.store.processed(ids).await
     }
 
-    fn wake(&self, destination: &X500Name) {
+    /// The sender of `destination`, started (to read the outbox first) if it was not running;
+    /// `None` once shut down.
+    fn lane(&self, destination: &X500Name) -> Option<Arc<Lane>> {
         if *self.inner.shutdown.borrow() {
-            return;
+            return None;
         }
         let mut senders = lock(&self.inner.senders);
-        if let Some(notify) = senders.get(destination) {
-            notify.notify_one();
-            return;
+        if let Some(lane) = senders.get(destination) {
+            return Some(lane.clone());
         }
-        let notify = Arc::new(Notify::new());
-        notify.notify_one();
-        senders.insert(destination.clone(), notify.clone());
+        let lane = Arc::new(Lane { wake: Notify::new(), queue: Mutex::new(Queue { messages: Default::default(), from_store: true }) });
+        senders.insert(destination.clone(), lane.clone());
         drop(senders);
-        let task = tokio::spawn(run_sender(self.inner.clone(), destination.clone(), notify));
+        let task = tokio::spawn(run_sender(self.inner.clone(), destination.clone(), lane.clone()));
         let mut tasks = lock(&self.inner.tasks);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
+        Some(lane)
     }
 
     /// Serves an accepted link from `peer` (its name comes from its verified certificate)
@@ -389,6 +437,8 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
                 let _ = link.send(encoding::encode(&Frame::Refused("you are not admitted on this network (revoked)".into()))).await;
                 return;
             }
+            let turn = lock(&inner.receiving).entry(peer.clone()).or_default().clone();
+            let _turn = turn.lock().await;
             let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
             let count = messages.len() as u64;
             let inbound = messages
@@ -500,16 +550,75 @@ fn fit(mut batch: Vec<OutboundMessage>, limit: u64) -> Vec<OutboundMessage> {
     batch
 }
 
-async fn run_sender<S: MessageStore, C: Connector>(inner: Arc<Inner<S, C>>, peer: X500Name, wake: Arc<Notify>) {
+/// The next batch for `peer`: from memory, or from the outbox when memory may lack messages
+/// (then without those acknowledged and still being deleted).
+async fn next_batch<S: MessageStore, C: Connector>(
+    inner: &Inner<S, C>,
+    peer: &X500Name,
+    lane: &Lane,
+    deleting: &Mutex<std::collections::HashSet<MessageId>>,
+) -> Result<Vec<OutboundMessage>, StoreError> {
+    let limit = inner.config.max_message_size;
+    let max = inner.config.max_batch.max(1);
+    let read_store = {
+        let mut q = lock(&lane.queue);
+        let read = q.from_store;
+        if read {
+            // From here on, messages accepted go to memory as well: the read below and memory
+            // hold every unsent message between them (one in both is sent twice, and the
+            // receiver drops the second as a duplicate).
+            q.messages.clear();
+            q.from_store = false;
+        }
+        read
+    };
+    if read_store {
+        let skip = lock(deleting).len();
+        let stored = match inner.store.outbox(peer, max + skip).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                lock(&lane.queue).from_store = true;
+                return Err(e);
+            }
+        };
+        let more = stored.len() == max + skip;
+        let unsent: Vec<OutboundMessage> = {
+            let d = lock(deleting);
+            stored.into_iter().filter(|m| !d.contains(&m.id)).take(max).collect()
+        };
+        let found = unsent.len();
+        let batch = fit(unsent, limit);
+        if more || batch.len() < found {
+            // The rest is still in the outbox.
+            lock(&lane.queue).from_store = true;
+        }
+        return Ok(batch);
+    }
+    let mut q = lock(&lane.queue);
+    let mut batch = Vec::new();
+    let mut size = FRAME_OVERHEAD as u64;
+    while let Some(m) = q.messages.front() {
+        size += wire_size(&m.topic, &m.payload);
+        if batch.len() == max || (size > limit && !batch.is_empty()) {
+            break;
+        }
+        batch.extend(q.messages.pop_front());
+    }
+    Ok(batch)
+}
+
+async fn run_sender<S: MessageStore, C: Connector>(inner: Arc<Inner<S, C>>, peer: X500Name, lane: Arc<Lane>) {
     let config = &inner.config;
     let mut link: Option<(C::Link, Gauge<'_>)> = None;
     let mut backoff = config.retry_min;
     let mut failures_in_a_row = 0u32;
+    let deleting: Arc<Mutex<std::collections::HashSet<MessageId>>> = Arc::default();
     loop {
-        let batch = match inner.store.outbox(&peer, config.max_batch).await {
-            Ok(batch) => fit(batch, config.max_message_size),
+        let batch = match next_batch(&inner, &peer, &lane, &deleting).await {
+            Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!("reading the outbox for {peer} failed: {e}");
+                lock(&lane.queue).from_store = true;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.retry_max);
                 continue;
@@ -518,11 +627,11 @@ async fn run_sender<S: MessageStore, C: Connector>(inner: Arc<Inner<S, C>>, peer
         if batch.is_empty() {
             if link.is_some() {
                 tokio::select! {
-                    _ = wake.notified() => {}
+                    _ = lane.wake.notified() => {}
                     _ = tokio::time::sleep(config.idle_timeout) => link = None,
                 }
             } else {
-                wake.notified().await;
+                lane.wake.notified().await;
             }
             continue;
         }
@@ -539,13 +648,22 @@ async fn run_sender<S: MessageStore, C: Connector>(inner: Arc<Inner<S, C>>, peer
         };
         match attempt.await {
             Ok(acked) => {
-                if let Err(e) = inner.store.acknowledged(&acked).await {
-                    // Harmless: the batch is sent again and the receiver drops the duplicates.
-                    tracing::warn!("recording acknowledgements from {peer} failed: {e}");
-                }
                 inner.stats.acknowledged.fetch_add(acked.len() as u64, Ordering::Relaxed);
                 backoff = config.retry_min;
                 failures_in_a_row = 0;
+                // Deleted in the background; until then an outbox read skips them.
+                lock(&deleting).extend(acked.iter().copied());
+                let (inner, deleting, peer) = (inner.clone(), deleting.clone(), peer.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = inner.store.acknowledged(&acked).await {
+                        // Harmless: the messages are sent again and the receiver drops them.
+                        tracing::warn!("recording acknowledgements from {peer} failed: {e}");
+                    }
+                    let mut d = lock(&deleting);
+                    for id in &acked {
+                        d.remove(id);
+                    }
+                });
             }
             Err(e) => {
                 link = None;
@@ -553,6 +671,8 @@ async fn run_sender<S: MessageStore, C: Connector>(inner: Arc<Inner<S, C>>, peer
                 failures_in_a_row += 1;
                 let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
                 let _ = inner.store.attempted(&ids).await;
+                // The batch is still in the outbox: read it from there.
+                lock(&lane.queue).from_store = true;
                 if failures_in_a_row == 1 || failures_in_a_row.is_power_of_two() {
                     tracing::warn!(
                         "cannot deliver {} message(s) to {peer}: {e}; retrying in {backoff:?} (attempt {failures_in_a_row})",
