@@ -155,22 +155,35 @@ impl Ledger for NodeLedger {
             transactions.iter().map(|t| (t.id(), t.to_bytes(), dependencies(t))).collect();
         let txs: Vec<Recorded> = encoded.iter().map(|(id, b, d)| Recorded { id: *id, bytes: b, dependencies: d }).collect();
         let atts: Vec<(SecureHash, &[u8])> = attachments.iter().map(|a| (a.id, &a.content[..])).collect();
-        self.db.transactions().record(&atts, &txs).await.map_err(storage)?;
-        {
-            let mut cache = self.cache();
-            for a in attachments {
-                cache.insert(a.id, a.clone());
-            }
-        }
-        if let Some((vault, ours)) = self.vault.get()
-            && !transactions.is_empty()
-        {
-            let wires: Vec<&WireTransaction> = transactions.iter().map(|t| t.tx()).collect();
-            let now = Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
-            vault.apply(&wires, ours.as_ref(), now).await.map_err(|e| {
+        let vault = self.vault.get().filter(|_| !transactions.is_empty());
+        let vault_failed = |e: treaty_vault::VaultError| match e {
+            treaty_vault::VaultError::Storage(e) => storage(e),
+            e => {
                 let message = format!("applying to the vault: {} {e}", e.code());
                 FlowError::Store(if e.is_transient() { StoreError::transient(message) } else { StoreError::permanent(message) })
-            })?;
+            }
+        };
+        let now = || Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
+        let wires: Vec<&WireTransaction> = transactions.iter().map(|t| t.tx()).collect();
+        match vault {
+            // On SQLite the transactions and their vault states are written by one job: one
+            // commit to wait for instead of two.
+            Some((vault, ours)) if self.db.sqlite_writer().is_some() => {
+                let job = treaty_storage::TransactionStore::record_job(&atts, &txs);
+                vault.apply_with(&wires, ours.as_ref(), now(), Some(job)).await.map_err(vault_failed)?;
+            }
+            // Recorded first, then applied: a flow that dies in between records again when
+            // it replays, and applying is idempotent.
+            _ => {
+                self.db.transactions().record(&atts, &txs).await.map_err(storage)?;
+                if let Some((vault, ours)) = vault {
+                    vault.apply(&wires, ours.as_ref(), now()).await.map_err(vault_failed)?;
+                }
+            }
+        }
+        let mut cache = self.cache();
+        for a in attachments {
+            cache.insert(a.id, a.clone());
         }
         Ok(())
     }

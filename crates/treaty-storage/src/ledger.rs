@@ -95,6 +95,10 @@ fn placeholders(n: usize) -> String {
 /// A transaction to record, owned (for the writer thread): id, bytes, dependencies.
 type OwnedRecord = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
 
+/// Statements for the SQLite writer thread's connection, run inside a job of another write
+/// (see [`TransactionStore::record_job`]).
+pub type RecordJob = Box<dyn FnOnce(&rusqlite::Connection) -> Result<(), StorageError> + Send>;
+
 const INSERT_ATTACHMENT: &str = "INSERT INTO treaty_attachments (id, bytes, uploaded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 const INSERT_TX: &str = "INSERT INTO treaty_transactions (id, bytes, recorded_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
 
@@ -127,32 +131,8 @@ impl TransactionStore {
         let now = now_millis();
         let what = "recording attachments and transactions";
         if let Some(writer) = self.db.sqlite_writer() {
-            // One statement per row is cheap on the writer thread (no hand-off per statement).
-            let atts: Vec<(Vec<u8>, Vec<u8>)> = attachments.iter().map(|(id, b)| (id.as_bytes().to_vec(), b.to_vec())).collect();
-            let txs: Vec<OwnedRecord> = txs
-                .iter()
-                .map(|r| (r.id.as_bytes().to_vec(), r.bytes.to_vec(), r.dependencies.iter().map(|d| d.as_bytes().to_vec()).collect()))
-                .collect();
-            return writer
-                .write(what, move |c| {
-                    let failed = |e| sqlite_error(what, e);
-                    let mut insert = c.prepare_cached(&numbered(INSERT_ATTACHMENT)).map_err(failed)?;
-                    for (id, bytes) in &atts {
-                        insert.execute(rusqlite::params![id, bytes, now]).map_err(failed)?;
-                    }
-                    let mut insert = c.prepare_cached(&numbered(INSERT_TX)).map_err(failed)?;
-                    let mut edge = c
-                        .prepare_cached("INSERT INTO treaty_transaction_dependencies (tx, dep) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
-                        .map_err(failed)?;
-                    for (id, bytes, deps) in &txs {
-                        insert.execute(rusqlite::params![id, bytes, now]).map_err(failed)?;
-                        for d in deps {
-                            edge.execute(rusqlite::params![id, d]).map_err(failed)?;
-                        }
-                    }
-                    Ok(())
-                })
-                .await;
+            let job = Self::record_job(attachments, txs);
+            return writer.write(what, job).await;
         }
         write_tx!(self.db, what, tx => {
             for (id, bytes) in attachments {
@@ -180,6 +160,38 @@ impl TransactionStore {
             }
         });
         Ok(())
+    }
+
+    /// [`TransactionStore::record`] as a job for the SQLite writer thread, to run inside
+    /// another write's job (so recording a transaction and applying it to the vault share
+    /// one job and one commit; see `Vault::apply_with`). It owns copies of what it records.
+    pub fn record_job(attachments: &[(SecureHash, &[u8])], txs: &[Recorded<'_>]) -> RecordJob {
+        let now = now_millis();
+        let what = "recording attachments and transactions";
+        // One statement per row is cheap on the writer thread (no hand-off per statement).
+        let atts: Vec<(Vec<u8>, Vec<u8>)> = attachments.iter().map(|(id, b)| (id.as_bytes().to_vec(), b.to_vec())).collect();
+        let txs: Vec<OwnedRecord> = txs
+            .iter()
+            .map(|r| (r.id.as_bytes().to_vec(), r.bytes.to_vec(), r.dependencies.iter().map(|d| d.as_bytes().to_vec()).collect()))
+            .collect();
+        Box::new(move |c: &rusqlite::Connection| {
+            let failed = |e| sqlite_error(what, e);
+            let mut insert = c.prepare_cached(&numbered(INSERT_ATTACHMENT)).map_err(failed)?;
+            for (id, bytes) in &atts {
+                insert.execute(rusqlite::params![id, bytes, now]).map_err(failed)?;
+            }
+            let mut insert = c.prepare_cached(&numbered(INSERT_TX)).map_err(failed)?;
+            let mut edge = c
+                .prepare_cached("INSERT INTO treaty_transaction_dependencies (tx, dep) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                .map_err(failed)?;
+            for (id, bytes, deps) in &txs {
+                insert.execute(rusqlite::params![id, bytes, now]).map_err(failed)?;
+                for d in deps {
+                    edge.execute(rusqlite::params![id, d]).map_err(failed)?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Up to `limit` ancestors of `ids` (what they depend on, directly or not), nearest first

@@ -26,7 +26,7 @@ pub mod writer;
 pub use confidential::ConfidentialStore;
 pub use db::{BackendKind, Database, GroupCommit, GroupWrite, Pool, SQLITE_BUSY_TIMEOUT, SqliteGroup, WriteTransaction};
 pub use error::StorageError;
-pub use ledger::{AttachmentStore, IdentityRecord, IdentityStore, Recorded, TransactionStore};
+pub use ledger::{AttachmentStore, IdentityRecord, IdentityStore, RecordJob, Recorded, TransactionStore};
 pub use messaging::SqlMessageStore;
 pub use migrate::{Migration, Migrations};
 pub use netmap::{CachedNode, SqlMapCache};

@@ -76,6 +76,25 @@ impl Vault {
         ours: &(dyn Fn(&PublicKey) -> bool + Sync),
         now: Timestamp,
     ) -> Result<ApplySummary, VaultError> {
+        self.apply_with(txs, ours, now, None).await
+    }
+
+    /// [`Vault::apply`], running `first` (the node recording the same transactions) in the
+    /// same job on the SQLite writer thread: one commit, and one wait for it, instead of two.
+    /// `first` needs that writer thread (a SQLite file database); elsewhere it is refused.
+    pub async fn apply_with(
+        &self,
+        txs: &[&WireTransaction],
+        ours: &(dyn Fn(&PublicKey) -> bool + Sync),
+        now: Timestamp,
+        first: Option<treaty_storage::RecordJob>,
+    ) -> Result<ApplySummary, VaultError> {
+        if first.is_some() && self.db().sqlite_writer().is_none() {
+            return Err(VaultError::Storage(treaty_storage::StorageError::Writer {
+                reason: "recording with the vault in one job needs the SQLite writer thread (a SQLite file database)".into(),
+                transient: false,
+            }));
+        }
         let registry = self.registry();
         let mut summary = ApplySummary::default();
         let mut seen = HashSet::new();
@@ -109,6 +128,9 @@ impl Vault {
             batch.push(Prepared { id, inputs: components.inputs.clone(), outputs });
         }
         if batch.is_empty() {
+            if let (Some(first), Some(writer)) = (first, self.db().sqlite_writer()) {
+                writer.write("recording attachments and transactions", first).await?;
+            }
             return Ok(summary);
         }
 
@@ -119,6 +141,9 @@ impl Vault {
             Some(writer) => {
                 let (back, written) = writer
                     .write(what, move |c| {
+                        if let Some(first) = first {
+                            first(c)?;
+                        }
                         let written = run_now(write_batch(&mut Writer(c), &batch, micros))?;
                         Ok::<_, VaultError>((batch, written))
                     })

@@ -149,6 +149,46 @@ db_tests!(
 // States of the tests (the vault never sees these types, only their envelopes)
 
 /// Shaped like the finance app's cash.
+/// `apply_with`: the node's recording of a transaction and its vault states are one job on
+/// the SQLite writer thread, so they commit together or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_and_applying_in_one_job_commit_together() {
+    let fx = Fixture::sqlite();
+    let w = World::new(&fx).await;
+    let issue = tx(&[], vec![w.cash(&w.alice(), 100, "USD", &w.bank)]);
+    let bytes = b"the signed transaction".to_vec();
+    fn recorded(c: &treaty_storage::writer::rusqlite::Connection) -> Result<i64, treaty_storage::StorageError> {
+        c.query_row("SELECT count(*) FROM treaty_transactions", [], |r| r.get(0))
+            .map_err(|e| treaty_storage::writer::sqlite_error("counting", e))
+    }
+    // The recording fails (its statement is invalid): the vault keeps nothing either.
+    let failing: treaty_storage::RecordJob = Box::new(|c| {
+        c.execute_batch("INSERT INTO no_such_table VALUES (1)").map_err(|e| treaty_storage::writer::sqlite_error("recording", e))
+    });
+    let err = w.vault.apply_with(&[&issue], &w.ours(), t(1), Some(failing)).await.expect_err("the recording failed");
+    assert!(err.to_string().contains("no_such_table"), "{err}");
+    assert!(!w.vault.is_applied(&issue.id()).await.unwrap(), "nothing of the failed job is kept");
+    assert_eq!(w.vault.count(&Criteria::All).await.unwrap(), 0);
+    // Both succeed: the transaction and its state are there.
+    let job =
+        treaty_storage::TransactionStore::record_job(&[], &[treaty_storage::Recorded { id: issue.id(), bytes: &bytes, dependencies: &[] }]);
+    let applied = w.vault.apply_with(&[&issue], &w.ours(), t(2), Some(job)).await.expect("apply");
+    assert_eq!(applied.applied, vec![issue.id()]);
+    assert_eq!(w.vault.count(&Criteria::All).await.unwrap(), 1);
+    let writer = w.db.sqlite_writer().expect("a file database has a writer thread");
+    assert_eq!(writer.write("counting", recorded).await.unwrap(), 1);
+    // Nothing relevant to apply: the recording still runs.
+    let foreign = tx(&[], vec![w.note(vec![w.bob.clone().into()])]);
+    let foreign_bytes = b"another signed transaction".to_vec();
+    let job = treaty_storage::TransactionStore::record_job(
+        &[],
+        &[treaty_storage::Recorded { id: foreign.id(), bytes: &foreign_bytes, dependencies: &[] }],
+    );
+    w.vault.apply_with(&[&foreign], &w.ours(), t(3), Some(job)).await.expect("apply");
+    assert_eq!(writer.write("counting", recorded).await.unwrap(), 2);
+    fx.cleanup().await;
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Cash {
     amount: Amount<Issued<Currency>>,
