@@ -1031,9 +1031,10 @@ impl FlowEngine {
                 let t = lock(&self.shared.table);
                 t.runs.contains_key(&id) || t.parked.contains_key(&id)
             };
-            let record = self.shared.store.get(id).await?.ok_or_else(|| FlowError::Invalid(format!("no flow {id} on this node")))?;
-            if record.status != FlowStatus::Runnable || !in_flight {
-                return Ok(record);
+            // A flow in flight has not ended (its final status is stored before it leaves):
+            // the record is read once, when it has.
+            if !in_flight {
+                return self.shared.store.get(id).await?.ok_or_else(|| FlowError::Invalid(format!("no flow {id} on this node")));
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
         }
