@@ -79,18 +79,27 @@ impl SqliteWriter {
         // thread already runs the next batch (see `sync`). Checkpoints still sync the WAL
         // before copying it and the database after. Statement and savepoint journals stay in
         // memory: on disk, a large batch's savepoint journal was a temporary file created and
-        // deleted per commit.
+        // deleted per commit. No automatic checkpoints on this connection: the checkpoint
+        // thread runs them (see `checkpoints`).
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; \
-             PRAGMA temp_store = MEMORY;",
+             PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(failed)?;
+        let checkpointer = rusqlite::Connection::open(file).map_err(failed)?;
+        checkpointer.busy_timeout(crate::db::SQLITE_BUSY_TIMEOUT).map_err(failed)?;
+        checkpointer.execute_batch("PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0;").map_err(failed)?;
         conn.set_prepared_statement_cache_capacity(256);
         let mut wal = file.as_os_str().to_owned();
         wal.push("-wal");
         let poisoned: Arc<Mutex<Option<Failure>>> = Arc::default();
         let spawn_failed =
             |e: std::io::Error| StorageError::Writer { reason: format!("starting the writer thread: {e}"), transient: false };
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        let checkpoints = std::thread::Builder::new()
+            .name("treaty-sqlite-checkpoint".into())
+            .spawn(move || checkpoints(checkpointer, stopped))
+            .map_err(spawn_failed)?;
         let (done, batches) = mpsc::channel::<Batch>();
         let poison = poisoned.clone();
         let syncer = std::thread::Builder::new()
@@ -104,6 +113,8 @@ impl SqliteWriter {
                 run(conn, rx, writer, done, poisoned);
                 // `done` was dropped by `run`: the sync thread finishes what is queued and ends.
                 let _ = syncer.join();
+                drop(stop_checkpoints);
+                let _ = checkpoints.join();
             })
             .map_err(spawn_failed)?;
         Ok(SqliteWriter { jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
@@ -290,6 +301,43 @@ fn fsync(wal: &Path) -> Result<(), Failure> {
         Ok(file) => file.sync_data().map_err(failed),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(failed(e)),
+    }
+}
+
+/// How often the checkpoint thread copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// WAL frames (pages) past which the checkpoint thread makes the writer wait until the whole
+/// WAL is copied and can start over (64 MiB): under a load that never pauses, passive
+/// checkpoints alone could let it grow without end.
+const RESTART_FRAMES: i64 = 16_384;
+
+/// The checkpoint thread: copies committed WAL frames into the database file on its own
+/// connection, so the writer thread never does. SQLite's automatic checkpoint runs inside the
+/// commit that crosses 1,000 frames — the writer's — and holds every caller of that batch
+/// while it writes the pages back and fsyncs the database file. A passive checkpoint here
+/// runs beside the writer (WAL lets one checkpointer and one writer work at once); only past
+/// [`RESTART_FRAMES`] does it block the writer for a full one. Ends when `stop` is dropped,
+/// after a last passive checkpoint.
+fn checkpoints(conn: rusqlite::Connection, stop: mpsc::Receiver<()>) {
+    let run = |mode: &str| -> rusqlite::Result<(i64, i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    };
+    loop {
+        let last = matches!(stop.recv_timeout(CHECKPOINT_EVERY), Err(mpsc::RecvTimeoutError::Disconnected) | Ok(()));
+        match run("PASSIVE") {
+            Ok((_, frames, _)) if frames >= RESTART_FRAMES && !last => {
+                if let Err(e) = run("RESTART") {
+                    tracing::warn!("checkpointing the database (RESTART, {frames} WAL frames) failed: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) if is_busy(&e) => {}
+            Err(e) => tracing::warn!("checkpointing the database failed: {e}"),
+        }
+        if last {
+            return;
+        }
     }
 }
 

@@ -110,3 +110,36 @@ async fn memory_databases_have_no_writer_thread() {
     let db = Database::open("sqlite::memory:", std::path::Path::new(".")).await.unwrap();
     assert!(db.sqlite_writer().is_none());
 }
+
+/// The writer thread never checkpoints (automatic checkpoints are off on its connection); the
+/// checkpoint thread copies the WAL into the database file behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_thread_copies_the_wal_into_the_database_file() {
+    let dir = scratch("checkpoint");
+    let db = Database::open("sqlite://node.db", &dir).await.unwrap();
+    table(&db).await;
+    let before = std::fs::metadata(dir.join("node.db")).unwrap().len();
+    // About 8 MiB in 2,000 jobs: 2,000 pages, twice SQLite's automatic checkpoint threshold.
+    let value = "x".repeat(4000);
+    let jobs: Vec<_> = (0..2000)
+        .map(|k| {
+            let (db, value) = (db.clone(), value.clone());
+            tokio::spawn(async move { insert(&db, k, &value).await })
+        })
+        .collect();
+    for job in jobs {
+        assert_eq!(job.await.unwrap().unwrap(), 1);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(dir.join("node.db")).unwrap().len();
+        if size > before + 7 * 1024 * 1024 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the database file stayed at {size} bytes (from {before}): no checkpoint ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows(&db).await.len(), 2000);
+    db.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
