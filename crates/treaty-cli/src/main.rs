@@ -13,12 +13,6 @@ mod network;
 mod node;
 mod vault;
 
-/// mimalloc for Rust's allocations and, through its `override` feature, for C's too (SQLite,
-/// wasmtime's C parts): glibc's malloc took about a seventh of a node's CPU in the cash flow
-/// benchmarks (docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 use std::path::PathBuf;
