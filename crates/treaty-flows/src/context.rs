@@ -193,6 +193,17 @@ impl Run {
         if inbox.queues.values().all(VecDeque::is_empty) { inbox.waiting } else { None }
     }
 
+    /// Sessions whose counterparty's flow has ended: its `End` (or error) is queued here, not
+    /// yet received. Such a counterparty drops whatever this flow sends it.
+    pub(crate) fn ended_sessions(&self) -> Vec<u64> {
+        lock(&self.inbox)
+            .queues
+            .iter()
+            .filter(|(_, q)| q.iter().any(|(_, r)| matches!(r, Received::Ended | Received::Error(_))))
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
     /// Every session as the engine routes messages: (party, session id, whether this flow opened it).
     pub(crate) fn session_keys(&self) -> Vec<(X500Name, u64, bool)> {
         lock(&self.sessions).iter().filter_map(|(id, s)| s.party.clone().map(|p| (p, *id, s.initiator))).collect()

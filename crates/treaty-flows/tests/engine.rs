@@ -94,6 +94,19 @@ fn registry(knobs: Arc<Knobs>) -> Registry {
         let _: String = ctx.receive(&session).await?;
         Ok(())
     });
+    r.flow("LastWord", 1, |ctx: FlowContext, to: String| async move {
+        let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+        let answer: String = ctx.send_and_receive(&session, &"hi".to_string()).await?;
+        // Long enough for the responder's `End` to arrive before this flow ends.
+        let now = ctx.now().await?;
+        ctx.sleep_until(now + 500_000).await?;
+        Ok(answer)
+    });
+    r.responder("LastWord", |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        let _: String = ctx.receive(&session).await?;
+        ctx.send(&session, &"bye".to_string()).await
+    });
     r.flow("Orphan", 1, |ctx: FlowContext, to: String| async move {
         let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
         let answer: String = ctx.send_and_receive(&session, &"anyone?".to_string()).await?;
@@ -127,6 +140,22 @@ async fn two_parties_converse_and_both_sides_complete() {
     assert_eq!(responder.status, FlowStatus::Completed);
     assert_eq!(responder.initiator.as_ref().map(|(p, _)| p.clone()), Some(name(ALICE)));
     assert_eq!(knobs.responder_received.load(Ordering::SeqCst), 5);
+}
+
+/// A flow whose counterparty has already ended does not tell it that it ended too: that
+/// message would only be dropped.
+#[tokio::test]
+async fn no_end_message_goes_to_a_counterparty_that_has_ended() {
+    let (_n, _d, _da, _db, alice, bob) = pair(Arc::new(Knobs::default())).await;
+    let id = alice.engine.start("LastWord", json!(BOB), None).await.unwrap();
+    assert_eq!(result(&finished(&alice.engine, id).await), "bye");
+    let responder = bob.engine.list().await.unwrap()[0].id;
+    assert_eq!(finished(&bob.engine, responder).await.status, FlowStatus::Completed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Alice's one message (the opening one, carrying "hi"); no `End` after it.
+    assert_eq!(bob.messenger.stats().received.load(Ordering::SeqCst), 1);
+    // Bob's answer and his `End` did reach Alice.
+    assert_eq!(alice.messenger.stats().received.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
