@@ -19,7 +19,9 @@ use treaty_notary::{NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryServ
 use crate::context::{FlowContext, Session};
 use crate::error::FlowError;
 use crate::ledger::Ledger;
-use crate::resolve::{ReceiveOptions, ReceivedTransaction, dependencies, receive_transaction, receive_unresolved, send_transaction};
+use crate::resolve::{
+    ReceiveOptions, ReceivedTransaction, dependencies, receive_and_record, receive_transaction, receive_unresolved, send_transaction,
+};
 use crate::signatures::Keys;
 
 /// The protocol name a notary's responder is registered under (see [`notary_responder`]).
@@ -202,10 +204,10 @@ pub async fn finality<L: Ledger, K: Keys>(
     };
     // Recorded before anyone else hears of it: whatever happens next, this node has it.
     ledger.record(&[], std::slice::from_ref(&notarised)).await?;
-    // Each participant acknowledges once it has verified and recorded it.
+    // Each participant says it is done with the back-chain once it has verified and recorded
+    // the transaction: that `Done` is its acknowledgement.
     for session in participants {
         send_transaction(ctx, session, ledger, &notarised).await?;
-        let _recorded: bool = ctx.receive(session).await?;
     }
     Ok(notarised)
 }
@@ -277,9 +279,7 @@ pub async fn notary_responder<L: Ledger>(
 
 /// The participant side of [`finality`]: receives the notarised transaction, resolves and
 /// verifies it with its back-chain (every signature required, the notary's included), records
-/// it, and acknowledges.
+/// it, and acknowledges (by ending the back-chain exchange only once it is recorded).
 pub async fn receive_finality<L: Ledger>(ctx: &FlowContext, session: &Session, ledger: &Arc<L>) -> Result<ReceivedTransaction, FlowError> {
-    let received = receive_transaction(ctx, session, ledger, ReceiveOptions { record: true, ..ReceiveOptions::default() }).await?;
-    ctx.send(session, &true).await?;
-    Ok(received)
+    receive_and_record(ctx, session, ledger).await
 }

@@ -48,6 +48,9 @@ struct Batch {
 
 /// Most transaction ids in one request.
 const MAX_WANT: usize = 2048;
+/// Most direct dependencies pushed with a transaction, and their most bytes together.
+const MAX_PUSHED: usize = 16;
+const PUSH_BUDGET: usize = 256 * 1024;
 /// The prefetch allowance of a first request, and its ceiling.
 const FIRST_PREFETCH: u32 = 64;
 const MAX_PREFETCH: u32 = 8192;
@@ -94,15 +97,65 @@ pub async fn send_transaction<L: Ledger>(
     ledger: &Arc<L>,
     stx: &SignedTransaction,
 ) -> Result<usize, FlowError> {
-    ctx.send(session, &Batch { items: vec![(stx.id(), stx.to_bytes())] }).await?;
-    serve(ctx, session, ledger, stx).await
+    let budget = ledger.max_message_size().saturating_mul(3) / 4;
+    let top = stx.to_bytes();
+    // Read again on a replay (where the send itself is skipped): what was pushed is recorded
+    // here for good, so the answer is the same, and `serve` needs it.
+    let pushed = pushed_dependencies(ledger.as_ref(), stx, budget.saturating_sub(top.len()).min(PUSH_BUDGET)).await?;
+    let mut batch = Batch { items: Vec::with_capacity(1 + pushed.len()) };
+    batch.items.push((stx.id(), top));
+    let mut txs = Vec::with_capacity(pushed.len());
+    for (t, bytes) in pushed {
+        batch.items.push((t.id(), bytes));
+        txs.push(t);
+    }
+    ctx.send(session, &batch).await?;
+    serve(ctx, session, ledger, stx, txs).await
 }
 
-/// Serves the back-chain of `top` (already sent) until the receiver says it is done.
-async fn serve<L: Ledger>(ctx: &FlowContext, session: &Session, ledger: &Arc<L>, top: &SignedTransaction) -> Result<usize, FlowError> {
+/// The direct dependencies of `stx` recorded here, as many as fit `budget` bytes (at most
+/// [`MAX_PUSHED`]): sent with the transaction, so a receiver that lacks only those (a payment
+/// out of freshly issued cash, say) need not ask for them — a round trip saved. A receiver
+/// that has them already ignores them; they tell it nothing it did not know.
+async fn pushed_dependencies<L: Ledger>(
+    ledger: &L,
+    stx: &SignedTransaction,
+    budget: usize,
+) -> Result<Vec<(SignedTransaction, Vec<u8>)>, FlowError> {
+    let deps = dependencies(stx);
+    if deps.is_empty() || deps.len() > MAX_PUSHED || budget == 0 {
+        return Ok(Vec::new());
+    }
+    let mut pushed = Vec::with_capacity(deps.len());
+    let mut size = 0usize;
+    for dep in ledger.transactions(&deps).await?.into_iter().flatten() {
+        let bytes = dep.to_bytes();
+        size += bytes.len();
+        if size > budget {
+            break;
+        }
+        pushed.push((dep, bytes));
+    }
+    Ok(pushed)
+}
+
+/// Serves the back-chain of `top` (already sent, with `pushed`) until the receiver says it is
+/// done.
+async fn serve<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+    top: &SignedTransaction,
+    pushed: Vec<SignedTransaction>,
+) -> Result<usize, FlowError> {
     let mut allowed: HashSet<SecureHash> = dependencies(top).into_iter().collect();
     let mut allowed_attachments: HashSet<SecureHash> = top.tx().components().attachments.iter().copied().collect();
     let mut sent: HashSet<SecureHash> = HashSet::new();
+    for stx in pushed {
+        sent.insert(stx.id());
+        allowed.extend(dependencies(&stx));
+        allowed_attachments.extend(stx.tx().components().attachments.iter().copied());
+    }
     let budget = ledger.max_message_size().saturating_mul(3) / 4;
     loop {
         match ctx.receive::<Request>(session).await? {
@@ -226,10 +279,33 @@ pub async fn receive_transaction<L: Ledger>(
     ledger: &Arc<L>,
     options: ReceiveOptions,
 ) -> Result<ReceivedTransaction, FlowError> {
-    let (claimed, stx) = receive_top(ctx, session, ledger).await?;
+    receive_verified(ctx, session, ledger, options, false).await
+}
+
+/// [`receive_transaction`] that records the transaction and only then tells the sender it is
+/// done, so that `Done` acknowledges the recording (finality: one message fewer than a `Done`
+/// followed by an acknowledgement).
+pub(crate) async fn receive_and_record<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+) -> Result<ReceivedTransaction, FlowError> {
+    receive_verified(ctx, session, ledger, ReceiveOptions { record: true, ..ReceiveOptions::default() }, true).await
+}
+
+async fn receive_verified<L: Ledger>(
+    ctx: &FlowContext,
+    session: &Session,
+    ledger: &Arc<L>,
+    options: ReceiveOptions,
+    done_when_recorded: bool,
+) -> Result<ReceivedTransaction, FlowError> {
+    let (claimed, stx, pushed) = receive_top(ctx, session, ledger).await?;
     // An error here ends the flow, and the engine tells the sender, which stops serving.
-    let downloaded = resolve(ctx, session, ledger, &stx).await?;
-    ctx.send(session, &Request::Done).await?;
+    let downloaded = resolve(ctx, session, ledger, &stx, pushed).await?;
+    if !done_when_recorded {
+        ctx.send(session, &Request::Done).await?;
+    }
     // Verifying and recording are not journaled: they give the same answer on replay, and
     // recording is idempotent.
     let verdicts = downloaded.verdicts.await.map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))??;
@@ -263,6 +339,9 @@ pub async fn receive_transaction<L: Ledger>(
         chain.push(stx.clone());
     }
     ledger.record(&downloaded.attachments, &chain).await?;
+    if done_when_recorded {
+        ctx.send(session, &Request::Done).await?;
+    }
     Ok(ReceivedTransaction { transaction: stx, ledger_transaction, resolved: count })
 }
 
@@ -270,21 +349,32 @@ pub async fn receive_transaction<L: Ledger>(
 /// matches its id: its back-chain is neither asked for nor verified (a non-validating notary
 /// handed a whole transaction). The sender is told resolution is done.
 pub async fn receive_unresolved<L: Ledger>(ctx: &FlowContext, session: &Session, ledger: &Arc<L>) -> Result<SignedTransaction, FlowError> {
-    let (_, stx) = receive_top(ctx, session, ledger).await?;
+    let (_, stx, _) = receive_top(ctx, session, ledger).await?;
     ctx.send(session, &Request::Done).await?;
     Ok(stx)
 }
 
-/// The transaction [`send_transaction`] opens with, decoded and checked against its id.
+/// The transaction [`send_transaction`] opens with, decoded and checked against its id, and
+/// the dependencies pushed with it (undecoded: they may be known here already).
 async fn receive_top<L: Ledger>(
     ctx: &FlowContext,
     session: &Session,
     ledger: &Arc<L>,
-) -> Result<(SecureHash, SignedTransaction), FlowError> {
+) -> Result<(SecureHash, SignedTransaction, Vec<(SecureHash, Vec<u8>)>), FlowError> {
     let top: Batch = ctx.receive(session).await?;
-    let [(claimed, bytes)] = <[(SecureHash, Vec<u8>); 1]>::try_from(top.items)
-        .map_err(|items| FlowError::Exception(format!("{} sent {} transactions where one was expected", session.party, items.len())))?;
-    Ok((claimed, decode(&claimed, &bytes, session, ledger.as_ref())?))
+    let mut items = top.items.into_iter();
+    let Some((claimed, bytes)) = items.next() else {
+        return Err(FlowError::Exception(format!("{} sent no transaction where one was expected", session.party)));
+    };
+    let pushed: Vec<(SecureHash, Vec<u8>)> = items.collect();
+    if pushed.len() > MAX_PUSHED {
+        return Err(FlowError::Exception(format!(
+            "{} sent {} transactions with transaction {claimed}; at most {MAX_PUSHED} of its dependencies may come with it",
+            session.party,
+            pushed.len()
+        )));
+    }
+    Ok((claimed, decode(&claimed, &bytes, session, ledger.as_ref())?, pushed))
 }
 
 fn decode<L: Ledger>(claimed: &SecureHash, bytes: &[u8], session: &Session, ledger: &L) -> Result<SignedTransaction, FlowError> {
@@ -302,6 +392,10 @@ async fn decode_all<L: Ledger>(
     session: &Session,
     ledger: &Arc<L>,
 ) -> Result<HashMap<SecureHash, SignedTransaction>, FlowError> {
+    if batch.items.len() <= 4 {
+        // Hashing a few transactions costs less than a hop to the blocking pool and back.
+        return batch.items.iter().map(|(claimed, bytes)| Ok((*claimed, decode(claimed, bytes, session, ledger.as_ref())?))).collect();
+    }
     let (session, ledger) = (session.clone(), ledger.clone());
     tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
@@ -378,46 +472,111 @@ fn verifier<L: Ledger>(ledger: Arc<L>) -> (mpsc::UnboundedSender<Job>, tokio::ta
     (jobs, handle)
 }
 
+/// The receiver's view of the graph while it downloads.
+#[derive(Default)]
+struct Walk {
+    /// Downloaded transactions the ledger lacks.
+    have: HashMap<SecureHash, SignedTransaction>,
+    /// Ids downloaded or asked for.
+    queued: HashSet<SecureHash>,
+    /// Ids still to ask for, in order.
+    queue: VecDeque<SecureHash>,
+    /// Dependencies recorded here.
+    local: HashSet<SecureHash>,
+    /// Downloaded since the pipeline was last fed.
+    new_txs: Vec<SecureHash>,
+}
+
+impl Walk {
+    /// Takes the downloaded transactions `accepted` (already in `queued`) and walks into their
+    /// dependencies: those `unknown` here come from `pool` (what the sender added unasked)
+    /// when there, else are queued to ask for; the others are recorded here.
+    fn absorb(
+        &mut self,
+        accepted: Vec<SignedTransaction>,
+        pool: &mut HashMap<SecureHash, SignedTransaction>,
+        unknown: &HashSet<SecureHash>,
+    ) {
+        let mut stack = accepted;
+        while let Some(stx) = stack.pop() {
+            for d in dependencies(&stx) {
+                if self.have.contains_key(&d) || self.queued.contains(&d) || self.local.contains(&d) {
+                    continue;
+                }
+                if !unknown.contains(&d) {
+                    self.local.insert(d);
+                    continue;
+                }
+                match pool.remove(&d) {
+                    Some(p) => stack.push(p),
+                    None => {
+                        self.queued.insert(d);
+                        self.queue.push_back(d);
+                    }
+                }
+            }
+            self.queued.insert(stx.id());
+            self.new_txs.push(stx.id());
+            self.have.insert(stx.id(), stx);
+        }
+    }
+}
+
 /// Downloads what the ledger lacks of `top`'s back-chain (transactions and attachments) from
 /// the sender on `session`, handing each transaction to the verification pipeline as soon as
-/// everything it points at is in hand.
+/// everything it points at is in hand. `pushed` came with `top` (some of its direct
+/// dependencies): those the ledger lacks are taken from there rather than asked for.
 async fn resolve<L: Ledger>(
     ctx: &FlowContext,
     session: &Session,
     ledger: &Arc<L>,
     top: &SignedTransaction,
+    pushed: Vec<(SecureHash, Vec<u8>)>,
 ) -> Result<Downloaded, FlowError> {
     let (jobs, verdicts) = verifier(ledger.clone());
     let send_job = |job: Job| jobs.send(job).map_err(|_| FlowError::Invalid("the verification pipeline stopped".into()));
-    let mut have: HashMap<SecureHash, SignedTransaction> = HashMap::new();
-    let mut queued: HashSet<SecureHash> = HashSet::new();
-    let mut queue: VecDeque<SecureHash> = VecDeque::new();
-    // Dependencies recorded here, and those of them handed to the pipeline.
-    let mut local: HashSet<SecureHash> = HashSet::new();
+    let mut w = Walk::default();
+    // Dependencies recorded here handed to the pipeline.
     let mut local_sent: HashSet<SecureHash> = HashSet::new();
     let mut attachments_seen: HashSet<SecureHash> = HashSet::new();
     let mut downloaded_attachments: Vec<Attachment> = Vec::new();
     let mut undispatched: Vec<SecureHash> = Vec::new();
 
     let top_deps = dependencies(top);
-    let missing: HashSet<SecureHash> = unrecorded(ctx, ledger, "resolve.unrecorded.0", top_deps.clone()).await?.into_iter().collect();
+    if let Some((x, _)) = pushed.iter().find(|(id, _)| !top_deps.contains(id)) {
+        return Err(FlowError::Exception(format!(
+            "{} sent transaction {x} with transaction {}, which does not depend on it",
+            session.party,
+            top.id()
+        )));
+    }
+    let mut pushed = if pushed.is_empty() { HashMap::new() } else { decode_all(Batch { items: pushed }, session, ledger).await? };
+    // One question for the transaction's dependencies and for those of what came with it.
+    let mut question = top_deps.clone();
+    question.extend(pushed.values().flat_map(dependencies));
+    question.sort();
+    question.dedup();
+    let unknown: HashSet<SecureHash> = unrecorded(ctx, ledger, "resolve.unrecorded.0", question).await?.into_iter().collect();
+    let mut accepted = Vec::new();
     for d in top_deps {
-        if missing.contains(&d) {
-            if queued.insert(d) {
-                queue.push_back(d);
-            }
-        } else {
-            local.insert(d);
+        if !unknown.contains(&d) {
+            w.local.insert(d);
+        } else if let Some(stx) = pushed.remove(&d) {
+            w.queued.insert(d);
+            accepted.push(stx);
+        } else if w.queued.insert(d) {
+            w.queue.push_back(d);
         }
     }
-    let mut new_txs: Vec<SecureHash> = Vec::new();
+    w.absorb(accepted, &mut HashMap::new(), &unknown);
     let mut prefetch = FIRST_PREFETCH;
     let mut round = 0usize;
     loop {
         // Hand over what the transactions of the last round need, then those now ready.
-        let mut attachment_ids: Vec<SecureHash> = new_txs
+        let mut attachment_ids: Vec<SecureHash> = w
+            .new_txs
             .iter()
-            .filter_map(|id| have.get(id))
+            .filter_map(|id| w.have.get(id))
             .chain(std::iter::once(top).filter(|_| round == 0))
             .flat_map(|t| t.tx().components().attachments.iter().copied())
             .filter(|a| attachments_seen.insert(*a))
@@ -429,7 +588,7 @@ async fn resolve<L: Ledger>(
             send_job(Job::Attachments(fetched.iter().cloned().chain(stored).collect()))?;
             downloaded_attachments.extend(fetched);
         }
-        let mut known: Vec<SecureHash> = local.iter().filter(|d| !local_sent.contains(*d)).copied().collect();
+        let mut known: Vec<SecureHash> = w.local.iter().filter(|d| !local_sent.contains(*d)).copied().collect();
         if !known.is_empty() {
             known.sort();
             let loaded = ledger.transactions(&known).await?;
@@ -440,23 +599,23 @@ async fn resolve<L: Ledger>(
             }
             send_job(Job::Known(txs))?;
         }
-        if !new_txs.is_empty() {
-            send_job(Job::Known(new_txs.iter().filter_map(|id| have.get(id).cloned()).collect()))?;
+        if !w.new_txs.is_empty() {
+            send_job(Job::Known(w.new_txs.iter().filter_map(|id| w.have.get(id).cloned()).collect()))?;
         }
-        undispatched.append(&mut new_txs);
+        undispatched.append(&mut w.new_txs);
         let (ready, waiting): (Vec<SecureHash>, Vec<SecureHash>) = undispatched
             .iter()
-            .partition(|id| have.get(*id).is_some_and(|t| dependencies(t).iter().all(|d| have.contains_key(d) || local.contains(d))));
+            .partition(|id| w.have.get(*id).is_some_and(|t| dependencies(t).iter().all(|d| w.have.contains_key(d) || w.local.contains(d))));
         undispatched = waiting;
         if !ready.is_empty() {
-            send_job(Job::Verify(ready.iter().filter_map(|id| have.get(id).cloned()).collect()))?;
+            send_job(Job::Verify(ready.iter().filter_map(|id| w.have.get(id).cloned()).collect()))?;
         }
-        if queue.is_empty() {
+        if w.queue.is_empty() {
             break;
         }
 
         round += 1;
-        let want: Vec<SecureHash> = queue.drain(..queue.len().min(MAX_WANT)).collect();
+        let want: Vec<SecureHash> = w.queue.drain(..w.queue.len().min(MAX_WANT)).collect();
         ctx.send(session, &Request::Transactions { want: want.clone(), prefetch }).await?;
         let batch: Batch = ctx.receive(session).await?;
         let mut pool: HashMap<SecureHash, SignedTransaction> = decode_all(batch, session, ledger).await?;
@@ -465,7 +624,7 @@ async fn resolve<L: Ledger>(
         for id in want.iter().rev() {
             match pool.remove(id) {
                 Some(stx) => accepted.push(stx),
-                None => queue.push_front(*id),
+                None => w.queue.push_front(*id),
             }
         }
         if accepted.is_empty() {
@@ -475,43 +634,23 @@ async fn resolve<L: Ledger>(
         // (the prefetched transactions and every dependency) is recorded already?
         let mut mentioned: Vec<SecureHash> = pool.keys().copied().collect();
         for stx in accepted.iter().chain(pool.values()) {
-            mentioned.extend(dependencies(stx).into_iter().filter(|d| !have.contains_key(d) && !queued.contains(d) && !local.contains(d)));
+            mentioned
+                .extend(dependencies(stx).into_iter().filter(|d| !w.have.contains_key(d) && !w.queued.contains(d) && !w.local.contains(d)));
         }
         mentioned.sort();
         mentioned.dedup();
         let unknown: HashSet<SecureHash> =
             unrecorded(ctx, ledger, &format!("resolve.unrecorded.{round}"), mentioned).await?.into_iter().collect();
         // Walk from what was asked into what was prefetched, as far as it is new here.
-        let mut stack: Vec<SignedTransaction> = accepted;
-        while let Some(stx) = stack.pop() {
-            for d in dependencies(&stx) {
-                if have.contains_key(&d) || queued.contains(&d) || local.contains(&d) {
-                    continue;
-                }
-                if !unknown.contains(&d) {
-                    local.insert(d);
-                    continue;
-                }
-                match pool.remove(&d) {
-                    Some(p) => stack.push(p),
-                    None => {
-                        queued.insert(d);
-                        queue.push_back(d);
-                    }
-                }
-            }
-            queued.insert(stx.id());
-            new_txs.push(stx.id());
-            have.insert(stx.id(), stx);
-        }
+        w.absorb(accepted, &mut pool, &unknown);
         // Prefetched transactions left over were known here already: prefetch less.
         prefetch = if pool.is_empty() { (prefetch.max(1) * 2).min(MAX_PREFETCH) } else { prefetch / 4 };
     }
     if !undispatched.is_empty() {
-        send_job(Job::Verify(undispatched.iter().filter_map(|id| have.get(id).cloned()).collect()))?;
+        send_job(Job::Verify(undispatched.iter().filter_map(|id| w.have.get(id).cloned()).collect()))?;
     }
     drop(jobs);
-    Ok(Downloaded { transactions: dependency_order(have), attachments: downloaded_attachments, verdicts })
+    Ok(Downloaded { transactions: dependency_order(w.have), attachments: downloaded_attachments, verdicts })
 }
 
 /// Those of `ids` the ledger has not recorded (a journaled question).

@@ -61,15 +61,31 @@ fn registry(l: Arc<MemoryLedger>) -> Registry {
             }
         });
     }
-    let l2 = l.clone();
-    r.responder("Share", move |ctx: FlowContext| {
-        let l = l2.clone();
+    // Sends the transaction with, unasked, another that it does not depend on.
+    let l3 = l.clone();
+    r.flow("SharePushingStrangers", 1, move |ctx: FlowContext, args: (ShareArgs, SecureHash)| {
+        let l = l3.clone();
         async move {
-            let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
-            let got = receive_transaction(&ctx, &session, &l, ReceiveOptions { record: true, ..ReceiveOptions::default() }).await?;
-            ctx.send(&session, &(got.resolved as u64)).await
+            let (args, stranger) = args;
+            let (stx, other) = l.get(&args.tx).zip(l.get(&stranger)).ok_or_else(|| FlowError::Exception("unknown transaction".into()))?;
+            let session = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+            let batch = (vec![(stx.id(), stx.to_bytes()), (other.id(), other.to_bytes())],);
+            ctx.send(&session, &batch).await?;
+            let _: Request = ctx.receive(&session).await?;
+            Ok(json!({}))
         }
     });
+    for name in ["Share", "SharePushingStrangers"] {
+        let l2 = l.clone();
+        r.responder(name, move |ctx: FlowContext| {
+            let l = l2.clone();
+            async move {
+                let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+                let got = receive_transaction(&ctx, &session, &l, ReceiveOptions { record: true, ..ReceiveOptions::default() }).await?;
+                ctx.send(&session, &(got.resolved as u64)).await
+            }
+        });
+    }
     // Asks for the notary's... no: for a transaction outside what was sent.
     r.responder("ShareFishing", move |ctx: FlowContext| async move {
         let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
@@ -123,6 +139,37 @@ async fn a_chain_of_1000_resolves_in_a_few_round_trips() {
     let journal = p.alice.engine.journal(r.id).await.unwrap();
     let requests = journal.iter().filter(|e| matches!(e, Entry::Received { .. })).count();
     assert!(requests <= 10, "{requests} messages received by the sender");
+}
+
+#[tokio::test]
+async fn a_missing_parent_comes_with_the_transaction_without_a_request() {
+    let p = pair().await;
+    let chain = token_chain(5, 7).unwrap();
+    seed(&p.alice_ledger, &chain);
+    // Bob knows all but the tip and its parent.
+    seed(&p.bob_ledger, &TokenChain { transactions: chain.transactions[..4].to_vec(), ..token_chain(0, 7).unwrap() });
+    let r = share(&p, "Share", chain.tip().id()).await;
+    assert_eq!(result(&r), json!({ "served": 1, "resolved": 1 }));
+    assert_eq!(p.bob_ledger.get(&chain.transactions[4].id()).as_ref(), Some(&chain.transactions[4]), "the parent is recorded");
+    assert_eq!(p.bob_ledger.len(), 6);
+    // Alice heard only Bob's Done and his answer: he asked for nothing.
+    let journal = p.alice.engine.journal(r.id).await.unwrap();
+    let received = journal.iter().filter(|e| matches!(e, Entry::Received { .. })).count();
+    assert_eq!(received, 2, "{journal:?}");
+}
+
+#[tokio::test]
+async fn a_transaction_pushed_that_is_not_a_dependency_is_refused() {
+    let p = pair().await;
+    let chain = token_chain(3, 8).unwrap();
+    seed(&p.alice_ledger, &chain);
+    let stranger = chain.transactions[0].id();
+    let id = p.alice.engine.start("SharePushingStrangers", json!([{ "to": BOB, "tx": chain.tip().id() }, stranger]), None).await.unwrap();
+    let r = finished(&p.alice.engine, id).await;
+    assert_eq!(r.status, FlowStatus::Failed);
+    let err = r.error.unwrap();
+    assert!(err.contains(&stranger.to_string()) && err.contains("does not depend on it"), "{err}");
+    assert_eq!(p.bob_ledger.len(), 0, "nothing recorded");
 }
 
 #[tokio::test]
