@@ -469,12 +469,7 @@ impl FlowContext {
                     lock(&self.run.seen).insert(id);
                     // Marking it processed need not hold the flow up: if that write is lost in
                     // a crash, the message comes back and is dropped as already journaled.
-                    let transport = self.shared.transport.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = transport.processed(vec![id]).await {
-                            tracing::debug!("marking message {id} processed failed (it will be dropped when redelivered): {e}");
-                        }
-                    });
+                    self.shared.processed_later([id]);
                     return Ok(Some(received));
                 }
                 None => match deadline {

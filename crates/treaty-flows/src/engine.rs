@@ -355,9 +355,41 @@ pub(crate) struct Shared {
     /// Wakes the alarm task when an earlier wake time is parked.
     alarm: Arc<Notify>,
     alarm_task: OnceLock<AbortHandle>,
+    /// Received messages to mark processed, and whether a task is writing them: marks that
+    /// need not hold anything up go out together, one write for all that came meanwhile.
+    processed: Mutex<(Vec<MessageId>, bool)>,
 }
 
 impl Shared {
+    /// Marks `ids` processed in the background, with any others queued meanwhile. Used where
+    /// losing the mark in a crash is harmless: the message comes back at the next start and
+    /// is dropped again (journaled already, or for a flow that has ended).
+    pub(crate) fn processed_later(self: &Arc<Self>, ids: impl IntoIterator<Item = MessageId>) {
+        let mut q = lock(&self.processed);
+        q.0.extend(ids);
+        if q.1 || q.0.is_empty() {
+            return;
+        }
+        q.1 = true;
+        drop(q);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ids = {
+                    let mut q = lock(&shared.processed);
+                    if q.0.is_empty() {
+                        q.1 = false;
+                        return;
+                    }
+                    std::mem::take(&mut q.0)
+                };
+                if let Err(e) = shared.transport.processed(ids).await {
+                    tracing::debug!("marking received messages processed failed (they will be dropped when redelivered): {e}");
+                }
+            }
+        });
+    }
+
     pub(crate) fn bind(&self, party: X500Name, session: u64, initiator: bool, flow: FlowId) {
         lock(&self.table).sessions.insert((party, session, initiator), flow);
     }
@@ -451,6 +483,7 @@ impl FlowEngine {
             draining: AtomicBool::new(false),
             alarm: Arc::new(Notify::new()),
             alarm_task: OnceLock::new(),
+            processed: Mutex::new((Vec::new(), false)),
         };
         FlowEngine { shared: Arc::new(shared) }
     }
@@ -923,11 +956,17 @@ impl FlowEngine {
             Some(flow) => self.revive(flow, Some(pending)).await,
             None => {
                 tracing::debug!("message from {} for session {:x} has no running flow; dropped", message.sender, message.session);
-                self.shared.transport.processed(vec![message.id]).await
+                self.shared.processed_later([message.id]);
+                Ok(())
             }
         }
     }
 
+    /// Starts the responder an `Init` asks for. Creating its record waits for a commit, so it
+    /// runs in a task of its own: the messages of every other flow are not held up behind it
+    /// (they were, one commit per new responder, when the node's dispatcher awaited it here).
+    /// Meanwhile the responder's slot holds what comes for its session, as for a flow being
+    /// revived.
     async fn open_responder(&self, message: InboundMessage, flow: String, version: u32, payload: Option<Vec<u8>>) -> Result<(), FlowError> {
         let id = FlowId::responder_for(&message.id);
         // The responder exists: a payload is handed to it (dropped there if it journaled it
@@ -948,12 +987,8 @@ impl FlowEngine {
             }
         };
         if exists {
-            return self.shared.transport.processed(vec![message.id]).await;
-        }
-        if self.shared.store.get(id).await?.is_some() {
-            // Started before and ended, parked or held: the opening message has done its work
-            // (a responder journals its opening payload before it can be parked).
-            return self.shared.transport.processed(vec![message.id]).await;
+            self.shared.processed_later([message.id]);
+            return Ok(());
         }
         if self.shared.draining.load(Ordering::SeqCst) {
             // Left unprocessed in the inbox: delivered again after the restart.
@@ -970,6 +1005,70 @@ impl FlowEngine {
             let reason = format!("{} refuses {} for flow {flow}: {reason}", self.shared.me, message.sender);
             return self.refuse(&message, reason).await;
         }
+        let key: SessionKey = (message.sender.clone(), message.session, false);
+        {
+            let mut t = lock(&self.shared.table);
+            if t.runs.contains_key(&id) {
+                // Opened meanwhile (cannot happen: one dispatcher delivers in order), or
+                // being revived: it is handed the message as any other would be.
+                drop(t);
+                self.shared.processed_later([message.id]);
+                return Ok(());
+            }
+            let first: Vec<Pending> = payload.iter().map(|p| (message.session, message.id, Received::Data(p.clone()))).collect();
+            t.runs.insert(id, Slot::Reviving(first));
+            t.reviving += 1;
+            t.sessions.insert(key.clone(), id);
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine.create_responder(id, message, flow, version, payload.is_some(), def).await {
+                tracing::warn!("a responder could not be started (its opening message stays in the inbox): {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Records and starts responder `id` whose slot [`Self::open_responder`] holds.
+    async fn create_responder(
+        &self,
+        id: FlowId,
+        message: InboundMessage,
+        flow: String,
+        version: u32,
+        had_payload: bool,
+        def: Arc<FlowDef>,
+    ) -> Result<(), FlowError> {
+        let key: SessionKey = (message.sender.clone(), message.session, false);
+        // What came for it meanwhile, once it will not run after all.
+        let give_up = |this: &FlowEngine| {
+            let mut t = lock(&this.shared.table);
+            if t.sessions.get(&key) == Some(&id) {
+                t.sessions.remove(&key);
+            }
+            match t.runs.get(&id) {
+                Some(Slot::Reviving(_)) => match t.remove(id) {
+                    Some(Slot::Reviving(pending)) => pending,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            }
+        };
+        let existing = match self.shared.store.get(id).await {
+            Ok(r) => r,
+            Err(e) => {
+                give_up(self);
+                return Err(e.into());
+            }
+        };
+        if existing.is_some() {
+            // Started before and ended, parked or held: the opening message has done its work
+            // (a responder journals its opening payload before it can be parked), and what
+            // came with it is for a flow that is not running here.
+            let pending = give_up(self);
+            self.shared.processed_later(pending.into_iter().map(|(_, m, _)| m).chain([message.id]));
+            return Ok(());
+        }
         let now = crate::now_micros();
         let record = FlowRecord {
             id,
@@ -984,12 +1083,17 @@ impl FlowEngine {
             created_at: now,
             updated_at: now,
         };
-        self.shared.store.create(record.clone()).await?;
-        let id = record.id;
-        let run = self.install(record, Vec::new(), def, None, false);
-        match (payload, run) {
-            (Some(p), Some(run)) => run.push(message.session, message.id, Received::Data(p)),
-            _ => self.shared.transport.processed(vec![message.id]).await?,
+        if let Err(e) = self.shared.store.create(record.clone()).await {
+            // Its messages stay unprocessed in the inbox: they come back at the next start.
+            give_up(self);
+            return Err(e.into());
+        }
+        if self.install(record, Vec::new(), def, None, true).is_none() {
+            // Killed meanwhile: nothing runs it.
+            return Ok(());
+        }
+        if !had_payload {
+            self.shared.processed_later([message.id]);
         }
         self.shared.changed(id);
         Ok(())

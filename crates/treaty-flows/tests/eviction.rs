@@ -312,9 +312,38 @@ impl ParkHook for Held {
     }
 }
 
+/// Responders' records wait for the test before they are created: `entered` gets a permit
+/// when one starts, and it goes on when `gate` has one. Parkings go through.
+struct HeldCreates {
+    entered: Semaphore,
+    gate: Semaphore,
+}
+
+impl ParkHook for HeldCreates {
+    async fn before_park(&self, _: &Parking) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn before_create(&self, record: &FlowRecord) -> Result<(), StoreError> {
+        if record.initiator.is_some() {
+            self.entered.add_permits(1);
+            self.gate.acquire().await.map_err(|e| StoreError::permanent(e.to_string()))?.forget();
+        }
+        Ok(())
+    }
+}
+
 /// Flows for the directly driven engine.
 fn solo() -> Registry {
     let mut r = Registry::new();
+    // Hello (responder): answers each of two greetings.
+    r.responder("Hello", |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        for _ in 0..2 {
+            let name: String = ctx.receive(&session).await?;
+            ctx.send(&session, &format!("hello {name}")).await?;
+        }
+        Ok(())
+    });
     // Wait: open a session with Bob and wait for `n` answers.
     r.flow("Wait", 1, |ctx: FlowContext, n: u32| async move {
         let session = ctx.initiate(&name(BOB)).await?;
@@ -403,6 +432,50 @@ async fn a_message_arriving_while_the_flow_is_being_parked_is_not_lost() {
 }
 
 #[tokio::test]
+async fn a_responder_being_recorded_holds_up_no_other_flows_messages() {
+    let store = Arc::new(HookedParking::new(HeldCreates { entered: Semaphore::new(0), gate: Semaphore::new(0) }));
+    let wire = Arc::new(Wire::default());
+    let engine = engine(store.clone(), &wire, EngineOptions::default());
+    let id = engine.start("Wait", json!(1), None).await.unwrap();
+    let s = session(&engine, id).await;
+    // Bob opens a session with a greeting; recording the responder is held ...
+    let to_responder = |message: SessionMessage| {
+        let envelope = Envelope { to_initiator: false, message };
+        InboundMessage {
+            id: MessageId::random(),
+            sender: name(BOB),
+            session: 77,
+            topic: FLOW_TOPIC.into(),
+            payload: encoding::encode(&envelope),
+        }
+    };
+    let init = to_responder(SessionMessage::Init { flow: "Hello".into(), version: 1, payload: Some(encoding::encode(&"one".to_string())) });
+    tokio::time::timeout(Duration::from_secs(5), engine.deliver(init)).await.expect("delivering the Init waited for the record").unwrap();
+    store.hook.entered.acquire().await.unwrap().forget();
+    // ... and meanwhile Alice's own flow gets its answer and finishes, and Bob's second
+    // greeting waits for the responder.
+    tokio::time::timeout(Duration::from_secs(5), engine.deliver(from_bob(s, &"now".to_string()))).await.unwrap().unwrap();
+    assert_eq!(result(&finished(&engine, id).await), json!(["now"]));
+    engine.deliver(to_responder(SessionMessage::Data(encoding::encode(&"two".to_string())))).await.unwrap();
+    // Once recorded, the responder gets both greetings in order.
+    store.hook.gate.add_permits(1);
+    let answers = || -> Vec<String> {
+        wire.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, to, session, _)| *to == name(BOB) && *session == 77)
+            .filter_map(|(_, _, _, p)| match encoding::decode::<Envelope>(p).unwrap().message {
+                SessionMessage::Data(bytes) => Some(encoding::decode::<String>(&bytes).unwrap()),
+                _ => None,
+            })
+            .collect()
+    };
+    until("the responder answered both greetings", || answers().len() == 2).await;
+    assert_eq!(answers(), vec!["hello one".to_string(), "hello two".to_string()]);
+}
+
+#[tokio::test]
 async fn a_message_arriving_just_after_the_parking_brings_the_flow_back() {
     let store = Arc::new(HookedParking::new(Held { entered: Semaphore::new(0), gate: Semaphore::new(1000) }));
     let wire = Arc::new(Wire::default());
@@ -420,10 +493,11 @@ async fn a_message_arriving_just_after_the_parking_brings_the_flow_back() {
     assert_eq!(result(&finished(&engine, id).await), json!(["one", "two"]));
     assert_eq!(received(&store.journal(id).await.unwrap()), vec![first.id, second.id]);
     assert_eq!((engine.resident(), engine.parked()), (0, 0));
-    // A message for the ended flow is dropped (marked processed), not routed anywhere.
+    // A message for the ended flow is dropped (marked processed, in the background), not
+    // routed anywhere.
     let late = from_bob(s, &"three".to_string());
     engine.deliver(late.clone()).await.unwrap();
-    assert!(wire.processed.lock().unwrap().contains(&late.id));
+    until("the late message is marked processed", || wire.processed.lock().unwrap().contains(&late.id)).await;
 }
 
 #[tokio::test]
@@ -570,6 +644,6 @@ async fn a_parked_flow_can_be_killed_and_its_counterparty_is_told() {
     // Bob's late answer finds no flow: dropped, the flow stays killed.
     let late = from_bob(s, &"too late".to_string());
     engine.deliver(late.clone()).await.unwrap();
-    assert!(wire.processed.lock().unwrap().contains(&late.id));
+    until("the late message is marked processed", || wire.processed.lock().unwrap().contains(&late.id)).await;
     assert_eq!(engine.get(id).await.unwrap().unwrap().status, FlowStatus::Killed);
 }

@@ -118,6 +118,10 @@ pub fn result(r: &FlowRecord) -> serde_json::Value {
 pub trait ParkHook: Send + Sync + 'static {
     /// Runs before `parking` is written; an error is the store's answer instead.
     fn before_park(&self, parking: &Parking) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+    /// Runs before `record` is created; an error is the store's answer instead.
+    fn before_create(&self, _record: &FlowRecord) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A memory store that runs its hook before writing each parking (tests of parking races and
@@ -135,6 +139,7 @@ impl<H> HookedParking<H> {
 
 impl<H: ParkHook> FlowStore for HookedParking<H> {
     async fn create(&self, record: FlowRecord) -> Result<Created, StoreError> {
+        self.hook.before_create(&record).await?;
         self.inner.create(record).await
     }
     async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
