@@ -295,6 +295,10 @@ enum BenchCommand {
         /// Flows in flight at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Run the nodes inside the benchmark's process and start flows on their engines
+        /// directly, rather than as `treaty node run` processes driven over RPC.
+        #[arg(long)]
+        in_process: bool,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -467,8 +471,8 @@ fn main() -> ExitCode {
         Command::Bench { command: BenchCommand::Messaging { count, batch, payload, json } } => {
             bench::messaging(count, batch, payload, json)
         }
-        Command::Bench { command: BenchCommand::Flows { scenario, count, concurrency, json } } => {
-            bench::flows(&scenario, count, concurrency, json)
+        Command::Bench { command: BenchCommand::Flows { scenario, count, concurrency, in_process, json } } => {
+            bench::flows(&scenario, count, concurrency, in_process, json)
         }
         Command::Bench { command: BenchCommand::Resolve { length, json } } => bench::resolve(length, json),
         Command::Bench {

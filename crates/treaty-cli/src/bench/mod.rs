@@ -1,8 +1,11 @@
 //! `treaty bench`: the system measured as users run it, each figure printed with this
-//! machine's baselines from the same run. `messaging`, `flows` and `resolve` run two nodes in
-//! this process; `notary` ([`notary`]) runs notary processes of their own.
+//! machine's baselines from the same run. `flows` runs its nodes as `treaty node run`
+//! processes driven over RPC ([`procs`]; `--in-process` keeps them in this process);
+//! `messaging` and `resolve` run two nodes in this process; `notary` ([`notary`]) runs notary
+//! processes of their own.
 
 pub mod notary;
+mod procs;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -193,6 +196,8 @@ pub fn messaging(count: usize, batch: usize, payload: usize, json: bool) -> Resu
 #[derive(Serialize)]
 struct FlowsReport {
     scenario: &'static str,
+    /// "processes" (each node a `treaty node run`, flows over RPC) or "in-process".
+    nodes: &'static str,
     flows: usize,
     concurrency: usize,
     seconds: f64,
@@ -204,7 +209,7 @@ struct FlowsReport {
 
 /// `treaty bench flows --scenario pingpong`: Echo flows from Alice to Bob (a session, a
 /// message each way, both sides' journals and statuses in SQLite), `concurrency` at a time.
-pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Result<()> {
+pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool, json: bool) -> Result<()> {
     let scenario: &'static str = match scenario {
         "pingpong" => "pingpong",
         "issue" => "issue",
@@ -218,54 +223,43 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
     crate::node::init_logging();
     let scratch = std::env::temp_dir().join(format!("treaty-bench-flows-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
+    let bob = "O=Bob, L=Paris, C=FR".to_string();
+    // The flows of one round, with their JSON arguments.
+    let round: std::sync::Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync> = {
+        let bob = bob.clone();
+        std::sync::Arc::new(move || match scenario {
+            "pingpong" => vec![(node::ECHO, serde_json::json!({"to": bob, "message": "ping"}).to_string())],
+            "issue" => vec![(treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"}).to_string())],
+            _ => vec![
+                (treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"}).to_string()),
+                (treaty_finance::CASH_PAYMENT, serde_json::json!({"amount": "1.00 USD", "recipient": bob}).to_string()),
+            ],
+        })
+    };
     let result: Result<FlowsReport> = runtime()?.block_on(async {
-        let (map_task, nodes) = local_network(&scratch).await?;
-        let sqlite = baseline_sqlite(&scratch).await?;
-        let engine = nodes[0].flows.clone();
-        let bob = nodes[1].name.to_string();
-        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let began = Instant::now();
-        let mut workers = Vec::new();
-        for _ in 0..concurrency {
-            let (engine, bob, next) = (engine.clone(), bob.clone(), next.clone());
-            workers.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while next.fetch_add(1, Ordering::Relaxed) < count {
-                    let t = Instant::now();
-                    let run = |flow: &'static str, args: serde_json::Value| {
-                        let engine = engine.clone();
-                        async move {
-                            let id = engine.start(flow, args, None).await?;
-                            let done = engine.wait(id).await?;
-                            if done.status != treaty_flows::FlowStatus::Completed {
-                                bail!("{flow} flow {id} ended {}: {:?}", done.status.as_str(), done.error);
-                            }
-                            Ok(())
-                        }
-                    };
-                    match scenario {
-                        "pingpong" => run(node::ECHO, serde_json::json!({"to": bob, "message": "ping"})).await?,
-                        "issue" => run(treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"})).await?,
-                        _ => {
-                            run(treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"})).await?;
-                            run(treaty_finance::CASH_PAYMENT, serde_json::json!({"amount": "1.00 USD", "recipient": bob})).await?;
-                        }
-                    }
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                Ok::<Vec<f64>, anyhow::Error>(latencies)
-            }));
-        }
-        let mut latencies = Vec::new();
-        for w in workers {
-            latencies.extend(w.await??);
-        }
-        let seconds = began.elapsed().as_secs_f64();
+        let (latencies, seconds, sqlite) = if in_process {
+            let (map_task, nodes) = local_network(&scratch).await?;
+            let sqlite = baseline_sqlite(&scratch).await?;
+            let began = Instant::now();
+            let latencies = in_process_rounds(&nodes[0].flows, count, concurrency, round).await;
+            let seconds = began.elapsed().as_secs_f64();
+            stop(map_task, nodes);
+            (latencies?, seconds, sqlite)
+        } else {
+            let network = procs::start(&scratch).await?;
+            let began = Instant::now();
+            let latencies = procs::drive(network.dir(0), count, concurrency, round).await;
+            let seconds = began.elapsed().as_secs_f64();
+            network.stop().await;
+            // Measured with the nodes gone, so they take nothing from it.
+            (latencies?, seconds, baseline_sqlite(&scratch).await?)
+        };
+        let mut latencies = latencies;
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-        stop(map_task, nodes);
         Ok(FlowsReport {
             scenario,
+            nodes: if in_process { "in-process" } else { "processes" },
             flows: count,
             concurrency,
             seconds,
@@ -282,11 +276,48 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, json: bool) -> Re
         "issue" => "CashIssue flows on Alice (build, sign, record, vault)",
         _ => "issue+pay rounds (CashIssue on Alice, then CashPayment to Bob through the notary)",
     };
+    let how = if in_process { "nodes in this process, flows started on the engine" } else { "node processes, flows started over RPC" };
     let line = format!(
-        "{} {what} ({} at a time): {:.2} s, {:.0}/s, latency p50 {:.1} ms, p99 {:.1} ms",
+        "{} {what} ({} at a time; {how}): {:.2} s, {:.0}/s, latency p50 {:.1} ms, p99 {:.1} ms",
         report.flows, report.concurrency, report.seconds, report.flows_per_sec, report.latency_ms_p50, report.latency_ms_p99
     );
     emit(json, &report, &report.baseline, &line)
+}
+
+/// [`procs::drive`] on Alice's flow engine in this process: each round's flows started and
+/// waited for directly.
+async fn in_process_rounds(
+    engine: &treaty_flows::FlowEngine,
+    count: usize,
+    concurrency: usize,
+    round: std::sync::Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>,
+) -> Result<Vec<f64>> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (engine, next, round) = (engine.clone(), next.clone(), round.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let t = Instant::now();
+                for (flow, args) in round() {
+                    let args: serde_json::Value = serde_json::from_str(&args)?;
+                    let id = engine.start(flow, args, None).await?;
+                    let done = engine.wait(id).await?;
+                    if done.status != treaty_flows::FlowStatus::Completed {
+                        bail!("{flow} flow {id} ended {}: {:?}", done.status.as_str(), done.error);
+                    }
+                }
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<Vec<f64>, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for w in workers {
+        latencies.extend(w.await??);
+    }
+    Ok(latencies)
 }
 
 #[derive(Serialize)]
