@@ -596,6 +596,9 @@ impl FlowContext {
         let index = self.step_index();
         self.record_later(Entry::Progress(step.to_string()));
         let _ = self.shared.progress.send((self.run.id, index, step.to_string()));
+        if let Some(watchers) = lock(&self.shared.watched).get(&self.run.id) {
+            let _ = watchers.send((index, step.to_string()));
+        }
         Ok(())
     }
 

@@ -263,6 +263,31 @@ type SessionKey = (X500Name, u64, bool);
 /// A message for a flow that is not in memory yet: session, id, what it carries.
 type Pending = (u64, MessageId, Received);
 
+/// The progress of one flow, as it is reported ([`FlowEngine::progress_of`]).
+pub struct FlowProgress {
+    shared: Arc<Shared>,
+    id: FlowId,
+    rx: broadcast::Receiver<(usize, String)>,
+}
+
+impl FlowProgress {
+    /// The next step (journal index, step); `Lagged` if this watcher fell more than 64 steps
+    /// behind, `Closed` never while the engine runs.
+    pub async fn recv(&mut self) -> Result<(usize, String), broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for FlowProgress {
+    fn drop(&mut self) {
+        let mut w = lock(&self.shared.watched);
+        // This watcher is the flow's last: nobody needs its steps sent any more.
+        if w.get(&self.id).is_some_and(|tx| tx.receiver_count() <= 1) {
+            w.remove(&self.id);
+        }
+    }
+}
+
 /// A flow the engine holds in memory.
 enum Slot {
     /// Running or waiting: its state and its task.
@@ -345,6 +370,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) counterparty_check: Option<CounterpartyCheck>,
     pub(crate) progress: broadcast::Sender<(FlowId, usize, String)>,
+    /// Progress of single flows, for their watchers ([`FlowEngine::progress_of`]).
+    pub(crate) watched: Mutex<HashMap<FlowId, broadcast::Sender<(usize, String)>>>,
     pub(crate) options: EngineOptions,
     table: Mutex<Table>,
     /// What [`FlowEngine::wait`] callers wait on, per flow: told when the flow leaves memory
@@ -477,6 +504,7 @@ impl FlowEngine {
             registry,
             counterparty_check: options.counterparty_check.clone(),
             progress: broadcast::channel(1024).0,
+            watched: Mutex::new(HashMap::new()),
             options,
             table: Mutex::new(Table::default()),
             waiters: Mutex::new(HashMap::new()),
@@ -491,6 +519,21 @@ impl FlowEngine {
     /// Progress steps of every flow as they are reported: flow, journal index, step.
     pub fn progress(&self) -> broadcast::Receiver<(FlowId, usize, String)> {
         self.shared.progress.subscribe()
+    }
+
+    /// Progress steps of flow `id` from now on (journal index, step): its own only, so a
+    /// client watching one flow is not woken by every other flow's progress (with a few
+    /// hundred flows watched at once, that was most of a node's CPU).
+    pub fn progress_of(&self, id: FlowId) -> FlowProgress {
+        let rx = lock(&self.shared.watched).entry(id).or_insert_with(|| broadcast::channel(64).0).subscribe();
+        FlowProgress { shared: self.shared.clone(), id, rx }
+    }
+
+    /// Whether flow `id` is in flight here (running, waiting or parked): it exists and has
+    /// not ended.
+    pub fn in_flight(&self, id: FlowId) -> bool {
+        let t = lock(&self.shared.table);
+        t.runs.contains_key(&id) || t.parked.contains_key(&id)
     }
 
     /// A flow's journal (for a watcher that joins late: its progress steps so far).

@@ -142,6 +142,34 @@ async fn two_parties_converse_and_both_sides_complete() {
     assert_eq!(knobs.responder_received.load(Ordering::SeqCst), 5);
 }
 
+/// A watcher of one flow gets that flow's progress steps, from when it subscribed, and no
+/// other flow's.
+#[tokio::test]
+async fn a_flows_watcher_hears_its_progress_only() {
+    let gate = Arc::new(Semaphore::new(0));
+    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (_n, _d, _da, _db, alice, _bob) = pair(knobs).await;
+    let a = alice.engine.start("Ping", json!({"to": BOB, "count": 3}), None).await.unwrap();
+    let b = alice.engine.start("Ping", json!({"to": BOB, "count": 5}), None).await.unwrap();
+    // Both report "ping 0" and wait for Bob's first answer, which the gate holds back.
+    for id in [a, b] {
+        let began = std::time::Instant::now();
+        while !alice.engine.journal(id).await.unwrap().iter().any(|e| matches!(e, Entry::Progress(p) if p == "ping 0")) {
+            assert!(began.elapsed() < Duration::from_secs(20), "flow {id} did not report its first step");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut watch = alice.engine.progress_of(a);
+    gate.add_permits(8);
+    result(&finished(&alice.engine, a).await);
+    finished(&alice.engine, b).await;
+    let mut heard = Vec::new();
+    while let Ok(Ok((_, step))) = tokio::time::timeout(Duration::from_millis(200), watch.recv()).await {
+        heard.push(step);
+    }
+    assert_eq!(heard, vec!["ping 1".to_string(), "ping 2".to_string()], "flow b's steps (ping 3, ping 4) must not reach a's watcher");
+}
+
 /// A flow whose counterparty has already ended does not tell it that it ended too: that
 /// message would only be dropped.
 #[tokio::test]

@@ -332,11 +332,14 @@ impl pb::node_server::Node for RpcService {
     async fn watch_flow(&self, request: Request<pb::FlowRef>) -> Result<Response<Self::WatchFlowStream>, Status> {
         require(&request, "ReadFlows")?;
         let id = flow_id(&request.into_inner().flow_id)?;
-        self.record(id).await?;
         let engine = self.flows.clone();
+        // A flow in flight exists; any other is looked up (unknown ids are refused).
+        if !engine.in_flight(id) {
+            self.record(id).await?;
+        }
         // Subscribe first, then read the steps already journaled: a step is journaled before
         // it is broadcast, so every step is seen once, by index.
-        let mut progress = engine.progress();
+        let mut progress = engine.progress_of(id);
         let journal = engine.journal(id).await.map_err(status)?;
         let seen = journal.len();
         let (tx, rx) = mpsc::channel(1024);
@@ -359,7 +362,7 @@ impl pb::node_server::Node for RpcService {
                         return;
                     }
                     step = progress.recv() => match step {
-                        Ok((flow, index, step)) if flow == id && index >= seen => {
+                        Ok((index, step)) if index >= seen => {
                             if tx.send(Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Progress(step)) })).await.is_err() {
                                 return;
                             }
