@@ -33,7 +33,7 @@
 //! interval_seconds = 30             # how often to look (default 30)
 //! merge_above = 64                  # more unlocked states than this of one token: merge the smallest
 //! max_inputs = 50                   # states one merge takes at most (default 50, 2 to 200)
-//! split_below = 4                   # fewer unlocked states than this of one token: split the largest
+//! split_below = 4                   # fewer states than this of one token: split the largest
 //! split_into = 8                    # into this many (default 8, 2 to 100)
 //! ```
 //!
@@ -84,7 +84,9 @@ pub const MAX_SPLIT_INTO: u64 = 100;
 
 /// `[coins]`: when the node's background task merges many small states of one token into one
 /// and splits a large one into several, so coin selections stay small and concurrent payments
-/// find enough distinct states. Counts are of unlocked, unconsumed states per token and issuer.
+/// find enough distinct states. Counts are of the node's unconsumed states per token and
+/// issuer: for merging the unlocked ones, for splitting all (coins locked by payments in flight
+/// are not free, but not missing either).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoinsConfig {
@@ -97,8 +99,8 @@ pub struct CoinsConfig {
     /// The most states one merge takes, smallest first (default 50, 2 to [`MAX_MERGE_INPUTS`]).
     #[serde(default = "CoinsConfig::default_max_inputs")]
     pub max_inputs: u64,
-    /// Split the largest state when a token has fewer unlocked states than this (at least 2);
-    /// never when absent.
+    /// Split the largest unlocked state when a token has fewer states than this, locked ones
+    /// included (at least 2); never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_below: Option<u64>,
     /// How many states a split makes (default 8, 2 to [`MAX_SPLIT_INTO`]).

@@ -15,10 +15,12 @@
 //! `finality`; they release their locks when they end.
 //!
 //! The background task ([`maintain`]) looks at the vault every `interval_seconds`: for each
-//! currency and issuer it counts this node's unlocked states and starts `CashMerge` when there
-//! are more than `merge_above`, `CashSplit` when fewer than `split_below` (and the largest can
-//! be split), through the flow engine — durable flows, listed with client ids `coins:…` — and
-//! never a second one for a token whose maintenance flow has not ended. The configuration's
+//! currency and issuer of this node's cash (on its well-known key) it starts `CashMerge` when
+//! more than `merge_above` states are unlocked, `CashSplit` when it holds fewer than
+//! `split_below` states, locked or not (and the largest unlocked one can be split), through
+//! the flow engine — durable flows, listed with client ids `coins:…` — and never a second one
+//! for a token whose maintenance flow has not ended. Counting locked states for splits keeps
+//! the task from taking the last free coin while payments hold the others. The configuration's
 //! check (`treaty_node::config::CoinsConfig`) makes a split that is merged at once, or a merge
 //! that is split at once, impossible.
 
@@ -48,12 +50,9 @@ struct MergeArgs {
     currency: String,
     #[serde(default)]
     issuer: Option<String>,
-    #[serde(default = "default_max_inputs")]
-    max_inputs: u64,
-}
-
-fn default_max_inputs() -> u64 {
-    50
+    /// A number, checked by [`count`] (so a wrong type is refused naming the field too).
+    #[serde(default)]
+    max_inputs: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -62,12 +61,18 @@ struct SplitArgs {
     currency: String,
     #[serde(default)]
     issuer: Option<String>,
-    #[serde(default = "default_into")]
-    into: u64,
+    /// A number, checked by [`count`].
+    #[serde(default)]
+    into: Option<Value>,
 }
 
-fn default_into() -> u64 {
-    8
+/// A whole number argument in `min..=max` (`default` when absent), or a refusal naming `field`.
+fn count(flow: &str, field: &str, value: Option<&Value>, default: u64, min: u64, max: u64) -> Result<u64, FlowError> {
+    let Some(value) = value else { return Ok(default) };
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(bad(flow, field, format!("{value} is not between {min} and {max}"))),
+    }
 }
 
 /// Registers the two flows (no counterparty takes part: they need no responder).
@@ -103,6 +108,11 @@ fn token_text(currency: &Currency, issuer: Option<&str>) -> String {
 
 /// This node's unconsumed, unlocked cash on its well-known key (of `currency`, of `issuer`).
 fn mine(s: &Services, currency: Option<&str>, issuer: Option<&str>) -> Criteria {
+    held(s, currency, issuer).and(Criteria::Lock(LockFilter::Unlocked))
+}
+
+/// This node's unconsumed cash on its well-known key, locked or not (of `currency`, of `issuer`).
+fn held(s: &Services, currency: Option<&str>, issuer: Option<&str>) -> Criteria {
     let mut fungible = FungibleCriteria::default().owner(&s.me.owning_key);
     if let Some(c) = currency {
         fungible.tokens = Some(vec![c.to_string()]);
@@ -110,10 +120,7 @@ fn mine(s: &Services, currency: Option<&str>, issuer: Option<&str>) -> Criteria 
     if let Some(i) = issuer {
         fungible = fungible.issuer(i);
     }
-    Criteria::unconsumed()
-        .and(Criteria::state_type(<Cash as treaty_core::ContractState>::TYPE_ID))
-        .and(Criteria::Lock(LockFilter::Unlocked))
-        .and(Criteria::Fungible(fungible))
+    Criteria::unconsumed().and(Criteria::state_type(<Cash as treaty_core::ContractState>::TYPE_ID)).and(Criteria::Fungible(fungible))
 }
 
 fn vault_error(e: VaultError) -> FlowError {
@@ -199,10 +206,7 @@ async fn select_smallest(s: &Services, lock: LockId, currency: &Currency, issuer
 async fn merge(ctx: &FlowContext, s: &Services, args: MergeArgs) -> Result<Value, FlowError> {
     let currency = currency(CASH_MERGE, &args.currency)?;
     let named = issuer(CASH_MERGE, args.issuer.as_deref())?;
-    if !(2..=MAX_MERGE_INPUTS).contains(&args.max_inputs) {
-        return Err(bad(CASH_MERGE, "max_inputs", format!("{} is not between 2 and {MAX_MERGE_INPUTS}", args.max_inputs)));
-    }
-    let max_inputs = args.max_inputs;
+    let max_inputs = count(CASH_MERGE, "max_inputs", args.max_inputs.as_ref(), 50, 2, MAX_MERGE_INPUTS)?;
     ctx.progress("selecting coins").await?;
     let lock = lock_of(ctx);
     let me = s.me.clone();
@@ -246,8 +250,9 @@ async fn merge(ctx: &FlowContext, s: &Services, args: MergeArgs) -> Result<Value
 }
 
 fn nothing_to_merge(currency: &Currency, issuer: Option<&str>, found: usize) -> FlowError {
+    let states = if found == 1 { "state" } else { "states" };
     FlowError::Exception(format!(
-        "nothing to merge: this node holds {found} unlocked {} state(s) on its well-known key (of one notary); a merge needs at least 2",
+        "nothing to merge: this node holds {found} unlocked {states} of {} (of one notary, on its well-known key); a merge needs at least 2",
         token_text(currency, issuer)
     ))
 }
@@ -260,10 +265,8 @@ fn plain(a: &Amount<Issued<Currency>>) -> Amount<Currency> {
 async fn split(ctx: &FlowContext, s: &Services, args: SplitArgs) -> Result<Value, FlowError> {
     let currency = currency(CASH_SPLIT, &args.currency)?;
     let named = issuer(CASH_SPLIT, args.issuer.as_deref())?;
-    if !(2..=MAX_SPLIT_INTO).contains(&args.into) {
-        return Err(bad(CASH_SPLIT, "into", format!("{} is not between 2 and {MAX_SPLIT_INTO}", args.into)));
-    }
-    let into = u32::try_from(args.into).map_err(|e| bad(CASH_SPLIT, "into", e))?;
+    let into = count(CASH_SPLIT, "into", args.into.as_ref(), 8, 2, MAX_SPLIT_INTO)?;
+    let into = u32::try_from(into).map_err(|e| bad(CASH_SPLIT, "into", e))?;
     ctx.progress("selecting a coin").await?;
     let lock = lock_of(ctx);
     let me = s.me.clone();
@@ -316,10 +319,11 @@ async fn split(ctx: &FlowContext, s: &Services, args: SplitArgs) -> Result<Value
     let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &[]).await?;
     let outputs = &done.tx().components().outputs;
     let first: Cash = super::first_output(&done)?;
+    let total: u64 = outputs.iter().filter_map(|o| o.data.unpack::<Cash>().ok()).map(|c| c.amount.quantity).sum();
     Ok(json!({
         "transaction": done.id().to_string(),
         "into": outputs.len(),
-        "amount": plain(&first.amount).to_string(),
+        "amount": Amount::new(total, first.amount.token.product.clone()).to_string(),
         "issuer": first.amount.token.issuer.party.to_string(),
         "notary": done.tx().components().notary.as_ref().map(|n| n.name.to_string()),
     }))
@@ -362,20 +366,32 @@ impl Task {
     async fn pass(&mut self, s: &Services, config: &CoinsConfig, flows: &FlowEngine) -> Result<(), String> {
         self.forget_ended(flows).await?;
         self.find_running(s, flows).await?;
-        let balances = s.vault.balances(&mine(s, None, None)).await.map_err(|e| e.to_string())?;
-        for b in balances {
+        // Merging counts the unlocked states (those a merge could take); splitting counts the
+        // locked ones too, so that coins held by payments in flight (which come back as change or
+        // leave) never make the task take the last free coin from under the next payment.
+        let unlocked: HashMap<Token, u64> = s
+            .vault
+            .balances(&mine(s, None, None))
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|b| ((b.token, b.issuer), b.states))
+            .collect();
+        let all = s.vault.balances(&held(s, None, None)).await.map_err(|e| e.to_string())?;
+        for b in all {
             let token: Token = (b.token.clone(), b.issuer.clone());
             if self.busy.contains_key(&token) {
                 continue;
             }
-            let start = if let Some(above) = config.merge_above.filter(|above| b.states > *above) {
+            let free = unlocked.get(&token).copied().unwrap_or(0);
+            let start = if let Some(above) = config.merge_above.filter(|above| free > *above) {
                 let args = json!({ "currency": b.token, "issuer": b.issuer, "max_inputs": config.max_inputs });
-                Some((CASH_MERGE, "merge", args, format!("{} unlocked states, more than merge_above = {above}", b.states)))
+                Some((CASH_MERGE, "merge", args, format!("{free} unlocked states, more than merge_above = {above}")))
             } else if let Some(below) = config.split_below.filter(|below| b.states < *below) {
                 let largest = largest(s, &b.token, &b.issuer).await?;
                 (largest >= config.split_into).then(|| {
                     let args = json!({ "currency": b.token, "issuer": b.issuer, "into": config.split_into });
-                    let why = format!("{} unlocked state(s), fewer than split_below = {below}", b.states);
+                    let why = format!("{} state(s) ({free} unlocked), fewer than split_below = {below}", b.states);
                     (CASH_SPLIT, "split", args, why)
                 })
             } else {
