@@ -61,7 +61,7 @@ fn within(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
 fn the_coins_task_merges_small_coins_and_splits_a_large_one_one_flow_per_token_and_then_stays_still() {
     let net = Net::with_notary("coins", &[ALICE, BOB], NOTARY);
     let _map = net.map();
-    let _notary = net.start(NOTARY);
+    let notary = net.start(NOTARY);
     let alice = net.start(ALICE);
     let _bob = net.start(BOB);
     for (who, whom) in [(ALICE, BOB), (BOB, ALICE), (ALICE, NOTARY), (BOB, NOTARY)] {
@@ -79,11 +79,28 @@ fn the_coins_task_merges_small_coins_and_splits_a_large_one_one_flow_per_token_a
     assert_eq!(cash(&net, ALICE, "EUR"), (10000, 1));
     assert!(maintenance(&net, ALICE).is_empty());
 
-    // Restarted with [coins]: USD (30 unlocked, above 12) is merged ten at a time, 30 → 21 → 12;
-    // EUR (one state, below 4) is split into eight.
+    // Restarted with [coins]: USD (30 unlocked, above 12) is to be merged ten at a time,
+    // 30 → 21 → 12; EUR (one state, below 4) split into eight. The notary is down first, so the
+    // first merge and the split wait for it (durably, holding their coins): meanwhile the task
+    // starts no second flow for either token, also after Alice's node restarts.
+    notary.stop();
     alice.stop();
     net.edit_config(ALICE, |text| text + COINS);
     let alice = net.start(ALICE);
+    let waiting = |net: &Net| {
+        let flows = maintenance(net, ALICE);
+        let mut names: Vec<String> = flows.iter().map(|f| f["name"].as_str().unwrap().to_string()).collect();
+        names.sort();
+        flows.iter().all(|f| f["status"] == "RUNNABLE").then_some(names)
+    };
+    within(30, "a merge and a split wait for the notary", || waiting(&net) == Some(vec!["CashMerge".into(), "CashSplit".into()]));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(maintenance(&net, ALICE).len(), 2, "one flow per token while the first waits: {:#?}", maintenance(&net, ALICE));
+    alice.stop();
+    let alice = net.start(ALICE);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(maintenance(&net, ALICE).len(), 2, "after a restart too: {:#?}", maintenance(&net, ALICE));
+    let _notary = net.start(NOTARY);
     within(60, "USD is merged down to 12 coins", || cash(&net, ALICE, "USD") == (3000, 12));
     within(60, "EUR is split into 8 coins", || cash(&net, ALICE, "EUR") == (10000, 8));
     within(10, "the maintenance flows have ended", || maintenance(&net, ALICE).iter().all(|f| f["status"] == "COMPLETED"));
