@@ -151,7 +151,11 @@ impl CoinsConfig {
             let needed = below - 2 + most;
             if above < needed {
                 let what = if self.split_into >= self.max_inputs {
-                    format!("a split of one of {} states into {} leaves {needed}, which would be merged at once", below - 1, self.split_into)
+                    format!(
+                        "a split of one of {} states into {} leaves {needed}, which would be merged at once",
+                        below - 1,
+                        self.split_into
+                    )
                 } else {
                     let taken = self.max_inputs.min(above + 1);
                     format!("a merge of {taken} of {} states leaves {}, which would be split at once", above + 1, above + 2 - taken)
