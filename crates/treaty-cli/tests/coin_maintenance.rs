@@ -1,8 +1,9 @@
 //! The `[coins]` background task over real processes: a node restarted with the section merges
 //! its many small coins down to `merge_above` and splits its one large coin, one maintenance
-//! flow per token at a time, each a durable flow listed by `treaty flow list`; then stops (it
-//! never undoes its own work), and concurrent payments find enough coins. The flows themselves
-//! are tested in `coins.rs`.
+//! flow per token at a time (also while the first waits for a notary that is down, and across
+//! a restart), each a durable flow listed by `treaty flow list`; then stays still (it never
+//! undoes its own work), splits no coin from under payments that hold the others, and
+//! concurrent payments find enough coins. The flows themselves are tested in `coins.rs`.
 
 mod common;
 
@@ -103,7 +104,7 @@ fn the_coins_task_merges_small_coins_and_splits_a_large_one_one_flow_per_token_a
     let alice = net.start(ALICE);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(maintenance(&net, ALICE).len(), 2, "after a restart too: {:#?}", maintenance(&net, ALICE));
-    let _notary = net.start(NOTARY);
+    let notary = net.start(NOTARY);
     within(60, "USD is merged down to 12 coins", || cash(&net, ALICE, "USD") == (3000, 12));
     within(60, "EUR is split into 8 coins", || cash(&net, ALICE, "EUR") == (10000, 8));
     within(10, "the maintenance flows have ended", || maintenance(&net, ALICE).iter().all(|f| f["status"] == "COMPLETED"));
@@ -131,21 +132,45 @@ fn the_coins_task_merges_small_coins_and_splits_a_large_one_one_flow_per_token_a
     assert_eq!(maintenance(&net, ALICE).len(), 3);
 
     // Eight payments of 12.00 EUR at once, each needing one of the 12.50 coins, all succeed
-    // (from the one 100.00 coin, all but one would have found it locked). Meanwhile the task
-    // counts the coins the payments hold, so it splits none of them from under the payments.
-    let payers: Vec<_> = (0..8)
+    // (from the one 100.00 coin, all but one would have found it locked). The first five start
+    // while the notary is down, so they hold five coins: three are free, fewer than
+    // split_below, but the task counts the held ones too and splits none of the three from
+    // under the next payments.
+    let payment = serde_json::json!({ "amount": "12.00 EUR", "recipient": BOB }).to_string();
+    notary.stop();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let (code, out, err) = run(&["flow", "start", "--node", &node, "CashPayment", "--args", &payment, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        held.push(json(&out)["flow_id"].as_str().unwrap().to_string());
+    }
+    within(30, "five coins are held by payments waiting for the notary", || {
+        let (code, out, _) = run(&["vault", "query", "--node", &node, "--where", r#"{"lock": "locked"}"#, "--json"]);
+        code == 0 && json(&out).as_array().unwrap().len() == 5
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(maintenance(&net, ALICE).len(), 3, "no split while payments hold the coins: {:#?}", maintenance(&net, ALICE));
+    let _notary = net.start(NOTARY);
+    let payers: Vec<_> = (0..3)
         .map(|_| {
-            let node = node.clone();
-            std::thread::spawn(move || {
-                let args = serde_json::json!({ "amount": "12.00 EUR", "recipient": BOB }).to_string();
-                run(&["flow", "start", "--node", &node, "CashPayment", "--args", &args, "--wait", "--json"])
-            })
+            let (node, payment) = (node.clone(), payment.clone());
+            std::thread::spawn(move || run(&["flow", "start", "--node", &node, "CashPayment", "--args", &payment, "--wait", "--json"]))
         })
         .collect();
     for p in payers {
         let (code, out, err) = p.join().unwrap();
         assert_eq!(code, 0, "a payment failed: {err}{out}");
     }
+    within(60, "the five held payments complete", || {
+        let (code, out, _) = run(&["flow", "list", "--node", &node, "--json"]);
+        code == 0
+            && json(&out)["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| held.iter().any(|id| f["flow_id"] == id.as_str()))
+                .all(|f| f["status"] == "COMPLETED")
+    });
     assert_eq!(cash(&net, BOB, "EUR"), (9600, 8));
     assert_eq!(cash(&net, ALICE, "EUR"), (400, 8), "eight coins of 0.50 change");
     std::thread::sleep(Duration::from_secs(3));
