@@ -210,6 +210,7 @@ impl NodeServices {
     /// flows, which are durable and listed like any other). It starts once the node is up — its
     /// flows resumed and the locks of flows that are gone released — and is aborted when the
     /// node stops, so it must keep anything that has to survive in flows or the database.
+    /// Call it while registering (in `start_with`'s `apps`): a task added after start-up never runs.
     pub fn spawn<F, Fut>(&self, task: F)
     where
         F: FnOnce(FlowEngine) -> Fut + Send + 'static,
