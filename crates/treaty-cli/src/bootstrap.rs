@@ -306,6 +306,8 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
                 },
                 None => NotaryConfig { validating: *v, service_name: None, raft_listen: None, replicas: Vec::new() },
             }),
+            // Off by default; docs/finance.md, "Keeping coins in shape".
+            coins: None,
         };
         write(&dir.join("node.toml"), config.to_toml().as_bytes())?;
         // RPC over TLS with a certificate from the node CA, for the RPC address.

@@ -15,8 +15,9 @@ use treaty_storage::Database;
 /// Logs go to standard error; `RUST_LOG` overrides the default (info for Treaty, warnings
 /// for dependencies).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,treaty_node=info,treaty_net=info,treaty_netmap=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,treaty_node=info,treaty_net=info,treaty_netmap=info,treaty_finance=info")
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }

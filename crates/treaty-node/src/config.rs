@@ -28,7 +28,22 @@
 //! id = 1
 //! address = "127.0.0.1:40103"
 //! name = "CN=Replica 1,O=Notary,L=Zurich,C=CH"
+//!
+//! [coins]                           # optional: background merging and splitting of this node's cash
+//! interval_seconds = 30             # how often to look (default 30)
+//! merge_above = 64                  # more unlocked states than this of one token: merge the smallest
+//! max_inputs = 50                   # states one merge takes at most (default 50, 2 to 200)
+//! split_below = 4                   # fewer states than this of one token: split the largest
+//! split_into = 8                    # into this many (default 8, 2 to 100)
 //! ```
+//!
+//! `[coins]` is off unless present, and needs `merge_above`, `split_below` or both. The node
+//! only carries it to its applications ([`crate::node::NodeServices::coins`]); the finance app
+//! acts on it (docs/finance.md, "Keeping coins in shape"). So that the task never undoes its own
+//! work, `merge_above` must be at least `split_below - 2 + max(split_into, max_inputs)`: a split
+//! (of one of at most `split_below - 1` states into `split_into`) never leaves more than
+//! `merge_above` states, and a merge (of `max_inputs` of more than `merge_above`) never leaves
+//! fewer than `split_below`.
 //!
 //! Every error names the file, the key and what is wrong.
 
@@ -56,6 +71,105 @@ pub struct NodeConfig {
     /// Present on notary nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notary: Option<NotaryConfig>,
+    /// Background merging and splitting of the node's fungible states; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coins: Option<CoinsConfig>,
+}
+
+/// The most states one merge takes (`[coins] max_inputs`, and the `CashMerge` flow's
+/// `max_inputs`): a bound on the transaction, its verification and its back-chain.
+pub const MAX_MERGE_INPUTS: u64 = 200;
+/// The most states one split makes (`[coins] split_into`, and the `CashSplit` flow's `into`).
+pub const MAX_SPLIT_INTO: u64 = 100;
+
+/// `[coins]`: when the node's background task merges many small states of one token into one
+/// and splits a large one into several, so coin selections stay small and concurrent payments
+/// find enough distinct states. Counts are of the node's unconsumed states per token and
+/// issuer: for merging the unlocked ones, for splitting all (coins locked by payments in flight
+/// are not free, but not missing either).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoinsConfig {
+    /// Seconds between looks at the vault (default 30, at least 1).
+    #[serde(default = "CoinsConfig::default_interval")]
+    pub interval_seconds: u64,
+    /// Merge when a token has more unlocked states than this; never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_above: Option<u64>,
+    /// The most states one merge takes, smallest first (default 50, 2 to [`MAX_MERGE_INPUTS`]).
+    #[serde(default = "CoinsConfig::default_max_inputs")]
+    pub max_inputs: u64,
+    /// Split the largest unlocked state when a token has fewer states than this, locked ones
+    /// included (at least 2); never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_below: Option<u64>,
+    /// How many states a split makes (default 8, 2 to [`MAX_SPLIT_INTO`]).
+    #[serde(default = "CoinsConfig::default_split_into")]
+    pub split_into: u64,
+}
+
+impl CoinsConfig {
+    fn default_interval() -> u64 {
+        30
+    }
+    fn default_max_inputs() -> u64 {
+        50
+    }
+    fn default_split_into() -> u64 {
+        8
+    }
+
+    /// How often the task looks.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_seconds)
+    }
+
+    /// Checks the values alone and together: the key at fault and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.interval_seconds == 0 {
+            return Err(("coins.interval_seconds", "must be at least 1".into()));
+        }
+        if self.merge_above.is_none() && self.split_below.is_none() {
+            return Err(("coins", "does nothing: set merge_above, split_below or both (or remove the section)".into()));
+        }
+        if !(2..=MAX_MERGE_INPUTS).contains(&self.max_inputs) {
+            return Err(("coins.max_inputs", format!("{} is not between 2 and {MAX_MERGE_INPUTS}", self.max_inputs)));
+        }
+        if !(2..=MAX_SPLIT_INTO).contains(&self.split_into) {
+            return Err(("coins.split_into", format!("{} is not between 2 and {MAX_SPLIT_INTO}", self.split_into)));
+        }
+        if self.merge_above == Some(0) {
+            return Err(("coins.merge_above", "must be at least 1 (merge when a token has more states than this)".into()));
+        }
+        if let Some(below) = self.split_below
+            && below < 2
+        {
+            return Err(("coins.split_below", format!("{below} would never split: a split needs a state (at least 2)")));
+        }
+        if let (Some(above), Some(below)) = (self.merge_above, self.split_below) {
+            let most = self.split_into.max(self.max_inputs);
+            let needed = below - 2 + most;
+            if above < needed {
+                let what = if self.split_into >= self.max_inputs {
+                    format!(
+                        "a split of one of {} states into {} leaves {needed}, which would be merged at once",
+                        below - 1,
+                        self.split_into
+                    )
+                } else {
+                    let taken = self.max_inputs.min(above + 1);
+                    format!("a merge of {taken} of {} states leaves {}, which would be split at once", above + 1, above + 2 - taken)
+                };
+                return Err((
+                    "coins.merge_above",
+                    format!(
+                        "{above} is below split_below - 2 + max(split_into, max_inputs) = {needed}: {what}; raise merge_above or lower the others"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A listening address.
@@ -374,6 +488,9 @@ impl NodeConfig {
             }
             _ => None,
         };
+        if let Some(coins) = &raw.coins {
+            coins.check().map_err(|(key, reason)| invalid(key, reason))?;
+        }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rpc_tls = raw.rpc.tls;
         Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, rpc_tls, network_map_key, poll_interval, cluster })
@@ -456,6 +573,55 @@ mod tests {
         let e = err(&user(&format!("certificate_sha256 = \"{fp}\""))
             .replace("listen = \"127.0.0.1:40102\"", "listen = \"127.0.0.1:40102\"\ntls = false"));
         assert!(e.contains("needs rpc.tls = true"), "{e}");
+    }
+
+    #[test]
+    fn coins_is_off_by_default_and_its_values_are_checked_alone_and_together() {
+        let plain = NodeConfig::parse(&text("", ""), Path::new("/n/node.toml")).unwrap();
+        assert!(plain.raw.coins.is_none(), "off unless configured");
+        let coins = |body: &str| text("", "") + "[coins]\n" + body + "\n";
+        let good = coins("interval_seconds = 30\nmerge_above = 64\nmax_inputs = 50\nsplit_below = 4\nsplit_into = 8");
+        let c = NodeConfig::parse(&good, Path::new("/n/node.toml")).unwrap();
+        let section = c.raw.coins.clone().unwrap();
+        assert_eq!(
+            section,
+            CoinsConfig { interval_seconds: 30, merge_above: Some(64), max_inputs: 50, split_below: Some(4), split_into: 8 }
+        );
+        assert_eq!(section.interval(), Duration::from_secs(30));
+        assert_eq!(NodeConfig::parse(&c.raw.to_toml(), Path::new("/n/node.toml")).unwrap().raw, c.raw, "round-trips");
+        // Defaults, and either half alone.
+        let merge_only = NodeConfig::parse(&coins("merge_above = 10"), Path::new("/n/node.toml")).unwrap().raw.coins.unwrap();
+        assert_eq!((merge_only.interval_seconds, merge_only.max_inputs, merge_only.split_into, merge_only.split_below), (30, 50, 8, None));
+        assert!(NodeConfig::parse(&coins("split_below = 2\nsplit_into = 100"), Path::new("/n/node.toml")).is_ok());
+        // The exact bound: 4 - 2 + max(8, 50) = 52.
+        assert!(NodeConfig::parse(&good.replace("merge_above = 64", "merge_above = 52"), Path::new("/n/node.toml")).is_ok());
+
+        let cases = [
+            ("", "key `coins`: does nothing: set merge_above, split_below or both"),
+            ("merge_above = 10\ninterval_seconds = 0", "key `coins.interval_seconds`: must be at least 1"),
+            ("merge_above = 0", "key `coins.merge_above`: must be at least 1"),
+            ("merge_above = 300\nmax_inputs = 1", "key `coins.max_inputs`: 1 is not between 2 and 200"),
+            ("merge_above = 300\nmax_inputs = 201", "key `coins.max_inputs`: 201 is not between 2 and 200"),
+            ("split_below = 4\nsplit_into = 1", "key `coins.split_into`: 1 is not between 2 and 100"),
+            ("split_below = 4\nsplit_into = 101", "key `coins.split_into`: 101 is not between 2 and 100"),
+            ("split_below = 1", "key `coins.split_below`: 1 would never split"),
+            // A split would be merged at once: 3 states, one split into 40, make 42 > 40.
+            (
+                "merge_above = 40\nmax_inputs = 10\nsplit_below = 4\nsplit_into = 40",
+                "key `coins.merge_above`: 40 is below split_below - 2 + max(split_into, max_inputs) = 42: a split of one of 3 states into 40 leaves 42, which would be merged at once",
+            ),
+            // A merge would be split at once: 65 states, 50 merged, leave 16 < 20.
+            (
+                "merge_above = 64\nmax_inputs = 50\nsplit_below = 20",
+                "key `coins.merge_above`: 64 is below split_below - 2 + max(split_into, max_inputs) = 68: a merge of 50 of 65 states leaves 16, which would be split at once",
+            ),
+            ("merge_above = 10\ncolour = \"blue\"", "colour"),
+            ("merge_above = -1", "merge_above"),
+        ];
+        for (body, expected) in cases {
+            let e = err(&coins(body));
+            assert!(e.starts_with("/nodes/alice/node.toml: ") && e.contains(expected), "{body:?}: {e}");
+        }
     }
 
     #[test]

@@ -195,6 +195,30 @@ pub struct NodeServices {
     pub parameters: NetworkParameters,
     /// The node's directory (where apps keep their own configuration files).
     pub dir: std::path::PathBuf,
+    /// The node's `[coins]` section (background merging and splitting of fungible states), for
+    /// the app whose states they are to act on; `None`: off.
+    pub coins: Option<crate::config::CoinsConfig>,
+    /// Background tasks apps asked for ([`NodeServices::spawn`]), started once the node is up.
+    background: Arc<std::sync::Mutex<Vec<AppTask>>>,
+}
+
+/// An app's background task, given the node's flow engine when it starts.
+type AppTask = Box<dyn FnOnce(FlowEngine) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+impl NodeServices {
+    /// Runs `task` in the background while the node runs, given the node's flow engine (to start
+    /// flows, which are durable and listed like any other). It starts once the node is up — its
+    /// flows resumed and the locks of flows that are gone released — and is aborted when the
+    /// node stops, so it must keep anything that has to survive in flows or the database.
+    /// Call it while registering (in `start_with`'s `apps`): a task added after start-up never runs.
+    pub fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(FlowEngine) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let boxed: AppTask = Box::new(move |flows| Box::pin(task(flows)));
+        self.background.lock().unwrap_or_else(|p| p.into_inner()).push(boxed);
+    }
 }
 
 /// Starts a node with application flows: `apps` registers them, given the node's services.
@@ -237,6 +261,7 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         let ids = identities.clone();
         ledger.attach_vault(vault.clone(), Arc::new(move |k: &treaty_core::PublicKey| ids.holds(k)));
     }
+    let background = Arc::new(std::sync::Mutex::new(Vec::new()));
     let flows = FlowEngine::new(
         config.legal_name.clone(),
         Arc::new(flow_store),
@@ -250,6 +275,8 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
                 view: view.clone(),
                 parameters: parameters.clone(),
                 dir: config.dir.clone(),
+                coins: config.raw.coins.clone(),
+                background: background.clone(),
             };
             let mut r = registry(ledger.clone(), identities.clone());
             notary_change_flows(&mut r, &services);
@@ -277,6 +304,12 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
     messenger.start().await.map_err(|e| NodeError::Database { url, message: e.to_string() })?;
     // Activities that fell due while the node was down start now, exactly once.
     tasks.push(tokio::spawn(crate::scheduler::run(vault.clone(), flows.clone())));
+    // Apps' background tasks start now: after the resumed flows took their locks back and the
+    // locks of flows that are gone were released, so what they see in the vault is current.
+    let apps_tasks: Vec<AppTask> = std::mem::take(&mut *background.lock().unwrap_or_else(|p| p.into_inner()));
+    for task in apps_tasks {
+        tasks.push(tokio::spawn(task(flows.clone())));
+    }
     let server = messenger.clone();
     let tls = keys.tls.clone();
     tasks.push(tokio::spawn(async move {

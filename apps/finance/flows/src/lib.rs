@@ -7,6 +7,9 @@
 //! - `CashIssue {"amount": "1000.00 USD", "notary": "<name, optional with one notary>"}`
 //! - `CashPayment {"amount": "300.00 USD", "recipient": "<name>", "anonymous": false}`
 //! - `CashExit {"amount": "100.00 USD"}`
+//! - `CashMerge {"currency": "USD", "issuer": "<name, optional>", "max_inputs": 50}` and
+//!   `CashSplit {"currency": "USD", "issuer": "<name, optional>", "into": 8}` (`coins.rs`), which
+//!   the node's `[coins]` section also runs in the background
 //!
 //! Each returns JSON with the transaction id. [`register`] installs them (and the cash schema
 //! of the vault) in a node: `treaty node run` does so for every node.
@@ -27,10 +30,12 @@ use treaty_core::{
 };
 use treaty_finance_contracts::{CASH, Cash, CashCommand, OBLIGATION, TIME_LOCK, TOKEN_TYPES, TOKENS};
 
+mod coins;
 mod obligation;
 mod oracle;
 mod timelock;
 mod tokens;
+pub use coins::{CASH_MERGE, CASH_SPLIT};
 pub use obligation::{OBLIGATION_DEFAULT, OBLIGATION_ISSUE, OBLIGATION_SETTLE};
 pub use oracle::{FX_ORACLE, OracleRequest, RATES_FILE, TOLERANCE_SECS};
 pub use timelock::{CASH_LOCK, CASH_UNLOCK};
@@ -75,7 +80,9 @@ struct Services {
 }
 
 /// Registers the cash schema in the node's vault (so cash is queryable by owner, issuer,
-/// currency and quantity, and coin selection works) and the three flows with their responders.
+/// currency and quantity, and coin selection works) and the flows with their responders; with
+/// a `[coins]` section in the node's configuration, also the task that merges and splits the
+/// node's cash in the background (`coins.rs`).
 pub fn register(registry: &mut Registry, services: &NodeServices) {
     // A second registration (the same node started twice in one process) changes nothing.
     let _ = services.vault.register(fungible(|c: &Cash| FungibleColumns::issued(&c.owner, &c.amount)));
@@ -119,6 +126,11 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
     timelock::register(registry, &s);
     oracle::register(registry, &s);
     tokens::register(registry, &s);
+    coins::register(registry, &s);
+    if let Some(config) = services.coins.clone() {
+        let s = s.clone();
+        services.spawn(move |flows| coins::maintain(s, config, flows));
+    }
 }
 
 #[derive(Deserialize)]
