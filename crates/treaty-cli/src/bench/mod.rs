@@ -75,7 +75,7 @@ async fn baseline_sqlite(dir: &std::path::Path) -> Result<f64> {
 }
 
 /// Stops the nodes and the map of [`local_network`].
-fn stop(map_task: tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, nodes: Vec<node::RunningNode>) {
+fn stop(map_task: MapTask, nodes: Vec<node::RunningNode>) {
     map_task.abort();
     for n in nodes {
         n.stop();
@@ -93,12 +93,12 @@ fn emit<R: Serialize>(json: bool, report: &R, baseline: &dyn std::fmt::Display, 
     Ok(())
 }
 
-/// A fresh network — Alice, Bob and a (non-validating) notary, every node running the finance
-/// flows — and its map, all in this process; returns when every node knows every other's
-/// address. `nodes` are Alice, Bob, the notary.
-pub(crate) async fn local_network(
-    scratch: &std::path::Path,
-) -> Result<(tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>, Vec<node::RunningNode>)> {
+/// The network map server's task.
+pub(crate) type MapTask = tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>;
+
+/// Bootstraps the benchmarks' network in `scratch` — Alice, Bob and a non-validating notary —
+/// and serves its map from this process.
+async fn bootstrap_with_map(scratch: &std::path::Path) -> Result<(bootstrap::Created, MapTask)> {
     let req = bootstrap::Request {
         dir: scratch.to_path_buf(),
         nodes: vec!["O=Alice,L=London,C=GB".into(), "O=Bob,L=Paris,C=FR".into()],
@@ -110,7 +110,48 @@ pub(crate) async fn local_network(
     let map_server = treaty_netmap::MapServer::load(&scratch.join("network"))?;
     let listen = created.network_map.trim_start_matches("http://").to_string();
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let map_task = tokio::spawn(map_server.serve(listener, std::future::pending()));
+    Ok((created, tokio::spawn(map_server.serve(listener, std::future::pending()))))
+}
+
+/// Runs `count` rounds, `concurrency` at a time: each round is the flows `round` names, one
+/// after the other, each run to its end by `run` (flow name, JSON arguments). Returns each
+/// round's latency in milliseconds.
+async fn rounds<R, F>(count: usize, concurrency: usize, round: Round, run: R) -> Result<Vec<f64>>
+where
+    R: Fn(usize, &'static str, String) -> F + Clone + Send + 'static,
+    F: Future<Output = Result<()>> + Send,
+{
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (next, round, run) = (next.clone(), round.clone(), run.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let t = Instant::now();
+                for (flow, args) in round() {
+                    run(w, flow, args).await?;
+                }
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<Vec<f64>, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for w in workers {
+        latencies.extend(w.await??);
+    }
+    Ok(latencies)
+}
+
+/// The flows of one benchmark round, with their JSON arguments.
+pub(crate) type Round = std::sync::Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
+
+/// A fresh network — Alice, Bob and a (non-validating) notary, every node running the finance
+/// flows — and its map, all in this process; returns when every node knows every other's
+/// address. `nodes` are Alice, Bob, the notary.
+pub(crate) async fn local_network(scratch: &std::path::Path) -> Result<(MapTask, Vec<node::RunningNode>)> {
+    let (created, map_task) = bootstrap_with_map(scratch).await?;
     let mut nodes = Vec::new();
     for n in &created.nodes {
         let mut config = NodeConfig::load(&std::path::Path::new(&n.dir).join("node.toml"))?;
@@ -225,7 +266,7 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool,
     let _ = std::fs::remove_dir_all(&scratch);
     let bob = "O=Bob, L=Paris, C=FR".to_string();
     // The flows of one round, with their JSON arguments.
-    let round: std::sync::Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync> = {
+    let round: Round = {
         let bob = bob.clone();
         std::sync::Arc::new(move || match scenario {
             "pingpong" => vec![(node::ECHO, serde_json::json!({"to": bob, "message": "ping"}).to_string())],
@@ -284,40 +325,23 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool,
     emit(json, &report, &report.baseline, &line)
 }
 
-/// [`procs::drive`] on Alice's flow engine in this process: each round's flows started and
-/// waited for directly.
-async fn in_process_rounds(
-    engine: &treaty_flows::FlowEngine,
-    count: usize,
-    concurrency: usize,
-    round: std::sync::Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>,
-) -> Result<Vec<f64>> {
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (engine, next, round) = (engine.clone(), next.clone(), round.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < count {
-                let t = Instant::now();
-                for (flow, args) in round() {
-                    let args: serde_json::Value = serde_json::from_str(&args)?;
-                    let id = engine.start(flow, args, None).await?;
-                    let done = engine.wait(id).await?;
-                    if done.status != treaty_flows::FlowStatus::Completed {
-                        bail!("{flow} flow {id} ended {}: {:?}", done.status.as_str(), done.error);
-                    }
-                }
-                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+/// The rounds on Alice's flow engine in this process: each flow started and waited for
+/// directly.
+async fn in_process_rounds(engine: &treaty_flows::FlowEngine, count: usize, concurrency: usize, round: Round) -> Result<Vec<f64>> {
+    let engine = engine.clone();
+    rounds(count, concurrency, round, move |_, flow: &'static str, args: String| {
+        let engine = engine.clone();
+        async move {
+            let args: serde_json::Value = serde_json::from_str(&args)?;
+            let id = engine.start(flow, args, None).await?;
+            let done = engine.wait(id).await?;
+            if done.status != treaty_flows::FlowStatus::Completed {
+                bail!("{flow} flow {id} ended {}: {:?}", done.status.as_str(), done.error);
             }
-            Ok::<Vec<f64>, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(count);
-    for w in workers {
-        latencies.extend(w.await??);
-    }
-    Ok(latencies)
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[derive(Serialize)]

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +13,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use treaty_rpc::v1 as pb;
 
-use crate::bootstrap;
 use crate::client::{Client, connect, rpc};
 
 /// How long a node may take to say it is ready, and the nodes to learn each other.
@@ -24,7 +22,7 @@ const FLOWS_PER_CONNECTION: usize = 64;
 
 /// The node processes of one run, stopped together (and killed if the run is dropped).
 pub(super) struct Network {
-    pub(super) map_task: tokio::task::JoinHandle<Result<(), treaty_netmap::NetmapError>>,
+    pub(super) map_task: super::MapTask,
     /// Alice, Bob, the notary: label, node directory, process.
     nodes: Vec<(String, PathBuf, Child)>,
 }
@@ -56,18 +54,7 @@ impl Network {
 /// A fresh network in `scratch` — Alice, Bob and a non-validating notary, each a `treaty node
 /// run` process, and the map in this process — ready once every node lists all three.
 pub(super) async fn start(scratch: &Path) -> Result<Network> {
-    let req = bootstrap::Request {
-        dir: scratch.to_path_buf(),
-        nodes: vec!["O=Alice,L=London,C=GB".into(), "O=Bob,L=Paris,C=FR".into()],
-        notaries: vec!["O=Notary,L=Zurich,C=CH".into()],
-        validating: false,
-        cluster: 1,
-    };
-    let created = bootstrap::bootstrap(&req)?;
-    let map_server = treaty_netmap::MapServer::load(&scratch.join("network"))?;
-    let listen = created.network_map.trim_start_matches("http://").to_string();
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let map_task = tokio::spawn(map_server.serve(listener, std::future::pending()));
+    let (created, map_task) = super::bootstrap_with_map(scratch).await?;
     let exe = std::env::current_exe().context("cannot find the treaty executable")?;
     let mut network = Network { map_task, nodes: Vec::new() };
     for n in &created.nodes {
@@ -124,40 +111,20 @@ pub(super) async fn start(scratch: &Path) -> Result<Network> {
     Ok(network)
 }
 
-/// Runs `count` rounds, `concurrency` at a time, over RPC to Alice (`alice`): each round is the
-/// flows `round` names, one after the other, each started and waited for. Returns each round's
+/// Runs `count` rounds, `concurrency` at a time, over RPC to Alice (the node in `alice`):
+/// each flow started with `StartFlow` and waited for on `WatchFlow`. Returns each round's
 /// latency in milliseconds.
-pub(super) async fn drive(
-    alice: &Path,
-    count: usize,
-    concurrency: usize,
-    round: Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>,
-) -> Result<Vec<f64>> {
+pub(super) async fn drive(alice: &Path, count: usize, concurrency: usize, round: super::Round) -> Result<Vec<f64>> {
     let mut clients = Vec::new();
     for _ in 0..concurrency.div_ceil(FLOWS_PER_CONNECTION) {
         clients.push(connect(alice).await?);
     }
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let (mut client, next, round) = (clients[w % clients.len()].clone(), next.clone(), round.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < count {
-                let t = Instant::now();
-                for (flow, args) in round() {
-                    run_flow(&mut client, flow, args).await?;
-                }
-                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            Ok::<Vec<f64>, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(count);
-    for w in workers {
-        latencies.extend(w.await??);
-    }
-    Ok(latencies)
+    let clients = Arc::new(clients);
+    super::rounds(count, concurrency, round, move |worker, flow: &'static str, args: String| {
+        let mut client = clients[worker % clients.len()].clone();
+        async move { run_flow(&mut client, flow, args).await }
+    })
+    .await
 }
 
 /// Starts `flow` on the node and waits for it to finish; an outcome other than COMPLETED is
