@@ -203,13 +203,31 @@ async fn select_smallest(s: &Services, lock: LockId, currency: &Currency, issuer
     )))
 }
 
+/// The transaction that consumes the `chosen` coins (this node's, on its well-known key) and
+/// pays `amounts` back to this node, signed.
+async fn reshape(
+    s: &Services,
+    chosen: &Chosen,
+    amounts: Vec<Amount<Issued<Currency>>>,
+    salt: treaty_core::PrivacySalt,
+) -> Result<SignedTransaction, FlowError> {
+    let me = &s.me;
+    let outputs = amounts.into_iter().map(|a| (a, me.clone().into(), None)).collect();
+    let code = code(s).await?;
+    let wtx = cash_move(&chosen.notary, &chosen.refs, outputs, code)
+        .command(Command::new(&CashCommand::Move, vec![me.owning_key.clone()]))
+        .attachment(code)
+        .build(salt)
+        .map_err(|e| FlowError::Invalid(e.to_string()))?;
+    sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&me.owning_key))
+}
+
 async fn merge(ctx: &FlowContext, s: &Services, args: MergeArgs) -> Result<Value, FlowError> {
     let currency = currency(CASH_MERGE, &args.currency)?;
     let named = issuer(CASH_MERGE, args.issuer.as_deref())?;
     let max_inputs = count(CASH_MERGE, "max_inputs", args.max_inputs.as_ref(), 50, 2, MAX_MERGE_INPUTS)?;
     ctx.progress("selecting coins").await?;
     let lock = lock_of(ctx);
-    let me = s.me.clone();
     let stx = built(ctx, s, "cash-merge", |salt| {
         let (named, currency) = (named.clone(), currency.clone());
         async move {
@@ -226,13 +244,7 @@ async fn merge(ctx: &FlowContext, s: &Services, args: MergeArgs) -> Result<Value
             let token = chosen.states[0].amount.token.clone();
             let total = Amount::sum(chosen.states.iter().map(|c| &c.amount), token)
                 .map_err(|e| FlowError::Exception(format!("the coins to merge do not add up: {e}")))?;
-            let code = code(s).await?;
-            let wtx = cash_move(&chosen.notary, &chosen.refs, vec![(total, me.clone().into(), None)], code)
-                .command(Command::new(&CashCommand::Move, vec![me.owning_key.clone()]))
-                .attachment(code)
-                .build(salt)
-                .map_err(|e| FlowError::Invalid(e.to_string()))?;
-            sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&me.owning_key))
+            reshape(s, &chosen, vec![total], salt).await
         }
     })
     .await?;
@@ -269,7 +281,6 @@ async fn split(ctx: &FlowContext, s: &Services, args: SplitArgs) -> Result<Value
     let into = u32::try_from(into).map_err(|e| bad(CASH_SPLIT, "into", e))?;
     ctx.progress("selecting a coin").await?;
     let lock = lock_of(ctx);
-    let me = s.me.clone();
     let stx = built(ctx, s, "cash-split", |salt| {
         let (named, currency) = (named.clone(), currency.clone());
         async move {
@@ -304,14 +315,7 @@ async fn split(ctx: &FlowContext, s: &Services, args: SplitArgs) -> Result<Value
                     currency.code()
                 ))
             })?;
-            let outputs = chosen.states[0].amount.split_evenly(into).into_iter().map(|a| (a, me.clone().into(), None)).collect();
-            let code = code(s).await?;
-            let wtx = cash_move(&chosen.notary, &chosen.refs, outputs, code)
-                .command(Command::new(&CashCommand::Move, vec![me.owning_key.clone()]))
-                .attachment(code)
-                .build(salt)
-                .map_err(|e| FlowError::Invalid(e.to_string()))?;
-            sign(s, SignedTransaction::new(wtx, vec![]), std::slice::from_ref(&me.owning_key))
+            reshape(s, &chosen, chosen.states[0].amount.split_evenly(into), salt).await
         }
     })
     .await?;
