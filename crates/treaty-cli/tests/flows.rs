@@ -3,6 +3,9 @@
 //! its counterparty's downtime and its own node's restart, and an application flow finalised
 //! through the network's notary node.
 
+mod common;
+
+use common::inproc::{knows, map};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,44 +23,14 @@ fn bootstrap(test: &str) -> PathBuf {
     bootstrap_with(test, &["--node", ALICE, "--node", BOB])
 }
 
-/// A network bootstrapped by the `treaty` binary with these `--node`/`--notary` arguments.
 fn bootstrap_with(test: &str, parties: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("treaty-flows-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
-        .args(["network", "bootstrap", "--dir", dir.to_str().unwrap()])
-        .args(parties)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    dir
-}
-
-async fn map(dir: &Path) -> tokio::task::JoinHandle<()> {
-    let text = std::fs::read_to_string(dir.join("network/network.toml")).unwrap();
-    let listen = text.lines().find_map(|l| l.strip_prefix("listen = ")).unwrap().trim_matches('"').to_string();
-    let server = treaty_netmap::MapServer::load(&dir.join("network")).unwrap();
-    let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
-    tokio::spawn(async move {
-        server.serve(listener, std::future::pending()).await.unwrap();
-    })
+    common::inproc::bootstrap("flows", test, parties)
 }
 
 async fn start(dir: &Path, who: &str) -> RunningNode {
     let mut config = NodeConfig::load(&dir.join(who).join("node.toml")).unwrap();
     config.poll_interval = Duration::from_millis(200);
     node::start(&config).await.unwrap()
-}
-
-async fn knows(node: &RunningNode, other: &str) {
-    let other = other.parse().unwrap();
-    for _ in 0..200 {
-        if node.view.borrow().addresses(&other).is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never learned about {other}", node.name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
