@@ -42,14 +42,7 @@ fn maintenance(net: &Net, node: &str) -> Vec<Value> {
 
 /// `node`'s unconsumed `token` (every issuer): quantity in the smallest unit and states.
 fn cash(net: &Net, node: &str, token: &str) -> (u64, u64) {
-    let (code, out, err) = run(&["vault", "balances", "--node", &net.node(node), "--json"]);
-    assert_eq!(code, 0, "{err}");
-    json(&out)
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["token"] == token)
-        .fold((0, 0), |(q, n), b| (q + b["raw_quantity"].as_str().unwrap().parse::<u64>().unwrap(), n + b["states"].as_u64().unwrap()))
+    common::balance(net, node, token)
 }
 
 /// Waits up to `secs` until `check` holds.

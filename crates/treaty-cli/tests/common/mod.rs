@@ -244,13 +244,18 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 /// The node's spendable USD in cents (`treaty vault balances --json`, every issuer).
 pub fn usd(net: &Net, node: &str) -> u64 {
+    balance(net, node, "USD").0
+}
+
+/// The node's unconsumed `token` (`treaty vault balances --json`, every issuer): quantity in
+/// the smallest unit, and states.
+pub fn balance(net: &Net, node: &str, token: &str) -> (u64, u64) {
     let (code, out, err) = run(&["vault", "balances", "--node", &net.node(node), "--json"]);
     assert_eq!(code, 0, "{err}");
     json(&out)
         .as_array()
         .unwrap()
         .iter()
-        .filter(|b| b["token"] == "USD")
-        .map(|b| b["raw_quantity"].as_str().unwrap().parse::<u64>().unwrap())
-        .sum()
+        .filter(|b| b["token"] == token)
+        .fold((0, 0), |(q, n), b| (q + b["raw_quantity"].as_str().unwrap().parse::<u64>().unwrap(), n + b["states"].as_u64().unwrap()))
 }
