@@ -20,6 +20,7 @@ use crate::engine::{DynStore, Shared};
 use crate::error::FlowError;
 use crate::journal::{Ask, Entry, FlowId, Received};
 use crate::protocol::{Envelope, SessionMessage};
+use crate::store::FlowRecord;
 
 /// A conversation with one counterparty.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +69,8 @@ pub(crate) struct Run {
     pub(crate) id: FlowId,
     pub(crate) name: String,
     pub(crate) version: u32,
+    /// Its record as the run began (what an ended record is made from for waiters).
+    pub(crate) record: FlowRecord,
     pub(crate) journal: Mutex<Vec<Entry>>,
     /// How many entries of `journal` are in the store; the rest are steps whose replay needs
     /// nothing durable of their own (see [`FlowContext::record_later`]), written with the next
@@ -99,7 +102,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Run {
-    pub(crate) fn new(id: FlowId, name: String, version: u32, journal: Vec<Entry>, initiator: Option<(X500Name, u64)>) -> Run {
+    pub(crate) fn new(record: &FlowRecord, journal: Vec<Entry>) -> Run {
+        let (id, name, version, initiator) = (record.id, record.name.clone(), record.version, record.initiator.clone());
         let mut seen = HashSet::new();
         let mut sessions: HashMap<u64, SessionState> = HashMap::new();
         for e in &journal {
@@ -127,6 +131,7 @@ impl Run {
             id,
             name,
             version,
+            record: record.clone(),
             durable: Mutex::new(journal.len()),
             resumed: !journal.is_empty(),
             journal: Mutex::new(journal),

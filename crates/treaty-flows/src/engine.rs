@@ -378,6 +378,9 @@ pub(crate) struct Shared {
     /// or its status changes. Per flow, so an ending flow wakes its own waiters only (with
     /// one shared signal, every waiter re-read its record whenever any flow changed).
     waiters: Mutex<HashMap<FlowId, Arc<Notify>>>,
+    /// The ended records of flows that had waiters when they ended, until the last of those
+    /// goes: waiters get them from here, not from the store. Changed under `waiters`' lock.
+    ended: Mutex<HashMap<FlowId, FlowRecord>>,
     draining: AtomicBool,
     /// Wakes the alarm task when an earlier wake time is parked.
     alarm: Arc<Notify>,
@@ -508,6 +511,7 @@ impl FlowEngine {
             options,
             table: Mutex::new(Table::default()),
             waiters: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             alarm: Arc::new(Notify::new()),
             alarm_task: OnceLock::new(),
@@ -699,7 +703,9 @@ impl FlowEngine {
         reviving: bool,
     ) -> Option<Arc<Run>> {
         let id = record.id;
-        let run = Arc::new(Run::new(id, record.name.clone(), record.version, journal, record.initiator.clone()));
+        let run = Arc::new(Run::new(&record, journal));
+        // A new run: an ended record kept from an earlier one is stale.
+        lock(&self.shared.ended).remove(&id);
         *lock(&run.parked_len) = parked_len;
         let args: Value = serde_json::from_slice(&record.args).unwrap_or(Value::Null);
         let mut t = lock(&self.shared.table);
@@ -936,8 +942,18 @@ impl FlowEngine {
         };
         let (journal_from, journal) = run.pending();
         let parked = run.resumed || lock(&run.parked_len).is_some();
-        self.shared.store.end(run.id, End { journal_from, journal: &journal, status, result, error, parked }).await?;
+        let updated_at = crate::now_micros();
+        let ended = FlowRecord { status, result: result.clone(), error: error.clone(), updated_at, ..run.record.clone() };
+        self.shared.store.end(run.id, End { journal_from, journal: &journal, status, result, error, parked, updated_at }).await?;
         crate::context::failpoint();
+        {
+            // Its waiters (woken by `forget`) take the record from here rather than reading it
+            // back from the store.
+            let waiters = lock(&self.shared.waiters);
+            if waiters.contains_key(&run.id) {
+                lock(&self.shared.ended).insert(run.id, ended);
+            }
+        }
         self.forget(run.id, Some(run));
         Ok(())
     }
@@ -1171,6 +1187,7 @@ impl FlowEngine {
                 // Held by the map and by this waiter only: nobody else waits on it.
                 if Arc::strong_count(&self.2) <= 2 {
                     w.remove(&self.1);
+                    lock(&self.0.ended).remove(&self.1);
                 }
             }
         }
@@ -1189,6 +1206,9 @@ impl FlowEngine {
             // A flow in flight has not ended (its final status is stored before it leaves):
             // the record is read once, when it has.
             if !in_flight {
+                if let Some(ended) = lock(&self.shared.ended).get(&id) {
+                    return Ok(ended.clone());
+                }
                 return self.shared.store.get(id).await?.ok_or_else(|| FlowError::Invalid(format!("no flow {id} on this node")));
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
@@ -1215,7 +1235,7 @@ impl FlowEngine {
             // session drops the message.
             _ => {
                 let journal = self.shared.store.journal(id).await?;
-                let run = Run::new(id, record.name.clone(), record.version, journal, record.initiator.clone());
+                let run = Run::new(&record, journal);
                 run.assume_opened();
                 Arc::new(run)
             }

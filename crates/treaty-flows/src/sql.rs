@@ -181,19 +181,18 @@ impl SqlFlowStore {
             .ok_or_else(|| StoreError::permanent(format!("flow {} was neither inserted nor found", r.id)))
     }
 
-    /// Appends `journal` (entries from `first`), sets the status and, with `unpark`, removes
-    /// the flow's parking: one write, and one statement when only the status changes.
-    #[allow(clippy::too_many_arguments)]
+    /// Appends `journal` (entries from `first`), sets the status (`ending`: status, result,
+    /// error, updated_at) and, with `unpark`, removes the flow's parking: one write, and one
+    /// statement when only the status changes.
     async fn write_end(
         &self,
         id: FlowId,
         first: usize,
         journal: &[Entry],
-        status: FlowStatus,
-        result: Option<Vec<u8>>,
-        error: Option<String>,
+        ending: (FlowStatus, Option<Vec<u8>>, Option<String>, i64),
         unpark: bool,
     ) -> Result<(), StoreError> {
+        let (status, result, error, updated_at) = ending;
         let what = "updating treaty_flows";
         let sql = "UPDATE treaty_flows SET status = $2, result = $3, error = $4, updated_at = $5 WHERE flow_id = $1";
         let rows = journal_rows(id, first, journal)?;
@@ -207,7 +206,7 @@ impl SqlFlowStore {
                 Value::Text(status.as_str().into()),
                 result.map_or(Value::Null, Value::Blob),
                 error.map_or(Value::Null, Value::Text),
-                Value::Integer(crate::now_micros()),
+                Value::Integer(updated_at),
             ];
             let updated = writer
                 .write(what, move |c| {
@@ -252,7 +251,7 @@ impl SqlFlowStore {
                 .bind(status.as_str())
                 .bind(result.as_deref())
                 .bind(error.as_deref())
-                .bind(crate::now_micros())
+                .bind(updated_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| err(what, e))?
@@ -394,11 +393,11 @@ impl FlowStore for SqlFlowStore {
 
     async fn end(&self, id: FlowId, end: End<'_>) -> Result<(), StoreError> {
         let unpark = end.parked && end.status != FlowStatus::Runnable;
-        self.write_end(id, end.journal_from, end.journal, end.status, end.result, end.error, unpark).await
+        self.write_end(id, end.journal_from, end.journal, (end.status, end.result, end.error, end.updated_at), unpark).await
     }
 
     async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
-        self.write_end(id, 0, &[], status, result, error, status != FlowStatus::Runnable).await
+        self.write_end(id, 0, &[], (status, result, error, crate::now_micros()), status != FlowStatus::Runnable).await
     }
 
     async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {

@@ -143,6 +143,9 @@ pub struct End<'a> {
     /// Whether the flow may have a parking in the store (it was parked, or resumed from the
     /// store); if not, there is none to remove.
     pub parked: bool,
+    /// The record's new `updated_at` (microseconds since the Unix epoch): the engine hands the
+    /// ended record to waiters from memory, so the store must write exactly this.
+    pub updated_at: i64,
 }
 
 /// The flows table and the journal. Every method that writes is durable when it returns Ok.
@@ -166,6 +169,8 @@ pub trait FlowStore: Send + Sync + 'static {
     /// Ends a run of flow `id` in one write: appends its pending journal entries (as
     /// [`FlowStore::append`] would) and sets its status (as [`FlowStore::set_status`] would).
     /// With `end.parked` false the flow has no parking to remove.
+    /// `end.updated_at` is the record's new `updated_at`; this default, for stores that have
+    /// no single write for it, lets `set_status` choose the time.
     fn end(&self, id: FlowId, end: End<'_>) -> impl Future<Output = Result<(), StoreError>> + Send {
         async move {
             if !end.journal.is_empty() {
@@ -228,6 +233,27 @@ impl Memory {
 pub struct MemoryFlowStore(Mutex<Memory>);
 
 impl MemoryFlowStore {
+    fn set_status_at(
+        &self,
+        id: FlowId,
+        status: FlowStatus,
+        result: Option<Vec<u8>>,
+        error: Option<String>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.with(|m| {
+            let (_, r) = m.flows.get_mut(&id).ok_or_else(|| StoreError::permanent(format!("no flow {id}")))?;
+            r.status = status;
+            r.result = result;
+            r.error = error;
+            r.updated_at = at;
+            if status != FlowStatus::Runnable {
+                m.unpark(&id);
+            }
+            Ok(())
+        })
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -276,17 +302,14 @@ impl FlowStore for MemoryFlowStore {
     }
 
     async fn set_status(&self, id: FlowId, status: FlowStatus, result: Option<Vec<u8>>, error: Option<String>) -> Result<(), StoreError> {
-        self.with(|m| {
-            let (_, r) = m.flows.get_mut(&id).ok_or_else(|| StoreError::permanent(format!("no flow {id}")))?;
-            r.status = status;
-            r.result = result;
-            r.error = error;
-            r.updated_at = crate::now_micros();
-            if status != FlowStatus::Runnable {
-                m.unpark(&id);
-            }
-            Ok(())
-        })
+        self.set_status_at(id, status, result, error, crate::now_micros())
+    }
+
+    async fn end(&self, id: FlowId, end: End<'_>) -> Result<(), StoreError> {
+        if !end.journal.is_empty() {
+            self.append(id, end.journal_from, end.journal).await?;
+        }
+        self.set_status_at(id, end.status, end.result, end.error, end.updated_at)
     }
 
     async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {

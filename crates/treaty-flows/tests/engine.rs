@@ -132,6 +132,8 @@ async fn two_parties_converse_and_both_sides_complete() {
     let id = alice.engine.start("Ping", json!({"to": BOB, "count": 5}), None).await.unwrap();
     let r = finished(&alice.engine, id).await;
     assert_eq!(result(&r)["total"], 100);
+    // The ended record a waiter gets (from memory) is the one the store holds.
+    assert_eq!(alice.engine.get(id).await.unwrap().as_ref(), Some(&r));
     assert_eq!(progress.recv().await.unwrap(), (id, 4, "ping 0".to_string()));
     // Bob's responder completed too.
     let bob_flows = bob.engine.list().await.unwrap();

@@ -96,21 +96,37 @@ async fn suite<S: FlowStore>(store: &S) {
     store.create(e.clone()).await.unwrap();
     store.append(e.id, 0, &[Entry::Now(1)]).await.unwrap();
     let pending = [Entry::Progress("recording".into())];
-    let end =
-        End { journal_from: 1, journal: &pending, status: FlowStatus::Completed, result: Some(b"7".to_vec()), error: None, parked: false };
+    let end = End {
+        journal_from: 1,
+        journal: &pending,
+        status: FlowStatus::Completed,
+        result: Some(b"7".to_vec()),
+        error: None,
+        parked: false,
+        updated_at: 42,
+    };
     store.end(e.id, end).await.unwrap();
     assert_eq!(store.journal(e.id).await.unwrap(), vec![Entry::Now(1), Entry::Progress("recording".into())]);
     assert_eq!(store.get(e.id).await.unwrap().unwrap().status, FlowStatus::Completed);
+    assert_eq!(store.get(e.id).await.unwrap().unwrap().updated_at, 42, "the store writes the time the engine gave");
     // never parked, nothing pending: the status alone
     let f = record("Issue", None);
     store.create(f.clone()).await.unwrap();
-    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Failed, result: None, error: Some("no".into()), parked: false };
+    let end = End {
+        journal_from: 0,
+        journal: &[],
+        status: FlowStatus::Failed,
+        result: None,
+        error: Some("no".into()),
+        parked: false,
+        updated_at: 42,
+    };
     store.end(f.id, end).await.unwrap();
     assert_eq!(store.get(f.id).await.unwrap().unwrap().error.as_deref(), Some("no"));
-    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Failed, result: None, error: None, parked: false };
+    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Failed, result: None, error: None, parked: false, updated_at: 42 };
     assert!(store.end(FlowId::random(), end).await.is_err(), "a flow that does not exist was ended");
     // the parked responder ends, and its parking goes with it
-    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Completed, result: None, error: None, parked: true };
+    let end = End { journal_from: 0, journal: &[], status: FlowStatus::Completed, result: None, error: None, parked: true, updated_at: 42 };
     store.end(d.id, end).await.unwrap();
     assert!(store.parked().await.unwrap().is_empty());
 }
