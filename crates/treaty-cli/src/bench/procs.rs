@@ -133,13 +133,17 @@ async fn run_flow(client: &mut Client, flow: &str, args: String) -> Result<()> {
     let request = pb::StartFlowRequest { name: flow.into(), args_json: args, client_id: String::new() };
     let id = client.start_flow(request).await.map_err(rpc)?.into_inner().flow_id;
     let mut events = client.watch_flow(pb::FlowRef { flow_id: id.clone() }).await.map_err(rpc)?.into_inner();
+    // Read to the stream's end (the node ends it after `Finished`): dropping it early resets
+    // the HTTP/2 stream, and h2 fails the whole connection after 1,024 of those.
+    let mut finished = None;
     while let Some(event) = events.message().await.map_err(rpc)? {
         if let Some(pb::flow_event::Event::Finished(f)) = event.event {
-            if f.status != "COMPLETED" {
-                bail!("{flow} flow {id} ended {}: {}", f.status, f.error);
-            }
-            return Ok(());
+            finished = Some(f);
         }
     }
-    bail!("the node closed flow {id}'s progress stream before it finished")
+    match finished {
+        Some(f) if f.status == "COMPLETED" => Ok(()),
+        Some(f) => bail!("{flow} flow {id} ended {}: {}", f.status, f.error),
+        None => bail!("the node closed flow {id}'s progress stream before it finished"),
+    }
 }
