@@ -347,6 +347,30 @@ impl Table {
         Some(slot)
     }
 
+    /// Removes flow `id`'s `Reviving` slot, if it has one, and returns what waited in it.
+    fn take_reviving(&mut self, id: FlowId) -> Vec<Pending> {
+        if !matches!(self.runs.get(&id), Some(Slot::Reviving(_))) {
+            return Vec::new();
+        }
+        match self.remove(id) {
+            Some(Slot::Reviving(pending)) => pending,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hands an opening message to responder `id` if it is in memory — its payload queued for
+    /// it (dropped there if it journaled it already) — and says whether the message must be
+    /// marked processed here (one without a payload has done its work). `None`: not in memory.
+    fn hand_to_responder(&mut self, id: FlowId, message: &InboundMessage, payload: &Option<Vec<u8>>) -> Option<bool> {
+        match (self.runs.get_mut(&id), payload) {
+            (Some(Slot::Live(run, _)), Some(p)) => run.push(message.session, message.id, Received::Data(p.clone())),
+            (Some(Slot::Reviving(pending)), Some(p)) => pending.push((message.session, message.id, Received::Data(p.clone()))),
+            (Some(_), None) => return Some(true),
+            (None, _) => return None,
+        }
+        Some(false)
+    }
+
     fn unpark(&mut self, id: FlowId) -> Option<Option<i64>> {
         let parked = self.parked.remove(&id)?;
         if let Some(wake) = parked {
@@ -860,13 +884,7 @@ impl FlowEngine {
         .await;
         let give_up = |this: &FlowEngine, back: Option<Option<i64>>| {
             let mut t = lock(&this.shared.table);
-            let pending = match t.runs.get(&id) {
-                Some(Slot::Reviving(_)) => match t.remove(id) {
-                    Some(Slot::Reviving(pending)) => pending,
-                    _ => Vec::new(),
-                },
-                _ => Vec::new(),
-            };
+            let pending = t.take_reviving(id);
             if let Some(wake) = back {
                 t.park(id, wake);
             }
@@ -1028,25 +1046,11 @@ impl FlowEngine {
     /// revived.
     async fn open_responder(&self, message: InboundMessage, flow: String, version: u32, payload: Option<Vec<u8>>) -> Result<(), FlowError> {
         let id = FlowId::responder_for(&message.id);
-        // The responder exists: a payload is handed to it (dropped there if it journaled it
-        // already); an opening message without one has done its work.
-        let exists = {
-            let mut t = lock(&self.shared.table);
-            match (t.runs.get_mut(&id), &payload) {
-                (Some(Slot::Live(run, _)), Some(p)) => {
-                    run.push(message.session, message.id, Received::Data(p.clone()));
-                    return Ok(());
-                }
-                (Some(Slot::Reviving(pending)), Some(p)) => {
-                    pending.push((message.session, message.id, Received::Data(p.clone())));
-                    return Ok(());
-                }
-                (Some(_), None) => true,
-                (None, _) => false,
+        let existing = lock(&self.shared.table).hand_to_responder(id, &message, &payload);
+        if let Some(mark) = existing {
+            if mark {
+                self.shared.processed_later([message.id]);
             }
-        };
-        if exists {
-            self.shared.processed_later([message.id]);
             return Ok(());
         }
         if self.shared.draining.load(Ordering::SeqCst) {
@@ -1067,11 +1071,12 @@ impl FlowEngine {
         let key: SessionKey = (message.sender.clone(), message.session, false);
         {
             let mut t = lock(&self.shared.table);
-            if t.runs.contains_key(&id) {
-                // Opened meanwhile (cannot happen: one dispatcher delivers in order), or
-                // being revived: it is handed the message as any other would be.
+            // In memory since the look above (brought back meanwhile): handed over as above.
+            if let Some(mark) = t.hand_to_responder(id, &message, &payload) {
                 drop(t);
-                self.shared.processed_later([message.id]);
+                if mark {
+                    self.shared.processed_later([message.id]);
+                }
                 return Ok(());
             }
             let first: Vec<Pending> = payload.iter().map(|p| (message.session, message.id, Received::Data(p.clone()))).collect();
@@ -1105,13 +1110,7 @@ impl FlowEngine {
             if t.sessions.get(&key) == Some(&id) {
                 t.sessions.remove(&key);
             }
-            match t.runs.get(&id) {
-                Some(Slot::Reviving(_)) => match t.remove(id) {
-                    Some(Slot::Reviving(pending)) => pending,
-                    _ => Vec::new(),
-                },
-                _ => Vec::new(),
-            }
+            t.take_reviving(id)
         };
         let existing = match self.shared.store.get(id).await {
             Ok(r) => r,
@@ -1199,10 +1198,7 @@ impl FlowEngine {
             // In flight first: a flow leaves memory (and the parked set) only after its final
             // status is stored — parking moves it from one to the other in one step — so a
             // record read after seeing it gone is final.
-            let in_flight = {
-                let t = lock(&self.shared.table);
-                t.runs.contains_key(&id) || t.parked.contains_key(&id)
-            };
+            let in_flight = self.in_flight(id);
             // A flow in flight has not ended (its final status is stored before it leaves):
             // the record is read once, when it has.
             if !in_flight {
