@@ -63,6 +63,21 @@ impl Shared {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The leader, waiting up to `timeout` for one while an election is on. Waiting here, in
+    /// the batcher, rather than failing and trying again later keeps batches in their order.
+    async fn known_leader(&self, timeout: Duration) -> Option<ReplicaId> {
+        let mut metrics = self.raft.metrics();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Some(leader);
+            }
+            if !matches!(tokio::time::timeout_at(deadline, metrics.changed()).await, Ok(Ok(()))) {
+                return None;
+            }
+        }
+    }
+
     fn status(&self) -> ReplicaStatus {
         let m = self.raft.metrics().borrow().clone();
         ReplicaStatus {
@@ -85,10 +100,11 @@ impl Shared {
         submit(&queue, &self.config.uniqueness.rules, request, now).await
     }
 
-    /// Proposes a batch (if this replica leads) or forwards it to the leader. Batches sent by
-    /// successive calls reach the leader's log in the order of the calls.
-    async fn send(&self, requests: &[(CommitRequest, Timestamp)]) -> Sent {
-        match self.leader() {
+    /// Proposes a batch (if this replica leads) or forwards it to the leader, waiting up to
+    /// `wait` for a leader while none is known. Batches sent by successive calls reach the
+    /// leader's log in the order of the calls, unless one fails and is sent again.
+    async fn send(&self, requests: &[(CommitRequest, Timestamp)], wait: Duration) -> Sent {
+        match self.known_leader(wait).await {
             Some(leader) if leader == self.id => {
                 let proposal = Proposal { rules: self.config.uniqueness.rules, requests: requests.to_vec() };
                 match self.raft.client_write_ff(proposal).await {
@@ -138,9 +154,8 @@ impl Shared {
     }
 
     /// Waits for the first attempt's answers, sending the batch again (to whichever replica
-    /// leads then) until [`RaftConfig::unavailable_after`].
-    async fn finish(&self, first: Sent, requests: &[(CommitRequest, Timestamp)]) -> Result<Answers, NotaryError> {
-        let started = Instant::now();
+    /// leads then) until [`RaftConfig::unavailable_after`] has passed since `started`.
+    async fn finish(&self, started: Instant, first: Sent, requests: &[(CommitRequest, Timestamp)]) -> Result<Answers, NotaryError> {
         let deadline = started + self.config.unavailable_after;
         let mut sent = first;
         loop {
@@ -159,7 +174,7 @@ impl Shared {
             }
             tracing::debug!(replica = self.id, reason = %why, "batch not committed yet; sending it again");
             tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
-            sent = self.send(requests).await;
+            sent = self.send(requests, deadline.saturating_duration_since(Instant::now())).await;
         }
     }
 
@@ -278,10 +293,10 @@ async fn batch_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<Job>) {
         let size = jobs.len();
         let (requests, replies): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| ((j.request, j.now), j.reply)).unzip();
         let started = Instant::now();
-        let first = shared.send(&requests).await;
+        let first = shared.send(&requests, shared.config.attempt_timeout.min(shared.config.unavailable_after)).await;
         let (me, last_round) = (shared.clone(), last_round_micros.clone());
         tokio::spawn(async move {
-            let result = me.finish(first, &requests).await;
+            let result = me.finish(started, first, &requests).await;
             last_round.store(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
             match result {
                 Ok(answers) => {
@@ -377,21 +392,11 @@ impl RaftUniquenessProvider {
 
     /// Waits until this replica knows a leader (up to `timeout`) and returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<ReplicaId, NotaryError> {
-        let mut metrics = self.shared.raft.metrics();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(leader) = metrics.borrow().current_leader {
-                return Ok(leader);
-            }
-            let waited = tokio::time::timeout_at(deadline, metrics.changed()).await;
-            if !matches!(waited, Ok(Ok(()))) {
-                return Err(NotaryError::Unavailable {
-                    replicas: format!("no leader among replicas {}", self.shared.config.member_list()),
-                    waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                    reason: "no leader was elected".into(),
-                });
-            }
-        }
+        self.shared.known_leader(timeout).await.ok_or_else(|| NotaryError::Unavailable {
+            replicas: format!("no leader among replicas {}", self.shared.config.member_list()),
+            waited_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            reason: "no leader was elected".into(),
+        })
     }
 
     /// Stops accepting requests, answers those queued, stops the Raft node and the server,
