@@ -276,6 +276,11 @@ impl FlowProgress {
     pub async fn recv(&mut self) -> Result<(usize, String), broadcast::error::RecvError> {
         self.rx.recv().await
     }
+
+    /// The next step if one was broadcast and not yet received.
+    pub fn try_recv(&mut self) -> Result<(usize, String), broadcast::error::TryRecvError> {
+        self.rx.try_recv()
+    }
 }
 
 impl Drop for FlowProgress {

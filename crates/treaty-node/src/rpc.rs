@@ -203,6 +203,12 @@ pub fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, serv
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Sends a flow's progress step `(journal index, step)` to its watcher unless the watcher read
+/// it from the journal already (index below `seen`); false once the watcher has gone.
+async fn send_step(tx: &mpsc::Sender<Result<pb::FlowEvent, Status>>, seen: usize, (index, step): (usize, String)) -> bool {
+    index < seen || tx.send(Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Progress(step)) })).await.is_ok()
+}
+
 fn status(e: FlowError) -> Status {
     match &e {
         FlowError::UnknownFlow { .. } => Status::not_found(e.to_string()),
@@ -353,7 +359,32 @@ impl pb::node_server::Node for RpcService {
             tokio::pin!(wait);
             loop {
                 tokio::select! {
+                    biased;
+                    step = progress.recv() => match step {
+                        Ok(step) => {
+                            if !send_step(&tx, seen, step).await {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
                     done = &mut wait => {
+                        // Steps are broadcast before the flow ends: any not received yet are
+                        // buffered, and go out before the end.
+                        let mut rest = Vec::new();
+                        loop {
+                            match progress.try_recv() {
+                                Ok(step) => rest.push(step),
+                                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        for step in rest {
+                            if !send_step(&tx, seen, step).await {
+                                return;
+                            }
+                        }
                         let event = match done {
                             Ok(r) => Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Finished(flow_message(&r))) }),
                             Err(e) => Err(status(e)),
@@ -361,15 +392,6 @@ impl pb::node_server::Node for RpcService {
                         let _ = tx.send(event).await;
                         return;
                     }
-                    step = progress.recv() => match step {
-                        Ok((index, step)) if index >= seen => {
-                            if tx.send(Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Progress(step)) })).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    },
                 }
             }
         });
