@@ -55,18 +55,29 @@ fn states(net: &Net, node: &str, type_id: &str, status: &str) -> Vec<Value> {
     json(&out).as_array().unwrap().clone()
 }
 
-fn rfc3339_in(secs: u64) -> String {
+/// A time far enough ahead for the steps a test takes before it (each a CLI process and a
+/// flow, about as long as `one_flow` took), so a loaded machine does not reach it first.
+fn time_after_setup(one_flow: Duration) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    treaty_core::Timestamp((now + Duration::from_secs(secs)).as_micros() as i64).to_string()
+    let ahead = (one_flow * 15).max(Duration::from_secs(6));
+    treaty_core::Timestamp((now + ahead).as_micros() as i64).to_string()
+}
+
+/// Panics, saying so, if `time` has passed: a test's "not yet" checks mean nothing after it.
+fn before(time: &str) {
+    let at: treaty_core::Timestamp = time.parse().unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
+    assert!(now < at.micros(), "the set-up took longer than the time it was given ({time}); the checks before it would be void");
 }
 
 #[test]
 fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_paid_one_never() {
     let Running { net, map: _map, notary: _notary, alice, bob } = network("scheduled");
+    let started = std::time::Instant::now();
     flow(&net, ALICE, "CashIssue", serde_json::json!({ "amount": "500.00 USD" }));
 
     // Two obligations of Alice to Bob, due in a few seconds; she pays the second at once.
-    let due = rfc3339_in(8);
+    let due = time_after_setup(started.elapsed());
     let unpaid = flow(&net, ALICE, "ObligationIssue", serde_json::json!({ "amount": "100.00 USD", "beneficiary": BOB, "due": due }));
     let paid = flow(&net, ALICE, "ObligationIssue", serde_json::json!({ "amount": "70.00 USD", "beneficiary": BOB, "due": due }));
     let (unpaid_id, paid_id) = (unpaid["id"].as_str().unwrap().to_string(), paid["id"].as_str().unwrap().to_string());
@@ -78,6 +89,7 @@ fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_pai
     assert_eq!(held.iter().map(|s| s["linear_id"].as_str().unwrap()).collect::<Vec<_>>(), vec![unpaid_id.as_str()]);
     assert!(flows(&net, BOB, "ObligationDefault").is_empty());
     assert_eq!(usd(&net, BOB), 7000, "Bob was paid 70.00 USD");
+    before(&due);
 
     // Settling twice is refused, naming why.
     let (code, out, err) = run(&[
@@ -96,6 +108,7 @@ fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_pai
 
     // Bob's node dies before the due date and comes back after it.
     drop(bob);
+    before(&due);
     let due_at: treaty_core::Timestamp = due.parse().unwrap();
     while (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64) < due_at.micros() + 1_000_000 {
         std::thread::sleep(Duration::from_millis(200));
@@ -135,12 +148,14 @@ fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_pai
 #[test]
 fn time_locked_cash_cannot_be_spent_before_its_time_and_unlocks_itself_then() {
     let Running { net, map: _map, notary: _notary, alice: _alice, bob: _bob } = network("timelock");
+    let started = std::time::Instant::now();
     flow(&net, ALICE, "CashIssue", serde_json::json!({ "amount": "500.00 USD" }));
+    let one_flow = started.elapsed();
     assert_eq!(usd(&net, ALICE), 50000);
 
     // Alice locks 200.00 of her own until a few seconds from now, and pays Bob 50.00 locked
     // the same way.
-    let until = rfc3339_in(8);
+    let until = time_after_setup(one_flow);
     let locked = flow(&net, ALICE, "CashLock", serde_json::json!({ "amount": "200.00 USD", "until": until }));
     assert_eq!(locked["until"], until.as_str());
     flow(&net, ALICE, "CashLock", serde_json::json!({ "amount": "50.00 USD", "until": until, "recipient": BOB }));
@@ -167,6 +182,7 @@ fn time_locked_cash_cannot_be_spent_before_its_time_and_unlocks_itself_then() {
     );
     // Unlocking by hand before the time finds nothing due.
     assert_eq!(flow(&net, ALICE, "CashUnlock", serde_json::json!({}))["unlocked"], 0);
+    before(&until);
 
     // At the time, each owner's node unlocks its cash by itself.
     eventually("Alice's 200.00 unlocks", || usd(&net, ALICE) == 45000);

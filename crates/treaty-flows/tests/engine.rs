@@ -28,7 +28,8 @@ struct PingArgs {
 struct Knobs {
     side_effects: AtomicU32,
     responder_received: AtomicU32,
-    /// The responder takes a permit before each answer: tests hold it back.
+    /// The responder takes a permit before each answer, and `LastWord` one before it ends:
+    /// tests hold them back.
     gate: Option<Arc<Semaphore>>,
 }
 
@@ -94,13 +95,18 @@ fn registry(knobs: Arc<Knobs>) -> Registry {
         let _: String = ctx.receive(&session).await?;
         Ok(())
     });
-    r.flow("LastWord", 1, |ctx: FlowContext, to: String| async move {
-        let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
-        let answer: String = ctx.send_and_receive(&session, &"hi".to_string()).await?;
-        // Long enough for the responder's `End` to arrive before this flow ends.
-        let now = ctx.now().await?;
-        ctx.sleep_until(now + 500_000).await?;
-        Ok(answer)
+    let k = knobs.clone();
+    r.flow("LastWord", 1, move |ctx: FlowContext, to: String| {
+        let k = k.clone();
+        async move {
+            let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+            let answer: String = ctx.send_and_receive(&session, &"hi".to_string()).await?;
+            // The test lets this flow end once the responder's `End` has arrived.
+            if let Some(gate) = &k.gate {
+                gate.acquire().await.map_err(|e| FlowError::Exception(e.to_string()))?.forget();
+            }
+            Ok(answer)
+        }
     });
     r.responder("LastWord", |ctx: FlowContext| async move {
         let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
@@ -176,8 +182,17 @@ async fn a_flows_watcher_hears_its_progress_only() {
 /// message would only be dropped.
 #[tokio::test]
 async fn no_end_message_goes_to_a_counterparty_that_has_ended() {
-    let (_n, _d, _da, _db, alice, bob) = pair(Arc::new(Knobs::default())).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let (_n, _d, _da, _db, alice, bob) = pair(Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() })).await;
     let id = alice.engine.start("LastWord", json!(BOB), None).await.unwrap();
+    // Bob's answer and his `End` reach Alice's node; a moment more hands the `End` to her flow.
+    let began = std::time::Instant::now();
+    while alice.messenger.stats().received.load(Ordering::SeqCst) < 2 {
+        assert!(began.elapsed() < Duration::from_secs(20), "Bob's answer and End did not arrive");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.add_permits(1);
     assert_eq!(result(&finished(&alice.engine, id).await), "bye");
     let responder = bob.engine.list().await.unwrap()[0].id;
     assert_eq!(finished(&bob.engine, responder).await.status, FlowStatus::Completed);

@@ -37,7 +37,7 @@ async fn until(rx: &mut watch::Receiver<Arc<NetworkView>>, what: &str, cond: imp
 }
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::SocketAddr::from(([127, 0, 0, 1], treaty_testkit::free_port()))
 }
 
 #[tokio::test]

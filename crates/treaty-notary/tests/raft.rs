@@ -232,7 +232,7 @@ mod processes {
 
     /// Writes each replica's certificates, key and configuration under `dir`.
     fn write_cluster(dir: &Path, pki: &Pki) -> Vec<ReplicaDir> {
-        let addresses: Vec<String> = (1..=3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let addresses: Vec<String> = (1..=3).map(|_| format!("127.0.0.1:{}", treaty_testkit::free_port())).collect();
         std::fs::write(dir.join("root.der"), &pki.root.cert).unwrap();
         let mut table = String::new();
         for id in 1..=3u64 {

@@ -103,11 +103,14 @@ async fn wrong_notary_and_bad_request_signature_are_distinct_refusals() {
 struct Held {
     inner: MemoryUniquenessProvider,
     gate: tokio::sync::Semaphore,
+    /// Commits that have reached the gate.
+    entered: std::sync::atomic::AtomicUsize,
 }
 
 impl UniquenessProvider for Held {
     fn commit(&self, request: CommitRequest, now: Timestamp) -> CommitFuture<'_> {
         Box::pin(async move {
+            self.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.gate.acquire().await.map_err(|e| NotaryError::Stopped(e.to_string()))?.forget();
             self.inner.commit(request, now).await
         })
@@ -118,7 +121,11 @@ impl UniquenessProvider for Held {
 async fn a_request_beyond_the_queue_is_refused_as_overloaded_with_an_estimated_wait_and_consumes_nothing() {
     let (nk, ak) = (key(3), key(1));
     let notary = party("O=Notary,L=Zurich,C=CH", &nk);
-    let held = Arc::new(Held { inner: MemoryUniquenessProvider::new(Rules::default()), gate: tokio::sync::Semaphore::new(0) });
+    let held = Arc::new(Held {
+        inner: MemoryUniquenessProvider::new(Rules::default()),
+        gate: tokio::sync::Semaphore::new(0),
+        entered: Default::default(),
+    });
     let service = Arc::new(NotaryService::new(notary.clone(), nk, held.clone()).unwrap().with_max_pending(2));
     let alice = party("O=Alice,L=London,C=GB", &ak);
     let f = Fixture { service: NotaryService::new(notary.clone(), key(3), held.clone()).unwrap(), notary, alice, alice_key: ak };
@@ -130,9 +137,18 @@ async fn a_request_beyond_the_queue_is_refused_as_overloaded_with_an_estimated_w
         waiting.push(tokio::spawn(async move { service.notarise(&req, &alice, NOW).await }));
     }
     // Both reach the provider, where they wait for a permit.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let began = std::time::Instant::now();
+    while held.entered.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(began.elapsed() < std::time::Duration::from_secs(20), "the two requests did not reach the provider");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let third = spend(&f.notary, 3);
-    let refused = service.notarise(&request(&f, &third, &FilteredTransaction::NOTARY_GROUPS), &f.alice, NOW).await.unwrap_err();
+    let third_request = request(&f, &third, &FilteredTransaction::NOTARY_GROUPS);
+    let refusal = service.notarise(&third_request, &f.alice, NOW);
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(20), refusal)
+        .await
+        .expect("a request beyond the queue is answered at once, not queued")
+        .unwrap_err();
     let NotaryRefusal::Overloaded { reason, retry_after_ms } = &refused else { panic!("{refused:?}") };
     assert!(reason.contains("2 requests are waiting"), "{reason}");
     assert!((10..=60_000).contains(retry_after_ms), "{retry_after_ms}");

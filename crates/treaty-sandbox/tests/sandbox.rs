@@ -90,16 +90,11 @@ fn modules_are_compiled_once_and_cached_by_attachment() {
     assert_eq!(sandbox.cached(), 0);
     let input = f.issue(5);
     let ltx = f.move_ltx(input, 5, f.hash_constraint(), f.token_attachment);
-    let first = std::time::Instant::now();
-    sandbox.run_contract(TOKEN, &ltx).unwrap();
-    let cold = first.elapsed();
-    let warm_start = std::time::Instant::now();
-    for _ in 0..20 {
+    for _ in 0..21 {
         sandbox.run_contract(TOKEN, &ltx).unwrap();
     }
-    let warm = warm_start.elapsed() / 20;
     assert_eq!(sandbox.cached(), 1);
-    assert!(warm * 5 < cold, "a warm run ({warm:?}) should be far cheaper than compiling ({cold:?})");
+    assert_eq!(sandbox.compilations(), 1, "21 runs of one attachment compile it once");
 }
 
 #[test]

@@ -120,6 +120,34 @@ pub fn token_chain_for(moves: usize, seed: u64, notary: &Party, notary_key: &Key
     Ok(TokenChain { attachment, attachment_id, transactions, notary })
 }
 
+/// A port on 127.0.0.1 nobody listens on now, outside the kernel's ephemeral range: a port
+/// the kernel handed out (binding port 0) is handed out again to the next outgoing
+/// connection, so a server started on it later can find it taken.
+pub fn free_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let (lo, hi) = range
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    let candidates: Vec<u16> = (10_000..=u16::MAX).filter(|p| *p < lo || *p > hi).collect();
+    // Spread tests running at once over the candidates: a hash of time, process and a counter.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    for _ in 0..256 {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(
+            &(std::time::SystemTime::now(), std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            &mut h,
+        );
+        let port = candidates[(std::hash::Hasher::finish(&h) % candidates.len() as u64) as usize];
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 outside the ephemeral range {lo}-{hi}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

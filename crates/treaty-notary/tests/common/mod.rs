@@ -135,8 +135,3 @@ impl Pki {
         format!("[{}]", files.join(", "))
     }
 }
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
