@@ -362,8 +362,17 @@ async fn write_batch<E: Exec>(e: &mut E, batch: &[Prepared], micros: i64) -> Res
                 "UPDATE treaty_vault_states AS s SET status = 'consumed', consumed_at = {at}, consuming_tx = {by}, lock_id = NULL \
                      WHERE s.status = 'unconsumed' AND ({refs}) RETURNING {RETURNING_STATE}"
             );
+            let mut seqs = Vec::new();
             for row in e.rows(&text, sql.args, &STATE_KINDS).await? {
-                gone.push(StateRow::from_cells(row, what)?.decode()?);
+                let row = StateRow::from_cells(row, what)?;
+                seqs.push(row.seq);
+                gone.push(row.decode()?);
+            }
+            // The fungible ones leave coin selection's index (migration 3).
+            if !seqs.is_empty() {
+                let mut sql = Sql::default();
+                let list = sql.list(seqs.into_iter().map(Arg::Int));
+                e.run(&format!("UPDATE treaty_vault_fungible SET consumed = 1 WHERE state_seq IN ({list})"), sql.args).await?;
             }
         }
         consumed_rows.push((p.id, gone));

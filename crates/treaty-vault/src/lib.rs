@@ -64,10 +64,12 @@ pub const VAULT_MIGRATIONS: Migrations = Migrations {
     sqlite: &[
         Migration { version: 1, description: "vault states, columns, views", sql: include_str!("../migrations/sqlite/0001_vault.sql") },
         Migration { version: 2, description: "scheduled activities", sql: include_str!("../migrations/sqlite/0002_schedule.sql") },
+        Migration { version: 3, description: "spendable fungible states", sql: include_str!("../migrations/sqlite/0003_spendable.sql") },
     ],
     postgres: &[
         Migration { version: 1, description: "vault states, columns, views", sql: include_str!("../migrations/postgres/0001_vault.sql") },
         Migration { version: 2, description: "scheduled activities", sql: include_str!("../migrations/postgres/0002_schedule.sql") },
+        Migration { version: 3, description: "spendable fungible states", sql: include_str!("../migrations/postgres/0003_spendable.sql") },
     ],
 };
 

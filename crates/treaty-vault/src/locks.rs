@@ -235,12 +235,35 @@ struct Ask {
 
 /// Matching states of `ask`, whatever their lock (the candidate query adds "unlocked").
 fn matching(sql: &mut Sql, ask: &Ask) -> String {
-    let mut cond = format!("s.status = 'unconsumed' AND f.token = {}", sql.arg(Arg::Text(ask.token.clone())));
+    // `f.consumed = 0` as well as the status: it lets the database read the spendable states
+    // through their partial index instead of every fungible state the node ever held.
+    let mut cond = format!("s.status = 'unconsumed' AND f.consumed = 0 AND f.token = {}", sql.arg(Arg::Text(ask.token.clone())));
     if let IssuerFilter::OneOf(list) = &ask.issuers {
         cond.push_str(&format!(" AND f.issuer IN ({})", sql.list(list.iter().map(|i| Arg::Text(i.clone())))));
     }
     cond.push_str(&format!(" AND f.owner_key IN ({})", sql.list(ask.owners.iter().map(|k| Arg::Text(key_text(k))))));
     cond
+}
+
+/// The query for up to `chunk` unlocked candidates of `ask`, largest first, after the
+/// `(quantity, seq)` last read.
+fn candidates(ask: &Ask, after: Option<(i64, i64)>, chunk: usize, postgres: bool) -> (String, Sql) {
+    let mut sql = Sql::default();
+    let mut cond = matching(&mut sql, ask);
+    cond.push_str(" AND s.lock_id IS NULL AND f.quantity > 0");
+    if let Some((q, seq)) = after {
+        let q = sql.arg(Arg::Int(q));
+        let seq = sql.arg(Arg::Int(seq));
+        cond.push_str(&format!(" AND (f.quantity < {q} OR (f.quantity = {q} AND s.seq > {seq}))"));
+    }
+    // SQLite, without statistics, may prefer the owner or the issuer index, which hold every
+    // fungible state ever recorded: the spendable index is named.
+    let (index, skip) = if postgres { ("", " FOR UPDATE OF s SKIP LOCKED") } else { (" INDEXED BY treaty_vault_fungible_spendable", "") };
+    let text = format!(
+        "SELECT {STATE_COLUMNS}, f.quantity FROM treaty_vault_states s JOIN treaty_vault_fungible f{index} ON f.state_seq = s.seq \
+         WHERE {cond} ORDER BY f.quantity DESC, s.seq ASC LIMIT {chunk}{skip}"
+    );
+    (text, sql)
 }
 
 /// One attempt of [`Vault::select_fungible`] in a write transaction: reads candidates largest
@@ -254,19 +277,7 @@ async fn select_in<E: Exec>(e: &mut E, ask: &Ask, postgres: bool, what: &str) ->
     let mut kinds = STATE_KINDS.to_vec();
     kinds.push(Kind::Int);
     'reading: loop {
-        let mut sql = Sql::default();
-        let mut cond = matching(&mut sql, ask);
-        cond.push_str(" AND s.lock_id IS NULL AND f.quantity > 0");
-        if let Some((q, seq)) = after {
-            let q = sql.arg(Arg::Int(q));
-            let seq = sql.arg(Arg::Int(seq));
-            cond.push_str(&format!(" AND (f.quantity < {q} OR (f.quantity = {q} AND s.seq > {seq}))"));
-        }
-        let skip = if postgres { " FOR UPDATE OF s SKIP LOCKED" } else { "" };
-        let text = format!(
-            "SELECT {STATE_COLUMNS}, f.quantity FROM treaty_vault_states s JOIN treaty_vault_fungible f ON f.state_seq = s.seq \
-             WHERE {cond} ORDER BY f.quantity DESC, s.seq ASC LIMIT {chunk}{skip}"
-        );
+        let (text, sql) = candidates(ask, after, chunk, postgres);
         let rows = e.rows(&text, sql.args, &kinds).await?;
         let exhausted = rows.len() < chunk;
         for mut row in rows {
@@ -317,4 +328,37 @@ async fn select_in<E: Exec>(e: &mut E, ask: &Ask, postgres: bool, what: &str) ->
         u128::try_from(v.unwrap_or(0)).map_err(|_| VaultError::Corrupt { what: what.to_string(), reason: "a negative sum".into() })
     };
     Ok(Outcome::Short { available: (part(0)? << 32) + part(1)?, locked: (part(2)? << 32) + part(3)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use treaty_storage::writer::rusqlite;
+
+    use super::*;
+
+    /// Coin selection reads a token's spendable states through their partial index: its cost
+    /// must not grow with the consumed states a node has accumulated.
+    #[test]
+    fn candidates_are_read_through_the_spendable_index() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        for m in crate::VAULT_MIGRATIONS.sqlite {
+            db.execute_batch(m.sql).unwrap();
+        }
+        let owner = treaty_core::KeyPair::from_seed(treaty_core::SignatureScheme::Ed25519, [1; 32]).unwrap().public();
+        let issuers = [IssuerFilter::Any, IssuerFilter::OneOf(vec!["O=Bank,L=London,C=GB".into(), "O=Other,L=Paris,C=FR".into()])];
+        for (issuers, after) in issuers.into_iter().flat_map(|i| [(i.clone(), None), (i, Some((500, 7)))]) {
+            let ask = Ask { token: "USD".into(), issuers, owners: vec![owner.clone()], target: 100, lock_id: LockId(uuid::Uuid::nil()) };
+            let (text, _) = candidates(&ask, after, 8, false);
+            let mut plan_query = db.prepare(&format!("EXPLAIN QUERY PLAN {text}")).unwrap();
+            for i in 1..=plan_query.parameter_count() {
+                plan_query.raw_bind_parameter(i, rusqlite::types::Null).unwrap();
+            }
+            let mut rows = plan_query.raw_query();
+            let mut plan = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                plan.push(row.get::<_, String>(3).unwrap());
+            }
+            assert!(plan.iter().any(|step| step.contains("USING INDEX treaty_vault_fungible_spendable")), "{plan:?}");
+        }
+    }
 }

@@ -1017,6 +1017,17 @@ async fn consumption_releases_locks(fx: &Fixture) {
     assert_eq!(w.vault.count(&Criteria::Lock(LockFilter::LockedBy(flow))).await.unwrap(), 0);
     assert_eq!(w.vault.release(flow).await.unwrap(), 0, "nothing left to release");
     assert_eq!(w.vault.state(&at(&pay, 1)).await.unwrap().expect("change").lock_id, None);
+    // Coin selection's `consumed` flag follows each fungible state's status, in the same
+    // transaction: the two consumed inputs, not the payment's outputs.
+    let flags = "SELECT COUNT(*) FROM treaty_vault_fungible f JOIN treaty_vault_states s ON s.seq = f.state_seq";
+    assert_eq!(w.sql_i64(&format!("{flags} WHERE f.consumed = 1")).await, 2);
+    assert_eq!(w.sql_i64(&format!("{flags} WHERE (f.consumed = 1) <> (s.status = 'consumed')")).await, 0);
+    // A consumed coin is not offered again: 5 of the 30 are left.
+    let short = w
+        .vault
+        .select_fungible("USD", &IssuerFilter::Any, 6, std::slice::from_ref(&w.alice.owning_key), LockId(uuid::Uuid::from_u128(8)))
+        .await;
+    assert!(short.is_err(), "{short:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
