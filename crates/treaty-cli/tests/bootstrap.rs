@@ -118,7 +118,10 @@ fn two_networks_on_one_machine_use_different_ports() {
         v
     };
     let pa = ports(&bootstrap(&a, &["--node", "O=Alice,L=London,C=GB", "--notary", "O=Notary,L=Zurich,C=CH"]));
+    // The first network runs (its ports are taken) while the second is bootstrapped.
+    let running: Vec<std::net::TcpListener> = pa.iter().map(|p| std::net::TcpListener::bind(p.as_str()).expect(p)).collect();
     let pb = ports(&bootstrap(&b, &["--node", "O=Alice,L=London,C=GB", "--notary", "O=Notary,L=Zurich,C=CH"]));
+    drop(running);
     assert!(pa.iter().all(|p| !pb.contains(p)), "{pa:?} vs {pb:?}");
     let unique: std::collections::BTreeSet<&String> = pa.iter().collect();
     assert_eq!(unique.len(), pa.len(), "no port is used twice within a network");
