@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use treaty_core::{X500Name, encoding};
 use treaty_net::messaging::MessageId;
 
-use crate::engine::{DynStore, Shared};
+use crate::engine::{DynStore, Shared, Transport};
 use crate::error::FlowError;
 use crate::journal::{Ask, Entry, FlowId, Received};
 use crate::protocol::{Envelope, SessionMessage};
@@ -64,6 +64,16 @@ pub(crate) struct Inbox {
     pub(crate) waiting: Option<Wait>,
 }
 
+/// A session message a flow has sent, not yet handed to the messenger.
+#[derive(Clone, Debug)]
+pub(crate) struct OutgoingMessage {
+    pub(crate) id: MessageId,
+    pub(crate) party: X500Name,
+    pub(crate) session: u64,
+    pub(crate) to_initiator: bool,
+    pub(crate) message: SessionMessage,
+}
+
 /// A flow's in-memory state while it runs.
 pub(crate) struct Run {
     pub(crate) id: FlowId,
@@ -80,7 +90,12 @@ pub(crate) struct Run {
     /// hold a stale parking of it.
     pub(crate) resumed: bool,
     pub(crate) cursor: Mutex<usize>,
-    pub(crate) seen: Mutex<HashSet<MessageId>>,
+    /// Received messages journaled already, by id and whether it was the `End` half of a
+    /// `Final` (which shares its id with the `Data` half).
+    pub(crate) seen: Mutex<HashSet<(MessageId, bool)>>,
+    /// Messages the flow has sent and the messenger has not been handed yet: sends are
+    /// deferred to the flow's next wait or journal write (see [`FlowContext::send`]).
+    pub(crate) outgoing: Mutex<Vec<OutgoingMessage>>,
     pub(crate) inbox: Mutex<Inbox>,
     pub(crate) sessions: Mutex<HashMap<u64, SessionState>>,
     pub(crate) notify: Notify,
@@ -107,8 +122,8 @@ impl Run {
         let mut seen = HashSet::new();
         let mut sessions: HashMap<u64, SessionState> = HashMap::new();
         for e in &journal {
-            if let Entry::Received { message, .. } = e {
-                seen.insert(*message);
+            if let Entry::Received { message, outcome, .. } = e {
+                seen.insert((*message, matches!(outcome, Received::Ended)));
             }
             match e {
                 Entry::Opened { session, party } => {
@@ -137,6 +152,7 @@ impl Run {
             journal: Mutex::new(journal),
             cursor: Mutex::new(0),
             seen: Mutex::new(seen),
+            outgoing: Mutex::new(Vec::new()),
             inbox: Mutex::new(Inbox::default()),
             sessions: Mutex::new(sessions),
             notify: Notify::new(),
@@ -155,8 +171,48 @@ impl Run {
         (durable, journal[durable..].to_vec())
     }
 
+    /// Hands the messages the flow has sent to the messenger, in the order sent. On an error
+    /// the ones not yet handed over stay queued.
+    pub(crate) async fn send_outgoing(&self, transport: &dyn Transport) -> Result<(), FlowError> {
+        loop {
+            let next = {
+                let outgoing = lock(&self.outgoing);
+                match outgoing.first() {
+                    Some(m) => m.clone(),
+                    None => return Ok(()),
+                }
+            };
+            let envelope = Envelope { to_initiator: next.to_initiator, message: next.message };
+            transport.send(next.id, next.party, next.session, encoding::encode(&envelope)).await?;
+            lock(&self.outgoing).remove(0);
+        }
+    }
+
+    /// Turns the last message queued for each session into a `Final` when it is a `Data`:
+    /// the flow is ending, and its counterparty learns that with the message. Returns the
+    /// sessions so told, as (session id, party, whether it goes to the initiator).
+    pub(crate) fn finalise_outgoing(&self) -> HashSet<(u64, X500Name, bool)> {
+        let mut outgoing = lock(&self.outgoing);
+        let (mut last, mut told) = (HashSet::new(), HashSet::new());
+        for m in outgoing.iter_mut().rev() {
+            let key = (m.session, m.party.clone(), m.to_initiator);
+            if !last.insert(key.clone()) {
+                continue;
+            }
+            if let SessionMessage::Data(bytes) = &mut m.message {
+                m.message = SessionMessage::Final(std::mem::take(bytes));
+                told.insert(key);
+            }
+        }
+        told
+    }
+
     /// Writes the pending journal entries, with `next` after them (if any), in one write.
-    async fn write_pending(&self, store: &dyn DynStore, next: Option<&Entry>) -> Result<(), FlowError> {
+    /// Messages sent before them reach the messenger first: a journaled `Sent` is never
+    /// replayed, so it must not be in the store before its message is in the outbox.
+    async fn write_pending(&self, shared: &Shared, next: Option<&Entry>) -> Result<(), FlowError> {
+        self.send_outgoing(&*shared.transport).await?;
+        let store: &dyn DynStore = &*shared.store;
         let (first, mut entries) = self.pending();
         entries.extend(next.cloned());
         if entries.is_empty() {
@@ -169,8 +225,8 @@ impl Run {
     }
 
     /// Makes the whole journal durable (before the flow is parked).
-    pub(crate) async fn flush(&self, store: &dyn DynStore) -> Result<(), FlowError> {
-        self.write_pending(store, None).await
+    pub(crate) async fn flush(&self, shared: &Shared) -> Result<(), FlowError> {
+        self.write_pending(shared, None).await
     }
 
     /// Queues a received message for its session and wakes the flow.
@@ -198,15 +254,20 @@ impl Run {
         if inbox.queues.values().all(VecDeque::is_empty) { inbox.waiting } else { None }
     }
 
-    /// Sessions whose counterparty's flow has ended: its `End` (or error) is queued here, not
-    /// yet received. Such a counterparty drops whatever this flow sends it.
+    /// Sessions whose counterparty's flow has ended: its `End` (or error) is queued here or
+    /// was received. Such a counterparty drops whatever this flow sends it.
     pub(crate) fn ended_sessions(&self) -> Vec<u64> {
-        lock(&self.inbox)
-            .queues
-            .iter()
-            .filter(|(_, q)| q.iter().any(|(_, r)| matches!(r, Received::Ended | Received::Error(_))))
-            .map(|(s, _)| *s)
-            .collect()
+        let ended = |r: &Received| matches!(r, Received::Ended | Received::Error(_));
+        let mut sessions: Vec<u64> =
+            lock(&self.inbox).queues.iter().filter(|(_, q)| q.iter().any(|(_, r)| ended(r))).map(|(s, _)| *s).collect();
+        for e in lock(&self.journal).iter() {
+            if let Entry::Received { session, outcome, .. } = e
+                && ended(outcome)
+            {
+                sessions.push(*session);
+            }
+        }
+        sessions
     }
 
     /// Every session as the engine routes messages: (party, session id, whether this flow opened it).
@@ -289,7 +350,7 @@ impl FlowContext {
     /// store, then in memory. For steps whose value a replay could not reproduce (the clock,
     /// randomness, a side effect's result, a received message), or that the world acts on.
     async fn record(&self, entry: Entry) -> Result<(), FlowError> {
-        self.run.write_pending(&*self.shared.store, Some(&entry)).await?;
+        self.run.write_pending(&self.shared, Some(&entry)).await?;
         lock(&self.run.journal).push(entry);
         *lock(&self.run.cursor) += 1;
         *lock(&self.run.durable) = lock(&self.run.journal).len();
@@ -364,12 +425,24 @@ impl FlowContext {
             .unwrap_or_else(|| (self.run.name.clone(), self.run.version))
     }
 
-    async fn transmit(&self, session: &Session, id: MessageId, message: SessionMessage) -> Result<(), FlowError> {
-        let envelope = Envelope { to_initiator: !session.initiator, message };
-        self.shared.transport.send(id, session.party.clone(), session.id, encoding::encode(&envelope)).await
+    /// Queues `message` for the messenger (see [`FlowContext::send`]).
+    fn queue(&self, session: &Session, id: MessageId, message: SessionMessage) {
+        lock(&self.run.outgoing).push(OutgoingMessage {
+            id,
+            party: session.party.clone(),
+            session: session.id,
+            to_initiator: !session.initiator,
+            message,
+        });
     }
 
     /// Sends `value` (BCS) on `session`.
+    ///
+    /// The message reaches the messenger (its outbox, durably) when the flow next waits —
+    /// at a receive or a sleep — or writes its journal, or ends, in the order sent. Until
+    /// then nobody could have acted on it, and the flow has not depended on an answer. A
+    /// flow whose last act on a session is a send has that message carry its end too
+    /// ([`SessionMessage::Final`]). An error in handing it over surfaces at that point.
     pub async fn send<T: Serialize>(&self, session: &Session, value: &T) -> Result<(), FlowError> {
         let ask = Ask::Send(session.id);
         if self.replay(&ask)?.is_some() {
@@ -386,7 +459,7 @@ impl FlowContext {
         } else {
             SessionMessage::Data(payload)
         };
-        self.transmit(session, id, message).await?;
+        self.queue(session, id, message);
         self.record_later(Entry::Sent { session: session.id, message: id });
         self.mark_init_sent(session);
         Ok(())
@@ -462,16 +535,19 @@ impl FlowContext {
             // Receiving first: open the session with an empty Init (idempotent id).
             let id = MessageId::derived(&MessageId(self.run.id.0), &format!("init-{}", session.id));
             let (flow, version) = self.protocol(session);
-            self.transmit(session, id, SessionMessage::Init { flow, version, payload: None }).await?;
+            self.queue(session, id, SessionMessage::Init { flow, version, payload: None });
             self.mark_init_sent(session);
         }
+        // What it sent goes out before it waits for an answer.
+        self.run.send_outgoing(&*self.shared.transport).await?;
         loop {
             let notified = self.run.notify.notified();
             let next = self.run.take(session.id);
             match next {
                 Some((id, received)) => {
                     self.shared.not_idle(&self.run);
-                    if lock(&self.run.seen).contains(&id) {
+                    let key = (id, matches!(received, Received::Ended));
+                    if lock(&self.run.seen).contains(&key) {
                         self.shared.transport.processed(vec![id]).await?;
                         continue;
                     }
@@ -480,7 +556,7 @@ impl FlowContext {
                         lock(&self.run.inbox).queues.entry(session.id).or_default().push_front((id, received));
                         return Err(e);
                     }
-                    lock(&self.run.seen).insert(id);
+                    lock(&self.run.seen).insert(key);
                     // Marking it processed need not hold the flow up: if that write is lost in
                     // a crash, the message comes back and is dropped as already journaled.
                     self.shared.processed_later([id]);
@@ -571,6 +647,7 @@ impl FlowContext {
         if self.replay(&Ask::Sleep)?.is_some() {
             return Ok(());
         }
+        self.run.send_outgoing(&*self.shared.transport).await?;
         let wait = until.saturating_sub(crate::now_micros());
         if wait > 0 {
             let wait = Duration::from_micros(wait.unsigned_abs());

@@ -19,7 +19,7 @@
 //! flows are only indexed (id and wake time), not loaded. See docs/flows.md, "Parked flows",
 //! for why no message is lost or handled twice on the way.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -827,7 +827,7 @@ impl FlowEngine {
             Wait::Sleep(until) | Wait::MessageUntil(until) => Some(until),
         };
         // The parking names the journal's length in the store: write what is pending first.
-        run.flush(&*self.shared.store).await?;
+        run.flush(&self.shared).await?;
         if *lock(&run.parked_len) != Some(journal_len) {
             let parking = Parking { id: run.id, journal_len, wake_at, sessions: run.session_keys() };
             self.shared.store.park(&parking).await?;
@@ -855,26 +855,26 @@ impl FlowEngine {
     }
 
     /// Brings flow `id` back into memory from its journal (if it is not there already), with
-    /// `message` for it. Parked flows come back this way when a message or their wake time
+    /// `messages` for it. Parked flows come back this way when a message or their wake time
     /// comes; the flow replays to where it waited and carries on live.
-    async fn revive(&self, id: FlowId, message: Option<Pending>) -> Result<(), FlowError> {
+    async fn revive(&self, id: FlowId, messages: Vec<Pending>) -> Result<(), FlowError> {
         let was_parked = {
             let mut t = lock(&self.shared.table);
             match t.runs.get_mut(&id) {
                 Some(Slot::Live(run, _)) => {
-                    if let Some((session, message, received)) = message {
+                    for (session, message, received) in messages {
                         run.push(session, message, received);
                     }
                     return Ok(());
                 }
                 Some(Slot::Reviving(pending)) => {
-                    pending.extend(message);
+                    pending.extend(messages);
                     return Ok(());
                 }
                 None => {}
             }
             let was_parked = t.unpark(id);
-            t.runs.insert(id, Slot::Reviving(message.into_iter().collect()));
+            t.runs.insert(id, Slot::Reviving(messages));
             t.reviving += 1;
             was_parked
         };
@@ -933,14 +933,23 @@ impl FlowEngine {
         });
     }
 
-    async fn tell_sessions(&self, run: &Run, message: SessionMessage, tag: &str) -> Result<(), FlowError> {
-        // A counterparty that has ended (its `End` waits in this flow's queue) would drop the
-        // message: not sending it saves an outbox write, a hop, an inbox write and a delete
-        // (a notary's session, for one, has always ended by the time a payer finishes). Only
-        // an optimisation: after a replay the queue is empty and the message goes out.
+    /// Sends `message` on each of `run`'s open sessions but those in `told` (whose last
+    /// message carried it already: a `Final`).
+    async fn tell_sessions(
+        &self,
+        run: &Run,
+        message: SessionMessage,
+        tag: &str,
+        told: &HashSet<(u64, X500Name, bool)>,
+    ) -> Result<(), FlowError> {
+        // A counterparty that has ended (its `End` waits in this flow's queue, or the flow
+        // received it) would drop the message: not sending it saves an outbox write, a hop,
+        // an inbox write and a delete (a notary's session, for one, has always ended by the
+        // time a payer finishes). Only an optimisation: an `End` queued but lost in a restart
+        // means the message goes out, and is dropped on arrival.
         let ended = run.ended_sessions();
         for (session, party, to_initiator) in run.open_sessions() {
-            if ended.contains(&session) {
+            if ended.contains(&session) || told.contains(&(session, party.clone(), to_initiator)) {
                 continue;
             }
             let id = MessageId::derived(&MessageId(run.id.0), &format!("{tag}-{session}"));
@@ -951,15 +960,19 @@ impl FlowEngine {
     }
 
     async fn finish(&self, run: &Run, outcome: Result<Value, FlowError>) -> Result<(), FlowError> {
+        // What it sent goes out first (its journal's `Sent` steps must not be stored before
+        // their messages); a session whose last message is data gets the end with it.
+        let told = if outcome.is_ok() { run.finalise_outgoing() } else { HashSet::new() };
+        run.send_outgoing(&*self.shared.transport).await?;
         let (status, result, error) = match outcome {
             Ok(value) => {
-                self.tell_sessions(run, SessionMessage::End, "end").await?;
+                self.tell_sessions(run, SessionMessage::End, "end", &told).await?;
                 (FlowStatus::Completed, Some(serde_json::to_vec(&value).unwrap_or_default()), None)
             }
             Err(e @ FlowError::CodeChanged { .. }) => (FlowStatus::Hospitalized, None, Some(e.to_string())),
             Err(e) if e.is_transient() => (FlowStatus::Hospitalized, None, Some(e.to_string())),
             Err(e) => {
-                self.tell_sessions(run, SessionMessage::Error(e.for_counterparty()), "error").await?;
+                self.tell_sessions(run, SessionMessage::Error(e.for_counterparty()), "error", &told).await?;
                 (FlowStatus::Failed, None, Some(e.to_string()))
             }
         };
@@ -1009,24 +1022,29 @@ impl FlowEngine {
                 return self.shared.transport.processed(vec![message.id]).await;
             }
         };
-        let received = match envelope.message {
+        let (session, id) = (message.session, message.id);
+        let pending: Vec<Pending> = match envelope.message {
             SessionMessage::Init { flow, version, payload } => return self.open_responder(message, flow, version, payload).await,
-            SessionMessage::Data(bytes) => Received::Data(bytes),
-            SessionMessage::Error(m) => Received::Error(m),
-            SessionMessage::End => Received::Ended,
+            SessionMessage::Data(bytes) => vec![(session, id, Received::Data(bytes))],
+            SessionMessage::Error(m) => vec![(session, id, Received::Error(m))],
+            SessionMessage::End => vec![(session, id, Received::Ended)],
+            // Queued as the two it stands for, under one id (the flow's journal tells the
+            // halves apart by their outcome).
+            SessionMessage::Final(bytes) => vec![(session, id, Received::Data(bytes)), (session, id, Received::Ended)],
         };
         let key = (message.sender.clone(), message.session, envelope.to_initiator);
-        let pending = (message.session, message.id, received);
         let maybe_parked = {
             let mut t = lock(&self.shared.table);
             let flow = t.sessions.get(&key).copied();
             match flow.and_then(|f| t.runs.get_mut(&f)) {
                 Some(Slot::Live(run, _)) => {
-                    run.push(pending.0, pending.1, pending.2);
+                    for (session, id, received) in pending {
+                        run.push(session, id, received);
+                    }
                     return Ok(());
                 }
                 Some(Slot::Reviving(waiting)) => {
-                    waiting.push(pending);
+                    waiting.extend(pending);
                     return Ok(());
                 }
                 None => !t.parked.is_empty() || t.reviving > 0,
@@ -1035,7 +1053,7 @@ impl FlowEngine {
         // Not in memory: a parked flow's, or one that has ended.
         let parked = if maybe_parked { self.shared.store.parked_session(&key.0, key.1, key.2).await? } else { None };
         match parked {
-            Some(flow) => self.revive(flow, Some(pending)).await,
+            Some(flow) => self.revive(flow, pending).await,
             None => {
                 tracing::debug!("message from {} for session {:x} has no running flow; dropped", message.sender, message.session);
                 self.shared.processed_later([message.id]);
@@ -1241,7 +1259,7 @@ impl FlowEngine {
                 Arc::new(run)
             }
         };
-        self.tell_sessions(&run, SessionMessage::Error(FlowError::Killed.for_counterparty()), "error").await?;
+        self.tell_sessions(&run, SessionMessage::Error(FlowError::Killed.for_counterparty()), "error", &HashSet::new()).await?;
         self.shared.store.set_status(id, FlowStatus::Killed, None, Some(FlowError::Killed.to_string())).await?;
         self.forget(id, None);
         Ok(self.shared.store.get(id).await?.unwrap_or(record))
@@ -1300,7 +1318,7 @@ async fn alarm_clock(shared: Weak<Shared>, alarm: Arc<Notify>) {
                 t.sleepers.iter().take_while(|(wake, _)| *wake <= now).map(|(_, id)| *id).collect()
             };
             for id in due {
-                if let Err(e) = engine.revive(id, None).await {
+                if let Err(e) = engine.revive(id, Vec::new()).await {
                     tracing::warn!("flow {id} could not be woken, trying again in a second: {e}");
                     let mut t = lock(&engine.shared.table);
                     if let Some(wake) = t.parked.get(&id).copied().flatten() {

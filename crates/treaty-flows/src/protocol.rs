@@ -25,6 +25,11 @@ pub enum SessionMessage {
     Error(String),
     /// The sender's flow ended.
     End,
+    /// A message, and then the sender's flow ended: a `Data` and an `End` in one message,
+    /// sent when a flow's last act on a session was a send (a responder's answer, typically).
+    /// Receivers queue it as the two; one outbox write, hop, inbox write and acknowledgement
+    /// fewer than sending both.
+    Final(Vec<u8>),
 }
 
 /// A session message and which side it is for.

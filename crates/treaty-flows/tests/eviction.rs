@@ -406,8 +406,23 @@ async fn journaled(store: &impl FlowStore, id: FlowId, n: usize) {
 
 /// Bob's message on `session` for the flow that opened it.
 fn from_bob(session: u64, value: &impl Serialize) -> InboundMessage {
-    let envelope = Envelope { to_initiator: true, message: SessionMessage::Data(encoding::encode(value)) };
+    bob_says(session, SessionMessage::Data(encoding::encode(value)))
+}
+
+fn bob_says(session: u64, message: SessionMessage) -> InboundMessage {
+    let envelope = Envelope { to_initiator: true, message };
     InboundMessage { id: MessageId::random(), sender: name(BOB), session, topic: FLOW_TOPIC.into(), payload: encoding::encode(&envelope) }
+}
+
+/// What the engine sent Bob on `session`, decoded.
+fn sent_to_bob(wire: &Wire, session: u64) -> Vec<SessionMessage> {
+    wire.sent
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, to, s, _)| *to == name(BOB) && *s == session)
+        .map(|(_, _, _, p)| encoding::decode::<Envelope>(p).unwrap().message)
+        .collect()
 }
 
 #[tokio::test]
@@ -466,7 +481,7 @@ async fn a_responder_being_recorded_holds_up_no_other_flows_messages() {
             .iter()
             .filter(|(_, to, session, _)| *to == name(BOB) && *session == 77)
             .filter_map(|(_, _, _, p)| match encoding::decode::<Envelope>(p).unwrap().message {
-                SessionMessage::Data(bytes) => Some(encoding::decode::<String>(&bytes).unwrap()),
+                SessionMessage::Data(bytes) | SessionMessage::Final(bytes) => Some(encoding::decode::<String>(&bytes).unwrap()),
                 _ => None,
             })
             .collect()
@@ -619,7 +634,9 @@ async fn a_receive_first_initiator_restarted_after_its_receive_sends_data_not_a_
     let sent: Vec<SessionMessage> =
         wire.sent.lock().unwrap().iter().map(|(_, _, _, p)| encoding::decode::<Envelope>(p).unwrap().message).collect();
     assert!(matches!(sent.first(), Some(SessionMessage::Init { payload: None, .. })), "{sent:?}");
-    assert!(sent.contains(&SessionMessage::Data(encoding::encode(&"re: hello?".to_string()))), "{sent:?}");
+    // Its reply was its last act on the session: the reply carries its end.
+    assert!(sent.contains(&SessionMessage::Final(encoding::encode(&"re: hello?".to_string()))), "{sent:?}");
+    assert!(!sent.contains(&SessionMessage::End), "{sent:?}");
     let inits = sent.iter().filter(|m| matches!(m, SessionMessage::Init { .. })).count();
     assert_eq!(inits, 1, "the session was opened twice: {sent:?}");
 }
@@ -646,4 +663,115 @@ async fn a_parked_flow_can_be_killed_and_its_counterparty_is_told() {
     engine.deliver(late.clone()).await.unwrap();
     until("the late message is marked processed", || wire.processed.lock().unwrap().contains(&late.id)).await;
     assert_eq!(engine.get(id).await.unwrap().unwrap().status, FlowStatus::Killed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A last message that carries the end (`SessionMessage::Final`), and sends that wait for the
+// flow's next wait or journal write.
+
+#[tokio::test]
+async fn a_final_message_is_received_as_the_data_and_then_the_end() {
+    for parked in [false, true] {
+        let store = Arc::new(MemoryFlowStore::default());
+        let wire = Arc::new(Wire::default());
+        let options = if parked { parked_at_once() } else { EngineOptions::default() };
+        let engine = engine(store.clone(), &wire, options);
+        // Waits for two answers; Bob sends one and ends with it.
+        let id = engine.start("Wait", json!(2), None).await.unwrap();
+        let s = session(&engine, id).await;
+        if parked {
+            until("the flow is parked", || engine.parked() == 1).await;
+        }
+        let last = bob_says(s, SessionMessage::Final(encoding::encode(&"only".to_string())));
+        engine.deliver(last.clone()).await.unwrap();
+        // A copy delivered again (a resend after a lost acknowledgement) changes nothing.
+        engine.deliver(last.clone()).await.unwrap();
+        let r = finished(&engine, id).await;
+        assert_eq!(r.status, FlowStatus::Failed, "parked {parked}: {r:?}");
+        let error = r.error.unwrap_or_default();
+        assert!(error.contains("session ended") && error.contains(&name(BOB).to_string()), "parked {parked}: {error}");
+        // Both halves journaled, under the one message id.
+        assert_eq!(received(&store.journal(id).await.unwrap()), vec![last.id, last.id], "parked {parked}");
+        // Bob has ended: he is told nothing more (no error, no end).
+        let told = sent_to_bob(&wire, s);
+        assert!(told.iter().all(|m| matches!(m, SessionMessage::Init { .. })), "parked {parked}: {told:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_flow_that_received_a_final_message_ends_without_telling_the_sender() {
+    let store = Arc::new(MemoryFlowStore::default());
+    let wire = Arc::new(Wire::default());
+    let engine = engine(store.clone(), &wire, EngineOptions::default());
+    let id = engine.start("Wait", json!(1), None).await.unwrap();
+    let s = session(&engine, id).await;
+    engine.deliver(bob_says(s, SessionMessage::Final(encoding::encode(&"done".to_string())))).await.unwrap();
+    assert_eq!(result(&finished(&engine, id).await), json!(["done"]));
+    let told = sent_to_bob(&wire, s);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(matches!(told[0], SessionMessage::Init { payload: None, .. }), "{told:?}");
+}
+
+#[tokio::test]
+async fn a_responder_whose_last_act_is_a_send_ends_with_that_message() {
+    let store = Arc::new(MemoryFlowStore::default());
+    let wire = Arc::new(Wire::default());
+    let engine = engine(store.clone(), &wire, EngineOptions::default());
+    let to_responder = |message: SessionMessage| {
+        let envelope = Envelope { to_initiator: false, message };
+        InboundMessage {
+            id: MessageId::random(),
+            sender: name(BOB),
+            session: 78,
+            topic: FLOW_TOPIC.into(),
+            payload: encoding::encode(&envelope),
+        }
+    };
+    let init = to_responder(SessionMessage::Init { flow: "Hello".into(), version: 1, payload: Some(encoding::encode(&"one".to_string())) });
+    engine.deliver(init).await.unwrap();
+    until("the first greeting is answered", || !sent_to_bob(&wire, 78).is_empty()).await;
+    engine.deliver(to_responder(SessionMessage::Data(encoding::encode(&"two".to_string())))).await.unwrap();
+    until("the responder ended", || sent_to_bob(&wire, 78).len() >= 2).await;
+    let responder = engine.list().await.unwrap().into_iter().find(|r| r.initiator.is_some()).unwrap();
+    assert_eq!(finished(&engine, responder.id).await.status, FlowStatus::Completed);
+    // The first answer waits for nothing but the next greeting; the second is its last act.
+    assert_eq!(
+        sent_to_bob(&wire, 78),
+        vec![
+            SessionMessage::Data(encoding::encode(&"hello one".to_string())),
+            SessionMessage::Final(encoding::encode(&"hello two".to_string()))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_send_is_on_the_wire_before_the_journal_that_records_it_is_stored() {
+    let store = Arc::new(MemoryFlowStore::default());
+    let wire = Arc::new(Wire::default());
+    let gate = Arc::new(Semaphore::new(0));
+    let mut r = Registry::new();
+    let held = gate.clone();
+    // Sends, reads the clock (a durable step: the send's journal entry is stored with it),
+    // then is held without waiting on the engine.
+    r.flow("Tell", 1, move |ctx: FlowContext, (): ()| {
+        let held = held.clone();
+        async move {
+            let session = ctx.initiate(&name(BOB)).await?;
+            ctx.send(&session, &"news".to_string()).await?;
+            ctx.now().await?;
+            held.acquire().await.map_err(|e| FlowError::Invalid(e.to_string()))?.forget();
+            Ok(())
+        }
+    });
+    let engine = FlowEngine::new(name(ALICE), store.clone(), wire.clone(), r, EngineOptions::default());
+    let id = engine.start("Tell", json!(null), None).await.unwrap();
+    // Opened, Sent, Now: once the store has the `Sent`, a crash would never send it again.
+    journaled(&*store, id, 3).await;
+    let s = session(&engine, id).await;
+    let told = sent_to_bob(&wire, s);
+    assert!(matches!(told.as_slice(), [SessionMessage::Init { payload: Some(_), .. }]), "{told:?}");
+    gate.add_permits(1);
+    assert_eq!(finished(&engine, id).await.status, FlowStatus::Completed);
+    // Its one message opened the session; it ends with an End of its own.
+    assert!(matches!(sent_to_bob(&wire, s).as_slice(), [SessionMessage::Init { .. }, SessionMessage::End]));
 }
