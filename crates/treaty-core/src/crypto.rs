@@ -167,8 +167,83 @@ impl Ed25519PublicKey {
     }
 
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let known = verified::Entry::of(SignatureScheme::Ed25519, &self.bytes, msg, sig);
+        if verified::contains(&known) {
+            return true;
+        }
+        #[cfg(test)]
+        verified::CHECKS.with(|c| c.set(c.get() + 1));
         let (Some(key), Ok(sig)) = (self.point(), <[u8; 64]>::try_from(sig)) else { return false };
-        key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
+        let ok = key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok();
+        if ok {
+            verified::insert(known);
+        }
+        ok
+    }
+}
+
+/// Signatures known to be valid: a process-wide, fixed-size cache of `(scheme, key, message,
+/// signature)` digests that verified, or that this process made with its own key.
+///
+/// A transaction's signatures are checked more than once in a node's life — a flow verifies
+/// the transaction it has just signed before it asks the notary, and the notary's signature
+/// is checked on arrival and again when the transaction is verified — and each check costs
+/// ~50 µs of curve arithmetic. A hit costs one SHA-256 of the triple. (The same idea as
+/// Bitcoin Core's signature cache.)
+///
+/// Only a triple that verified (or was signed here) is ever entered, keyed by a SHA-256
+/// over all of it, so a hit means exactly "this key's check of this signature over these
+/// bytes succeeded": a different signature, message or key is another digest. A full slot is
+/// overwritten (direct-mapped): forgetting only costs a check.
+mod verified {
+    use std::sync::{Mutex, OnceLock};
+
+    use super::SignatureScheme;
+    use crate::hash::SecureHash;
+
+    #[cfg(test)]
+    thread_local! {
+        /// Ed25519 checks this thread did on the curve (cache misses).
+        pub(super) static CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Slots (32 bytes each: 256 KiB).
+    pub(super) const SLOTS: usize = 8192;
+
+    /// The digest of a verified triple.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) struct Entry([u8; 32]);
+
+    impl Entry {
+        pub(super) fn of(scheme: SignatureScheme, key: &[u8], msg: &[u8], sig: &[u8]) -> Entry {
+            let tag: &[u8] = match scheme {
+                SignatureScheme::Ed25519 => b"TREATY/VERIFIED/ed25519\0",
+                SignatureScheme::EcdsaP256Sha256 => b"TREATY/VERIFIED/p256\0",
+            };
+            let lengths = [(key.len() as u64).to_le_bytes(), (msg.len() as u64).to_le_bytes(), (sig.len() as u64).to_le_bytes()];
+            Entry(SecureHash::sha256_parts(&[tag, &lengths[0], &lengths[1], &lengths[2], key, msg, sig]).0)
+        }
+
+        fn slot(&self) -> usize {
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&self.0[..8]);
+            (u64::from_le_bytes(first) % SLOTS as u64) as usize
+        }
+    }
+
+    fn slots() -> &'static Mutex<Vec<[u8; 32]>> {
+        static SLOTS_: OnceLock<Mutex<Vec<[u8; 32]>>> = OnceLock::new();
+        SLOTS_.get_or_init(|| Mutex::new(vec![[0u8; 32]; SLOTS]))
+    }
+
+    pub(super) fn contains(entry: &Entry) -> bool {
+        // A poisoned lock only means another thread panicked mid-copy of 32 bytes; the worst
+        // a torn slot can do is miss.
+        slots().lock().unwrap_or_else(|e| e.into_inner())[entry.slot()] == entry.0
+    }
+
+    pub(super) fn insert(entry: Entry) {
+        slots().lock().unwrap_or_else(|e| e.into_inner())[entry.slot()] = entry.0;
     }
 }
 
@@ -262,12 +337,20 @@ impl P256PublicKey {
     }
 
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let known = verified::Entry::of(SignatureScheme::EcdsaP256Sha256, &self.bytes, msg, sig);
+        if verified::contains(&known) {
+            return true;
+        }
         let (Some(key), Ok(sig)) = (self.point(), p256::ecdsa::Signature::from_slice(sig)) else { return false };
         // Only the low-S form is accepted, so each signature has one encoding.
         if sig.normalize_s() != sig {
             return false;
         }
-        key.verify(msg, &sig).is_ok()
+        let ok = key.verify(msg, &sig).is_ok();
+        if ok {
+            verified::insert(known);
+        }
+        ok
     }
 }
 
@@ -491,7 +574,13 @@ impl KeyPair {
     /// Signs `msg` (deterministically for both schemes).
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         match self {
-            KeyPair::Ed25519(k) => k.sign(msg).to_bytes().to_vec(),
+            KeyPair::Ed25519(k) => {
+                let sig = k.sign(msg).to_bytes();
+                // It verifies (Ed25519 signing is deterministic and this key's own): a later
+                // check of it here — the flow verifying the transaction it signed — is a hit.
+                verified::insert(verified::Entry::of(SignatureScheme::Ed25519, k.verifying_key().as_bytes(), msg, &sig));
+                sig.to_vec()
+            }
             KeyPair::EcdsaP256(k) => {
                 let sig: p256::ecdsa::Signature = k.sign(msg);
                 sig.normalize_s().to_bytes().to_vec()
@@ -681,6 +770,52 @@ mod tests {
         // One alone, and none.
         assert_eq!(verify_many(&[(&keys[0], &messages[0], &sigs[0])]), vec![true]);
         assert!(verify_many(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_verified_signature_cache_answers_only_for_the_exact_signature() {
+        for scheme in [SignatureScheme::Ed25519, SignatureScheme::EcdsaP256Sha256] {
+            let (k, other) = (key(scheme, 41), key(scheme, 42));
+            let msg = format!("cache {scheme:?}").into_bytes();
+            let sig = k.sign(&msg);
+            // Twice: the second answer may come from the cache, and must be the same.
+            for _ in 0..2 {
+                assert!(k.public().verify(&msg, &sig).is_ok());
+                let mut tampered = sig.clone();
+                tampered[7] ^= 1;
+                assert!(k.public().verify(&msg, &tampered).is_err(), "{scheme:?}: a tampered signature verified");
+                assert!(k.public().verify(b"another message", &sig).is_err(), "{scheme:?}: another message verified");
+                assert!(other.public().verify(&msg, &sig).is_err(), "{scheme:?}: another key verified");
+            }
+        }
+    }
+
+    #[test]
+    fn a_signature_made_or_checked_here_is_not_checked_on_the_curve_again() {
+        let checks = || verified::CHECKS.with(|c| c.get());
+        let k = key(SignatureScheme::Ed25519, 43);
+        // Signed here: its first check is a hit.
+        let sig = k.sign(b"signed here");
+        let before = checks();
+        assert!(k.public().verify(b"signed here", &sig).is_ok());
+        assert_eq!(checks(), before, "a signature this process made was checked on the curve");
+        // Signed elsewhere (by the same key, but not through this process's cache): checked
+        // once, then known.
+        let PublicKey::Ed25519(public) = k.public() else { panic!("not Ed25519") };
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[43; 32]);
+        assert_eq!(signing.verifying_key().as_bytes(), public.as_bytes());
+        let foreign = signing.sign(b"signed elsewhere").to_bytes();
+        let before = checks();
+        assert!(k.public().verify(b"signed elsewhere", &foreign).is_ok());
+        assert!(k.public().verify(b"signed elsewhere", &foreign).is_ok());
+        assert_eq!(checks(), before + 1);
+        // A failure is never remembered: each bad signature is checked.
+        let mut bad = foreign;
+        bad[0] ^= 1;
+        let before = checks();
+        assert!(k.public().verify(b"signed elsewhere", &bad).is_err());
+        assert!(k.public().verify(b"signed elsewhere", &bad).is_err());
+        assert_eq!(checks(), before + 2);
     }
 
     #[test]
