@@ -171,14 +171,18 @@ impl Ed25519PublicKey {
         if verified::contains(&known) {
             return true;
         }
-        #[cfg(test)]
-        verified::CHECKS.with(|c| c.set(c.get() + 1));
-        let (Some(key), Ok(sig)) = (self.point(), <[u8; 64]>::try_from(sig)) else { return false };
-        let ok = key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok();
+        let ok = self.verify_on_curve(msg, sig);
         if ok {
             verified::insert(known);
         }
         ok
+    }
+
+    fn verify_on_curve(&self, msg: &[u8], sig: &[u8]) -> bool {
+        #[cfg(test)]
+        verified::CHECKS.with(|c| c.set(c.get() + 1));
+        let (Some(key), Ok(sig)) = (self.point(), <[u8; 64]>::try_from(sig)) else { return false };
+        key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
     }
 }
 
@@ -196,6 +200,7 @@ impl Ed25519PublicKey {
 /// bytes succeeded": a different signature, message or key is another digest. A full slot is
 /// overwritten (direct-mapped): forgetting only costs a check.
 mod verified {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Mutex, OnceLock};
 
     use super::SignatureScheme;
@@ -236,13 +241,21 @@ mod verified {
         SLOTS_.get_or_init(|| Mutex::new(vec![[0u8; 32]; SLOTS]))
     }
 
+    pub(super) static ENABLED: AtomicBool = AtomicBool::new(true);
+
     pub(super) fn contains(entry: &Entry) -> bool {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return false;
+        }
         // A poisoned lock only means another thread panicked mid-copy of 32 bytes; the worst
         // a torn slot can do is miss.
         slots().lock().unwrap_or_else(|e| e.into_inner())[entry.slot()] == entry.0
     }
 
     pub(super) fn insert(entry: Entry) {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
         slots().lock().unwrap_or_else(|e| e.into_inner())[entry.slot()] = entry.0;
     }
 }
@@ -280,6 +293,12 @@ pub fn verify_many(items: &[(&PublicKey, &[u8], &[u8])]) -> Vec<bool> {
         verdicts[i] = batch_ok || keys[j].verify_strict(messages[j], &signatures[j]).is_ok();
     }
     verdicts
+}
+
+/// Turns the process-wide cache of signatures known to verify on or off (on by default). Off,
+/// every check is done on the curve: for benchmarks that measure signature checks in a loop.
+pub fn set_signature_cache(enabled: bool) {
+    verified::ENABLED.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// How many decompressed Ed25519 keys [`decompressed`] keeps (it forgets them all when full).
@@ -341,16 +360,20 @@ impl P256PublicKey {
         if verified::contains(&known) {
             return true;
         }
+        let ok = self.verify_on_curve(msg, sig);
+        if ok {
+            verified::insert(known);
+        }
+        ok
+    }
+
+    fn verify_on_curve(&self, msg: &[u8], sig: &[u8]) -> bool {
         let (Some(key), Ok(sig)) = (self.point(), p256::ecdsa::Signature::from_slice(sig)) else { return false };
         // Only the low-S form is accepted, so each signature has one encoding.
         if sig.normalize_s() != sig {
             return false;
         }
-        let ok = key.verify(msg, &sig).is_ok();
-        if ok {
-            verified::insert(known);
-        }
-        ok
+        key.verify(msg, &sig).is_ok()
     }
 }
 
@@ -467,7 +490,20 @@ impl PublicKey {
         Ok(())
     }
 
+    /// [`PublicKey::verify`] on the curve every time, neither asking nor filling the cache of
+    /// signatures known to verify: for baselines that measure the arithmetic.
+    pub fn verify_uncached(&self, msg: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        let ok = match self {
+            PublicKey::Ed25519(k) => k.verify_on_curve(msg, signature),
+            PublicKey::EcdsaP256(k) => k.verify_on_curve(msg, signature),
+            PublicKey::Composite(_) => return Err(CryptoError::CompositeSigner),
+        };
+        if ok { Ok(()) } else { Err(CryptoError::BadSignature { key: self.to_string() }) }
+    }
+
     /// Verifies a raw signature over `msg`. Composite keys never verify a single signature.
+    /// A signature this process made or already verified is answered from a cache
+    /// ([`set_signature_cache`]).
     pub fn verify(&self, msg: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
         let ok = match self {
             PublicKey::Ed25519(k) => k.verify(msg, signature),

@@ -138,7 +138,7 @@ fn signature_baseline() -> Result<SignatureBaseline> {
     let sign = n as f64 / began.elapsed().as_secs_f64();
     let began = Instant::now();
     for (m, s) in messages.iter().zip(&signatures) {
-        public.verify(m, s)?;
+        public.verify_uncached(m, s)?;
     }
     let verify = n as f64 / began.elapsed().as_secs_f64();
     Ok(SignatureBaseline { ed25519_sign_per_sec: sign, ed25519_verify_per_sec: verify })
