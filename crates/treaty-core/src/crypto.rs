@@ -167,15 +167,7 @@ impl Ed25519PublicKey {
     }
 
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        let known = verified::Entry::of(SignatureScheme::Ed25519, &self.bytes, msg, sig);
-        if verified::contains(&known) {
-            return true;
-        }
-        let ok = self.verify_on_curve(msg, sig);
-        if ok {
-            verified::insert(known);
-        }
-        ok
+        verified::check(SignatureScheme::Ed25519, &self.bytes, msg, sig, || self.verify_on_curve(msg, sig))
     }
 
     fn verify_on_curve(&self, msg: &[u8], sig: &[u8]) -> bool {
@@ -242,6 +234,19 @@ mod verified {
     }
 
     pub(super) static ENABLED: AtomicBool = AtomicBool::new(true);
+
+    /// `on_curve`'s verdict on `sig` by `key` over `msg`, or a remembered success.
+    pub(super) fn check(scheme: SignatureScheme, key: &[u8], msg: &[u8], sig: &[u8], on_curve: impl FnOnce() -> bool) -> bool {
+        let known = Entry::of(scheme, key, msg, sig);
+        if contains(&known) {
+            return true;
+        }
+        let ok = on_curve();
+        if ok {
+            insert(known);
+        }
+        ok
+    }
 
     pub(super) fn contains(entry: &Entry) -> bool {
         if !ENABLED.load(Ordering::Relaxed) {
@@ -356,15 +361,7 @@ impl P256PublicKey {
     }
 
     fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        let known = verified::Entry::of(SignatureScheme::EcdsaP256Sha256, &self.bytes, msg, sig);
-        if verified::contains(&known) {
-            return true;
-        }
-        let ok = self.verify_on_curve(msg, sig);
-        if ok {
-            verified::insert(known);
-        }
-        ok
+        verified::check(SignatureScheme::EcdsaP256Sha256, &self.bytes, msg, sig, || self.verify_on_curve(msg, sig))
     }
 
     fn verify_on_curve(&self, msg: &[u8], sig: &[u8]) -> bool {

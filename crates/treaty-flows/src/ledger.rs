@@ -59,9 +59,17 @@ pub struct MemoryLedger {
     max_message_size: usize,
     validating_notaries: Mutex<HashSet<X500Name>>,
     notary_members: Mutex<HashMap<X500Name, Vec<X500Name>>>,
+    /// Stored right after the next read of attachments (see [`MemoryLedger::store_after_next_read`]).
+    after_next_read: Mutex<Option<Attachment>>,
 }
 
 impl MemoryLedger {
+    /// Stores `attachment` right after the next read of attachments answers without it: as
+    /// if another flow recorded it at that moment (for tests of that race).
+    pub fn store_after_next_read(&self, attachment: Attachment) {
+        *crate::context::lock(&self.after_next_read) = Some(attachment);
+    }
+
     /// An empty ledger verifying contracts with `verifier` and attachments with `check`.
     pub fn new(verifier: Arc<dyn ContractVerifier>, check: AttachmentCheck, max_message_size: usize) -> MemoryLedger {
         MemoryLedger {
@@ -72,6 +80,7 @@ impl MemoryLedger {
             max_message_size,
             validating_notaries: Mutex::default(),
             notary_members: Mutex::default(),
+            after_next_read: Mutex::default(),
         }
     }
 
@@ -147,8 +156,12 @@ impl Ledger for MemoryLedger {
     }
 
     async fn attachments(&self, ids: &[SecureHash]) -> Result<Vec<Option<Attachment>>, FlowError> {
-        let a = crate::context::lock(&self.attachments);
-        Ok(ids.iter().map(|id| a.get(id).cloned()).collect())
+        let mut a = crate::context::lock(&self.attachments);
+        let read = ids.iter().map(|id| a.get(id).cloned()).collect();
+        if let Some(later) = crate::context::lock(&self.after_next_read).take() {
+            a.insert(later.id, later);
+        }
+        Ok(read)
     }
 
     fn check_attachment(&self, bytes: &[u8]) -> Result<Attachment, String> {

@@ -704,6 +704,13 @@ fn dependency_order(mut txs: HashMap<SecureHash, SignedTransaction>) -> Vec<Sign
 
 /// Of the attachments `ids`, downloads those the ledger lacks (checked); returns them and the
 /// stored ones.
+///
+/// Which are missing is decided once (journaled, so a replay asks for the same ones), and the
+/// stored ones are read after that decision: another flow may record one of them meanwhile
+/// (concurrent payments resolving the same contract), and an attachment read as missing
+/// before and as stored after was in neither list — its transaction then failed to verify
+/// with `TX-UNRESOLVED-ATTACHMENT`. Attachments are never deleted, so one stored when the
+/// decision was made is still stored.
 async fn fetch_attachments<L: Ledger>(
     ctx: &FlowContext,
     session: &Session,
@@ -711,7 +718,7 @@ async fn fetch_attachments<L: Ledger>(
     key: &str,
     ids: Vec<SecureHash>,
 ) -> Result<(Vec<Attachment>, Vec<Attachment>), FlowError> {
-    let stored: Vec<Attachment> = ledger.attachments(&ids).await?.into_iter().flatten().collect();
+    let all = ids.clone();
     let mut missing: VecDeque<SecureHash> = ctx
         .side_effect(key, |_| {
             let ledger = ledger.clone();
@@ -722,6 +729,11 @@ async fn fetch_attachments<L: Ledger>(
         })
         .await?
         .into();
+    let present: Vec<SecureHash> = all.into_iter().filter(|id| !missing.contains(id)).collect();
+    let mut stored = Vec::with_capacity(present.len());
+    for (id, a) in present.iter().zip(ledger.attachments(&present).await?) {
+        stored.push(a.ok_or_else(|| FlowError::Invalid(format!("attachment {id} was stored here but is gone")))?);
+    }
     let mut got = Vec::new();
     while !missing.is_empty() {
         let want: Vec<SecureHash> = missing.iter().copied().collect();

@@ -414,6 +414,12 @@ fn bob_says(session: u64, message: SessionMessage) -> InboundMessage {
     InboundMessage { id: MessageId::random(), sender: name(BOB), session, topic: FLOW_TOPIC.into(), payload: encoding::encode(&envelope) }
 }
 
+/// Bob's message on `session`, which he opened, for the responder.
+fn bob_opens(session: u64, message: SessionMessage) -> InboundMessage {
+    let envelope = Envelope { to_initiator: false, message };
+    InboundMessage { id: MessageId::random(), sender: name(BOB), session, topic: FLOW_TOPIC.into(), payload: encoding::encode(&envelope) }
+}
+
 /// What the engine sent Bob on `session`, decoded.
 fn sent_to_bob(wire: &Wire, session: u64) -> Vec<SessionMessage> {
     wire.sent
@@ -454,16 +460,7 @@ async fn a_responder_being_recorded_holds_up_no_other_flows_messages() {
     let id = engine.start("Wait", json!(1), None).await.unwrap();
     let s = session(&engine, id).await;
     // Bob opens a session with a greeting; recording the responder is held ...
-    let to_responder = |message: SessionMessage| {
-        let envelope = Envelope { to_initiator: false, message };
-        InboundMessage {
-            id: MessageId::random(),
-            sender: name(BOB),
-            session: 77,
-            topic: FLOW_TOPIC.into(),
-            payload: encoding::encode(&envelope),
-        }
-    };
+    let to_responder = |message: SessionMessage| bob_opens(77, message);
     let init = to_responder(SessionMessage::Init { flow: "Hello".into(), version: 1, payload: Some(encoding::encode(&"one".to_string())) });
     tokio::time::timeout(Duration::from_secs(5), engine.deliver(init)).await.expect("delivering the Init waited for the record").unwrap();
     store.hook.entered.acquire().await.unwrap().forget();
@@ -717,16 +714,7 @@ async fn a_responder_whose_last_act_is_a_send_ends_with_that_message() {
     let store = Arc::new(MemoryFlowStore::default());
     let wire = Arc::new(Wire::default());
     let engine = engine(store.clone(), &wire, EngineOptions::default());
-    let to_responder = |message: SessionMessage| {
-        let envelope = Envelope { to_initiator: false, message };
-        InboundMessage {
-            id: MessageId::random(),
-            sender: name(BOB),
-            session: 78,
-            topic: FLOW_TOPIC.into(),
-            payload: encoding::encode(&envelope),
-        }
-    };
+    let to_responder = |message: SessionMessage| bob_opens(78, message);
     let init = to_responder(SessionMessage::Init { flow: "Hello".into(), version: 1, payload: Some(encoding::encode(&"one".to_string())) });
     engine.deliver(init).await.unwrap();
     until("the first greeting is answered", || !sent_to_bob(&wire, 78).is_empty()).await;

@@ -173,6 +173,21 @@ async fn a_transaction_pushed_that_is_not_a_dependency_is_refused() {
 }
 
 #[tokio::test]
+async fn an_attachment_another_flow_records_meanwhile_is_not_lost() {
+    // Found by fifty concurrent payments: a responder read the contract attachment as missing,
+    // another responder recorded it, and the first then decided it was not missing after all —
+    // it was in neither list, and verification failed with TX-UNRESOLVED-ATTACHMENT.
+    let p = pair().await;
+    let chain = token_chain(3, 7).unwrap();
+    seed(&p.alice_ledger, &chain);
+    let params = NetworkParameters::default();
+    p.bob_ledger.store_after_next_read(treaty_sandbox::check_attachment(&chain.attachment, &params).unwrap());
+    let r = share(&p, "Share", chain.tip().id()).await;
+    assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
+    assert!(p.bob_ledger.get(&chain.tip().id()).is_some());
+}
+
+#[tokio::test]
 async fn only_what_the_receiver_lacks_is_downloaded() {
     let p = pair().await;
     let chain = token_chain(300, 2).unwrap();
