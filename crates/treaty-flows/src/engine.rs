@@ -991,6 +991,26 @@ impl FlowEngine {
             }
         }
         self.forget(run.id, Some(run));
+        if status != FlowStatus::Hospitalized {
+            // Messages still queued for it (a counterparty's `End` it never read, say) are for
+            // a flow that has ended, as any arriving from now on are: marked processed, or
+            // they would wait in the inbox until the next start. Out of the engine's table now,
+            // the run's queue takes no more. An id one of whose halves (`Final`) it received
+            // is marked already.
+            let left: Vec<MessageId> = {
+                let seen = lock(&run.seen);
+                lock(&run.inbox)
+                    .queues
+                    .values()
+                    .flatten()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !seen.contains(&(*id, false)) && !seen.contains(&(*id, true)))
+                    .collect()
+            };
+            if !left.is_empty() {
+                self.shared.processed_later(left);
+            }
+        }
         Ok(())
     }
 

@@ -763,3 +763,29 @@ async fn a_send_is_on_the_wire_before_the_journal_that_records_it_is_stored() {
     // Its one message opened the session; it ends with an End of its own.
     assert!(matches!(sent_to_bob(&wire, s).as_slice(), [SessionMessage::Init { .. }, SessionMessage::End]));
 }
+
+#[tokio::test]
+async fn messages_left_queued_for_a_flow_that_ended_are_marked_processed() {
+    let store = Arc::new(MemoryFlowStore::default());
+    let wire = Arc::new(Wire::default());
+    let engine = engine(store.clone(), &wire, EngineOptions::default());
+    // Waits for one answer; Bob sends two, both queued before the flow runs again (this
+    // runtime has one thread, and delivering to a flow in memory does not yield).
+    let id = engine.start("Wait", json!(1), None).await.unwrap();
+    let s = session(&engine, id).await;
+    let (answer, extra) = (from_bob(s, &"one".to_string()), from_bob(s, &"extra".to_string()));
+    engine.deliver(answer.clone()).await.unwrap();
+    engine.deliver(extra.clone()).await.unwrap();
+    assert_eq!(result(&finished(&engine, id).await), json!(["one"]));
+    until("the message it never read is marked processed", || wire.processed.lock().unwrap().contains(&extra.id)).await;
+
+    // A `Final` whose data half it read: the id is marked once, not again for the end half.
+    let id = engine.start("Wait", json!(1), None).await.unwrap();
+    let s = session(&engine, id).await;
+    let last = bob_says(s, SessionMessage::Final(encoding::encode(&"only".to_string())));
+    engine.deliver(last.clone()).await.unwrap();
+    assert_eq!(result(&finished(&engine, id).await), json!(["only"]));
+    until("the final message is marked processed", || wire.processed.lock().unwrap().contains(&last.id)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(wire.processed.lock().unwrap().iter().filter(|m| **m == last.id).count(), 1);
+}
