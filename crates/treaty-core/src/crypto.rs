@@ -490,22 +490,23 @@ impl PublicKey {
     /// [`PublicKey::verify`] on the curve every time, neither asking nor filling the cache of
     /// signatures known to verify: for baselines that measure the arithmetic.
     pub fn verify_uncached(&self, msg: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
-        let ok = match self {
-            PublicKey::Ed25519(k) => k.verify_on_curve(msg, signature),
-            PublicKey::EcdsaP256(k) => k.verify_on_curve(msg, signature),
-            PublicKey::Composite(_) => return Err(CryptoError::CompositeSigner),
-        };
-        if ok { Ok(()) } else { Err(CryptoError::BadSignature { key: self.to_string() }) }
+        self.check(msg, signature, false)
     }
 
     /// Verifies a raw signature over `msg`. Composite keys never verify a single signature.
     /// A signature this process made or already verified is answered from a cache
     /// ([`set_signature_cache`]).
     pub fn verify(&self, msg: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
-        let ok = match self {
-            PublicKey::Ed25519(k) => k.verify(msg, signature),
-            PublicKey::EcdsaP256(k) => k.verify(msg, signature),
-            PublicKey::Composite(_) => return Err(CryptoError::CompositeSigner),
+        self.check(msg, signature, true)
+    }
+
+    fn check(&self, msg: &[u8], signature: &[u8], cached: bool) -> Result<(), CryptoError> {
+        let ok = match (self, cached) {
+            (PublicKey::Ed25519(k), true) => k.verify(msg, signature),
+            (PublicKey::Ed25519(k), false) => k.verify_on_curve(msg, signature),
+            (PublicKey::EcdsaP256(k), true) => k.verify(msg, signature),
+            (PublicKey::EcdsaP256(k), false) => k.verify_on_curve(msg, signature),
+            (PublicKey::Composite(_), _) => return Err(CryptoError::CompositeSigner),
         };
         if ok { Ok(()) } else { Err(CryptoError::BadSignature { key: self.to_string() }) }
     }

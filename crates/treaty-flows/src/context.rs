@@ -65,7 +65,7 @@ pub(crate) struct Inbox {
 }
 
 /// A session message a flow has sent, not yet handed to the messenger.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct OutgoingMessage {
     pub(crate) id: MessageId,
     pub(crate) party: X500Name,
@@ -175,16 +175,19 @@ impl Run {
     /// the ones not yet handed over stay queued.
     pub(crate) async fn send_outgoing(&self, transport: &dyn Transport) -> Result<(), FlowError> {
         loop {
-            let next = {
-                let outgoing = lock(&self.outgoing);
-                match outgoing.first() {
-                    Some(m) => m.clone(),
-                    None => return Ok(()),
+            let OutgoingMessage { id, party, session, to_initiator, message } = {
+                let mut outgoing = lock(&self.outgoing);
+                if outgoing.is_empty() {
+                    return Ok(());
                 }
+                outgoing.remove(0)
             };
-            let envelope = Envelope { to_initiator: next.to_initiator, message: next.message };
-            transport.send(next.id, next.party, next.session, encoding::encode(&envelope)).await?;
-            lock(&self.outgoing).remove(0);
+            let envelope = Envelope { to_initiator, message };
+            if let Err(e) = transport.send(id, party.clone(), session, encoding::encode(&envelope)).await {
+                // Put back for the retry, still first.
+                lock(&self.outgoing).insert(0, OutgoingMessage { id, party, session, to_initiator, message: envelope.message });
+                return Err(e);
+            }
         }
     }
 
