@@ -3,7 +3,9 @@
 //! make are named.
 //!
 //! The bench runs `treaty-notary-server` and `treaty-raft-replica` from next to `treaty`; they
-//! belong to another package, so this test builds them first (a no-op when they are fresh).
+//! belong to another package, so this test builds them first. After a workspace test build
+//! (`cargo nextest run --workspace`, as `scripts/test.sh` runs) that is a no-op: the build asks
+//! for the same units with the same features and settings.
 
 mod common;
 
@@ -22,11 +24,18 @@ fn notary_binaries() {
         let profile_dir = exe.parent().ok_or("treaty has no directory")?;
         let target = profile_dir.parent().ok_or("treaty's directory has no parent")?;
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "treaty-notary", "--bins"]).current_dir(env!("CARGO_MANIFEST_DIR"));
-        // Without what cargo set for this test (CARGO_MANIFEST_DIR, ...): build scripts that
-        // watch those would make this build, and the next ordinary one, rebuild half the tree.
+        // The workspace's tests, not `-p treaty-notary --bins`: features are unified over the
+        // packages and targets a build selects, so building the notary package alone resolves
+        // other features for shared dependencies and rebuilds them (over five minutes on a
+        // clean two-core CI machine, past nextest's limit). This selection is what a workspace
+        // test run has just built, so it is fresh then; alone it builds the binaries.
+        cmd.args(["build", "--workspace", "--tests"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Without what cargo set for this test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...): build
+        // scripts that watch those would make this build, and the next ordinary one, rebuild
+        // half the tree. The user's own build settings stay: `CARGO_INCREMENTAL=0` (CI sets
+        // it) changes every workspace crate's fingerprint.
         for (k, _) in std::env::vars_os() {
-            if k.to_str().is_some_and(|k| k.starts_with("CARGO_") && k != "CARGO_HOME") {
+            if k.to_str().is_some_and(|k| k.starts_with("CARGO_") && !is_build_setting(k)) {
                 cmd.env_remove(k);
             }
         }
@@ -43,6 +52,16 @@ fn notary_binaries() {
     if let Err(e) = built {
         panic!("{e}");
     }
+}
+
+/// Environment variables that configure cargo itself (kept for the nested build), as opposed
+/// to those cargo sets for the test it runs.
+fn is_build_setting(key: &str) -> bool {
+    key == "CARGO_HOME"
+        || key == "CARGO_INCREMENTAL"
+        || ["CARGO_BUILD_", "CARGO_PROFILE_", "CARGO_TERM_", "CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_"]
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
 }
 
 /// Runs `treaty bench notary ARGS --json` and returns its report.
