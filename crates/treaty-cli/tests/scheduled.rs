@@ -70,6 +70,15 @@ fn before(time: &str) {
     assert!(now < at.micros(), "the set-up took longer than the time it was given ({time}); the checks before it would be void");
 }
 
+/// Sleeps until `time` is a second behind: a scheduled activity's wait starts from its time,
+/// not from the end of a set-up that may finish well before it.
+fn past(time: &str) {
+    let at: treaty_core::Timestamp = time.parse().unwrap();
+    while (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64) < at.micros() + 1_000_000 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_paid_one_never() {
     let Running { net, map: _map, notary: _notary, alice, bob } = network("scheduled");
@@ -109,10 +118,7 @@ fn an_unpaid_obligation_defaults_once_at_its_due_date_across_a_restart_and_a_pai
     // Bob's node dies before the due date and comes back after it.
     drop(bob);
     before(&due);
-    let due_at: treaty_core::Timestamp = due.parse().unwrap();
-    while (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64) < due_at.micros() + 1_000_000 {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    past(&due);
     let bob = net.start(BOB);
     eventually("Bob's node defaults the unpaid obligation", || {
         flows(&net, BOB, "ObligationDefault").iter().any(|f| f["status"] == "COMPLETED")
@@ -184,7 +190,9 @@ fn time_locked_cash_cannot_be_spent_before_its_time_and_unlocks_itself_then() {
     assert_eq!(flow(&net, ALICE, "CashUnlock", serde_json::json!({}))["unlocked"], 0);
     before(&until);
 
-    // At the time, each owner's node unlocks its cash by itself.
+    // At the time, each owner's node unlocks its cash by itself. The lock's time is set
+    // further ahead the slower the machine (`time_after_setup`), so the wait starts there.
+    past(&until);
     eventually("Alice's 200.00 unlocks", || usd(&net, ALICE) == 45000);
     eventually("Bob's 50.00 unlocks", || usd(&net, BOB) == 5000);
     assert!(states(&net, ALICE, "treaty.finance.TimeLock", "unconsumed").is_empty());
