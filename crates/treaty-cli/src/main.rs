@@ -286,7 +286,7 @@ enum AttachmentCommand {
 enum BenchCommand {
     /// Flows per second and their latency between two nodes.
     Flows {
-        /// pingpong (Echo between two nodes), issue (CashIssue on one node) or pay (CashIssue then CashPayment through the notary).
+        /// pingpong (Echo between two nodes), issue (CashIssue on one node) or pay (CashIssueAndPayment: an issue, then a payment to Bob through the notary).
         #[arg(long, default_value = "pingpong")]
         scenario: String,
         /// Flows to run.

@@ -274,6 +274,45 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `CashIssueAndPayment` (Corda's `CashIssueAndPaymentFlow`): both transactions in one flow,
+/// the payee's side `CashPayment`'s responder, and a wrong recipient refused before anything
+/// is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_and_payment_in_one_flow_pays_what_it_issues_and_checks_the_recipient_first() {
+    let (dir, _map, _notary, alice, bob) = cash_network("issue-and-pay").await;
+
+    let done = ok(&run(&alice, treaty_finance::CASH_ISSUE_AND_PAYMENT, json!({"amount": "25.00 USD", "recipient": BOB})).await);
+    let (pay, issue) = (done["transaction"].as_str().unwrap(), done["issue_transaction"].as_str().unwrap());
+    assert_ne!(pay, issue, "{done}");
+    assert_eq!(
+        (&done["amount"], &done["recipient"], &done["anonymous"], &done["notary"]),
+        (&json!("25.00 USD"), &json!("O=Bob, L=Paris, C=FR"), &json!(false), &json!("O=Notary, L=Zurich, C=CH")),
+        "{done}"
+    );
+    assert_eq!((usd(&alice).await, usd(&bob).await.0), ((0, 0), 2_500), "all of it paid, nothing left with Alice");
+    // Bob got the issue with the payment: it is recorded on his node too.
+    let ids: Vec<treaty_core::SecureHash> = [pay, issue].iter().map(|t| t.parse().unwrap()).collect();
+    assert_eq!(bob.ledger.recorded(&ids).await.unwrap(), vec![true, true]);
+
+    ok(&run(&alice, treaty_finance::CASH_ISSUE_AND_PAYMENT, json!({"amount": "5.00 USD", "recipient": BOB, "anonymous": true})).await);
+    assert_eq!(usd(&bob).await.0, 3_000);
+    assert_eq!(bob.identities.confidential_keys(), 1);
+
+    // A recipient off the network map, or Alice herself, is refused naming the field, and
+    // nothing was issued.
+    for recipient in ["O=Nobody,L=Oslo,C=NO", ALICE] {
+        let bad = run(&alice, treaty_finance::CASH_ISSUE_AND_PAYMENT, json!({"amount": "7.00 USD", "recipient": recipient})).await;
+        assert_eq!(bad.status, FlowStatus::Failed, "{bad:?}");
+        let error = bad.error.as_deref().unwrap();
+        assert!(error.contains("CashIssueAndPayment") && error.contains("recipient"), "{error}");
+    }
+    // A misspelt field is refused when the flow is started.
+    let unknown = alice.flows.start(treaty_finance::CASH_ISSUE_AND_PAYMENT, json!({"amount": "7.00 USD", "recipent": BOB}), None).await;
+    assert!(unknown.as_ref().is_err_and(|e| e.to_string().contains("unknown field `recipent`")), "{unknown:?}");
+    assert_eq!(usd(&alice).await, (0, 0), "no cash issued by the refused flows");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coins_locked_by_a_flow_that_is_gone_are_free_again_after_a_restart() {
     use treaty_vault::{Criteria, LockFilter, LockId, PageSpec, Sort};

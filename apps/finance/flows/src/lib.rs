@@ -52,6 +52,9 @@ pub const CASH_ISSUE: &str = "CashIssue";
 pub const CASH_PAYMENT: &str = "CashPayment";
 /// Takes cash this node issued off the ledger.
 pub const CASH_EXIT: &str = "CashExit";
+/// Issues cash to this node, then pays it to another party: one flow for the two
+/// transactions (Corda's `CashIssueAndPaymentFlow`, which its issue+pay benchmark runs).
+pub const CASH_ISSUE_AND_PAYMENT: &str = "CashIssueAndPayment";
 
 /// The finance contracts (cash and obligations) packed as an attachment bundle (the same bytes, so the same id, on every
 /// node running this build).
@@ -98,12 +101,17 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
     let s1 = s.clone();
     registry.flow(CASH_ISSUE, 1, move |ctx: FlowContext, args: IssueArgs| {
         let s = s1.clone();
-        async move { issue(&ctx, &s, args).await }
+        async move { issue(&ctx, &s, CASH_ISSUE, args).await }
     });
     let s2 = s.clone();
     registry.flow(CASH_PAYMENT, 1, move |ctx: FlowContext, args: PaymentArgs| {
         let s = s2.clone();
-        async move { with_locks_released(&ctx, &s, pay(&ctx, &s, args)).await }
+        async move { with_locks_released(&ctx, &s, pay(&ctx, &s, CASH_PAYMENT, args)).await }
+    });
+    let s5 = s.clone();
+    registry.flow(CASH_ISSUE_AND_PAYMENT, 1, move |ctx: FlowContext, args: IssueAndPaymentArgs| {
+        let s = s5.clone();
+        async move { with_locks_released(&ctx, &s, issue_and_pay(&ctx, &s, args)).await }
     });
     let s3 = s.clone();
     registry.responder(CASH_PAYMENT, move |ctx: FlowContext| {
@@ -148,6 +156,17 @@ struct PaymentArgs {
     recipient: String,
     #[serde(default)]
     anonymous: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueAndPaymentArgs {
+    amount: String,
+    recipient: String,
+    #[serde(default)]
+    anonymous: bool,
+    #[serde(default)]
+    notary: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,9 +324,10 @@ fn notary(s: &Services, flow: &str, named: Option<&str>) -> Result<Party, FlowEr
     }
 }
 
-async fn issue(ctx: &FlowContext, s: &Services, args: IssueArgs) -> Result<Value, FlowError> {
-    let amount = amount(CASH_ISSUE, &args.amount)?;
-    let notary = notary(s, CASH_ISSUE, args.notary.as_deref())?;
+/// `CashIssue`, or its part of a flow named `flow` (which names it in argument errors).
+async fn issue(ctx: &FlowContext, s: &Services, flow: &str, args: IssueArgs) -> Result<Value, FlowError> {
+    let amount = amount(flow, &args.amount)?;
+    let notary = notary(s, flow, args.notary.as_deref())?;
     ctx.progress("building").await?;
     let token = Issued { issuer: PartyAndReference { party: s.me.clone().into(), reference: vec![0] }, product: amount.token.clone() };
     let issued = Amount::new(amount.quantity, token);
@@ -450,15 +470,23 @@ fn cash_move(
     b
 }
 
-async fn pay(ctx: &FlowContext, s: &Services, args: PaymentArgs) -> Result<Value, FlowError> {
-    let amount = amount(CASH_PAYMENT, &args.amount)?;
-    let recipient: X500Name = args.recipient.parse().map_err(|e| bad(CASH_PAYMENT, "recipient", e))?;
+/// The payee named `text` in `flow`'s arguments: another node on the network map.
+fn payee(s: &Services, flow: &str, text: &str) -> Result<Party, FlowError> {
+    let recipient: X500Name = text.parse().map_err(|e| bad(flow, "recipient", e))?;
     if recipient == s.me.name {
-        return Err(bad(CASH_PAYMENT, "recipient", "a node cannot pay itself"));
+        return Err(bad(flow, "recipient", "a node cannot pay itself"));
     }
     let well_known = s.view.borrow().node(&recipient).map(|n| n.legal_identity.clone());
-    let well_known = well_known.ok_or_else(|| bad(CASH_PAYMENT, "recipient", format!("{recipient} is not on the network map")))?;
-    let session = ctx.initiate(&recipient).await?;
+    well_known.ok_or_else(|| bad(flow, "recipient", format!("{recipient} is not on the network map")))
+}
+
+/// `CashPayment`, or its part of a flow named `flow`: the recipient's side is always
+/// `CashPayment`'s responder.
+async fn pay(ctx: &FlowContext, s: &Services, flow: &str, args: PaymentArgs) -> Result<Value, FlowError> {
+    let amount = amount(flow, &args.amount)?;
+    let well_known = payee(s, flow, &args.recipient)?;
+    let recipient = well_known.name.clone();
+    let session = ctx.initiate_as(&recipient, CASH_PAYMENT, 1).await?;
     ctx.send(&session, &args.anonymous).await?;
     let (to, change): (AbstractParty, AbstractParty) = if args.anonymous {
         ctx.progress("swapping identities").await?;
@@ -492,6 +520,22 @@ async fn pay(ctx: &FlowContext, s: &Services, args: PaymentArgs) -> Result<Value
         "recipient": recipient.to_string(),
         "anonymous": args.anonymous,
     }))
+}
+
+/// `CashIssueAndPayment`: [`issue`], then [`pay`] in the same flow (one journal, one start,
+/// one end). Every argument is checked before anything is issued, so a mistake in the
+/// recipient leaves no issued cash behind. The payment selects coins as `CashPayment` does:
+/// it may spend other cash of this node's than what it has just issued.
+async fn issue_and_pay(ctx: &FlowContext, s: &Services, args: IssueAndPaymentArgs) -> Result<Value, FlowError> {
+    const FLOW: &str = CASH_ISSUE_AND_PAYMENT;
+    amount(FLOW, &args.amount)?;
+    notary(s, FLOW, args.notary.as_deref())?;
+    payee(s, FLOW, &args.recipient)?;
+    let issued = issue(ctx, s, FLOW, IssueArgs { amount: args.amount.clone(), notary: args.notary }).await?;
+    let mut paid = pay(ctx, s, FLOW, PaymentArgs { amount: args.amount, recipient: args.recipient, anonymous: args.anonymous }).await?;
+    paid["issue_transaction"] = issued["transaction"].clone();
+    paid["notary"] = issued["notary"].clone();
+    Ok(paid)
 }
 
 async fn exit(ctx: &FlowContext, s: &Services, args: ExitArgs) -> Result<Value, FlowError> {

@@ -271,10 +271,8 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool,
         std::sync::Arc::new(move || match scenario {
             "pingpong" => vec![(node::ECHO, serde_json::json!({"to": bob, "message": "ping"}).to_string())],
             "issue" => vec![(treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"}).to_string())],
-            _ => vec![
-                (treaty_finance::CASH_ISSUE, serde_json::json!({"amount": "1.00 USD"}).to_string()),
-                (treaty_finance::CASH_PAYMENT, serde_json::json!({"amount": "1.00 USD", "recipient": bob}).to_string()),
-            ],
+            // One flow per round, as Corda's issue+pay benchmark runs (`CashIssueAndPaymentFlow`).
+            _ => vec![(treaty_finance::CASH_ISSUE_AND_PAYMENT, serde_json::json!({"amount": "1.00 USD", "recipient": bob}).to_string())],
         })
     };
     let result: Result<FlowsReport> = runtime()?.block_on(async {
@@ -319,7 +317,7 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool,
     let what = match scenario {
         "pingpong" => "ping-pong flows Alice → Bob, durable at both ends",
         "issue" => "CashIssue flows on Alice (build, sign, record, vault)",
-        _ => "issue+pay rounds (CashIssue on Alice, then CashPayment to Bob through the notary)",
+        _ => "issue+pay rounds (CashIssueAndPayment: an issue on Alice, then a payment to Bob through the notary)",
     };
     let how = if in_process { "nodes in this process, flows started on the engine" } else { "node processes, flows started over RPC" };
     let line = format!(
