@@ -3,9 +3,12 @@
 //!
 //! The sandbox (a wasmtime engine) is created on first use, so a node that never verifies a
 //! transaction never pays for it; checked attachments are cached by id, so a bundle's
-//! signatures are checked once per process.
+//! signatures are checked once per process. The transactions this node recorded last are kept
+//! decoded ([`Recent`]): a flow reads what it has just recorded (a payment reads the issue it
+//! spends to verify itself, then again to push it to the payee) without a database read and a
+//! decode each time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use treaty_core::{
@@ -25,7 +28,43 @@ pub struct NodeLedger {
     params: NetworkParameters,
     sandbox: OnceLock<Result<Sandbox, String>>,
     attachments: Mutex<HashMap<SecureHash, Attachment>>,
+    recent: Mutex<Recent>,
     vault: OnceLock<(Vault, Ours)>,
+}
+
+/// The last [`Recent::CAPACITY`] transactions recorded in small batches, decoded, by id. What
+/// is recorded never changes, so a hit is what the database would return — with one
+/// difference that does not matter: the database keeps a transaction's first recording (a
+/// second is ignored), and a transaction recorded again is cached as the second recording
+/// had it. Both carry every signature verification required (nothing is recorded before it
+/// verifies), over the same id.
+#[derive(Default)]
+struct Recent {
+    by_id: HashMap<SecureHash, SignedTransaction>,
+    order: VecDeque<SecureHash>,
+}
+
+impl Recent {
+    /// Enough for every flow in flight on a busy node to find what it recorded a moment ago;
+    /// a few MiB at most.
+    const CAPACITY: usize = 1024;
+    /// Larger batches (a back-chain being resolved) are not cached: they would only push out
+    /// what flows are about to read.
+    const BATCH: usize = 8;
+
+    fn insert(&mut self, stx: &SignedTransaction) {
+        let id = stx.id();
+        if self.by_id.contains_key(&id) {
+            return;
+        }
+        if self.order.len() >= Self::CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.by_id.remove(&old);
+        }
+        self.order.push_back(id);
+        self.by_id.insert(id, stx.clone());
+    }
 }
 
 /// Which keys are this node's (its identity and confidential keys): what makes a state relevant.
@@ -34,7 +73,14 @@ pub type Ours = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
 impl NodeLedger {
     /// The ledger of the node with database `db` on a network with `params`.
     pub fn new(db: Database, params: NetworkParameters) -> NodeLedger {
-        NodeLedger { db, params, sandbox: OnceLock::new(), attachments: Mutex::new(HashMap::new()), vault: OnceLock::new() }
+        NodeLedger {
+            db,
+            params,
+            sandbox: OnceLock::new(),
+            attachments: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Recent::default()),
+            vault: OnceLock::new(),
+        }
     }
 
     /// From now on every recorded transaction is applied to `vault` too, its states relevant
@@ -75,6 +121,10 @@ impl NodeLedger {
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SecureHash, Attachment>> {
         self.attachments.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Why an attachment was not imported.
@@ -94,6 +144,13 @@ fn storage(e: StorageError) -> FlowError {
 
 impl Ledger for NodeLedger {
     async fn transactions(&self, ids: &[SecureHash]) -> Result<Vec<Option<SignedTransaction>>, FlowError> {
+        if ids.len() <= Recent::BATCH {
+            let recent = self.recent();
+            let hits: Vec<Option<SignedTransaction>> = ids.iter().map(|id| recent.by_id.get(id).cloned()).collect();
+            if hits.iter().all(Option::is_some) {
+                return Ok(hits);
+            }
+        }
         let limits = self.limits();
         let rows = self.db.transactions().get_many(ids).await.map_err(storage)?;
         let n = ids.len();
@@ -125,6 +182,12 @@ impl Ledger for NodeLedger {
     }
 
     async fn recorded(&self, ids: &[SecureHash]) -> Result<Vec<bool>, FlowError> {
+        if ids.len() <= Recent::BATCH && {
+            let recent = self.recent();
+            ids.iter().all(|id| recent.by_id.contains_key(id))
+        } {
+            return Ok(vec![true; ids.len()]);
+        }
         self.db.transactions().contains_many(ids).await.map_err(storage)
     }
 
@@ -185,6 +248,13 @@ impl Ledger for NodeLedger {
         for a in attachments {
             cache.insert(a.id, a.clone());
         }
+        drop(cache);
+        if transactions.len() <= Recent::BATCH {
+            let mut recent = self.recent();
+            for t in transactions {
+                recent.insert(t);
+            }
+        }
         Ok(())
     }
 
@@ -221,5 +291,63 @@ struct Broken(String);
 impl ContractVerifier for Broken {
     fn verify_contract(&self, contract: &str, _tx: &LedgerTransaction) -> Result<ContractVerdict, ContractRejection> {
         Err(ContractRejection::new(format!("contract {contract} cannot run: the sandbox failed to start: {}", self.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use treaty_core::{PrivacySalt, TransactionBuilder};
+
+    fn tx(n: u8) -> SignedTransaction {
+        let wtx =
+            TransactionBuilder::new(None).summary(format!("transaction {n}")).build(PrivacySalt([n.wrapping_add(1); 32])).expect("builds");
+        SignedTransaction::new(wtx, vec![])
+    }
+
+    #[test]
+    fn the_recent_set_keeps_the_last_capacity_transactions_once_each() {
+        let mut recent = Recent::default();
+        let (first, second) = (tx(0), tx(1));
+        recent.insert(&first);
+        recent.insert(&first);
+        assert_eq!(recent.order.len(), 1, "a transaction recorded twice is kept once");
+        recent.insert(&second);
+        for i in 0..Recent::CAPACITY - 1 {
+            recent.insert(&tx_numbered(i));
+        }
+        assert_eq!((recent.order.len(), recent.by_id.len()), (Recent::CAPACITY, Recent::CAPACITY));
+        assert!(!recent.by_id.contains_key(&first.id()), "the oldest went first");
+        assert_eq!(recent.by_id.get(&second.id()), Some(&second));
+    }
+
+    fn tx_numbered(i: usize) -> SignedTransaction {
+        let wtx = TransactionBuilder::new(None).summary(format!("numbered {i}")).build(PrivacySalt([7; 32])).expect("builds");
+        SignedTransaction::new(wtx, vec![])
+    }
+
+    /// What is read back is what was recorded, whether it comes from the recent set or (for a
+    /// batch too large to cache, or after a restart) from the database.
+    #[tokio::test]
+    async fn recorded_transactions_read_back_the_same_from_the_recent_set_and_the_database() {
+        let db = Database::open("sqlite::memory:", std::path::Path::new(".")).await.expect("database");
+        let ledger = NodeLedger::new(db.clone(), NetworkParameters::default());
+        let one = tx(1);
+        ledger.record(&[], std::slice::from_ref(&one)).await.expect("recorded");
+        assert!(ledger.recent().by_id.contains_key(&one.id()));
+        let chain: Vec<SignedTransaction> = (10..10 + Recent::BATCH as u8 + 1).map(tx).collect();
+        ledger.record(&[], &chain).await.expect("recorded");
+        assert!(chain.iter().all(|t| !ledger.recent().by_id.contains_key(&t.id())), "a large batch is not cached");
+
+        let unknown = tx(99).id();
+        let ids = [one.id(), chain[0].id(), unknown];
+        let expected = vec![Some(one.clone()), Some(chain[0].clone()), None];
+        assert_eq!(ledger.transactions(&ids).await.expect("read"), expected);
+        assert_eq!(ledger.transactions(&[one.id()]).await.expect("read"), vec![Some(one.clone())]);
+        assert_eq!(ledger.recorded(&ids).await.expect("read"), vec![true, true, false]);
+        // A fresh ledger over the same database (a restart) reads the same from the database.
+        let again = NodeLedger::new(db, NetworkParameters::default());
+        assert_eq!(again.transactions(&ids).await.expect("read"), expected);
+        assert_eq!(again.recorded(&[one.id()]).await.expect("read"), vec![true]);
     }
 }
