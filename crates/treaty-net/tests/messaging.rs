@@ -211,6 +211,50 @@ async fn more_messages_than_the_sender_keeps_in_memory_arrive_once_in_order() {
     assert_quiet(&mut bob, Duration::from_millis(300)).await;
 }
 
+/// A node that listens before its messenger starts (links served first): a link's messages
+/// wait for `start`, which hands the unprocessed inbox over first, so a message stored before
+/// a restart and one arriving meanwhile each reach the application once. (Delivered at once,
+/// the new message was then read back as unprocessed by `start` and delivered again: the
+/// overflow test above caught that, its harness listening first.)
+#[tokio::test]
+async fn messages_arriving_before_start_are_delivered_once_after_the_unprocessed_inbox() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let bob_name = name("O=Bob,L=Paris,C=FR");
+    let address = "sim:O=Bob,L=Paris,C=FR".to_string();
+    dir.write().unwrap().insert(bob_name.clone(), vec![address.clone()]);
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    // Bob's store holds a message received before he stopped, not processed yet.
+    let store = Arc::new(MemoryMessageStore::default());
+    let earlier = InboundMessage {
+        id: MessageId::random(),
+        sender: alice.name.clone(),
+        session: 9,
+        topic: "test".into(),
+        payload: 0u32.to_be_bytes().to_vec(),
+    };
+    store.receive(vec![earlier]).await.unwrap();
+    let (messenger, inbox) = Messenger::new(bob_name.clone(), store.clone(), net.connector(&bob_name), directory(&dir), fast());
+    let mut incoming = net.listen(&address, &bob_name);
+    let server = messenger.clone();
+    let accept = tokio::spawn(async move {
+        while let Some((link, peer)) = incoming.recv().await {
+            let server = server.clone();
+            tokio::spawn(async move { server.serve_link(link, peer).await });
+        }
+    });
+    let mut bob = SimNode { name: bob_name.clone(), address, store, messenger, inbox, accept };
+    alice.messenger.send(vec![msg(&bob_name, 9, 1)]).await.unwrap();
+    // Alice's sender reaches Bob within this (it retries every 100 ms at most), and he
+    // delivers nothing before he starts.
+    assert_quiet(&mut bob, Duration::from_millis(500)).await;
+    assert_eq!(bob.store.unprocessed(10).await.unwrap().len(), 1, "nothing stored before start either");
+    bob.messenger.start().await.unwrap();
+    let got = receive(&mut bob, 2, Duration::from_secs(10)).await;
+    assert_exactly_once_in_order(&got, 1, 2);
+    assert_quiet(&mut bob, Duration::from_millis(500)).await;
+}
+
 /// A message put in the outbox behind the messenger's back (another process, an operator tool)
 /// is found by the periodic rescan and sent, even while the sender works from memory.
 #[tokio::test]

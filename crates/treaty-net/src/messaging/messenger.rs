@@ -165,6 +165,14 @@ struct Inner<S, C> {
     receiving: Mutex<HashMap<X500Name, Arc<tokio::sync::Mutex<()>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     deliver: mpsc::Sender<InboundMessage>,
+    /// Whether [`Messenger::start`] has handed the unprocessed inbox to the application. Until
+    /// then nothing else is delivered: a message stored and delivered meanwhile would be read
+    /// back as unprocessed by `start` and delivered twice. `start` holds it for writing while
+    /// it reads and delivers; links wait for it, and messages to this node itself are only
+    /// stored (`start` delivers them).
+    started: tokio::sync::RwLock<bool>,
+    /// Tells links waiting for [`Inner::started`] that it is set.
+    started_signal: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     stats: MessengerStats,
 }
@@ -226,6 +234,8 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             receiving: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             deliver,
+            started: tokio::sync::RwLock::new(false),
+            started_signal: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),
             stats: MessengerStats::default(),
         };
@@ -244,11 +254,20 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
 
     /// Hands unprocessed inbox messages to the application again, then starts a sender for
     /// every destination with messages in the outbox, and rescans the outbox periodically.
+    /// Links served before this has handed the inbox over wait for it, so every message
+    /// reaches the application once, whichever was called first.
     pub async fn start(&self) -> Result<(), StoreError> {
-        let pending = self.inner.store.unprocessed(usize::MAX).await?;
-        for m in pending {
-            if self.inner.deliver.send(m).await.is_err() {
-                break;
+        {
+            let mut started = self.inner.started.write().await;
+            if !*started {
+                let pending = self.inner.store.unprocessed(usize::MAX).await?;
+                for m in pending {
+                    if self.inner.deliver.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                *started = true;
+                self.inner.started_signal.send_replace(true);
             }
         }
         self.rescan().await?;
@@ -335,8 +354,13 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
                     InboundMessage { id, sender: self.inner.me.clone(), session: m.session, topic: m.topic, payload: m.payload }
                 })
                 .collect();
-            for m in self.inner.store.receive(inbound).await? {
-                let _ = self.inner.deliver.send(m).await;
+            let started = self.inner.started.read().await;
+            let new = self.inner.store.receive(inbound).await?;
+            // Not started: `start` delivers them with the rest of the unprocessed inbox.
+            if *started {
+                for m in new {
+                    let _ = self.inner.deliver.send(m).await;
+                }
             }
         }
         // Durable now: the senders may have them.
@@ -436,6 +460,15 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
                 tracing::warn!("link from {peer} closed: it is no longer admitted on the network (revoked)");
                 let _ = link.send(encoding::encode(&Frame::Refused("you are not admitted on this network (revoked)".into()))).await;
                 return;
+            }
+            // Nothing is stored or delivered before `start` has handed the unprocessed inbox
+            // over: it would be read back as unprocessed and delivered twice. (Once set, it
+            // stays set.)
+            let mut signal = inner.started_signal.subscribe();
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                started = signal.wait_for(|started| *started) => if started.is_err() { return },
             }
             let turn = lock(&inner.receiving).entry(peer.clone()).or_default().clone();
             let _turn = turn.lock().await;
