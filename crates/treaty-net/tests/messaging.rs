@@ -50,16 +50,26 @@ async fn start(net: &SimNetwork, dir: &Directory, legal: &str, store: Arc<Memory
     let address = format!("sim:{legal}");
     dir.write().unwrap().insert(me.clone(), vec![address.clone()]);
     let (messenger, inbox) = Messenger::new(me.clone(), store.clone(), net.connector(&me), directory(dir), config);
-    let mut incoming = net.listen(&address, &me);
+    let accept = listen(net, &address, &me, &messenger);
+    messenger.start().await.unwrap();
+    SimNode { name: me, address, store, messenger, inbox, accept }
+}
+
+/// Serves every link the simulated network accepts at `address` with `messenger`.
+fn listen(
+    net: &SimNetwork,
+    address: &str,
+    me: &X500Name,
+    messenger: &Messenger<MemoryMessageStore, treaty_net::sim::SimConnector>,
+) -> tokio::task::JoinHandle<()> {
+    let mut incoming = net.listen(address, me);
     let server = messenger.clone();
-    let accept = tokio::spawn(async move {
+    tokio::spawn(async move {
         while let Some((link, peer)) = incoming.recv().await {
             let server = server.clone();
             tokio::spawn(async move { server.serve_link(link, peer).await });
         }
-    });
-    messenger.start().await.unwrap();
-    SimNode { name: me, address, store, messenger, inbox, accept }
+    })
 }
 
 /// A crash: every task stops, nothing is flushed; only the store survives.
@@ -235,14 +245,7 @@ async fn messages_arriving_before_start_are_delivered_once_after_the_unprocessed
     };
     store.receive(vec![earlier]).await.unwrap();
     let (messenger, inbox) = Messenger::new(bob_name.clone(), store.clone(), net.connector(&bob_name), directory(&dir), fast());
-    let mut incoming = net.listen(&address, &bob_name);
-    let server = messenger.clone();
-    let accept = tokio::spawn(async move {
-        while let Some((link, peer)) = incoming.recv().await {
-            let server = server.clone();
-            tokio::spawn(async move { server.serve_link(link, peer).await });
-        }
-    });
+    let accept = listen(&net, &address, &bob_name, &messenger);
     let mut bob = SimNode { name: bob_name.clone(), address, store, messenger, inbox, accept };
     alice.messenger.send(vec![msg(&bob_name, 9, 1)]).await.unwrap();
     // Alice's sender reaches Bob within this (it retries every 100 ms at most), and he
