@@ -35,7 +35,8 @@ pub struct NodeLedger {
 /// The last [`Recent::CAPACITY`] transactions recorded in small batches, decoded, by id. What
 /// is recorded never changes, so a hit is what the database would return — with one
 /// difference that does not matter: the database keeps a transaction's first recording (a
-/// second is ignored), and a transaction recorded again is cached as the second recording
+/// second is ignored), and so does this set while it holds the transaction; one recorded
+/// again after it left the set (or first in a large batch) is cached as the later recording
 /// had it. Both carry every signature verification required (nothing is recorded before it
 /// verifies), over the same id.
 #[derive(Default)]
@@ -299,9 +300,9 @@ mod tests {
     use super::*;
     use treaty_core::{PrivacySalt, TransactionBuilder};
 
-    fn tx(n: u8) -> SignedTransaction {
-        let wtx =
-            TransactionBuilder::new(None).summary(format!("transaction {n}")).build(PrivacySalt([n.wrapping_add(1); 32])).expect("builds");
+    /// A distinct transaction for each `n`.
+    fn tx(n: usize) -> SignedTransaction {
+        let wtx = TransactionBuilder::new(None).summary(format!("transaction {n}")).build(PrivacySalt([1; 32])).expect("builds");
         SignedTransaction::new(wtx, vec![])
     }
 
@@ -313,17 +314,12 @@ mod tests {
         recent.insert(&first);
         assert_eq!(recent.order.len(), 1, "a transaction recorded twice is kept once");
         recent.insert(&second);
-        for i in 0..Recent::CAPACITY - 1 {
-            recent.insert(&tx_numbered(i));
+        for i in 2..Recent::CAPACITY + 1 {
+            recent.insert(&tx(i));
         }
         assert_eq!((recent.order.len(), recent.by_id.len()), (Recent::CAPACITY, Recent::CAPACITY));
         assert!(!recent.by_id.contains_key(&first.id()), "the oldest went first");
         assert_eq!(recent.by_id.get(&second.id()), Some(&second));
-    }
-
-    fn tx_numbered(i: usize) -> SignedTransaction {
-        let wtx = TransactionBuilder::new(None).summary(format!("numbered {i}")).build(PrivacySalt([7; 32])).expect("builds");
-        SignedTransaction::new(wtx, vec![])
     }
 
     /// What is read back is what was recorded, whether it comes from the recent set or (for a
@@ -335,7 +331,7 @@ mod tests {
         let one = tx(1);
         ledger.record(&[], std::slice::from_ref(&one)).await.expect("recorded");
         assert!(ledger.recent().by_id.contains_key(&one.id()));
-        let chain: Vec<SignedTransaction> = (10..10 + Recent::BATCH as u8 + 1).map(tx).collect();
+        let chain: Vec<SignedTransaction> = (10..10 + Recent::BATCH + 1).map(tx).collect();
         ledger.record(&[], &chain).await.expect("recorded");
         assert!(chain.iter().all(|t| !ledger.recent().by_id.contains_key(&t.id())), "a large batch is not cached");
 

@@ -464,11 +464,13 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             // Nothing is stored or delivered before `start` has handed the unprocessed inbox
             // over: it would be read back as unprocessed and delivered twice. (Once set, it
             // stays set.)
-            let mut signal = inner.started_signal.subscribe();
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return,
-                started = signal.wait_for(|started| *started) => if started.is_err() { return },
+            if !*inner.started_signal.borrow() {
+                let mut signal = inner.started_signal.subscribe();
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return,
+                    started = signal.wait_for(|started| *started) => if started.is_err() { return },
+                }
             }
             let turn = lock(&inner.receiving).entry(peer.clone()).or_default().clone();
             let _turn = turn.lock().await;
