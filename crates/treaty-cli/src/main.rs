@@ -13,6 +13,15 @@ mod network;
 mod node;
 mod vault;
 
+/// mimalloc (v3) for Rust's allocations and, through its `override` feature, for C's too
+/// (SQLite, wasmtime's C parts): glibc's malloc and free took 11–16% of each node's CPU in the
+/// cash flow benchmarks, and mimalloc cuts a flow's CPU by 10–13% (docs/BENCHMARKS.md, item
+/// 27). Built with `no_thp`: mimalloc would otherwise ask for transparent huge pages, which
+/// doubled a node's memory at rest and made back-chain resolution slower (the kernel zeroing
+/// 2 MiB pages).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use std::path::PathBuf;
