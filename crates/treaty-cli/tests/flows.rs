@@ -218,7 +218,19 @@ async fn usd(node: &RunningNode) -> (u128, u64) {
 async fn start_finance(dir: &Path, who: &str) -> RunningNode {
     let mut config = NodeConfig::load(&dir.join(who).join("node.toml")).unwrap();
     config.poll_interval = Duration::from_millis(200);
-    node::start_with(&config, treaty_finance::register).await.unwrap()
+    node::start_with(&config, finance_and_newer_payment).await.unwrap()
+}
+
+/// The finance flows, and `NewerPayment`: a payer that opens `CashPayment`'s session at a
+/// version the finance app does not speak (3), as one from a later release would.
+fn finance_and_newer_payment(r: &mut Registry, services: &NodeServices) {
+    treaty_finance::register(r, services);
+    r.flow("NewerPayment", 1, |ctx: FlowContext, to: String| async move {
+        let to: treaty_core::X500Name = to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?;
+        let session = ctx.initiate_as(&to, treaty_finance::CASH_PAYMENT, 3).await?;
+        let answer: bool = ctx.send_and_receive(&session, &false).await?;
+        Ok(answer)
+    });
 }
 
 /// Alice and Bob running the finance flows, and the notary, all knowing each other.
@@ -271,6 +283,13 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
     let bad = run(&alice, treaty_finance::CASH_PAYMENT, json!({"amount": "ten dollars", "recipient": BOB})).await;
     assert_eq!(bad.status, FlowStatus::Failed);
     assert!(bad.error.as_ref().unwrap().contains("amount"), "{bad:?}");
+
+    // A payer speaking a version of the payment session Bob does not know is refused, and
+    // told which versions Bob speaks.
+    let newer = run(&alice, "NewerPayment", json!(BOB)).await;
+    assert_eq!(newer.status, FlowStatus::Failed);
+    let error = newer.error.unwrap_or_default();
+    assert!(error.contains("protocol version 3") && error.contains("versions 1 and 2"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -332,6 +332,13 @@ impl FlowContext {
             .and_then(|(id, s)| s.party.clone().map(|party| Session { id: *id, party, initiator: false }))
     }
 
+    /// For a responder: the version of the protocol its initiator asked for (its `Init`'s, as
+    /// [`FlowContext::initiate_as`] named it), so one responder can speak several versions.
+    /// `None` for a flow started on this node.
+    pub fn initiator_version(&self) -> Option<u32> {
+        self.run.record.initiator.as_ref().map(|_| self.run.version)
+    }
+
     /// The recorded entry for the next step when replaying, or `None` when running live.
     fn replay(&self, ask: &Ask) -> Result<Option<Entry>, FlowError> {
         let journal = lock(&self.run.journal);

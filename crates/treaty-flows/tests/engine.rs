@@ -113,6 +113,20 @@ fn registry(knobs: Arc<Knobs>) -> Registry {
         let _: String = ctx.receive(&session).await?;
         ctx.send(&session, &"bye".to_string()).await
     });
+    r.flow("AskVersion", 1, |ctx: FlowContext, (to, version): (String, u32)| async move {
+        let to = to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?;
+        let session = ctx.initiate_as(&to, "Versioned", version).await?;
+        let seen: Option<u32> = ctx.send_and_receive(&session, &ctx.initiator_version()).await?;
+        Ok(seen)
+    });
+    r.responder("Versioned", |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        let initiators_own: Option<u32> = ctx.receive(&session).await?;
+        if initiators_own.is_some() {
+            return Err(FlowError::Exception(format!("an initiator has an initiator version: {initiators_own:?}")));
+        }
+        ctx.send(&session, &ctx.initiator_version()).await
+    });
     r.flow("Orphan", 1, |ctx: FlowContext, to: String| async move {
         let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
         let answer: String = ctx.send_and_receive(&session, &"anyone?".to_string()).await?;
@@ -268,6 +282,17 @@ async fn a_counterparty_that_ends_early_gives_session_ended() {
     assert_eq!(r.status, FlowStatus::Failed);
     let error = r.error.unwrap();
     assert!(error.contains("session ended") && error.contains("O=Bob, L=Paris, C=FR") && error.contains("Silent"), "{error}");
+}
+
+#[tokio::test]
+async fn a_responder_knows_the_protocol_version_its_initiator_asked_for() {
+    let (_n, _d, _da, _db, alice, _bob) = pair(Arc::default()).await;
+    for version in [1, 2, 7] {
+        let id = alice.engine.start("AskVersion", json!([BOB, version]), None).await.unwrap();
+        let r = finished(&alice.engine, id).await;
+        assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
+        assert_eq!(result(&r), json!(version), "the responder saw the version `initiate_as` named");
+    }
 }
 
 #[tokio::test]
