@@ -5,6 +5,8 @@
 //! are unfulfilled, verify every signature present (in parallel with the `parallel` feature),
 //! and can allow named keys — typically the notary's, before notarisation — to be missing.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::crypto::{PublicKey, TransactionSignature};
@@ -21,9 +23,13 @@ struct SignedRepr {
 }
 
 /// A transaction and the signatures collected over its id.
+///
+/// The transaction is shared, never changed: a clone (a node's cache of recent transactions,
+/// a flow handing one to another task) copies the signatures and a pointer, not every
+/// decoded component.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedTransaction {
-    tx: WireTransaction,
+    tx: Arc<WireTransaction>,
     sigs: Vec<TransactionSignature>,
 }
 
@@ -41,14 +47,14 @@ impl<'de> Deserialize<'de> for SignedTransaction {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let r = SignedRepr::deserialize(d)?;
         let tx = WireTransaction::from_bytes(&r.tx_bits, &Limits::default()).map_err(serde::de::Error::custom)?;
-        Ok(SignedTransaction { tx, sigs: r.sigs })
+        Ok(SignedTransaction { tx: Arc::new(tx), sigs: r.sigs })
     }
 }
 
 impl SignedTransaction {
     /// A transaction with the given signatures (none verified yet).
     pub fn new(tx: WireTransaction, sigs: Vec<TransactionSignature>) -> Self {
-        SignedTransaction { tx, sigs }
+        SignedTransaction { tx: Arc::new(tx), sigs }
     }
 
     /// Decodes a signed transaction, applying `limits` to the transaction inside it.
@@ -57,7 +63,7 @@ impl SignedTransaction {
         let envelope_limit = limits.max_transaction_bytes.saturating_add(1024 * 1024);
         let r: SignedRepr = encoding::decode_bounded(bytes, envelope_limit).map_err(TransactionError::Decode)?;
         let tx = WireTransaction::from_bytes(&r.tx_bits, limits)?;
-        Ok(SignedTransaction { tx, sigs: r.sigs })
+        Ok(SignedTransaction { tx: Arc::new(tx), sigs: r.sigs })
     }
 
     /// The canonical encoding of this signed transaction.
