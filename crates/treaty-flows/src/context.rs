@@ -332,6 +332,14 @@ impl FlowContext {
             .and_then(|(id, s)| s.party.clone().map(|party| Session { id: *id, party, initiator: false }))
     }
 
+    /// The version of this flow's code it started as (kept in its record): after an upgrade
+    /// registers a new version, a flow started before it can keep taking the old version's
+    /// steps, so its journal replays. For a responder, the same as
+    /// [`FlowContext::initiator_version`].
+    pub fn version(&self) -> u32 {
+        self.run.version
+    }
+
     /// For a responder: the version of the protocol its initiator asked for (its `Init`'s, as
     /// [`FlowContext::initiate_as`] named it), so one responder can speak several versions.
     /// `None` for a flow started on this node.

@@ -33,31 +33,31 @@ struct Knobs {
     gate: Option<Arc<Semaphore>>,
 }
 
+/// `Ping`, version 1: tells the responder how many pings follow, sends them, adds the answers.
+async fn ping_v1(ctx: FlowContext, args: PingArgs, k: Arc<Knobs>) -> Result<serde_json::Value, FlowError> {
+    let started = ctx.now().await?;
+    let nonce = ctx.random().await?;
+    let session = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+    ctx.send(&session, &args.count).await?;
+    let mut total = 0u64;
+    for i in 0..args.count {
+        ctx.progress(&format!("ping {i}")).await?;
+        let answer: u64 = ctx.send_and_receive(&session, &u64::from(i)).await?;
+        total += answer;
+    }
+    let effect = ctx
+        .side_effect("count", |_key| {
+            let k = k.clone();
+            async move { Ok(k.side_effects.fetch_add(1, Ordering::SeqCst) + 1) }
+        })
+        .await?;
+    Ok(json!({ "total": total, "started": started, "nonce": nonce, "effect": effect }))
+}
+
 fn registry(knobs: Arc<Knobs>) -> Registry {
     let mut r = Registry::new();
     let k = knobs.clone();
-    r.flow("Ping", 1, move |ctx: FlowContext, args: PingArgs| {
-        let k = k.clone();
-        async move {
-            let started = ctx.now().await?;
-            let nonce = ctx.random().await?;
-            let session = ctx.initiate(&args.to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
-            ctx.send(&session, &args.count).await?;
-            let mut total = 0u64;
-            for i in 0..args.count {
-                ctx.progress(&format!("ping {i}")).await?;
-                let answer: u64 = ctx.send_and_receive(&session, &u64::from(i)).await?;
-                total += answer;
-            }
-            let effect = ctx
-                .side_effect("count", |_key| {
-                    let k = k.clone();
-                    async move { Ok(k.side_effects.fetch_add(1, Ordering::SeqCst) + 1) }
-                })
-                .await?;
-            Ok(json!({ "total": total, "started": started, "nonce": nonce, "effect": effect }))
-        }
-    });
+    r.flow("Ping", 1, move |ctx: FlowContext, args: PingArgs| ping_v1(ctx, args, k.clone()));
     let k = knobs.clone();
     r.responder("Ping", move |ctx: FlowContext| {
         let k = k.clone();
@@ -350,6 +350,38 @@ async fn changed_flow_code_is_hospitalized_not_run_differently_and_can_be_killed
     assert!(error.contains("flow code changed") && error.contains("draw randomness") && error.contains("read the clock"), "{error}");
     let killed = alice.engine.kill(id).await.unwrap();
     assert_eq!(killed.status, FlowStatus::Killed);
+}
+
+#[tokio::test]
+async fn an_upgraded_flow_started_as_the_old_version_replays_the_old_steps() {
+    let gate = Arc::new(Semaphore::new(0));
+    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (net, dir, da, _db, alice, _bob) = pair(knobs.clone()).await;
+    let id = alice.engine.start("Ping", json!({"to": BOB, "count": 2}), None).await.unwrap();
+    while knobs.responder_received.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    alice.crash();
+    // Version 2 takes other steps, but keeps version 1's for flows started as version 1.
+    let mut upgraded = registry(knobs.clone());
+    let k = knobs.clone();
+    upgraded.flow("Ping", 2, move |ctx: FlowContext, args: PingArgs| {
+        let k = k.clone();
+        async move {
+            if ctx.version() < 2 {
+                return ping_v1(ctx, args, k).await;
+            }
+            ctx.random().await?;
+            Ok(json!({ "version": ctx.version() }))
+        }
+    });
+    let alice = Node::start(&net, &dir, ALICE, &da, upgraded, EngineOptions::default()).await;
+    gate.add_permits(10);
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
+    assert_eq!(result(&r)["total"], 10, "both pings answered, as version 1 does: {r:?}");
+    let fresh = alice.engine.start("Ping", json!({"to": BOB, "count": 1}), None).await.unwrap();
+    assert_eq!(result(&finished(&alice.engine, fresh).await), json!({ "version": 2 }), "a new flow runs version 2");
 }
 
 #[tokio::test]

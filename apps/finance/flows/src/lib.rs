@@ -112,8 +112,8 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
         async move { issue(&ctx, &s, CASH_ISSUE, args).await }
     });
     // Version 2 of the two paying flows: an open payment no longer sends the anonymous flag
-    // (`PAYMENT_SESSION_WELL_KNOWN`), so an open payment's journal of version 1 does not
-    // replay: a node restarted with such flows in flight hospitalizes them (docs/flows.md).
+    // (`PAYMENT_SESSION_WELL_KNOWN`). A flow started as version 1 keeps sending it
+    // (`FlowContext::version`), so it replays after an upgrade.
     let s2 = s.clone();
     registry.flow(CASH_PAYMENT, 2, move |ctx: FlowContext, args: PaymentArgs| {
         let s = s2.clone();
@@ -513,12 +513,18 @@ async fn pay(ctx: &FlowContext, s: &Services, flow: &str, args: PaymentArgs) -> 
     let amount = amount(flow, &args.amount)?;
     let well_known = payee(s, flow, &args.recipient)?;
     let recipient = well_known.name.clone();
-    let (to, change, session): (AbstractParty, AbstractParty, Session) = if args.anonymous {
+    // A flow started as version 1 (before an upgrade) sends the flag even for an open
+    // payment, as it did then, so its journal replays.
+    let (to, change, session): (AbstractParty, AbstractParty, Session) = if args.anonymous || ctx.version() < 2 {
         let session = ctx.initiate_as(&recipient, CASH_PAYMENT, PAYMENT_SESSION_FLAGGED).await?;
-        ctx.send(&session, &true).await?;
-        ctx.progress("swapping identities").await?;
-        let swapped = swap_identities(ctx, &session, &s.keys).await?;
-        (swapped.theirs.into(), swapped.mine.into(), session)
+        ctx.send(&session, &args.anonymous).await?;
+        if args.anonymous {
+            ctx.progress("swapping identities").await?;
+            let swapped = swap_identities(ctx, &session, &s.keys).await?;
+            (swapped.theirs.into(), swapped.mine.into(), session)
+        } else {
+            (well_known.into(), s.me.clone().into(), session)
+        }
     } else {
         let session = ctx.initiate_as(&recipient, CASH_PAYMENT, PAYMENT_SESSION_WELL_KNOWN).await?;
         (well_known.into(), s.me.clone().into(), session)
