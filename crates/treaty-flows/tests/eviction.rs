@@ -151,6 +151,22 @@ fn registry(knobs: Arc<Knobs>) -> Registry {
             Ok(())
         }
     });
+    // AskVersion: opens `Versioned` at version 5 and asks twice which version Bob was asked
+    // for; parked between the questions, Bob answers from his stored record.
+    r.flow("AskVersion", 1, |ctx: FlowContext, to: String| async move {
+        let session = ctx.initiate_as(&party(&to)?, "Versioned", 5).await?;
+        let first: Option<u32> = ctx.send_and_receive(&session, &1u8).await?;
+        let second: Option<u32> = ctx.send_and_receive(&session, &2u8).await?;
+        Ok(json!([first, second]))
+    });
+    r.responder("Versioned", |ctx: FlowContext| async move {
+        let session = session_of(&ctx)?;
+        for _ in 0..2 {
+            let _: u8 = ctx.receive(&session).await?;
+            ctx.send(&session, &ctx.initiator_version()).await?;
+        }
+        Ok(())
+    });
     // Listen: the initiator receives first (twice), then answers; Bob naps between his two
     // messages, so each side is parked (Bob asleep) and brought back in between.
     r.flow("Listen", 1, |ctx: FlowContext, to: String| async move {
@@ -246,6 +262,24 @@ async fn a_conversation_parked_at_every_wait_on_both_sides_finishes_exactly_once
     assert_eq!(received(&bob.journal(responder[0].id).await.unwrap()).len(), 7);
     assert_eq!(knobs.ran(&format!("{id}/pinged")), 1);
     assert_eq!(knobs.ran(&format!("{}/ponged", responder[0].id)), 1);
+    p.alice.crash();
+    p.bob.crash();
+    a.close().await;
+    b.close().await;
+    let _ = (std::fs::remove_dir_all(da), std::fs::remove_dir_all(db));
+}
+
+#[tokio::test]
+async fn a_parked_responder_still_knows_the_version_its_initiator_asked_for() {
+    let (da, db) = (scratch("version-alice"), scratch("version-bob"));
+    let ((a, alice), (b, bob)) = (sqlite(&da).await, sqlite(&db).await);
+    let knobs = Arc::new(Knobs::default());
+    let p = pair(&knobs, alice, bob, parked_at_once()).await;
+    let id = p.alice.engine.start("AskVersion", json!(BOB), None).await.unwrap();
+    assert_eq!(result(&finished(&p.alice.engine, id).await), json!([5, 5]));
+    let responder = p.bob.engine.list().await.unwrap();
+    assert_eq!(responder.len(), 1);
+    assert_eq!(finished(&p.bob.engine, responder[0].id).await.status, FlowStatus::Completed);
     p.alice.crash();
     p.bob.crash();
     a.close().await;
