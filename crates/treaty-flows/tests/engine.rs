@@ -144,6 +144,20 @@ async fn pair(knobs: Arc<Knobs>) -> (SimNetwork, Directory, Disk, Disk, Node, No
     (net, dir, da, db, alice, bob)
 }
 
+/// Knobs whose gate starts with `permits`: Bob's `Ping` responder answers that many pings,
+/// then waits for more.
+fn gated(permits: usize) -> (Arc<Semaphore>, Arc<Knobs>) {
+    let gate = Arc::new(Semaphore::new(permits));
+    (gate.clone(), Arc::new(Knobs { gate: Some(gate), ..Knobs::default() }))
+}
+
+/// Waits until Bob's `Ping` responder has received `n` pings.
+async fn until_bob_received(knobs: &Knobs, n: u32) {
+    while knobs.responder_received.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_parties_converse_and_both_sides_complete() {
     let knobs = Arc::new(Knobs::default());
@@ -168,8 +182,7 @@ async fn two_parties_converse_and_both_sides_complete() {
 /// other flow's.
 #[tokio::test]
 async fn a_flows_watcher_hears_its_progress_only() {
-    let gate = Arc::new(Semaphore::new(0));
-    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (gate, knobs) = gated(0);
     let (_n, _d, _da, _db, alice, _bob) = pair(knobs).await;
     let a = alice.engine.start("Ping", json!({"to": BOB, "count": 3}), None).await.unwrap();
     let b = alice.engine.start("Ping", json!({"to": BOB, "count": 5}), None).await.unwrap();
@@ -220,14 +233,11 @@ async fn no_end_message_goes_to_a_counterparty_that_has_ended() {
 
 #[tokio::test]
 async fn an_initiator_killed_mid_conversation_finishes_exactly_once_after_restart() {
-    let gate = Arc::new(Semaphore::new(2));
-    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (gate, knobs) = gated(2);
     let (net, dir, da, _db, alice, bob) = pair(knobs.clone()).await;
     let id = alice.engine.start("Ping", json!({"to": BOB, "count": 4}), None).await.unwrap();
     // Bob answers twice, then is held: Alice waits for the third answer when she dies.
-    while knobs.responder_received.load(Ordering::SeqCst) < 3 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_bob_received(&knobs, 3).await;
     let before = da.flows.journal(id).await.unwrap();
     alice.crash();
     gate.add_permits(10);
@@ -246,13 +256,10 @@ async fn an_initiator_killed_mid_conversation_finishes_exactly_once_after_restar
 
 #[tokio::test]
 async fn a_responder_killed_mid_conversation_resumes_and_finishes() {
-    let gate = Arc::new(Semaphore::new(1));
-    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (gate, knobs) = gated(1);
     let (net, dir, _da, db, alice, bob) = pair(knobs.clone()).await;
     let id = alice.engine.start("Ping", json!({"to": BOB, "count": 3}), None).await.unwrap();
-    while knobs.responder_received.load(Ordering::SeqCst) < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_bob_received(&knobs, 2).await;
     bob.crash();
     // The replayed responder counts again what it journaled: subtract it.
     knobs.responder_received.store(0, Ordering::SeqCst);
@@ -328,13 +335,10 @@ async fn the_same_client_id_returns_the_same_flow() {
 
 #[tokio::test]
 async fn changed_flow_code_is_hospitalized_not_run_differently_and_can_be_killed() {
-    let gate = Arc::new(Semaphore::new(0));
-    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (_gate, knobs) = gated(0);
     let (net, dir, da, _db, alice, _bob) = pair(knobs.clone()).await;
     let id = alice.engine.start("Ping", json!({"to": BOB, "count": 2}), None).await.unwrap();
-    while knobs.responder_received.load(Ordering::SeqCst) < 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_bob_received(&knobs, 1).await;
     alice.crash();
     // The new code reads randomness before the clock.
     let mut changed = Registry::new();
@@ -354,13 +358,10 @@ async fn changed_flow_code_is_hospitalized_not_run_differently_and_can_be_killed
 
 #[tokio::test]
 async fn an_upgraded_flow_started_as_the_old_version_replays_the_old_steps() {
-    let gate = Arc::new(Semaphore::new(0));
-    let knobs = Arc::new(Knobs { gate: Some(gate.clone()), ..Knobs::default() });
+    let (gate, knobs) = gated(0);
     let (net, dir, da, _db, alice, _bob) = pair(knobs.clone()).await;
     let id = alice.engine.start("Ping", json!({"to": BOB, "count": 2}), None).await.unwrap();
-    while knobs.responder_received.load(Ordering::SeqCst) < 1 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_bob_received(&knobs, 1).await;
     alice.crash();
     // Version 2 takes other steps, but keeps version 1's for flows started as version 1.
     let mut upgraded = registry(knobs.clone());
