@@ -60,6 +60,10 @@ pub const PAYMENT_SESSION_FLAGGED: u32 = 1;
 /// identity: no flag, the finality messages come first. One message fewer per payment than
 /// [`PAYMENT_SESSION_FLAGGED`].
 pub const PAYMENT_SESSION_WELL_KNOWN: u32 = 2;
+/// The registered version of `CashPayment` and `CashIssueAndPayment`: 2 since open payments
+/// open their session at [`PAYMENT_SESSION_WELL_KNOWN`]. A flow that started as an earlier
+/// version keeps the flagged session, so its journal replays.
+const PAYING_FLOWS_VERSION: u32 = 2;
 /// Issues cash to this node, then pays it to another party: one flow for the two
 /// transactions (Corda's `CashIssueAndPaymentFlow`, which its issue+pay benchmark runs).
 pub const CASH_ISSUE_AND_PAYMENT: &str = "CashIssueAndPayment";
@@ -111,16 +115,13 @@ pub fn register(registry: &mut Registry, services: &NodeServices) {
         let s = s1.clone();
         async move { issue(&ctx, &s, CASH_ISSUE, args).await }
     });
-    // Version 2 of the two paying flows: an open payment no longer sends the anonymous flag
-    // (`PAYMENT_SESSION_WELL_KNOWN`). A flow started as version 1 keeps sending it
-    // (`FlowContext::version`), so it replays after an upgrade.
     let s2 = s.clone();
-    registry.flow(CASH_PAYMENT, 2, move |ctx: FlowContext, args: PaymentArgs| {
+    registry.flow(CASH_PAYMENT, PAYING_FLOWS_VERSION, move |ctx: FlowContext, args: PaymentArgs| {
         let s = s2.clone();
         async move { with_locks_released(&ctx, &s, pay(&ctx, &s, CASH_PAYMENT, args)).await }
     });
     let s5 = s.clone();
-    registry.flow(CASH_ISSUE_AND_PAYMENT, 2, move |ctx: FlowContext, args: IssueAndPaymentArgs| {
+    registry.flow(CASH_ISSUE_AND_PAYMENT, PAYING_FLOWS_VERSION, move |ctx: FlowContext, args: IssueAndPaymentArgs| {
         let s = s5.clone();
         async move { with_locks_released(&ctx, &s, issue_and_pay(&ctx, &s, args)).await }
     });
@@ -515,7 +516,7 @@ async fn pay(ctx: &FlowContext, s: &Services, flow: &str, args: PaymentArgs) -> 
     let recipient = well_known.name.clone();
     // A flow started as version 1 (before an upgrade) sends the flag even for an open
     // payment, as it did then, so its journal replays.
-    let (to, change, session): (AbstractParty, AbstractParty, Session) = if args.anonymous || ctx.version() < 2 {
+    let (to, change, session): (AbstractParty, AbstractParty, Session) = if args.anonymous || ctx.version() < PAYING_FLOWS_VERSION {
         let session = ctx.initiate_as(&recipient, CASH_PAYMENT, PAYMENT_SESSION_FLAGGED).await?;
         ctx.send(&session, &args.anonymous).await?;
         if args.anonymous {
