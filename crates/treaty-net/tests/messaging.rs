@@ -169,6 +169,38 @@ async fn lost_acknowledgements_cause_redelivery_that_the_inbox_drops() {
     assert!(bob.messenger.stats().duplicates.load(Ordering::Relaxed) > 0, "no acknowledgement was lost: the test proved nothing");
 }
 
+/// A link that brings one batch and then breaks: the acknowledgement cannot be sent (the
+/// sender died just after sending, say).
+struct BrokenAfterOneBatch(Option<Vec<u8>>);
+
+impl Link for BrokenAfterOneBatch {
+    async fn send(&mut self, _frame: Vec<u8>) -> Result<(), treaty_net::transport::TransportError> {
+        Err(treaty_net::transport::TransportError::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the sender is gone")))
+    }
+    async fn recv(&mut self) -> Result<Vec<u8>, treaty_net::transport::TransportError> {
+        self.0.take().ok_or_else(|| treaty_net::transport::TransportError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+    }
+}
+
+/// A batch stored but not acknowledged (the link broke) is still handed over at once. Its
+/// sender sends it again and the inbox drops that copy, so a message not handed over with the
+/// first would have waited in the inbox until the receiver's next start.
+#[tokio::test]
+async fn a_batch_whose_acknowledgement_cannot_be_sent_is_still_handed_over() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    let message = wire::WireMessage { id: MessageId::random(), session: 1, topic: "test".into(), payload: b"hello".to_vec() };
+    let frame = treaty_core::encoding::encode(&wire::Frame::Messages { version: wire::PROTOCOL_VERSION, messages: vec![message.clone()] });
+    bob.messenger.serve_link(BrokenAfterOneBatch(Some(frame)), name("O=Alice,L=London,C=GB")).await;
+    let got = receive(&mut bob, 1, Duration::from_secs(5)).await;
+    assert_eq!((got[0].id, got[0].payload.as_slice()), (message.id, b"hello".as_slice()));
+    // The sender's second copy is dropped by the inbox, as before.
+    let again = treaty_core::encoding::encode(&wire::Frame::Messages { version: wire::PROTOCOL_VERSION, messages: vec![message] });
+    bob.messenger.serve_link(BrokenAfterOneBatch(Some(again)), name("O=Alice,L=London,C=GB")).await;
+    assert_quiet(&mut bob, Duration::from_millis(200)).await;
+}
+
 #[tokio::test]
 async fn messages_sent_across_a_partition_arrive_when_it_heals() {
     let net = SimNetwork::new();

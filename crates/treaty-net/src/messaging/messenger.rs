@@ -490,14 +490,18 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             };
             inner.stats.received.fetch_add(new.len() as u64, Ordering::Relaxed);
             inner.stats.duplicates.fetch_add(count - new.len() as u64, Ordering::Relaxed);
-            if let Err(e) = link.send(encoding::encode(&Frame::Ack(ids))).await {
-                tracing::debug!("acknowledgement to {peer} failed: {e}");
-                return;
-            }
+            let acknowledged = link.send(encoding::encode(&Frame::Ack(ids))).await;
+            // Stored, so handed over whether or not the acknowledgement got through: a sender
+            // that did not hear it sends the batch again, and the inbox drops that copy, so a
+            // message not handed over now would wait in the inbox until the next start.
             for m in new {
                 if inner.deliver.send(m).await.is_err() {
                     return;
                 }
+            }
+            if let Err(e) = acknowledged {
+                tracing::debug!("acknowledgement to {peer} failed: {e}");
+                return;
             }
         }
     }
