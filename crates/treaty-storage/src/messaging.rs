@@ -133,17 +133,28 @@ const INBOX_SELECT: &str = "SELECT message_id, sender, session_id, topic, payloa
 
 impl SqlMessageStore {
     async fn enqueue_all(&self, messages: &[OutboundMessage]) -> Result<(), StorageError> {
-        if messages.is_empty() {
+        self.enqueue_and_mark(messages, &[]).await
+    }
+
+    /// Inserts `messages` into the outbox and marks `processed` inbox messages processed, in
+    /// one transaction.
+    async fn enqueue_and_mark(&self, messages: &[OutboundMessage], processed: &[MessageId]) -> Result<(), StorageError> {
+        if messages.is_empty() && processed.is_empty() {
             return Ok(());
         }
-        let what = "inserting into treaty_outbox";
-        let statements = chunks(messages)
+        let what = if processed.is_empty() {
+            "inserting into treaty_outbox"
+        } else {
+            "inserting into treaty_outbox and marking treaty_inbox rows processed"
+        };
+        let mut statements: Vec<Stmt> = chunks(messages)
             .into_iter()
             .map(|chunk| Stmt {
                 sql: multi_row_sql(OUTBOX_INSERT, 5, &["0"], chunk.len(), ""),
                 binds: chunk.iter().flat_map(|m| message_row(&m.id, m.destination.to_string(), m.session, &m.topic, &m.payload)).collect(),
             })
             .collect();
+        statements.extend(processed_statements(processed));
         let result = self.db.write_statements(what, statements).await.map(|_| ());
         match result {
             Err(StorageError::Query { source: sqlx::Error::Database(e), .. }) if e.is_unique_violation() => {
@@ -343,30 +354,34 @@ impl SqlMessageStore {
     }
 
     async fn processed_all(&self, ids: &[MessageId]) -> Result<(), StorageError> {
-        let mut seen = HashSet::with_capacity(ids.len());
-        let ids: Vec<MessageId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-        if ids.is_empty() {
+        let statements = processed_statements(ids);
+        if statements.is_empty() {
             return Ok(());
         }
-        let what = "marking treaty_inbox rows processed";
-        // An id not yet received gets a processed placeholder row, so a later delivery of it
-        // is dropped (as MemoryMessageStore does). Processed rows keep no payload.
-        let statements = chunks(&ids)
-            .into_iter()
-            .map(|chunk| Stmt {
-                sql: multi_row_sql(
-                    "INSERT INTO treaty_inbox (message_id, sender, session_id, topic, payload, processed) VALUES",
-                    1,
-                    &["''", "0", "''", "NULL", "TRUE"],
-                    chunk.len(),
-                    "ON CONFLICT (message_id) DO UPDATE SET processed = TRUE, payload = NULL",
-                ),
-                binds: chunk.iter().map(id_bind).collect(),
-            })
-            .collect();
-        self.db.write_statements(what, statements).await?;
+        self.db.write_statements("marking treaty_inbox rows processed", statements).await?;
         Ok(())
     }
+}
+
+/// The statements that mark inbox messages `ids` processed (each id once). An id not yet
+/// received gets a processed placeholder row, so a later delivery of it is dropped (as
+/// MemoryMessageStore does). Processed rows keep no payload.
+fn processed_statements(ids: &[MessageId]) -> Vec<Stmt> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    let ids: Vec<MessageId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+    chunks(&ids)
+        .into_iter()
+        .map(|chunk| Stmt {
+            sql: multi_row_sql(
+                "INSERT INTO treaty_inbox (message_id, sender, session_id, topic, payload, processed) VALUES",
+                1,
+                &["''", "0", "''", "NULL", "TRUE"],
+                chunk.len(),
+                "ON CONFLICT (message_id) DO UPDATE SET processed = TRUE, payload = NULL",
+            ),
+            binds: chunk.iter().map(id_bind).collect(),
+        })
+        .collect()
 }
 
 impl MessageStore for SqlMessageStore {
@@ -400,5 +415,9 @@ impl MessageStore for SqlMessageStore {
 
     async fn processed(&self, ids: &[MessageId]) -> Result<(), StoreError> {
         Ok(self.processed_all(ids).await?)
+    }
+
+    async fn enqueue_processed(&self, messages: Vec<OutboundMessage>, processed: &[MessageId]) -> Result<(), StoreError> {
+        Ok(self.enqueue_and_mark(&messages, processed).await?)
     }
 }

@@ -187,6 +187,7 @@ message_store_tests!(
     ms_inbox_dedup_after_processed,
     ms_unprocessed_in_arrival_order,
     ms_processed_before_received_drops_delivery,
+    ms_answer_and_processed_mark_are_written_together,
     ms_large_batches,
 );
 
@@ -819,6 +820,23 @@ async fn ms_unprocessed_in_arrival_order<S: MessageStore>(s: &S) {
     s.processed(&in_ids([&msgs[0], &msgs[5]])).await.unwrap();
     let rest: Vec<InboundMessage> = msgs.iter().enumerate().filter(|(i, _)| *i != 0 && *i != 5).map(|(_, m)| m.clone()).collect();
     assert_eq!(s.unprocessed(100).await.unwrap(), rest);
+}
+
+async fn ms_answer_and_processed_mark_are_written_together<S: MessageStore>(s: &S) {
+    let bob = name("Bob");
+    let (question, other) = (inbound(&bob, 1, b"question"), inbound(&bob, 2, b"other"));
+    s.receive(vec![question.clone(), other.clone()]).await.unwrap();
+    let answer = out(&bob, 1, b"answer");
+    s.enqueue_processed(vec![answer.clone()], &[question.id]).await.unwrap();
+    assert_eq!(s.outbox(&bob, 10).await.unwrap(), vec![answer.clone()]);
+    assert_eq!(s.unprocessed(10).await.unwrap(), vec![other.clone()], "the answered message is processed");
+    assert_eq!(s.receive(vec![question]).await.unwrap(), vec![], "and its redelivery dropped");
+    // An answer that cannot be written leaves the message it answers unprocessed.
+    let again = OutboundMessage { payload: b"answer again".to_vec(), ..answer.clone() };
+    let err = s.enqueue_processed(vec![again], &[other.id]).await.unwrap_err();
+    assert!(err.message.contains(&answer.id.to_string()) && err.message.contains("already in the outbox"), "{err}");
+    assert_eq!(s.unprocessed(10).await.unwrap(), vec![other], "nothing marked processed");
+    assert_eq!(s.outbox(&bob, 10).await.unwrap(), vec![answer]);
 }
 
 async fn ms_processed_before_received_drops_delivery<S: MessageStore>(s: &S) {

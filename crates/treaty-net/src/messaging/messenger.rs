@@ -364,7 +364,43 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             }
         }
         // Durable now: the senders may have them.
-        for d in &destinations {
+        self.hand_to_senders(&destinations, &outbound);
+        Ok(ids)
+    }
+
+    /// Answers received message `answered` with `message` (under `id`): the answer enters the
+    /// outbox and `answered` is marked processed in one transaction
+    /// ([`MessageStore::enqueue_processed`]), so a crash leaves the message either answered
+    /// or to be handled again, never answered twice. (An answer to this node itself goes to
+    /// its inbox, and the two are written one after the other.)
+    pub async fn answer(&self, answered: MessageId, id: MessageId, message: Outgoing) -> Result<(), MessagingError> {
+        if message.destination == self.inner.me {
+            self.send_with_ids(vec![(id, message)]).await?;
+            return Ok(self.processed(&[answered]).await?);
+        }
+        let limit = self.inner.config.max_message_size;
+        let size = wire_size(&message.topic, &message.payload) + FRAME_OVERHEAD as u64;
+        if size > limit {
+            return Err(MessagingError::TooLarge { destination: message.destination.to_string(), topic: message.topic, size, limit });
+        }
+        let destination = message.destination.clone();
+        let outbound = vec![OutboundMessage {
+            id,
+            destination: message.destination,
+            session: message.session,
+            topic: message.topic,
+            payload: message.payload,
+            attempts: 0,
+        }];
+        self.inner.store.enqueue_processed(outbound.clone(), &[answered]).await?;
+        self.hand_to_senders(std::slice::from_ref(&destination), &outbound);
+        Ok(())
+    }
+
+    /// Hands messages just written to the outbox to their destinations' senders (in their
+    /// memory queues while those are short) and wakes them.
+    fn hand_to_senders(&self, destinations: &[X500Name], outbound: &[OutboundMessage]) {
+        for d in destinations {
             let Some(lane) = self.lane(d) else { continue };
             {
                 let mut q = lock(&lane.queue);
@@ -380,7 +416,6 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             }
             lane.wake.notify_one();
         }
-        Ok(ids)
     }
 
     /// Whether message `id` for `destination` is still in the outbox (not yet acknowledged).

@@ -134,6 +134,16 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Marks inbox messages processed (their ids stay, so redeliveries are still dropped).
     fn processed(&self, ids: &[MessageId]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// [`MessageStore::enqueue`] and [`MessageStore::processed`] in one transaction: the
+    /// answer to a received message and the mark that it was handled become durable together,
+    /// so after a crash the message is either answered (and not handed over again) or still
+    /// unprocessed (and handled again), never answered twice.
+    fn enqueue_processed(
+        &self,
+        messages: Vec<OutboundMessage>,
+        processed: &[MessageId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 #[derive(Default)]
@@ -151,6 +161,31 @@ pub struct MemoryMessageStore {
     inner: Mutex<Memory>,
 }
 
+impl Memory {
+    fn enqueue(&mut self, messages: Vec<OutboundMessage>) -> Result<(), StoreError> {
+        if let Some(dup) = messages.iter().find(|msg| self.outbox_index.contains_key(&msg.id)) {
+            return Err(StoreError::permanent(format!("message {} is already in the outbox", dup.id)));
+        }
+        let mut ids = std::collections::HashSet::new();
+        if let Some(dup) = messages.iter().find(|msg| !ids.insert(msg.id)) {
+            return Err(StoreError::permanent(format!("message {} appears twice in one batch", dup.id)));
+        }
+        for msg in messages {
+            self.next += 1;
+            self.outbox_index.insert(msg.id, self.next);
+            self.outbox.insert(self.next, msg);
+        }
+        Ok(())
+    }
+
+    fn processed(&mut self, ids: &[MessageId]) {
+        for id in ids {
+            self.inbox_seen.insert(*id, true);
+        }
+        self.inbox.retain(|_, msg| !ids.contains(&msg.id));
+    }
+}
+
 impl MemoryMessageStore {
     fn with<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> T {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -160,21 +195,7 @@ impl MemoryMessageStore {
 
 impl MessageStore for MemoryMessageStore {
     async fn enqueue(&self, messages: Vec<OutboundMessage>) -> Result<(), StoreError> {
-        self.with(|m| {
-            if let Some(dup) = messages.iter().find(|msg| m.outbox_index.contains_key(&msg.id)) {
-                return Err(StoreError::permanent(format!("message {} is already in the outbox", dup.id)));
-            }
-            let mut ids = std::collections::HashSet::new();
-            if let Some(dup) = messages.iter().find(|msg| !ids.insert(msg.id)) {
-                return Err(StoreError::permanent(format!("message {} appears twice in one batch", dup.id)));
-            }
-            for msg in messages {
-                m.next += 1;
-                m.outbox_index.insert(msg.id, m.next);
-                m.outbox.insert(m.next, msg);
-            }
-            Ok(())
-        })
+        self.with(|m| m.enqueue(messages))
     }
 
     async fn outbox(&self, destination: &X500Name, limit: usize) -> Result<Vec<OutboundMessage>, StoreError> {
@@ -235,13 +256,16 @@ impl MessageStore for MemoryMessageStore {
     }
 
     async fn processed(&self, ids: &[MessageId]) -> Result<(), StoreError> {
-        self.with(|m| {
-            for id in ids {
-                m.inbox_seen.insert(*id, true);
-            }
-            m.inbox.retain(|_, msg| !ids.contains(&msg.id));
-        });
+        self.with(|m| m.processed(ids));
         Ok(())
+    }
+
+    async fn enqueue_processed(&self, messages: Vec<OutboundMessage>, processed: &[MessageId]) -> Result<(), StoreError> {
+        self.with(|m| {
+            m.enqueue(messages)?;
+            m.processed(processed);
+            Ok(())
+        })
     }
 }
 
