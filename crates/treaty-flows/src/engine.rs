@@ -62,12 +62,19 @@ pub struct FlowDef {
     check_args: ArgsCheck,
 }
 
+/// A responder's answer given without a flow ([`Registry::answering`]): from the opening
+/// message's sender, the initiator's version and the opening payload, either `None` (run
+/// the responder flow as usual) or the work that computes the one answer (`Err` is a reason
+/// the initiator receives as the responder's error).
+pub type AnswerFn = Arc<dyn Fn(&X500Name, u32, &[u8]) -> Option<BoxFuture<'static, Result<Vec<u8>, String>>> + Send + Sync>;
+
 /// The flows a node can run: initiating flows by name (started by clients or as sub-flows)
 /// and responders by the name of the flow that initiates them.
 #[derive(Clone, Default)]
 pub struct Registry {
     flows: BTreeMap<String, Arc<FlowDef>>,
     responders: BTreeMap<String, Arc<FlowDef>>,
+    answers: BTreeMap<String, AnswerFn>,
 }
 
 impl Registry {
@@ -118,6 +125,27 @@ impl Registry {
         self
     }
 
+    /// Lets the responder to `initiating` answer some opening messages without running as a
+    /// flow: `answer` looks at each opening message that carries a payload and may take it,
+    /// returning the work that computes the single answer. The engine then sends that answer
+    /// as the session's only and last message, writing it to the outbox in the same
+    /// transaction that marks the opening message processed — no flow record, no journal. A
+    /// crash before that transaction leaves the message unprocessed, so it is answered again
+    /// after the restart: the work must be idempotent (giving the same answer, or an answer
+    /// as good, when run again). Messages `answer` does not take go to the responder flow
+    /// registered with [`Registry::responder`], which must exist.
+    pub fn answering<F, Fut>(&mut self, initiating: &str, answer: F) -> &mut Registry
+    where
+        F: Fn(&X500Name, u32, &[u8]) -> Option<Fut> + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+    {
+        let answer: AnswerFn = Arc::new(move |sender, version, payload| {
+            answer(sender, version, payload).map(|work| Box::pin(work) as BoxFuture<'static, Result<Vec<u8>, String>>)
+        });
+        self.answers.insert(initiating.to_string(), answer);
+        self
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<Arc<FlowDef>> {
         self.flows.get(name).cloned()
     }
@@ -134,6 +162,22 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, id: MessageId, to: X500Name, session: u64, payload: Vec<u8>) -> BoxFuture<'_, Result<(), FlowError>>;
     /// Marks received messages processed.
     fn processed(&self, ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), FlowError>>;
+    /// Sends `payload` to `to` on `session` under `id` as the answer to received message
+    /// `answered`, and marks that processed; the messenger does both in one transaction
+    /// ([`Messenger::answer`]). This default does them one after the other.
+    fn answer(
+        &self,
+        answered: MessageId,
+        id: MessageId,
+        to: X500Name,
+        session: u64,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), FlowError>> {
+        Box::pin(async move {
+            self.send(id, to, session, payload).await?;
+            self.processed(vec![answered]).await
+        })
+    }
 }
 
 impl<S: MessageStore, C: Connector> Transport for Messenger<S, C> {
@@ -152,6 +196,24 @@ impl<S: MessageStore, C: Connector> Transport for Messenger<S, C> {
 
     fn processed(&self, ids: Vec<MessageId>) -> BoxFuture<'_, Result<(), FlowError>> {
         Box::pin(async move { Ok(Messenger::processed(self, &ids).await?) })
+    }
+
+    fn answer(
+        &self,
+        answered: MessageId,
+        id: MessageId,
+        to: X500Name,
+        session: u64,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), FlowError>> {
+        Box::pin(async move {
+            let message = Outgoing { destination: to, session, topic: FLOW_TOPIC.into(), payload };
+            match Messenger::answer(self, answered, id, message).await {
+                Ok(()) => Ok(()),
+                Err(treaty_net::messaging::MessagingError::Store(e)) => Err(FlowError::Store(e)),
+                Err(e) => Err(FlowError::Invalid(e.to_string())),
+            }
+        })
     }
 }
 
@@ -417,6 +479,9 @@ pub(crate) struct Shared {
     /// Received messages to mark processed, and whether a task is writing them: marks that
     /// need not hold anything up go out together, one write for all that came meanwhile.
     processed: Mutex<(Vec<MessageId>, bool)>,
+    /// Answers being given without a flow ([`Registry::answering`]), by the message they
+    /// answer: stopped by [`FlowEngine::shutdown`], as flows are.
+    answering: Mutex<HashMap<MessageId, AbortHandle>>,
 }
 
 impl Shared {
@@ -545,6 +610,7 @@ impl FlowEngine {
             alarm: Arc::new(Notify::new()),
             alarm_task: OnceLock::new(),
             processed: Mutex::new((Vec::new(), false)),
+            answering: Mutex::new(HashMap::new()),
         };
         FlowEngine { shared: Arc::new(shared) }
     }
@@ -1111,6 +1177,22 @@ impl FlowEngine {
             let reason = format!("{} refuses {} for flow {flow}: {reason}", self.shared.me, message.sender);
             return self.refuse(&message, reason).await;
         }
+        if let Some(answer) = self.shared.registry.answers.get(&flow)
+            && let Some(work) = payload.as_deref().and_then(|p| answer(&message.sender, version, p))
+        {
+            let engine = self.clone();
+            let answered = message.id;
+            // The handle goes in before the task can take it out: both hold the lock.
+            let mut answering = lock(&self.shared.answering);
+            let task = tokio::spawn(async move {
+                if let Err(e) = engine.answer(message, work).await {
+                    tracing::warn!("an answer could not be sent (its opening message stays in the inbox): {e}");
+                }
+                lock(&engine.shared.answering).remove(&answered);
+            });
+            answering.insert(answered, task.abort_handle());
+            return Ok(());
+        }
         let key: SessionKey = (message.sender.clone(), message.session, false);
         {
             let mut t = lock(&self.shared.table);
@@ -1198,6 +1280,25 @@ impl FlowEngine {
         }
         self.shared.changed(id);
         Ok(())
+    }
+
+    /// Answers opening message `message` with what `work` computes ([`Registry::answering`]):
+    /// the session's only message back, written with the mark that `message` is processed.
+    async fn answer(&self, message: InboundMessage, work: BoxFuture<'static, Result<Vec<u8>, String>>) -> Result<(), FlowError> {
+        // A responder flow that took this message before (this node ran a version that did not
+        // answer such messages at once, and stopped before marking it processed) has answered
+        // it or will: it is not answered twice.
+        if self.shared.store.get(FlowId::responder_for(&message.id)).await?.is_some() {
+            self.shared.processed_later([message.id]);
+            return Ok(());
+        }
+        let reply = match work.await {
+            Ok(bytes) => SessionMessage::Final(bytes),
+            Err(reason) => SessionMessage::Error(reason),
+        };
+        let reply = encoding::encode(&Envelope { to_initiator: true, message: reply });
+        let id = MessageId::derived(&message.id, "answer");
+        self.shared.transport.answer(message.id, id, message.sender, message.session, reply).await
     }
 
     async fn refuse(&self, message: &InboundMessage, reason: String) -> Result<(), FlowError> {
@@ -1320,6 +1421,10 @@ impl FlowEngine {
         t.idle.clear();
         if let Some(alarm) = self.shared.alarm_task.get() {
             alarm.abort();
+        }
+        drop(t);
+        for (_, task) in lock(&self.shared.answering).drain() {
+            task.abort();
         }
     }
 }

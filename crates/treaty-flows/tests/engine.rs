@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use treaty_core::X500Name;
 use treaty_flows::*;
+use treaty_net::messaging::MessageStore;
 use treaty_net::sim::SimNetwork;
 
 mod common;
@@ -31,6 +32,10 @@ struct Knobs {
     /// The responder takes a permit before each answer, and `LastWord` one before it ends:
     /// tests hold them back.
     gate: Option<Arc<Semaphore>>,
+    /// `Ask` questions answered without a flow (each run of the answer's work counts).
+    answered: AtomicU32,
+    /// Taken by the work of each answer given without a flow.
+    answer_gate: Option<Arc<Semaphore>>,
 }
 
 /// `Ping`, version 1: tells the responder how many pings follow, sends them, adds the answers.
@@ -126,6 +131,33 @@ fn registry(knobs: Arc<Knobs>) -> Registry {
             return Err(FlowError::Exception(format!("an initiator has an initiator version: {initiators_own:?}")));
         }
         ctx.send(&session, &ctx.initiator_version()).await
+    });
+    // `Ask`: a question whose answer Bob gives without a flow when it starts with "quick"
+    // (or fails to, for "fail"), and with the responder flow otherwise.
+    r.flow("Ask", 1, |ctx: FlowContext, (to, question): (String, String)| async move {
+        let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
+        let answer: String = ctx.send_and_receive(&session, &question).await?;
+        Ok(answer)
+    });
+    r.responder("Ask", |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        let question: String = ctx.receive(&session).await?;
+        ctx.send(&session, &format!("the flow answers {question}")).await
+    });
+    let k = knobs.clone();
+    r.answering("Ask", move |sender: &X500Name, version, payload: &[u8]| {
+        let question: String = treaty_core::encoding::decode(payload).ok()?;
+        let (k, sender) = (k.clone(), sender.clone());
+        (question.starts_with("quick") || question == "fail").then_some(async move {
+            if let Some(gate) = &k.answer_gate {
+                gate.acquire().await.map_err(|e| e.to_string())?.forget();
+            }
+            k.answered.fetch_add(1, Ordering::SeqCst);
+            if question == "fail" {
+                return Err("cannot answer that".to_string());
+            }
+            Ok(treaty_core::encoding::encode(&format!("{sender} (version {version}) asked {question}")))
+        })
     });
     r.flow("Orphan", 1, |ctx: FlowContext, to: String| async move {
         let session = ctx.initiate(&to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?).await?;
@@ -300,6 +332,94 @@ async fn a_responder_knows_the_protocol_version_its_initiator_asked_for() {
         assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
         assert_eq!(result(&r), json!(version), "the responder saw the version `initiate_as` named");
     }
+}
+
+/// Questions the responder answers without a flow get their answer and leave no flow record
+/// behind; the others run the responder flow; a failed answer reaches the initiator.
+#[tokio::test]
+async fn an_answering_responder_answers_without_a_flow_and_hands_the_rest_to_its_flow() {
+    let knobs = Arc::new(Knobs::default());
+    let (_n, _d, _da, db, alice, bob) = pair(knobs.clone()).await;
+    let ask = |question: &str| alice.engine.start("Ask", json!([BOB, question]), None);
+    let quick = finished(&alice.engine, ask("quick one").await.unwrap()).await;
+    assert_eq!(result(&quick), json!("O=Alice, L=London, C=GB (version 1) asked quick one"));
+    assert!(bob.engine.list().await.unwrap().is_empty(), "an answer given without a flow left a flow record");
+    let slow = finished(&alice.engine, ask("slow one").await.unwrap()).await;
+    assert_eq!(result(&slow), json!("the flow answers slow one"));
+    assert_eq!(bob.engine.list().await.unwrap().len(), 1, "the question the answer did not take ran the responder flow");
+    let failed = finished(&alice.engine, ask("fail").await.unwrap()).await;
+    assert_eq!(failed.status, FlowStatus::Failed);
+    let error = failed.error.unwrap();
+    assert!(error.contains("O=Bob, L=Paris, C=FR") && error.contains("cannot answer that"), "{error}");
+    assert_eq!(knobs.answered.load(Ordering::SeqCst), 2);
+    // Every opening message was handled: none waits in Bob's inbox.
+    assert!(db.messages.unprocessed(10).await.unwrap().is_empty());
+}
+
+/// An answer not yet written when the node died is given after the restart: the opening
+/// message is still unprocessed, the work runs again, and the initiator gets one answer.
+#[tokio::test]
+async fn an_answer_lost_in_a_crash_is_given_after_the_restart() {
+    let gate = Arc::new(Semaphore::new(0));
+    let knobs = Arc::new(Knobs { answer_gate: Some(gate.clone()), ..Knobs::default() });
+    let (net, dir, _da, db, alice, bob) = pair(knobs.clone()).await;
+    let id = alice.engine.start("Ask", json!([BOB, "quick, before the crash"]), None).await.unwrap();
+    while db.messages.unprocessed(10).await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bob.crash();
+    gate.add_permits(10);
+    let bob = Node::start(&net, &dir, BOB, &db, registry(knobs.clone()), EngineOptions::default()).await;
+    let r = finished(&alice.engine, id).await;
+    assert_eq!(result(&r), json!("O=Alice, L=London, C=GB (version 1) asked quick, before the crash"));
+    assert_eq!(knobs.answered.load(Ordering::SeqCst), 1, "the crashed node's work never finished; the restarted node's did");
+    assert!(bob.engine.list().await.unwrap().is_empty());
+    assert!(db.messages.unprocessed(10).await.unwrap().is_empty());
+}
+
+/// An opening message a responder flow took before (the node then ran code that did not
+/// answer it without a flow, and stopped before marking it processed) is that flow's: after
+/// the upgrade it is marked processed, not answered a second time.
+#[tokio::test]
+async fn an_opening_message_a_responder_flow_took_is_not_answered_again() {
+    use treaty_flows::protocol::{Envelope, SessionMessage};
+    use treaty_net::messaging::{InboundMessage, MessageId};
+    let knobs = Arc::new(Knobs::default());
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let db = Disk::default();
+    let question = treaty_core::encoding::encode(&"quick, but taken".to_string());
+    let init = Envelope { to_initiator: false, message: SessionMessage::Init { flow: "Ask".into(), version: 1, payload: Some(question) } };
+    let init = InboundMessage {
+        id: MessageId::random(),
+        sender: name(ALICE),
+        session: 7,
+        topic: protocol::FLOW_TOPIC.into(),
+        payload: treaty_core::encoding::encode(&init),
+    };
+    db.messages.receive(vec![init.clone()]).await.unwrap();
+    let record = FlowRecord {
+        id: FlowId::responder_for(&init.id),
+        name: "Ask".into(),
+        version: 1,
+        args: b"null".to_vec(),
+        status: FlowStatus::Completed,
+        result: Some(b"null".to_vec()),
+        error: None,
+        client_id: None,
+        initiator: Some((name(ALICE), 7)),
+        created_at: 1,
+        updated_at: 1,
+    };
+    db.flows.create(record).await.unwrap();
+    let _bob = Node::start(&net, &dir, BOB, &db, registry(knobs.clone()), EngineOptions::default()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !db.messages.unprocessed(10).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the opening message was never marked processed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(knobs.answered.load(Ordering::SeqCst), 0, "answered a message its responder flow had taken");
+    assert!(db.messages.outbox(&name(ALICE), 10).await.unwrap().is_empty(), "an answer was sent");
 }
 
 #[tokio::test]
