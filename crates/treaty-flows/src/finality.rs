@@ -7,12 +7,13 @@
 //! (and a repeated request gets the same answer: notarising is idempotent), records the
 //! transaction and carries on sending it. A notarised transaction is never lost.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use treaty_core::{
     FilteredTransaction, MapResolver, Party, SecureHash, SignedTransaction, Timestamp, TransactionSignature, VerifyOptions, X500Name,
-    verify_transaction,
+    encoding, verify_transaction,
 };
 use treaty_notary::{NotarisationRequest, NotaryAnswer, NotaryRefusal, NotaryService, request_signing_bytes};
 
@@ -215,7 +216,9 @@ pub async fn finality<L: Ledger, K: Keys>(
 /// A notary's side of [`notarise`], for the responder registered under [`NOTARY_PROTOCOL`]:
 /// receives the request, looks the requesting party's key up with `identity` (the network
 /// map), and answers with the service's signature or its refusal. The notary's time is a
-/// journaled step, so a replayed request is judged at the same time.
+/// journaled step, so a replayed request is judged at the same time. (A node registers
+/// [`notary_answer`] too, which answers a non-validating service's tear-offs without this
+/// flow.)
 ///
 /// A validating service ([`NotaryService::is_validating`]) refuses tear-offs; for a whole
 /// transaction it resolves the back-chain from the client into `ledger`, verifies everything
@@ -275,6 +278,41 @@ pub async fn notary_responder<L: Ledger>(
         }
     };
     ctx.send(&session, &answer).await
+}
+
+/// [`notary_responder`]'s answer to a tear-off, given without a flow
+/// ([`crate::Registry::answering`]): a non-validating `service` takes a
+/// [`NotaryRequest::Filtered`] opening payload from `sender` (`requester`: its identity from
+/// the network map, `None` if it is not there) and returns the work that checks, commits and
+/// signs it at the notary's time, giving the encoded [`NotaryAnswer`]. Anything else — a
+/// whole transaction, a validating service, a payload that does not decode — is `None`, for
+/// the responder flow. Answering again after a crash is safe: a transaction committed before
+/// is answered with success whatever the time (the uniqueness rules, `treaty_notary::apply`),
+/// and the engine sends only one answer per request.
+pub fn notary_answer(
+    service: &Arc<NotaryService>,
+    requester: Option<Party>,
+    sender: &X500Name,
+    payload: &[u8],
+) -> Option<impl Future<Output = Result<Vec<u8>, String>> + Send + use<>> {
+    if service.is_validating() {
+        return None;
+    }
+    let NotaryRequest::Filtered(request) = encoding::decode::<NotaryRequest>(payload).ok()? else {
+        return None;
+    };
+    let requester = requester.ok_or_else(|| NotaryRefusal::RequestSignatureInvalid {
+        tx_id: request.transaction.id,
+        requester: format!("{sender} (not on the network map)"),
+    });
+    let service = service.clone();
+    Some(async move {
+        let answer: NotaryAnswer = match requester {
+            Ok(requester) => service.notarise(&request, &requester, Timestamp(crate::now_micros())).await,
+            Err(refusal) => Err(refusal),
+        };
+        Ok(encoding::encode(&answer))
+    })
 }
 
 /// The participant side of [`finality`]: receives the notarised transaction, resolves and

@@ -22,10 +22,11 @@ pub mod sql;
 pub mod store;
 
 pub use context::{FlowContext, Session};
-pub use engine::{CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, FlowProgress, Registry, Transport};
+pub use engine::{AnswerFn, CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, FlowProgress, Registry, Transport};
 pub use error::FlowError;
 pub use finality::{
-    CLUSTER_MEMBER_MAX_WAIT, CLUSTER_MEMBER_WAIT, NOTARY_PROTOCOL, NotaryRequest, finality, notarise, notary_responder, receive_finality,
+    CLUSTER_MEMBER_MAX_WAIT, CLUSTER_MEMBER_WAIT, NOTARY_PROTOCOL, NotaryRequest, finality, notarise, notary_answer, notary_responder,
+    receive_finality,
 };
 pub use identities::{Identities, SwappedIdentities, swap_identities};
 pub use journal::{Entry, FlowId, Received};

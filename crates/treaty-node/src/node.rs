@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use treaty_core::{NetworkParameters, PLATFORM_VERSION, Party, SecureHash, SignedTransaction, X500Name, encoding};
 use treaty_flows::protocol::FLOW_TOPIC;
 use treaty_flows::{
-    EngineOptions, FlowContext, FlowEngine, FlowError, Ledger, NOTARY_PROTOCOL, ReceiveOptions, Registry, SqlFlowStore, notary_responder,
-    receive_transaction, send_transaction, swap_identities,
+    EngineOptions, FlowContext, FlowEngine, FlowError, Ledger, NOTARY_PROTOCOL, ReceiveOptions, Registry, SqlFlowStore, notary_answer,
+    notary_responder, receive_transaction, send_transaction, swap_identities,
 };
 use treaty_net::map::{MapCache, NodeInfo, kinds, verify_parameters};
 use treaty_net::messaging::{InboundMessage, MessageId, Messenger, MessengerConfig, Outgoing, PeerDirectory, TlsConnector, serve_tls};
@@ -502,6 +502,13 @@ async fn notary_service(
     };
     let validating = config.raw.notary.as_ref().is_some_and(|n| n.validating);
     let service = Arc::new(service.validating(validating));
+    // A tear-off for a non-validating service is answered without a flow (one write: the
+    // answer with the mark that the request was handled); the rest runs the responder flow.
+    let (answering, answer_view) = (service.clone(), view.clone());
+    r.answering(NOTARY_PROTOCOL, move |sender: &X500Name, _version, payload: &[u8]| {
+        let requester = answer_view.borrow().node(sender).map(|n| n.legal_identity.clone());
+        notary_answer(&answering, requester, sender, payload)
+    });
     let (view, ledger) = (view.clone(), ledger.clone());
     r.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
         let (service, view, ledger) = (service.clone(), view.clone(), ledger.clone());
