@@ -188,8 +188,7 @@ impl<S: MessageStore, C: Connector> Transport for Messenger<S, C> {
                 Ok(_) => Ok(()),
                 // Sent before the node died, not yet delivered: it is still in the outbox.
                 Err(_) if matches!(self.in_outbox(&to, &id).await, Ok(true)) => Ok(()),
-                Err(treaty_net::messaging::MessagingError::Store(e)) => Err(FlowError::Store(e)),
-                Err(e) => Err(FlowError::Invalid(e.to_string())),
+                Err(e) => Err(messaging_error(e)),
             }
         })
     }
@@ -208,12 +207,17 @@ impl<S: MessageStore, C: Connector> Transport for Messenger<S, C> {
     ) -> BoxFuture<'_, Result<(), FlowError>> {
         Box::pin(async move {
             let message = Outgoing { destination: to, session, topic: FLOW_TOPIC.into(), payload };
-            match Messenger::answer(self, answered, id, message).await {
-                Ok(()) => Ok(()),
-                Err(treaty_net::messaging::MessagingError::Store(e)) => Err(FlowError::Store(e)),
-                Err(e) => Err(FlowError::Invalid(e.to_string())),
-            }
+            Messenger::answer(self, answered, id, message).await.map_err(messaging_error)
         })
+    }
+}
+
+/// A messenger's refusal as a flow error: the store's failure as such (it may be transient),
+/// anything else (a message over the size limit) as invalid.
+fn messaging_error(e: treaty_net::messaging::MessagingError) -> FlowError {
+    match e {
+        treaty_net::messaging::MessagingError::Store(e) => FlowError::Store(e),
+        e => FlowError::Invalid(e.to_string()),
     }
 }
 
