@@ -23,11 +23,13 @@ for bin in "$@"; do
     [ -n "$alice" ] && break
     sleep 0.1
   done
-  bob=$(pgrep -f "$bin node run.*bob/node.toml" | head -1)
-  notary=$(pgrep -f "$bin node run.*notary/node.toml" | head -1)
+  bob=""; notary=""
   wchar=0; syscw=0; ticks=0; bob_ticks=0; notary_ticks=0
   node_ticks() { local st; st=$(cat "/proc/$1/stat" 2>/dev/null) && awk '{print $12 + $13}' <<<"${st##*) }"; }
   while [ -n "$alice" ] && kill -0 "$alice" 2>/dev/null; do
+    # Bob and the notary start after Alice: looked for until found.
+    [ -z "$bob" ] && bob=$(pgrep -f "$bin node run.*bob/node.toml" | head -1)
+    [ -z "$notary" ] && notary=$(pgrep -f "$bin node run.*notary/node.toml" | head -1)
     io=$(cat "/proc/$alice/io" 2>/dev/null) && {
       wchar=$(awk '/^wchar/ {print $2}' <<<"$io"); syscw=$(awk '/^syscw/ {print $2}' <<<"$io"); }
     t=$(node_ticks "$alice") && ticks=$t
