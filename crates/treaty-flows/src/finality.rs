@@ -237,8 +237,7 @@ pub async fn notary_responder<L: Ledger>(
         NotaryRequest::Filtered(r) => r.transaction.id,
         NotaryRequest::Whole { tx_id, .. } => *tx_id,
     };
-    let requester = identity(&session.party)
-        .ok_or_else(|| NotaryRefusal::RequestSignatureInvalid { tx_id, requester: format!("{} (not on the network map)", session.party) });
+    let requester = identity(&session.party).ok_or_else(|| unknown_requester(tx_id, &session.party));
     let answer: NotaryAnswer = match request {
         NotaryRequest::Filtered(_) if service.is_validating() => Err(NotaryRefusal::TransactionInvalid {
             tx_id,
@@ -301,10 +300,7 @@ pub fn notary_answer(
     let NotaryRequest::Filtered(request) = encoding::decode::<NotaryRequest>(payload).ok()? else {
         return None;
     };
-    let requester = requester.ok_or_else(|| NotaryRefusal::RequestSignatureInvalid {
-        tx_id: request.transaction.id,
-        requester: format!("{sender} (not on the network map)"),
-    });
+    let requester = requester.ok_or_else(|| unknown_requester(request.transaction.id, sender));
     let service = service.clone();
     Some(async move {
         let answer: NotaryAnswer = match requester {
@@ -313,6 +309,11 @@ pub fn notary_answer(
         };
         Ok(encoding::encode(&answer))
     })
+}
+
+/// The notary's refusal of a request from a party the network map does not list.
+fn unknown_requester(tx_id: SecureHash, sender: &X500Name) -> NotaryRefusal {
+    NotaryRefusal::RequestSignatureInvalid { tx_id, requester: format!("{sender} (not on the network map)") }
 }
 
 /// The participant side of [`finality`]: receives the notarised transaction, resolves and

@@ -323,12 +323,8 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
     /// drops an id it has seen. An id still in the outbox is an error
     /// ([`Messenger::in_outbox`] tells whether that is the case).
     pub async fn send_with_ids(&self, messages: Vec<(MessageId, Outgoing)>) -> Result<Vec<MessageId>, MessagingError> {
-        let limit = self.inner.config.max_message_size;
         for (_, m) in &messages {
-            let size = wire_size(&m.topic, &m.payload) + FRAME_OVERHEAD as u64;
-            if size > limit {
-                return Err(MessagingError::TooLarge { destination: m.destination.to_string(), topic: m.topic.clone(), size, limit });
-            }
+            self.check_size(m)?;
         }
         let (local, remote): (Vec<_>, Vec<_>) = messages.into_iter().partition(|(_, m)| m.destination == self.inner.me);
         let mut ids = Vec::new();
@@ -378,11 +374,7 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             self.send_with_ids(vec![(id, message)]).await?;
             return Ok(self.processed(&[answered]).await?);
         }
-        let limit = self.inner.config.max_message_size;
-        let size = wire_size(&message.topic, &message.payload) + FRAME_OVERHEAD as u64;
-        if size > limit {
-            return Err(MessagingError::TooLarge { destination: message.destination.to_string(), topic: message.topic, size, limit });
-        }
+        self.check_size(&message)?;
         let destination = message.destination.clone();
         let outbound = vec![OutboundMessage {
             id,
@@ -394,6 +386,16 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
         }];
         self.inner.store.enqueue_processed(outbound.clone(), &[answered]).await?;
         self.hand_to_senders(std::slice::from_ref(&destination), &outbound);
+        Ok(())
+    }
+
+    /// Refuses a message bigger than a frame may be, before anything is stored.
+    fn check_size(&self, m: &Outgoing) -> Result<(), MessagingError> {
+        let limit = self.inner.config.max_message_size;
+        let size = wire_size(&m.topic, &m.payload) + FRAME_OVERHEAD as u64;
+        if size > limit {
+            return Err(MessagingError::TooLarge { destination: m.destination.to_string(), topic: m.topic.clone(), size, limit });
+        }
         Ok(())
     }
 
