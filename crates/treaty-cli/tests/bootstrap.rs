@@ -12,10 +12,8 @@ use treaty_net::pki::{self, CertRole, RevocationList};
 use treaty_net::signed::Signed;
 use treaty_node::config::NodeConfig;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("treaty-bootstrap-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn scratch(name: &str) -> treaty_testkit::Scratch {
+    treaty_testkit::scratch!(&format!("bootstrap-{name}"))
 }
 
 fn treaty(args: &[&str]) -> (i32, String, String) {

@@ -7,7 +7,7 @@ mod common;
 
 use common::inproc::{knows, map};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
 const NOTARY2: &str = "O=Backup Notary,L=Rome,C=IT";
 
 /// A network bootstrapped by the `treaty` binary with these `--node`/`--notary` arguments.
-fn bootstrap(test: &str, parties: &[&str]) -> PathBuf {
+fn bootstrap(test: &str, parties: &[&str]) -> common::Scratch {
     common::inproc::bootstrap("coins", test, parties)
 }
 
@@ -168,7 +168,6 @@ async fn cash_merge_takes_the_smallest_coins_of_one_issuer_and_notary_and_conser
         assert!(e.contains(why), "{args}: {e}");
     }
     assert_eq!(quantities(&balances(&alice).await), quantities(&before));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,5 +243,4 @@ async fn cash_split_makes_nearly_equal_coins_that_add_up_and_refuses_what_it_can
         assert!(e.contains(why), "{args}: {e}");
     }
     assert_eq!(locked(&alice).await, 0, "refusals lock nothing");
-    let _ = std::fs::remove_dir_all(&dir);
 }

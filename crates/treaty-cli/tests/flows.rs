@@ -6,7 +6,7 @@
 mod common;
 
 use common::inproc::{knows, map};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,11 +19,11 @@ use treaty_node::node::{self, ECHO, NodeServices, RunningNode};
 const ALICE: &str = "O=Alice,L=London,C=GB";
 const BOB: &str = "O=Bob,L=Paris,C=FR";
 
-fn bootstrap(test: &str) -> PathBuf {
+fn bootstrap(test: &str) -> common::Scratch {
     bootstrap_with(test, &["--node", ALICE, "--node", BOB])
 }
 
-fn bootstrap_with(test: &str, parties: &[&str]) -> PathBuf {
+fn bootstrap_with(test: &str, parties: &[&str]) -> common::Scratch {
     common::inproc::bootstrap("flows", test, parties)
 }
 
@@ -62,7 +62,6 @@ async fn echo_runs_between_two_nodes_and_survives_downtime_and_restart() {
     assert_eq!(done.status, FlowStatus::Completed, "{done:?}");
     let result: serde_json::Value = serde_json::from_slice(done.result.as_ref().unwrap()).unwrap();
     assert_eq!(result["echo"], "still there?");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +95,6 @@ async fn swap_identities_gives_each_side_a_fresh_key_only_the_other_can_name() {
     let sig = alice.identities.sign_bytes(&mine, b"still mine").unwrap();
     mine.verify(b"still mine", &sig).unwrap();
     assert!(dir.join("alice/keys/confidential.key").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 const NOTARY: &str = "O=Notary,L=Zurich,C=CH";
@@ -194,7 +192,6 @@ async fn the_network_notary_finalises_a_payment_and_refuses_its_double_spend() {
     assert!(err.contains("already consumed") && err.contains(&tx.to_string()), "{err}");
     // The notary's uniqueness log is a file in its node directory.
     assert!(dir.join("notary").join("uniqueness.redb").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs a flow on `node` and waits for it (up to 60 s).
@@ -234,7 +231,7 @@ fn finance_and_newer_payment(r: &mut Registry, services: &NodeServices) {
 }
 
 /// Alice and Bob running the finance flows, and the notary, all knowing each other.
-async fn cash_network(test: &str) -> (PathBuf, tokio::task::JoinHandle<()>, RunningNode, RunningNode, RunningNode) {
+async fn cash_network(test: &str) -> (common::Scratch, tokio::task::JoinHandle<()>, RunningNode, RunningNode, RunningNode) {
     let dir = bootstrap_with(test, &["--node", ALICE, "--node", BOB, "--notary", NOTARY]);
     let _map = map(&dir).await;
     let _notary = start(&dir, "notary").await;
@@ -248,7 +245,7 @@ async fn cash_network(test: &str) -> (PathBuf, tokio::task::JoinHandle<()>, Runn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_up() {
-    let (dir, _map, _notary, alice, bob) = cash_network("cash").await;
+    let (_dir, _map, _notary, alice, bob) = cash_network("cash").await;
 
     let issued = ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "1000.00 USD"})).await);
     assert_eq!(issued["notary"], "O=Notary, L=Zurich, C=CH", "the network's only notary, by default");
@@ -290,7 +287,6 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
     assert_eq!(newer.status, FlowStatus::Failed);
     let error = newer.error.unwrap_or_default();
     assert!(error.contains("protocol version 3") && error.contains("versions 1 and 2"), "{error}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `CashIssueAndPayment` (Corda's `CashIssueAndPaymentFlow`): both transactions in one flow,
@@ -298,7 +294,7 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
 /// is issued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_and_payment_in_one_flow_pays_what_it_issues_and_checks_the_recipient_first() {
-    let (dir, _map, _notary, alice, bob) = cash_network("issue-and-pay").await;
+    let (_dir, _map, _notary, alice, bob) = cash_network("issue-and-pay").await;
 
     let done = ok(&run(&alice, treaty_finance::CASH_ISSUE_AND_PAYMENT, json!({"amount": "25.00 USD", "recipient": BOB})).await);
     let (pay, issue) = (done["transaction"].as_str().unwrap(), done["issue_transaction"].as_str().unwrap());
@@ -329,7 +325,6 @@ async fn issue_and_payment_in_one_flow_pays_what_it_issues_and_checks_the_recipi
     let unknown = alice.flows.start(treaty_finance::CASH_ISSUE_AND_PAYMENT, json!({"amount": "7.00 USD", "recipent": BOB}), None).await;
     assert!(unknown.as_ref().is_err_and(|e| e.to_string().contains("unknown field `recipent`")), "{unknown:?}");
     assert_eq!(usd(&alice).await, (0, 0), "no cash issued by the refused flows");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +344,6 @@ async fn coins_locked_by_a_flow_that_is_gone_are_free_again_after_a_restart() {
     alice.stop();
     let alice = start_finance(&dir, "alice").await;
     assert_eq!(alice.vault.count(&locked).await.unwrap(), 0, "released at start-up");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +373,6 @@ async fn a_payment_that_succeeds_leaves_no_coin_of_its_own_locked() {
     ok(&done);
     assert_eq!(alice.vault.count(&locked).await.unwrap(), 0, "nothing stays locked by a finished payment");
     assert_eq!(usd(&bob).await.0, 1000);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 const CAROL: &str = "O=Carol,L=Madrid,C=ES";
@@ -403,7 +396,7 @@ async fn locked(node: &RunningNode) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_payments_from_a_vault_of_100_states_all_succeed() {
-    let (dir, _map, _notary, alice, bob) = cash_network("fifty").await;
+    let (_dir, _map, _notary, alice, bob) = cash_network("fifty").await;
     for r in run_many(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "1.00 USD"}), 100).await {
         ok(&r);
     }
@@ -416,7 +409,6 @@ async fn fifty_concurrent_payments_from_a_vault_of_100_states_all_succeed() {
     assert_eq!(usd(&alice).await, (5_000, 50));
     assert_eq!(usd(&bob).await, (5_000, 50));
     assert_eq!(locked(&alice).await, 0, "every lock was released when its payment consumed the coin");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A small deterministic generator (xorshift64*), so a failing run can be repeated.
@@ -508,7 +500,6 @@ async fn balances_are_conserved_across_three_nodes_after_1000_random_payments() 
         }
         assert_eq!(after, 3 * 100_000 - 5_000, "issued minus exited");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 const RATES: &str = "O=Rates,L=Frankfurt,C=DE";
@@ -722,7 +713,7 @@ async fn units(node: &RunningNode, token: &str) -> u128 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_of_fixed_and_evolvable_types_move_and_reference_the_latest_type_version() {
-    let (dir, _map, _notary, alice, bob) = cash_network("tokens").await;
+    let (_dir, _map, _notary, alice, bob) = cash_network("tokens").await;
     // Alice maintains a building's token type; Bob observes it (he will hold its tokens).
     let created = ok(&run(&alice, "TokenTypeCreate", json!({ "data": { "valuation": "100" }, "observers": [BOB] })).await);
     let type_id = created["id"].as_str().unwrap().to_string();
@@ -776,5 +767,4 @@ async fn tokens_of_fixed_and_evolvable_types_move_and_reference_the_latest_type_
     assert!(by_bob.error.as_deref().unwrap_or_default().contains("maintained by"), "{by_bob:?}");
     let unclear = run(&alice, "TokenMove", json!({ "token": "GOLD-GRAM", "recipient": BOB })).await;
     assert!(unclear.error.as_deref().unwrap_or_default().contains("give \"token\" and a positive \"quantity\""), "{unclear:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,7 +15,8 @@ fn key(seed: u8) -> KeyPair {
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("treaty-net-{}-{name}", std::process::id()));
+    // Under cargo's target/tmp, one per test: a failed run's files are replaced by the next run.
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("net-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -43,6 +44,7 @@ fn key_files_round_trip_with_owner_only_permissions() {
     std::fs::write(&bad, "treaty-key v1\nscheme rsa\nseed 00\n").unwrap();
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(matches!(keystore::read_key(&bad).unwrap_err(), KeyStoreError::Malformed { reason, .. } if reason.contains("scheme")));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -148,6 +148,65 @@ pub fn free_port() -> u16 {
     panic!("no free port on 127.0.0.1 outside the ephemeral range {lo}-{hi}")
 }
 
+/// A test's scratch directory, emptied when made and removed when the test passes. A failed
+/// test's directory is kept for inspection (its path is printed), and the next run of the test
+/// replaces it, so failed runs do not pile up either. Made by [`scratch!`] under cargo's
+/// `target/tmp` of the calling test.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// A fresh, empty directory `ROOT/NAME`; `name` must be unique among the tests that may
+    /// run at once.
+    pub fn new(root: &std::path::Path, name: &str) -> Scratch {
+        let dir = root.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot make the scratch directory {}: {e}", dir.display());
+        }
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept the failed test's directory {}", self.0.display());
+            return;
+        }
+        // Nodes started in the test process may still be writing while they stop: a file made
+        // during the removal makes it fail, so it is tried again.
+        for _ in 0..5 {
+            if std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// A [`Scratch`] directory named `name` under the calling test's `target/tmp`
+/// (`CARGO_TARGET_TMPDIR`, which cargo sets for integration tests and benchmarks).
+#[macro_export]
+macro_rules! scratch {
+    ($name:expr) => {
+        $crate::Scratch::new(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), $name)
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +228,26 @@ mod tests {
         }
         assert_eq!(chain.transactions.len(), 21);
         assert_ne!(token_chain(1, 8).unwrap().tip().id(), token_chain(1, 7).unwrap().tip().id());
+    }
+
+    #[test]
+    fn a_scratch_directory_is_removed_after_a_pass_and_kept_after_a_failure() {
+        let root = std::env::temp_dir().join(format!("treaty-testkit-{}", std::process::id()));
+        let passed = Scratch::new(&root, "passed");
+        std::fs::write(passed.join("file"), "x").unwrap();
+        let path = passed.to_path_buf();
+        drop(passed);
+        assert!(!path.exists());
+
+        let failed = std::panic::catch_unwind(|| {
+            let s = Scratch::new(&root, "failed");
+            std::fs::write(s.join("file"), "x").unwrap();
+            panic!("the test fails");
+        });
+        assert!(failed.is_err());
+        assert!(root.join("failed/file").exists());
+        // The next run of the failed test starts empty.
+        assert!(!Scratch::new(&root, "failed").join("file").exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

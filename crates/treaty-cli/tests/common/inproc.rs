@@ -1,16 +1,15 @@
 //! Helpers for tests that start real nodes inside the test process (SQLite, mutual TLS, the
 //! network map) from a network bootstrapped by the `treaty` binary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use treaty_node::node::RunningNode;
 
 /// A network bootstrapped by the `treaty` binary with these `--node`/`--notary` arguments, in
 /// a scratch directory named for the test file (`suite`) and the test.
-pub fn bootstrap(suite: &str, test: &str, parties: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("treaty-{suite}-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+pub fn bootstrap(suite: &str, test: &str, parties: &[&str]) -> super::Scratch {
+    let dir = treaty_testkit::scratch!(&format!("{suite}-{test}"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_treaty"))
         .args(["network", "bootstrap", "--dir", dir.to_str().unwrap()])
         .args(parties)

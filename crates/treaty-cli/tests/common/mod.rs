@@ -52,6 +52,8 @@ pub fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+pub use treaty_testkit::Scratch;
+
 /// A bootstrapped network in a scratch directory, removed at the end.
 pub struct Net {
     /// The network's directory.

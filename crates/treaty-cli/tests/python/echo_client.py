@@ -9,9 +9,11 @@ with `tls = false`.
 
 Prints one JSON document: the progress steps seen and the flow's final state.
 """
+import atexit
 import importlib
 import json
 import os
+import shutil
 import ssl
 import sys
 import tempfile
@@ -22,6 +24,7 @@ from grpc_tools import protoc
 
 def load_stubs(proto_dir):
     out = tempfile.mkdtemp(prefix="treaty-py-")
+    atexit.register(shutil.rmtree, out, True)
     proto = os.path.join(proto_dir, "treaty", "rpc", "v1", "node.proto")
     rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}", proto])
     if rc != 0:

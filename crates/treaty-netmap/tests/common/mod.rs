@@ -3,7 +3,7 @@
 #![allow(dead_code, missing_docs)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -80,17 +80,10 @@ pub fn signed_info(net: &Network, node: &Node, serial: u64) -> Signed {
     Signed::sign(kinds::NODE_INFO, &info(net, node, serial, 1), &node.identity.key)
 }
 
-pub fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("treaty-netmap-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Writes `DIR/network/` as `treaty network bootstrap` does; returns the network directory.
-pub fn layout(test: &str, net: &Network, params: &NetworkParameters) -> PathBuf {
-    let dir = scratch(test).join("network");
-    std::fs::create_dir_all(&dir).unwrap();
+/// Writes a network directory as `treaty network bootstrap` writes `DIR/network/`, in a
+/// scratch directory of the test's own.
+pub fn layout(test: &str, net: &Network, params: &NetworkParameters) -> treaty_testkit::Scratch {
+    let dir = treaty_testkit::scratch!(&format!("netmap-{test}"));
     std::fs::write(dir.join("root.der"), &net.root.cert).unwrap();
     std::fs::write(dir.join("doorman.der"), &net.doorman.cert).unwrap();
     keystore::write_key(&dir.join("network-map.key"), &net.map_key).unwrap();
