@@ -164,6 +164,11 @@ impl Database {
     /// - `sqlite::memory:`: a private in-memory SQLite database (tests).
     /// - `postgres://user@host:port/dbname` (or `postgresql://`): a PostgreSQL database.
     pub async fn open(url: &str, base_dir: &Path) -> Result<Database, StorageError> {
+        // Before this process's first SQLite connection: SQLite's page cache without the scan
+        // of the whole cache that commits after a B-tree split make (crate treaty-sqlite-pcache).
+        if let Err(e) = treaty_sqlite_pcache::install() {
+            tracing::debug!(reason = %e, "SQLite keeps its own page cache");
+        }
         let shown = redact(url);
         let invalid = |reason: &str| StorageError::InvalidUrl { url: shown.clone(), reason: reason.to_string() };
         let backend = if url == "sqlite::memory:" {
