@@ -134,31 +134,23 @@ impl Vault {
 
     /// Releases every state `lock_id` holds; returns how many.
     pub async fn release(&self, lock_id: LockId) -> Result<u64, VaultError> {
-        let what = format!("releasing the states of {lock_id}");
-        Ok(in_write!(self.db(), what, tx => {
-            sqlx::query("UPDATE treaty_vault_states SET lock_id = NULL WHERE lock_id = $1")
-                .bind(lock_id.to_string())
-                .execute(&mut *tx)
-                .await
-                .ctx(&what)?
-                .rows_affected()
-        }))
+        self.release_some(lock_id, None).await
     }
 
     /// Releases the states at `refs` that `lock_id` holds; returns how many.
     pub async fn release_states(&self, lock_id: LockId, refs: &[StateRef]) -> Result<u64, VaultError> {
-        let what = format!("releasing states of {lock_id}");
-        Ok(in_write!(self.db(), what, tx => {
-            let mut released = 0;
-            for chunk in chunks(refs) {
-                let mut sql = Sql::default();
-                let id = sql.arg(Arg::Text(lock_id.to_string()));
-                let cond = sql.refs(chunk);
-                let text = format!("UPDATE treaty_vault_states AS s SET lock_id = NULL WHERE s.lock_id = {id} AND ({cond})");
-                released += bind_args!(sqlx::query(sqlx::AssertSqlSafe(text)), sql.args).execute(&mut *tx).await.ctx(&what)?.rows_affected();
-            }
-            released
-        }))
+        self.release_some(lock_id, Some(refs.to_vec())).await
+    }
+
+    async fn release_some(&self, lock_id: LockId, refs: Option<Vec<StateRef>>) -> Result<u64, VaultError> {
+        let what = format!("releasing the states of {lock_id}");
+        match self.db().sqlite_writer() {
+            // On the writer thread, in its next batch: a write through the pool would take the
+            // process's write lock and commit (and fsync) on its own, stalling the writer's
+            // batches meanwhile — once per payment, since every payment releases its lock.
+            Some(writer) => writer.write(&what, move |c| run_now(release_in(&mut Writer(c), lock_id, refs.as_deref()))).await,
+            None => Ok(in_write!(self.db(), what, tx => release_in(&mut Sqlx(tx), lock_id, refs.as_deref()).await?)),
+        }
     }
 
     /// Picks unlocked, unconsumed states of `token` from `issuers`, owned by one of `owners`,
@@ -222,6 +214,24 @@ impl Vault {
             }
         }
     }
+}
+
+/// Clears `lock_id` from the states it holds (only those at `refs` when given); returns how
+/// many.
+async fn release_in(exec: &mut impl Exec, lock_id: LockId, refs: Option<&[StateRef]>) -> Result<u64, VaultError> {
+    let id = Arg::Text(lock_id.to_string());
+    let Some(refs) = refs else {
+        return exec.run("UPDATE treaty_vault_states SET lock_id = NULL WHERE lock_id = $1", vec![id]).await;
+    };
+    let mut released = 0;
+    for chunk in chunks(refs) {
+        let mut sql = Sql::default();
+        let id = sql.arg(id.clone());
+        let cond = sql.refs(chunk);
+        let text = format!("UPDATE treaty_vault_states AS s SET lock_id = NULL WHERE s.lock_id = {id} AND ({cond})");
+        released += exec.run(&text, sql.args).await?;
+    }
+    Ok(released)
 }
 
 /// What a coin selection asks for.
