@@ -697,6 +697,36 @@ impl FlowContext {
         Ok(value)
     }
 
+    /// [`Self::side_effect`] for a question whose answer may be final: when `settled` says
+    /// the answer is one no later run could get differently (nothing missing, of what is
+    /// never deleted), it is journaled with the flow's next durable step instead of in a
+    /// write of its own. A crash before that step loses it; the replay asks again and gets
+    /// the same answer. Any other answer is made durable at once, as a side effect's is.
+    pub(crate) async fn side_effect_settled<T, F, Fut>(
+        &self,
+        key: &str,
+        effect: F,
+        settled: impl FnOnce(&T) -> bool,
+    ) -> Result<T, FlowError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, FlowError>>,
+    {
+        let ask = Ask::SideEffect(key.to_string());
+        if let Some(Entry::SideEffect { result, .. }) = self.replay(&ask)? {
+            return encoding::decode(&result).map_err(|e| FlowError::Invalid(format!("journaled result of side effect {key:?}: {e}")));
+        }
+        let value = effect().await?;
+        let entry = Entry::SideEffect { key: key.to_string(), result: encoding::encode(&value) };
+        if settled(&value) {
+            self.record_later(entry);
+        } else {
+            self.record(entry).await?;
+        }
+        Ok(value)
+    }
+
     /// Reports a progress step (shown to clients waiting for the flow).
     pub async fn progress(&self, step: &str) -> Result<(), FlowError> {
         if self.replay(&Ask::Progress(step.to_string()))?.is_some() {

@@ -1241,21 +1241,6 @@ impl FlowEngine {
             }
             t.take_reviving(id)
         };
-        let existing = match self.shared.store.get(id).await {
-            Ok(r) => r,
-            Err(e) => {
-                give_up(self);
-                return Err(e.into());
-            }
-        };
-        if existing.is_some() {
-            // Started before and ended, parked or held: the opening message has done its work
-            // (a responder journals its opening payload before it can be parked), and what
-            // came with it is for a flow that is not running here.
-            let pending = give_up(self);
-            self.shared.processed_later(pending.into_iter().map(|(_, m, _)| m).chain([message.id]));
-            return Ok(());
-        }
         let now = crate::now_micros();
         let record = FlowRecord {
             id,
@@ -1270,10 +1255,23 @@ impl FlowEngine {
             created_at: now,
             updated_at: now,
         };
-        if let Err(e) = self.shared.store.create(record.clone()).await {
-            // Its messages stay unprocessed in the inbox: they come back at the next start.
-            give_up(self);
-            return Err(e.into());
+        // Inserted unless its record exists (no read first: one pooled read per responder
+        // fewer, and a redelivered opening message is rare).
+        match self.shared.store.create(record.clone()).await {
+            Ok(Created::New) => {}
+            Ok(Created::Existing(_)) => {
+                // Started before and ended, parked or held: the opening message has done its
+                // work (a responder journals its opening payload before it can be parked),
+                // and what came with it is for a flow that is not running here.
+                let pending = give_up(self);
+                self.shared.processed_later(pending.into_iter().map(|(_, m, _)| m).chain([message.id]));
+                return Ok(());
+            }
+            Err(e) => {
+                // Its messages stay unprocessed in the inbox: they come back at the next start.
+                give_up(self);
+                return Err(e.into());
+            }
         }
         if self.install(record, Vec::new(), def, None, true).is_none() {
             // Killed meanwhile: nothing runs it.

@@ -653,19 +653,21 @@ async fn resolve<L: Ledger>(
     Ok(Downloaded { transactions: dependency_order(w.have), attachments: downloaded_attachments, verdicts })
 }
 
-/// Those of `ids` the ledger has not recorded (a journaled question).
+/// Those of `ids` the ledger has not recorded (a journaled question). "All recorded" is
+/// final — transactions are never unrecorded — so that answer costs no write of its own
+/// ([`FlowContext::side_effect_settled`]); any other could change, and is durable at once.
 async fn unrecorded<L: Ledger>(ctx: &FlowContext, ledger: &Arc<L>, key: &str, ids: Vec<SecureHash>) -> Result<Vec<SecureHash>, FlowError> {
     if ids.is_empty() {
         return Ok(ids);
     }
-    ctx.side_effect(key, |_| {
+    let effect = || {
         let ledger = ledger.clone();
         async move {
             let recorded = ledger.recorded(&ids).await?;
             Ok(ids.into_iter().zip(recorded).filter(|(_, r)| !r).map(|(id, _)| id).collect())
         }
-    })
-    .await
+    };
+    ctx.side_effect_settled(key, effect, Vec::is_empty).await
 }
 
 /// `txs` ordered so every transaction comes after those of them it depends on (ties by id).
@@ -719,16 +721,15 @@ async fn fetch_attachments<L: Ledger>(
     ids: Vec<SecureHash>,
 ) -> Result<(Vec<Attachment>, Vec<Attachment>), FlowError> {
     let all = ids.clone();
-    let mut missing: VecDeque<SecureHash> = ctx
-        .side_effect(key, |_| {
-            let ledger = ledger.clone();
-            async move {
-                let stored = ledger.attachments(&ids).await?;
-                Ok(ids.into_iter().zip(stored).filter(|(_, a)| a.is_none()).map(|(id, _)| id).collect::<Vec<_>>())
-            }
-        })
-        .await?
-        .into();
+    let effect = || {
+        let ledger = ledger.clone();
+        async move {
+            let stored = ledger.attachments(&ids).await?;
+            Ok(ids.into_iter().zip(stored).filter(|(_, a)| a.is_none()).map(|(id, _)| id).collect::<Vec<_>>())
+        }
+    };
+    // "None missing" is final (attachments are never deleted): it costs no write of its own.
+    let mut missing: VecDeque<SecureHash> = ctx.side_effect_settled(key, effect, Vec::is_empty).await?.into();
     let present: Vec<SecureHash> = all.into_iter().filter(|id| !missing.contains(id)).collect();
     let mut stored = Vec::with_capacity(present.len());
     for (id, a) in present.iter().zip(ledger.attachments(&present).await?) {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use treaty_core::{NetworkParameters, SecureHash, SignedTransaction, TransactionSignature};
 use treaty_flows::*;
+use treaty_net::messaging::MemoryMessageStore;
 use treaty_net::sim::SimNetwork;
 use treaty_testkit::{TokenChain, token_chain};
 
@@ -267,5 +268,109 @@ async fn a_receiver_crashing_mid_download_finishes_once_after_restart() {
     assert_eq!(result(&r)["resolved"], 2000);
     assert_eq!(finished(&bob.engine, bob_flow).await.status, FlowStatus::Completed);
     assert_eq!(bob_ledger.len(), 2001);
+    assert_eq!(bob.engine.list().await.unwrap().len(), 1, "one responder, replayed");
+}
+
+/// Counts the journal writes and record reads of the flows of a node, and can hold the write
+/// that carries a side effect's answer.
+struct Watched {
+    appends: std::sync::Mutex<Vec<Vec<Entry>>>,
+    gets: std::sync::atomic::AtomicUsize,
+    hold_answers: std::sync::atomic::AtomicBool,
+    held: tokio::sync::Semaphore,
+}
+
+impl Default for Watched {
+    fn default() -> Watched {
+        Watched {
+            appends: Default::default(),
+            gets: Default::default(),
+            hold_answers: Default::default(),
+            held: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl ParkHook for Watched {
+    async fn before_park(&self, _: &Parking) -> Result<(), treaty_net::messaging::StoreError> {
+        Ok(())
+    }
+    async fn before_append(&self, _: FlowId, entries: &[Entry]) -> Result<(), treaty_net::messaging::StoreError> {
+        self.appends.lock().unwrap().push(entries.to_vec());
+        if self.hold_answers.load(std::sync::atomic::Ordering::SeqCst) && entries.iter().any(|e| matches!(e, Entry::SideEffect { .. })) {
+            self.held.add_permits(1);
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+    fn before_get(&self, _: FlowId) {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Alice, with the whole of `chain`, and Bob, who has all but its tip and whose flows are kept
+/// in a watched store.
+async fn watched_pair(
+    chain: &TokenChain,
+) -> (SimNetwork, Directory, Node, Node, Arc<HookedParking<Watched>>, Arc<MemoryLedger>, Arc<MemoryMessageStore>) {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let (alice_ledger, bob_ledger) = (ledger(), ledger());
+    seed(&alice_ledger, chain);
+    let n = chain.transactions.len();
+    seed(&bob_ledger, &TokenChain { transactions: chain.transactions[..n - 1].to_vec(), ..token_chain(0, 7).unwrap() });
+    let alice = Node::start(&net, &dir, ALICE, &Disk::default(), registry(alice_ledger), EngineOptions::default()).await;
+    let store = Arc::new(HookedParking::new(Watched::default()));
+    let messages = Arc::new(MemoryMessageStore::default());
+    let bob = Node::start_with(&net, &dir, BOB, &messages, store.clone(), registry(bob_ledger.clone()), EngineOptions::default()).await;
+    (net, dir, alice, bob, store, bob_ledger, messages)
+}
+
+/// A receiver that has every dependency (the common case for a payment between parties that
+/// trade often) asks the database its questions, but their answers ("all recorded", "none
+/// missing") cannot change, so they go to the journal with the flow's end: two journal
+/// writes in all, the opening message and the end. Starting the responder reads nothing.
+#[tokio::test]
+async fn settled_answers_cost_the_receiver_no_journal_writes_of_their_own() {
+    let chain = token_chain(3, 7).unwrap();
+    let (_net, _dir, alice, bob, store, bob_ledger, _m) = watched_pair(&chain).await;
+    let id = alice.engine.start("Share", json!({ "to": BOB, "tx": chain.tip().id() }), None).await.unwrap();
+    assert_eq!(result(&finished(&alice.engine, id).await), json!({ "served": 1, "resolved": 0 }));
+    // (Before waiting on Bob's flow below, which reads its record once it has ended.)
+    assert_eq!(store.hook.gets.load(std::sync::atomic::Ordering::SeqCst), 0, "a record was read to start the responder");
+    let responder = bob.engine.list().await.unwrap()[0].id;
+    assert_eq!(finished(&bob.engine, responder).await.status, FlowStatus::Completed);
+    assert_eq!(bob_ledger.len(), 4, "Bob recorded the tip");
+    let writes = store.hook.appends.lock().unwrap().clone();
+    let shape: Vec<Vec<String>> = writes.iter().map(|w| w.iter().map(Entry::describe).collect()).collect();
+    assert_eq!(writes.len(), 2, "{shape:?}");
+    assert!(matches!(writes[0][..], [Entry::Received { .. }]), "{shape:?}");
+    let answers: Vec<&str> =
+        writes[1].iter().filter_map(|e| if let Entry::SideEffect { key, .. } = e { Some(key.as_str()) } else { None }).collect();
+    assert_eq!(answers, ["resolve.unrecorded.0", "resolve.attachments.0"]);
+}
+
+/// A settled answer lost in a crash (the receiver dies while writing its end, after it
+/// recorded the transaction and its messages left) is asked again after the restart: the
+/// replay finishes the flow once, with each answer journaled once.
+#[tokio::test]
+async fn a_settled_answer_lost_in_a_crash_is_asked_again() {
+    let chain = token_chain(3, 7).unwrap();
+    let (net, dir, alice, bob, store, bob_ledger, messages) = watched_pair(&chain).await;
+    store.hook.hold_answers.store(true, std::sync::atomic::Ordering::SeqCst);
+    let id = alice.engine.start("Share", json!({ "to": BOB, "tx": chain.tip().id() }), None).await.unwrap();
+    store.hook.held.acquire().await.unwrap().forget();
+    let responder = bob.engine.list().await.unwrap()[0].id;
+    // The end is held: only the opening message is in the journal.
+    assert_eq!(store.inner.journal(responder).await.unwrap().len(), 1);
+    bob.crash();
+    store.hook.hold_answers.store(false, std::sync::atomic::Ordering::SeqCst);
+    let bob = Node::start_with(&net, &dir, BOB, &messages, store.clone(), registry(bob_ledger.clone()), EngineOptions::default()).await;
+    assert_eq!(finished(&bob.engine, responder).await.status, FlowStatus::Completed);
+    assert_eq!(result(&finished(&alice.engine, id).await), json!({ "served": 1, "resolved": 0 }));
+    let journal = store.inner.journal(responder).await.unwrap();
+    let answers = journal.iter().filter(|e| matches!(e, Entry::SideEffect { .. })).count();
+    assert_eq!(answers, 2, "{:?}", journal.iter().map(Entry::describe).collect::<Vec<_>>());
+    assert_eq!(bob_ledger.len(), 4);
     assert_eq!(bob.engine.list().await.unwrap().len(), 1, "one responder, replayed");
 }

@@ -122,6 +122,12 @@ pub trait ParkHook: Send + Sync + 'static {
     fn before_create(&self, _record: &FlowRecord) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
+    /// Runs before `entries` are appended to flow `id`'s journal (alone or with its end).
+    fn before_append(&self, _id: FlowId, _entries: &[Entry]) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+    /// Runs before flow `id`'s record is read.
+    fn before_get(&self, _id: FlowId) {}
 }
 
 /// A memory store that runs its hook before writing each parking (tests of parking races and
@@ -143,6 +149,7 @@ impl<H: ParkHook> FlowStore for HookedParking<H> {
         self.inner.create(record).await
     }
     async fn append(&self, id: FlowId, first: usize, entries: &[Entry]) -> Result<(), StoreError> {
+        self.hook.before_append(id, entries).await?;
         self.inner.append(id, first, entries).await
     }
     async fn journal(&self, id: FlowId) -> Result<Vec<Entry>, StoreError> {
@@ -152,6 +159,7 @@ impl<H: ParkHook> FlowStore for HookedParking<H> {
         self.inner.set_status(id, status, result, error).await
     }
     async fn get(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
+        self.hook.before_get(id);
         self.inner.get(id).await
     }
     async fn list(&self) -> Result<Vec<FlowRecord>, StoreError> {
