@@ -443,6 +443,13 @@ fn wire_level_rules_are_checked_on_decode() {
     ));
     let few = Limits { max_transaction_bytes: 1 << 20, max_components_per_group: 0 };
     assert!(matches!(WireTransaction::from_bytes(stx.tx().bytes(), &few).unwrap_err(), TransactionError::TooManyComponents { .. }));
+    // A transaction built here is held to the same limits, with the same errors, undecoded.
+    for limits in [tight, few] {
+        assert_eq!(stx.tx().check_limits(&limits).unwrap_err(), WireTransaction::from_bytes(stx.tx().bytes(), &limits).unwrap_err());
+    }
+    let exact = Limits { max_transaction_bytes: stx.tx().bytes().len(), max_components_per_group: 10 };
+    stx.tx().check_limits(&exact).unwrap();
+    WireTransaction::from_bytes(stx.tx().bytes(), &exact).unwrap();
 }
 
 use treaty_core::encoding;

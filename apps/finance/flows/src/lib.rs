@@ -281,14 +281,31 @@ fn vault_error(e: VaultError) -> FlowError {
 
 /// Builds, signs and journals a transaction once: a replay gets the same bytes back. The salt
 /// is drawn inside the side effect: if the node dies before its result is journaled, nobody
-/// has seen the transaction, and the replay builds another with a fresh salt.
+/// has seen the transaction, and the replay builds another with a fresh salt. A live run
+/// keeps the transaction it built (the bytes journaled are its encoding): decoding them again
+/// would hash every component a second time.
 async fn built<F, Fut>(ctx: &FlowContext, s: &Services, key: &str, build: F) -> Result<SignedTransaction, FlowError>
 where
     F: FnOnce(PrivacySalt) -> Fut,
     Fut: Future<Output = Result<SignedTransaction, FlowError>>,
 {
-    let bytes: Vec<u8> = ctx.side_effect(key, |_| async move { build(PrivacySalt(random_salt())).await.map(|t| t.to_bytes()) }).await?;
-    SignedTransaction::from_bytes(&bytes, &s.ledger.limits()).map_err(|e| FlowError::Invalid(format!("journaled transaction: {e}")))
+    let invalid = |e: treaty_core::TransactionError| FlowError::Invalid(format!("journaled transaction: {e}"));
+    let mut fresh = None;
+    let bytes: Vec<u8> = ctx
+        .side_effect(key, |_| async {
+            let stx = build(PrivacySalt(random_salt())).await?;
+            let bytes = stx.to_bytes();
+            fresh = Some(stx);
+            Ok(bytes)
+        })
+        .await?;
+    match fresh {
+        Some(stx) => {
+            stx.tx().check_limits(&s.ledger.limits()).map_err(invalid)?;
+            Ok(stx)
+        }
+        None => SignedTransaction::from_bytes(&bytes, &s.ledger.limits()).map_err(invalid),
+    }
 }
 
 fn random_salt() -> [u8; 32] {

@@ -105,6 +105,23 @@ impl WireTransaction {
         Self::from_groups(repr.groups, repr.privacy_salt, limits, Some(bytes.to_vec()))
     }
 
+    /// Checks this transaction against `limits` as [`Self::from_bytes`] would, with the same
+    /// errors: for one built here, to be held to the network's limits without decoding and
+    /// hashing it again.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), TransactionError> {
+        if self.bytes.len() > limits.max_transaction_bytes {
+            return Err(TransactionError::Decode(DecodeError::TooLarge { size: self.bytes.len(), limit: limits.max_transaction_bytes }));
+        }
+        for g in &self.groups {
+            let group = ComponentGroup::from_index(g.group).ok_or(TransactionError::UnknownGroup(g.group))?;
+            let limit = group.max_components().unwrap_or(limits.max_components_per_group);
+            if g.components.len() > limit {
+                return Err(TransactionError::TooManyComponents { group, count: g.components.len(), limit });
+            }
+        }
+        Ok(())
+    }
+
     fn from_groups(
         groups: Vec<GroupBytes>,
         salt: PrivacySalt,
