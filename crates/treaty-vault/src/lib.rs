@@ -65,11 +65,21 @@ pub const VAULT_MIGRATIONS: Migrations = Migrations {
         Migration { version: 1, description: "vault states, columns, views", sql: include_str!("../migrations/sqlite/0001_vault.sql") },
         Migration { version: 2, description: "scheduled activities", sql: include_str!("../migrations/sqlite/0002_schedule.sql") },
         Migration { version: 3, description: "spendable fungible states", sql: include_str!("../migrations/sqlite/0003_spendable.sql") },
+        Migration {
+            version: 4,
+            description: "spendable states in selection order",
+            sql: include_str!("../migrations/sqlite/0004_spendable_order.sql"),
+        },
     ],
     postgres: &[
         Migration { version: 1, description: "vault states, columns, views", sql: include_str!("../migrations/postgres/0001_vault.sql") },
         Migration { version: 2, description: "scheduled activities", sql: include_str!("../migrations/postgres/0002_schedule.sql") },
         Migration { version: 3, description: "spendable fungible states", sql: include_str!("../migrations/postgres/0003_spendable.sql") },
+        Migration {
+            version: 4,
+            description: "spendable states in selection order",
+            sql: include_str!("../migrations/postgres/0004_spendable_order.sql"),
+        },
     ],
 };
 
