@@ -687,14 +687,8 @@ impl FlowContext {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, FlowError>>,
     {
-        let ask = Ask::SideEffect(key.to_string());
-        if let Some(Entry::SideEffect { result, .. }) = self.replay(&ask)? {
-            return encoding::decode(&result).map_err(|e| FlowError::Invalid(format!("journaled result of side effect {key:?}: {e}")));
-        }
         let idempotency_key = format!("{}/{key}", self.run.id);
-        let value = effect(idempotency_key).await?;
-        self.record(Entry::SideEffect { key: key.to_string(), result: encoding::encode(&value) }).await?;
-        Ok(value)
+        self.side_effect_settled(key, || effect(idempotency_key), |_| false).await
     }
 
     /// [`Self::side_effect`] for a question whose answer may be final: when `settled` says

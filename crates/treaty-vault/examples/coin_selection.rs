@@ -11,60 +11,26 @@
 //! amounts are the hard case for a selection that reads largest first, oldest first: every
 //! coin ties with every other.
 
+mod common;
+
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use treaty_core::{
-    AbstractParty, Amount, AttachmentConstraint, ContractState, Currency, Issued, KeyPair, Party, PartyAndReference, PrivacySalt,
-    PublicKey, SignatureScheme, Timestamp, TransactionBuilder, TransactionState,
-};
-use treaty_storage::Database;
-use treaty_vault::{FungibleColumns, IssuerFilter, LockId, Vault, fungible};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Cash {
-    amount: Amount<Issued<Currency>>,
-    owner: AbstractParty,
-}
-
-impl ContractState for Cash {
-    const TYPE_ID: &'static str = "example.Cash";
-    fn participants(&self) -> Vec<AbstractParty> {
-        vec![self.owner.clone()]
-    }
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
+use common::{Cash, Error, Setup, arg};
+use treaty_core::{Amount, AttachmentConstraint, PrivacySalt, Timestamp, TransactionBuilder, TransactionState};
+use treaty_vault::{IssuerFilter, LockId};
 
 const OUTPUTS_PER_TX: u64 = 1000;
 const COIN: u64 = 100;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     let states: u64 = arg(&args, "--states").map(|s| s.parse()).transpose()?.unwrap_or(100_000);
     let selections: u32 = arg(&args, "--selections").map(|s| s.parse()).transpose()?.unwrap_or(200);
-    let dir = std::env::temp_dir().join(format!("treaty-coin-selection-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let url = arg(&args, "--url").unwrap_or_else(|| format!("sqlite://{}", dir.join("vault.db").display()));
-
-    let db = Database::open(&url, &dir).await?;
-    let vault = Vault::open(&db).await?;
-    vault.register(fungible(|c: &Cash| FungibleColumns::issued(&c.owner, &c.amount)))?;
-    let key = |seed: u8| -> Result<PublicKey, Box<dyn std::error::Error>> {
-        Ok(KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32])?.public())
-    };
-    let alice = Party { name: "O=Alice,L=London,C=GB".parse()?, owning_key: key(1)? };
-    let bank = Party { name: "O=Bank,L=Zurich,C=CH".parse()?, owning_key: key(2)? };
-    let notary = Party { name: "O=Notary,L=Zurich,C=CH".parse()?, owning_key: key(3)? };
+    let setup = Setup::open("treaty-coin-selection", &args).await?;
+    let (db, vault, alice, notary, usd) = (&setup.db, &setup.vault, &setup.alice, &setup.notary, &setup.usd);
     let owner = alice.owning_key.clone();
-    let ours = {
-        let k = owner.clone();
-        move |p: &PublicKey| *p == k
-    };
-    let usd = Issued { issuer: PartyAndReference { party: bank.into(), reference: vec![1] }, product: Currency::new("USD")? };
+    let ours = setup.ours();
 
     let started = Instant::now();
     let (mut recorded, mut tx_number) = (0u64, 0u64);
@@ -99,7 +65,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{selections} selections of one coin (each locked, then released) in {secs:.2} s: {:.2} ms each",
         1000.0 * secs / f64::from(selections)
     );
-    db.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    setup.close().await;
     Ok(())
 }

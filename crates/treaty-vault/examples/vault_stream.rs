@@ -13,28 +13,13 @@
 //! streaming (treaty-storage sets 64 MiB per connection, four connections): with a small cache
 //! the peak shows the stream's own memory rather than the database's cache filling up.
 
+mod common;
+
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use treaty_core::{
-    AbstractParty, Amount, AttachmentConstraint, ContractState, Currency, Issued, KeyPair, Party, PartyAndReference, PrivacySalt,
-    PublicKey, SignatureScheme, StateRef, Timestamp, TransactionBuilder, TransactionState,
-};
-use treaty_storage::Database;
-use treaty_vault::{Criteria, FungibleColumns, Sort, Vault, fungible};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Cash {
-    amount: Amount<Issued<Currency>>,
-    owner: AbstractParty,
-}
-
-impl ContractState for Cash {
-    const TYPE_ID: &'static str = "example.Cash";
-    fn participants(&self) -> Vec<AbstractParty> {
-        vec![self.owner.clone()]
-    }
-}
+use common::{Cash, Error, Setup, arg};
+use treaty_core::{Amount, AttachmentConstraint, PrivacySalt, StateRef, Timestamp, TransactionBuilder, TransactionState};
+use treaty_vault::{Criteria, Sort};
 
 /// A line of `/proc/self/status` in KiB (`VmHWM`, `VmRSS`).
 fn status_kib(field: &str) -> Option<u64> {
@@ -47,15 +32,11 @@ fn mib(kib: Option<u64>) -> String {
     kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "unknown".into())
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
 const OUTPUTS_PER_TX: u64 = 1000;
 const TXS_PER_BATCH: u64 = 10;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     let states: u64 = arg(&args, "--states").map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     let page: u32 = arg(&args, "--page").map(|s| s.parse()).transpose()?.unwrap_or(1000);
@@ -63,25 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(spec) => Sort::parse(&spec)?,
         None => Sort::recording_order(),
     };
-    let dir = std::env::temp_dir().join(format!("treaty-vault-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let url = arg(&args, "--url").unwrap_or_else(|| format!("sqlite://{}", dir.join("vault.db").display()));
-
-    let db = Database::open(&url, &dir).await?;
-    let vault = Vault::open(&db).await?;
-    vault.register(fungible(|c: &Cash| FungibleColumns::issued(&c.owner, &c.amount)))?;
-
-    let key = |seed: u8| -> Result<PublicKey, Box<dyn std::error::Error>> {
-        Ok(KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32])?.public())
-    };
-    let alice = Party { name: "O=Alice,L=London,C=GB".parse()?, owning_key: key(1)? };
-    let bank = Party { name: "O=Bank,L=Zurich,C=CH".parse()?, owning_key: key(2)? };
-    let notary = Party { name: "O=Notary,L=Zurich,C=CH".parse()?, owning_key: key(3)? };
-    let ours = {
-        let k = alice.owning_key.clone();
-        move |p: &PublicKey| *p == k
-    };
-    let usd = Issued { issuer: PartyAndReference { party: bank.into(), reference: vec![1] }, product: Currency::new("USD")? };
+    let setup = Setup::open("treaty-vault-stream", &args).await?;
+    let (db, vault, alice, notary, usd) = (&setup.db, &setup.vault, &setup.alice, &setup.notary, &setup.usd);
+    let ours = setup.ours();
 
     // Record.
     let started = Instant::now();
@@ -167,7 +132,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let balances = vault.balances(&Criteria::unconsumed()).await?;
     println!("balance: {:?}", balances.iter().map(|b| (b.token.as_str(), b.quantity, b.states)).collect::<Vec<_>>());
-    db.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    setup.close().await;
     Ok(())
 }

@@ -98,6 +98,16 @@ fn decode_all<T: serde::de::DeserializeOwned>(g: &GroupBytes, group: ComponentGr
         .collect()
 }
 
+/// The group of `g`, once it is known and within `limits`' component count.
+fn counted_group(g: &GroupBytes, limits: &Limits) -> Result<ComponentGroup, TransactionError> {
+    let group = ComponentGroup::from_index(g.group).ok_or(TransactionError::UnknownGroup(g.group))?;
+    let limit = group.max_components().unwrap_or(limits.max_components_per_group);
+    if g.components.len() > limit {
+        return Err(TransactionError::TooManyComponents { group, count: g.components.len(), limit });
+    }
+    Ok(group)
+}
+
 impl WireTransaction {
     /// Decodes and validates canonical transaction bytes.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<WireTransaction, TransactionError> {
@@ -113,11 +123,7 @@ impl WireTransaction {
             return Err(TransactionError::Decode(DecodeError::TooLarge { size: self.bytes.len(), limit: limits.max_transaction_bytes }));
         }
         for g in &self.groups {
-            let group = ComponentGroup::from_index(g.group).ok_or(TransactionError::UnknownGroup(g.group))?;
-            let limit = group.max_components().unwrap_or(limits.max_components_per_group);
-            if g.components.len() > limit {
-                return Err(TransactionError::TooManyComponents { group, count: g.components.len(), limit });
-            }
+            counted_group(g, limits)?;
         }
         Ok(())
     }
@@ -138,14 +144,10 @@ impl WireTransaction {
         let mut signers: Vec<Vec<PublicKey>> = Vec::new();
         let mut command_data: Vec<CommandData> = Vec::new();
         for g in &groups {
-            let group = ComponentGroup::from_index(g.group).ok_or(TransactionError::UnknownGroup(g.group))?;
-            if g.components.is_empty() {
+            if ComponentGroup::from_index(g.group).is_some() && g.components.is_empty() {
                 return Err(TransactionError::NonCanonicalGroups("a present group must not be empty"));
             }
-            let limit = group.max_components().unwrap_or(limits.max_components_per_group);
-            if g.components.len() > limit {
-                return Err(TransactionError::TooManyComponents { group, count: g.components.len(), limit });
-            }
+            let group = counted_group(g, limits)?;
             match group {
                 ComponentGroup::Inputs => c.inputs = decode_all(g, group)?,
                 ComponentGroup::Outputs => c.outputs = decode_all(g, group)?,
