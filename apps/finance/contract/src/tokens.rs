@@ -261,7 +261,15 @@ pub fn verify_tokens(tx: &LedgerTransaction) -> Result<ContractVerdict, Contract
             for (t, i, o) in totals {
                 require(i == o, || format!("{} issued by {} is not conserved: {i} in, {o} out", t.kind.name(), t.issuer))?;
             }
-            // Non-fungible: each consumed token reappears once, the same token.
+            // Non-fungible: each consumed token reappears once, the same token, and nothing
+            // else comes out: with distinct ids in, as many out and each found once, the
+            // outputs are the inputs rearranged. (Two states of one id, issued apart, must not
+            // pass for two tokens, one reappearing twice to cover a forged one.)
+            for (i, n) in nin.iter().enumerate() {
+                require(!nin[..i].iter().any(|m| m.linear_id == n.linear_id), || {
+                    format!("non-fungible token {} is consumed twice", n.linear_id)
+                })?;
+            }
             require(nin.len() == nout.len(), || "every non-fungible token moved reappears once".into())?;
             for n in &nin {
                 require(nout.iter().filter(|m| m.linear_id == n.linear_id && m.token == n.token).count() == 1, || {
@@ -376,6 +384,16 @@ mod tests {
         assert!(verify_tokens(&w.tx(vec![(nft(&w.alice, 1), 0)], vec![nft(&w.bob, 1)], TokenCommand::Move, &w.alice, None)).is_ok());
         refused(&w.tx(vec![(nft(&w.alice, 1), 0)], vec![nft(&w.bob, 2)], TokenCommand::Move, &w.alice, None), "must reappear once");
         refused(&w.tx(vec![], vec![nft(&w.alice, 1), nft(&w.bob, 1)], TokenCommand::Issue, &w.alice, None), "issued twice");
+        // Two states of one id (issued in two transactions) cannot cover a token that was
+        // never issued: one reappearing for both, the other coming out of nothing.
+        let deed = IssuedToken { issuer: w.bob.clone().into(), kind: TokenKind::Fixed { id: "OTHER".into(), fraction_digits: 0 } };
+        let forged = w.state(
+            &NonFungibleToken { token: deed, holder: w.alice.clone().into(), linear_id: UniqueIdentifier::new(None, [9; 16]) },
+            TOKENS,
+        );
+        let twice =
+            w.tx(vec![(nft(&w.alice, 1), 0), (nft(&w.alice, 1), 1)], vec![nft(&w.bob, 1), forged], TokenCommand::Move, &w.alice, None);
+        refused(&twice, "is consumed twice");
     }
 
     #[test]
