@@ -218,16 +218,104 @@ async fn start_finance(dir: &Path, who: &str) -> RunningNode {
     node::start_with(&config, finance_and_newer_payment).await.unwrap()
 }
 
-/// The finance flows, and `NewerPayment`: a payer that opens `CashPayment`'s session at a
-/// version the finance app does not speak (3), as one from a later release would.
+/// The finance flows, `NewerPayment`: a payer that opens `CashPayment`'s session at a
+/// version the finance app does not speak (3), as one from a later release would; and
+/// `SneakyRedeem` (see [`sneaky_redeem`]).
 fn finance_and_newer_payment(r: &mut Registry, services: &NodeServices) {
     treaty_finance::register(r, services);
+    let s = services.clone();
+    r.flow("ForgedIssue", 1, move |ctx: FlowContext, args: serde_json::Value| {
+        let s = s.clone();
+        async move { forged_issue(&ctx, &s, args).await }
+    });
+    let s = services.clone();
+    r.flow("SneakyRedeem", 1, move |ctx: FlowContext, tx: String| {
+        let s = s.clone();
+        async move { sneaky_redeem(&ctx, &s, &tx).await }
+    });
     r.flow("NewerPayment", 1, |ctx: FlowContext, to: String| async move {
         let to: treaty_core::X500Name = to.parse().map_err(|e| FlowError::Exception(format!("{e}")))?;
         let session = ctx.initiate_as(&to, treaty_finance::CASH_PAYMENT, 3).await?;
         let answer: bool = ctx.send_and_receive(&session, &false).await?;
         Ok(answer)
     });
+}
+
+/// Issues `{"amount": "50.00 USD", "as": "<X.500 name>"}` of cash to this node under another
+/// party's name but in this node's own key (which the cash contract allows: it is the issuer's
+/// key that signs). Returns the transaction id.
+async fn forged_issue(ctx: &FlowContext, s: &NodeServices, args: serde_json::Value) -> Result<String, FlowError> {
+    use treaty_core::*;
+    use treaty_finance_contracts::{CASH, Cash, CashCommand};
+    let fail = |e: String| FlowError::Exception(e);
+    let amount: Amount<Currency> = args["amount"].as_str().unwrap_or_default().parse().map_err(|e| fail(format!("{e}")))?;
+    let name: X500Name = args["as"].as_str().unwrap_or_default().parse().map_err(|e| fail(format!("{e}")))?;
+    let forged = Party { name, owning_key: s.identity.owning_key.clone() };
+    let (code, _) = s.ledger.import_attachment(&treaty_finance::cash_bundle()).await.map_err(|e| fail(e.to_string()))?;
+    let notary = s.parameters.notaries[0].identity.clone();
+    let token = Issued { issuer: PartyAndReference { party: forged.into(), reference: vec![0] }, product: amount.token.clone() };
+    let cash = Cash { amount: Amount::new(amount.quantity, token), owner: s.identity.clone().into() };
+    let wtx = TransactionBuilder::new(Some(notary.clone()))
+        .output(TransactionState::new(&cash, CASH, notary, AttachmentConstraint::Hash(code.id)))
+        .command(Command::new(&CashCommand::Issue, vec![s.identity.owning_key.clone()]))
+        .attachment(code.id)
+        .build(PrivacySalt([8; 32]))
+        .map_err(|e| fail(e.to_string()))?;
+    let stx = SignedTransaction::new(wtx, vec![]);
+    let stx = stx.clone().with_signature(treaty_flows::Keys::sign(&*s.keys, &stx.id(), &s.identity.owning_key)?);
+    let done = finality(ctx, &s.ledger, &s.keys, &s.identity, stx, &[]).await?;
+    Ok(done.id().to_string())
+}
+
+/// Asks the issuer of this node's fungible token output of transaction `tx` to sign its
+/// redemption, with a command hidden in it that issues 1,000,000.00 USD of the issuer's cash
+/// to this node. Returns `{"signed": true}` or `{"refused": "<why>"}`.
+async fn sneaky_redeem(ctx: &FlowContext, s: &NodeServices, tx: &str) -> Result<serde_json::Value, FlowError> {
+    use treaty_core::*;
+    use treaty_finance_contracts::{CASH, Cash, CashCommand, FungibleToken, TokenCommand};
+    let fail = |e: String| FlowError::Exception(e);
+    let id: SecureHash = tx.parse().map_err(|e| fail(format!("{e}")))?;
+    let moved = s.ledger.transactions(&[id]).await?.pop().flatten().ok_or_else(|| fail(format!("{id} is not recorded")))?;
+    let me: AbstractParty = s.identity.clone().into();
+    let (index, state, token) = moved
+        .tx()
+        .components()
+        .outputs
+        .iter()
+        .enumerate()
+        .find_map(|(i, o)| o.data.unpack::<FungibleToken>().ok().filter(|t| t.holder == me).map(|t| (i, o.clone(), t)))
+        .ok_or_else(|| fail(format!("{id} gives this node no token")))?;
+    let AttachmentConstraint::Hash(code) = state.constraint else { return Err(fail("not hash-constrained".into())) };
+    let issuer = token.token.issuer.clone();
+    let usd = Issued {
+        issuer: PartyAndReference { party: issuer.clone(), reference: vec![0] },
+        product: Currency::new("USD").map_err(|e| fail(e.to_string()))?,
+    };
+    let minted = TransactionState::new(
+        &Cash { amount: Amount::new(100_000_000, usd), owner: me },
+        CASH,
+        state.notary.clone(),
+        AttachmentConstraint::Hash(code),
+    );
+    let required = vec![issuer.owning_key().clone(), s.identity.owning_key.clone()];
+    let wtx = TransactionBuilder::new(Some(state.notary.clone()))
+        .input(StateRef { txhash: id, index: index as u32 })
+        .output(minted)
+        .command(Command::new(&TokenCommand::Redeem, required.clone()))
+        .command(Command::new(&CashCommand::Issue, vec![issuer.owning_key().clone()]))
+        .attachment(code)
+        .build(PrivacySalt([9; 32]))
+        .map_err(|e| fail(e.to_string()))?;
+    let stx = SignedTransaction::new(wtx, vec![]);
+    let stx = stx.clone().with_signature(treaty_flows::Keys::sign(&*s.keys, &stx.id(), &s.identity.owning_key)?);
+    let issuer_name =
+        s.view.borrow().nodes.values().find(|n| n.legal_identity.owning_key == *issuer.owning_key()).map(|n| n.legal_identity.name.clone());
+    let issuer_name = issuer_name.ok_or_else(|| fail("issuer not on the map".into()))?;
+    let session = ctx.initiate_as(&issuer_name, treaty_finance::TOKEN_REDEEM, 1).await?;
+    Ok(match treaty_flows::collect_signatures(ctx, &s.ledger, stx, &required, &[session]).await {
+        Ok(_) => json!({ "signed": true }),
+        Err(e) => json!({ "refused": e.to_string() }),
+    })
 }
 
 /// Alice and Bob running the finance flows, and the notary, all knowing each other.
@@ -292,6 +380,27 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
 /// `CashIssueAndPayment` (Corda's `CashIssueAndPaymentFlow`): both transactions in one flow,
 /// the payee's side `CashPayment`'s responder, and a wrong recipient refused before anything
 /// is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cash_issued_under_another_name_is_kept_and_filed_apart_from_that_partys_cash() {
+    let (_dir, _map, _notary, alice, bob) = cash_network("forged").await;
+    ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "100.00 USD"})).await);
+    // Bob issues cash under Alice's name in his own key, and pays some of it to Alice.
+    ok(&run(&bob, "ForgedIssue", json!({"amount": "50.00 USD", "as": ALICE})).await);
+    ok(&run(&bob, treaty_finance::CASH_PAYMENT, json!({"amount": "20.00 USD", "recipient": ALICE})).await);
+    let balances = alice.vault.balances(&treaty_vault::Criteria::unconsumed()).await.unwrap();
+    let rows: Vec<(String, u128)> = balances.iter().filter(|b| b.token == "USD").map(|b| (b.issuer.clone(), b.quantity)).collect();
+    let (real, forged): (Vec<_>, Vec<_>) = rows.iter().partition(|(issuer, _)| issuer == "O=Alice, L=London, C=GB");
+    assert_eq!(real.iter().map(|(_, q)| q).sum::<u128>(), 10_000, "Alice's own cash, alone under her name: {rows:?}");
+    assert_eq!(forged.len(), 1, "{rows:?}");
+    assert!(forged[0].0.starts_with("O=Alice, L=London, C=GB (key ") && forged[0].0.ends_with("not the network map's)"), "{rows:?}");
+    assert_eq!(forged[0].1, 2_000);
+    // Exiting takes only the cash Alice really issued: all of it, and not a cent more.
+    ok(&run(&alice, treaty_finance::CASH_EXIT, json!({"amount": "100.00 USD"})).await);
+    let short = run(&alice, treaty_finance::CASH_EXIT, json!({"amount": "0.01 USD"})).await;
+    assert!(short.error.as_deref().unwrap_or_default().contains("insufficient balance"), "{short:?}");
+    assert_eq!(usd(&alice).await.0, 2_000, "the other cash stays, as it is");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_and_payment_in_one_flow_pays_what_it_issues_and_checks_the_recipient_first() {
     let (_dir, _map, _notary, alice, bob) = cash_network("issue-and-pay").await;
@@ -505,7 +614,9 @@ async fn balances_are_conserved_across_three_nodes_after_1000_random_payments() 
 const RATES: &str = "O=Rates,L=Frankfurt,C=DE";
 
 /// Asks the oracle to sign a made-up transaction carrying one fix, revealing what the
-/// arguments say: `{"pair": "USD/EUR", "rate": "0.92", "reveal_other": false, "window": true}`.
+/// arguments say: `{"pair": "USD/EUR", "rate": "0.92", "reveal_other": false, "window": true,
+/// "hide_signers": false, "other_needs_oracle": false}` (the other command, a cash move, is
+/// signed by the client, or by the oracle with `other_needs_oracle`).
 /// Returns `{"signed": true, "valid": <signature checks over the id>}` or `{"refused": "<why>"}`.
 fn ask_oracle_flow(r: &mut Registry, services: &NodeServices) {
     treaty_finance::register(r, services);
@@ -535,17 +646,22 @@ fn ask_oracle_flow(r: &mut Registry, services: &NodeServices) {
             );
             let mut b = TransactionBuilder::new(Some(notary))
                 .output(note)
-                .command(Command::new(&CashCommand::Move, vec![s.identity.owning_key.clone()]))
+                .command(Command::new(
+                    &CashCommand::Move,
+                    vec![if args["other_needs_oracle"].as_bool().unwrap_or(false) { &oracle_key } else { &s.identity.owning_key }.clone()],
+                ))
                 .command(Command::new(&fix, vec![oracle_key.clone()]));
             if args["window"].as_bool().unwrap_or(true) {
                 b = b.time_window(TimeWindow::around(now, 10_000_000).map_err(|e| fail(e.to_string()))?);
             }
             let wtx = b.build(PrivacySalt([7; 32])).map_err(|e| fail(e.to_string()))?;
             let reveal_other = args["reveal_other"].as_bool().unwrap_or(false);
+            let hide_signers = args["hide_signers"].as_bool().unwrap_or(false);
             let ftx = FilteredTransaction::build(
                 &wtx,
                 |g, i| match g {
-                    ComponentGroup::Commands | ComponentGroup::Signers => reveal_other || i == 1,
+                    ComponentGroup::Commands => reveal_other || i == 1,
+                    ComponentGroup::Signers => !hide_signers || reveal_other || i == 1,
                     ComponentGroup::TimeWindow => true,
                     _ => false,
                 },
@@ -621,6 +737,10 @@ async fn an_obligation_settles_in_another_currency_at_the_oracles_signed_rate_an
         (json!({ "reveal_other": true }), "is not an exchange-rate fix"),
         (json!({ "window": false }), "time window must be revealed"),
         (json!({ "pair": "EUR/GBP", "rate": "0.87" }), "no rate for EUR/GBP"),
+        // A hidden command must not borrow the oracle's signature (here a cash move of the
+        // oracle's own coins): it must see every command's signers, and sign for fixes only.
+        (json!({ "hide_signers": true }), "must reveal every command's signers"),
+        (json!({ "other_needs_oracle": true }), "command 0 needs this oracle's key and is not an exchange-rate fix"),
     ];
     for (args, why) in cases {
         let answer = ask(args.clone()).await;
@@ -737,7 +857,12 @@ async fn tokens_of_fixed_and_evolvable_types_move_and_reference_the_latest_type_
     assert_eq!(bob_types.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>(), vec![type_v2.clone()], "Bob follows the latest version");
     let moved = ok(&run(&alice, "TokenMove", json!({ "token": type_id, "quantity": 4, "recipient": BOB })).await);
     assert_eq!(moved["references"], json!([type_v2]), "{moved}");
-    ok(&run(&alice, "TokenMove", json!({ "token": "GOLD-GRAM", "quantity": 200, "recipient": BOB })).await);
+    let gold = ok(&run(&alice, "TokenMove", json!({ "token": "GOLD-GRAM", "quantity": 200, "recipient": BOB })).await);
+    // An issuer signs a redemption of its tokens, and nothing else hidden in it.
+    let sneaky = ok(&run(&bob, "SneakyRedeem", gold["transaction"].clone()).await);
+    let refused = sneaky["refused"].as_str().unwrap_or_else(|| panic!("the issuer signed a hidden cash issue: {sneaky}"));
+    assert!(refused.contains("command 1 (treaty.finance.Cash.Command) needs this node's signature"), "{refused}");
+    assert_eq!(usd(&bob).await.0, 0, "no cash came of it");
     let deed_moved = ok(&run(&alice, "TokenMove", json!({ "id": deed_id, "recipient": BOB })).await);
     assert_eq!(deed_moved["references"], json!([type_v2]));
     // Bob, an observer, resolves the pointer in his own vault to move some back.

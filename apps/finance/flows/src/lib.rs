@@ -100,7 +100,12 @@ struct Services {
 /// node's cash in the background (`coins.rs`).
 pub fn register(registry: &mut Registry, services: &NodeServices) {
     // A second registration (the same node started twice in one process) changes nothing.
-    let _ = services.vault.register(fungible(|c: &Cash| FungibleColumns::issued(&c.owner, &c.amount)));
+    let view = services.view.clone();
+    let _ = services.vault.register(fungible(move |c: &Cash| {
+        let mut columns = FungibleColumns::issued(&c.owner, &c.amount);
+        columns.issuer = issuer_text(&view.borrow(), &c.amount.token.issuer.party);
+        columns
+    }));
     let s = Services {
         ledger: services.ledger.clone(),
         keys: services.keys.clone(),
@@ -270,6 +275,23 @@ async fn with_locks_released(
         Err(e) => tracing::warn!("flow {} ended and its coins could not be released: {e}", ctx.id()),
     }
     result
+}
+
+/// The issuer of cash as the vault files it (balances, coin selection by issuer): its name,
+/// when its key is the one the network map has for that name (or the map does not know the
+/// name). Anyone can issue cash in their own key under another's name — the contract keeps
+/// such cash apart, as another token — and here it is filed apart too, under a name that says
+/// so, never with the named party's real cash.
+fn issuer_text(view: &treaty_netmap::NetworkView, issuer: &AbstractParty) -> String {
+    match issuer {
+        AbstractParty::Party(p) => match view.node(&p.name) {
+            Some(n) if n.legal_identity.owning_key != p.owning_key => {
+                format!("{} (key {}, not the network map's)", p.name, p.owning_key.short())
+            }
+            _ => p.name.to_string(),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn vault_error(e: VaultError) -> FlowError {
@@ -451,14 +473,15 @@ fn split_marked(
     to: &AbstractParty,
     change: &AbstractParty,
 ) -> Vec<(Amount<Issued<Currency>>, AbstractParty, bool)> {
-    let mut per_issuer: BTreeMap<String, Amount<Issued<Currency>>> = BTreeMap::new();
+    // Per issued token (issuer party, key included, and reference): what the cash contract
+    // conserves. Coins of issuers that only share a name stay apart.
+    let mut per_issuer: BTreeMap<&Issued<Currency>, Amount<Issued<Currency>>> = BTreeMap::new();
     for c in &coins.states {
-        let key = treaty_core::TokenType::display_name(&c.amount.token);
-        let next = match per_issuer.get(&key) {
+        let next = match per_issuer.get(&c.amount.token) {
             Some(sum) => Amount::new(sum.quantity.saturating_add(c.amount.quantity), c.amount.token.clone()),
             None => c.amount.clone(),
         };
-        per_issuer.insert(key, next);
+        per_issuer.insert(&c.amount.token, next);
     }
     let mut left = quantity;
     let mut outputs = Vec::new();
@@ -476,14 +499,13 @@ fn split_marked(
 }
 
 fn move_summaries(outputs: &[(Amount<Issued<Currency>>, AbstractParty)]) -> Vec<String> {
-    let mut totals: BTreeMap<String, Amount<Issued<Currency>>> = BTreeMap::new();
+    let mut totals: BTreeMap<&Issued<Currency>, Amount<Issued<Currency>>> = BTreeMap::new();
     for (a, _) in outputs {
-        let key = treaty_core::TokenType::display_name(&a.token);
-        let next = match totals.get(&key) {
+        let next = match totals.get(&a.token) {
             Some(sum) => Amount::new(sum.quantity + a.quantity, a.token.clone()),
             None => a.clone(),
         };
-        totals.insert(key, next);
+        totals.insert(&a.token, next);
     }
     totals.values().map(|o| format!("Move {o}")).collect()
 }

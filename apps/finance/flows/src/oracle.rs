@@ -8,12 +8,15 @@
 //! 1. [`OracleRequest::Rate`] → the current rate, in millionths (`u64`);
 //! 2. [`OracleRequest::Sign`] with a tear-off of a transaction → the oracle's signature over
 //!    the transaction id, if the tear-off proves its parts, reveals only exchange-rate fixes
-//!    ([`FxFix`] commands naming the oracle's key among their signers) and the time window,
-//!    every fix states the oracle's current rate, and the time window lies within
+//!    ([`FxFix`] commands naming the oracle's key among their signers), the time window and
+//!    every command's signers, no command but a revealed fix needs the oracle's key, every
+//!    fix states the oracle's current rate, and the time window lies within
 //!    [`TOLERANCE_SECS`] of the oracle's clock. Anything else is refused naming what is wrong
 //!    (a wrong fix names the right rate).
 //!
-//! The oracle never sees the transaction's states, other commands or parties.
+//! The oracle never sees the transaction's states, other commands or parties; it sees which
+//! keys each command needs, so that a command it cannot see cannot borrow its signature (one
+//! issuing cash in its name, say: its signature covers the whole transaction).
 
 use serde::{Deserialize, Serialize};
 use treaty_core::{ComponentGroup, FilteredTransaction, PublicKey, TransactionSignature, X500Name};
@@ -108,6 +111,18 @@ async fn check_and_sign(ctx: &FlowContext, s: &Services, ftx: &FilteredTransacti
     if commands.is_empty() {
         return Err(refuse("the tear-off reveals no exchange-rate fix".into()));
     }
+    // The signature covers the whole transaction, so any command needing this oracle's key
+    // is one it signs for: each must be a fix it can see. Hence every command's signers are
+    // revealed (only keys; the commands themselves may stay hidden).
+    ftx.check_all_visible(ComponentGroup::Signers).map_err(|e| {
+        refuse(format!("the tear-off must reveal every command's signers, so that no hidden command needs this oracle's key ({e})"))
+    })?;
+    for (index, keys) in &signers {
+        let fix = commands.iter().any(|(i, data)| i == index && data.is::<FxFix>());
+        if !fix && keys.iter().any(|k| k.contains_leaf(me)) {
+            return Err(refuse(format!("command {index} needs this oracle's key and is not an exchange-rate fix it can see")));
+        }
+    }
     for (index, data) in &commands {
         if !data.is::<FxFix>() {
             return Err(refuse(format!("command {index} is not an exchange-rate fix; reveal only the fixes")));
@@ -147,8 +162,8 @@ pub(crate) async fn open(ctx: &FlowContext, oracle: &X500Name) -> Result<Session
     ctx.initiate_as(oracle, FX_ORACLE, 1).await
 }
 
-/// Sends the oracle a tear-off of `wtx` revealing only its fixes (with their signers) and its
-/// time window, and returns the oracle's signature, checked.
+/// Sends the oracle a tear-off of `wtx` revealing only its fixes, every command's signers and
+/// its time window, and returns the oracle's signature, checked.
 pub(crate) async fn ask_signature(
     ctx: &FlowContext,
     session: &Session,
@@ -159,7 +174,9 @@ pub(crate) async fn ask_signature(
     let ftx = FilteredTransaction::build(
         wtx,
         |group, index| match group {
-            ComponentGroup::Commands | ComponentGroup::Signers => fixes.contains(&index),
+            ComponentGroup::Commands => fixes.contains(&index),
+            // Every command's signers: the oracle checks no hidden command needs its key.
+            ComponentGroup::Signers => true,
             ComponentGroup::TimeWindow => true,
             _ => false,
         },

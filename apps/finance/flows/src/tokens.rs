@@ -146,9 +146,20 @@ pub(crate) fn register(registry: &mut Registry, s: &Services) {
         async move {
             let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("TokenRedeem responder without a session".into()))?;
             let me = s.me.owning_key.clone();
+            let keys = s.keys.clone();
             sign_transaction(&ctx, &session, &s.ledger, &s.keys, |ltx| {
-                if !ltx.commands.iter().any(|c| c.data.unpack::<TokenCommand>().is_ok_and(|t| t == TokenCommand::Redeem)) {
+                let redeems = |c: &treaty_core::Command| c.data.unpack::<TokenCommand>().is_ok_and(|t| t == TokenCommand::Redeem);
+                if !ltx.commands.iter().any(redeems) {
                     return Err("it is not a redemption".into());
+                }
+                // The signature covers the whole transaction: any other command that needs one
+                // of this node's keys (an issue of its cash, a move of its coins) would be
+                // signed with it. It signs for the redemption only.
+                if let Some((i, c)) = ltx.commands.iter().enumerate().find(|(_, c)| !redeems(c) && !keys.owned(&c.signers).is_empty()) {
+                    return Err(format!(
+                        "command {i} ({}) needs this node's signature, and it signs only for the redemption",
+                        c.data.type_id
+                    ));
                 }
                 let fungible: Vec<FungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
                 let unique: Vec<NonFungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
