@@ -433,6 +433,13 @@ async fn issue_and_payment_in_one_flow_pays_what_it_issues_and_checks_the_recipi
     // A misspelt field is refused when the flow is started.
     let unknown = alice.flows.start(treaty_finance::CASH_ISSUE_AND_PAYMENT, json!({"amount": "7.00 USD", "recipent": BOB}), None).await;
     assert!(unknown.as_ref().is_err_and(|e| e.to_string().contains("unknown field `recipent`")), "{unknown:?}");
+    // So is a field of the wrong type, named.
+    let mistyped = json!({"amount": "7.00 USD", "recipient": BOB, "anonymous": "yes"});
+    let mistyped = alice.flows.start(treaty_finance::CASH_ISSUE_AND_PAYMENT, mistyped, None).await;
+    assert!(
+        mistyped.as_ref().is_err_and(|e| e.to_string().contains("anonymous: invalid type: string \"yes\", expected a boolean")),
+        "{mistyped:?}"
+    );
     assert_eq!(usd(&alice).await, (0, 0), "no cash issued by the refused flows");
 }
 

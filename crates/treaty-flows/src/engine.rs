@@ -97,14 +97,12 @@ impl Registry {
             let body = body.clone();
             let flow = flow.clone();
             Box::pin(async move {
-                let args: A =
-                    serde_json::from_value(args).map_err(|e| FlowError::InvalidArguments { flow: flow.clone(), reason: e.to_string() })?;
+                let args: A = parse_args(args).map_err(|reason| FlowError::InvalidArguments { flow: flow.clone(), reason })?;
                 let result = body(ctx, args).await?;
                 serde_json::to_value(result).map_err(|e| FlowError::Invalid(format!("result of flow {flow} is not JSON: {e}")))
             })
         });
-        let check_args: ArgsCheck =
-            Arc::new(|args: &Value| serde_json::from_value::<A>(args.clone()).map(|_| ()).map_err(|e| e.to_string()));
+        let check_args: ArgsCheck = Arc::new(|args: &Value| parse_args::<A>(args.clone()).map(|_| ()));
         self.flows.insert(name.to_string(), Arc::new(FlowDef { name: name.to_string(), version, run, check_args }));
         self
     }
@@ -1464,4 +1462,13 @@ async fn alarm_clock(shared: Weak<Shared>, alarm: Arc<Notify>) {
             None => notified.await,
         }
     }
+}
+
+/// A flow's JSON arguments as an `A`; an error names where in them it is (`anonymous: invalid
+/// type: string "yes", expected a boolean`), not only what (serde_json's own error has no path).
+fn parse_args<A: DeserializeOwned>(args: Value) -> Result<A, String> {
+    serde_path_to_error::deserialize(args).map_err(|e| match e.path().to_string().as_str() {
+        "." => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    })
 }
