@@ -55,6 +55,12 @@ pub const CLUSTER_MEMBER_WAIT: std::time::Duration = std::time::Duration::from_s
 /// How many times a client asks again a notary that answered `Overloaded`, waiting the time it
 /// estimated (10 ms to 30 s) before each; then the refusal is the flow's error.
 pub const NOTARY_BUSY_RETRIES: u32 = 20;
+/// The longest a client waits for a notary whose clock has not reached the start of its
+/// transaction's time window, as the notary's refusal reports its time: a transaction built
+/// for "from now" by a node whose clock runs a little ahead of the notary's (a scheduled
+/// activity, due by the node's clock) is asked again once the notary's clock is there,
+/// instead of failing. A window starting later than this is refused as before.
+pub const NOTARY_EARLY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The longest wait for one member of a notary cluster.
 pub const CLUSTER_MEMBER_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -80,7 +86,7 @@ pub async fn notarise<L: Ledger, K: Keys>(
     let id = stx.id();
     let notary = stx.tx().components().notary.clone().ok_or_else(|| FlowError::Invalid(format!("transaction {id} names no notary")))?;
     let signature = keys.sign_bytes(&me.owning_key, &request_signing_bytes(&id, &notary))?;
-    let mut busy = 0u32;
+    let (mut busy, mut early) = (0u32, false);
     let answer = loop {
         match ask_once(ctx, ledger, stx, &notary.name, &signature).await? {
             Err(NotaryRefusal::Overloaded { reason, retry_after_ms }) if busy < NOTARY_BUSY_RETRIES => {
@@ -88,6 +94,19 @@ pub async fn notarise<L: Ledger, K: Keys>(
                 let wait_ms = retry_after_ms.clamp(10, 30_000);
                 ctx.progress(&format!("notary {} is busy ({reason}); asking again in {wait_ms} ms", notary.name)).await?;
                 let until = ctx.now().await?.saturating_add(i64::try_from(wait_ms).unwrap_or(30_000) * 1000);
+                ctx.sleep_until(until).await?;
+            }
+            Err(refusal) if !early && too_early(&refusal).is_some_and(|gap| gap <= NOTARY_EARLY_WAIT.as_micros() as i64) => {
+                // Once: the wait is what the notary's own clock said was left.
+                early = true;
+                let gap = too_early(&refusal).unwrap_or(0);
+                ctx.progress(&format!(
+                    "notary {}'s clock is {} ms short of the time window's start; asking again then",
+                    notary.name,
+                    gap / 1000
+                ))
+                .await?;
+                let until = ctx.now().await?.saturating_add(gap + EARLY_MARGIN_MICROS);
                 ctx.sleep_until(until).await?;
             }
             other => break other,
@@ -104,6 +123,18 @@ pub async fn notarise<L: Ledger, K: Keys>(
     sig.verify(&id)
         .map_err(|e| FlowError::Exception(format!("notary {}'s signature over transaction {id} is invalid: {e}", notary.name)))?;
     Ok(sig)
+}
+
+/// Waited beyond the notary's reported shortfall before asking again (the request's own
+/// travel and the notary's clock reading take some of it).
+const EARLY_MARGIN_MICROS: i64 = 200_000;
+
+/// For a refusal because the notary's time was before the time window's start (tolerance
+/// included): by how many microseconds.
+fn too_early(refusal: &NotaryRefusal) -> Option<i64> {
+    let NotaryRefusal::TimeWindowInvalid { window, notary_time, tolerance_micros, .. } = refusal else { return None };
+    let gap = window.from_time()?.micros().saturating_sub(*tolerance_micros).saturating_sub(notary_time.micros());
+    (gap > 0).then_some(gap)
 }
 
 /// Asks the notary once (a cluster through its members in turn) and returns its answer.

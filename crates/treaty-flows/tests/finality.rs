@@ -305,23 +305,23 @@ async fn cluster_failover(alice_options: EngineOptions) {
     assert!(bob_ledger.get(&id).is_some());
 }
 
-#[tokio::test]
-async fn a_busy_notary_is_asked_again_after_the_wait_it_estimated() {
-    // The notary answers the first request `Overloaded` (as its queue would when full), then
-    // serves normally: the payer waits the estimate, journaled, and asks again.
+/// Alice, Bob and a notary that answers its first request with `first` (whatever the
+/// request), then serves normally. Returns Alice's node and her payment's flow record, journal
+/// and how long it took.
+async fn pay_through_a_notary_answering_first(first: treaty_notary::NotaryRefusal) -> (FlowRecord, Vec<Entry>, std::time::Duration) {
     let (net, dir) = (SimNetwork::new(), Directory::default());
     let Parts { chain, alice_ledger, bob_ledger, notary_ledger, service } = parts();
     let service = Arc::new(service);
-    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = Arc::new(std::sync::Mutex::new(Some(first)));
     let mut notary_flows = Registry::new();
     notary_flows.responder(NOTARY_PROTOCOL, move |ctx: FlowContext| {
-        let (service, l, busy) = (service.clone(), notary_ledger.clone(), busy.clone());
+        let (service, l, first) = (service.clone(), notary_ledger.clone(), first.clone());
         async move {
-            if !busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let scripted = first.lock().unwrap().take();
+            if let Some(refusal) = scripted {
                 let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
                 let _: NotaryRequest = ctx.receive(&session).await?;
-                let answer: treaty_notary::NotaryAnswer =
-                    Err(treaty_notary::NotaryRefusal::Overloaded { reason: "the queue is full".into(), retry_after_ms: 400 });
+                let answer: treaty_notary::NotaryAnswer = Err(refusal);
                 return ctx.send(&session, &answer).await;
             }
             notary_responder(&ctx, &service, &l, |who: &X500Name| (who == &name(ALICE)).then(alice)).await
@@ -336,13 +336,48 @@ async fn a_busy_notary_is_asked_again_after_the_wait_it_estimated() {
 
     let began = std::time::Instant::now();
     let flow = alice.engine.start("Pay", json!({ "to": BOB, "salt": 10, "stale": false }), None).await.unwrap();
-    let out = result(&finished(&alice.engine, flow).await);
-    assert_eq!(out["signatures"], 2);
-    assert!(began.elapsed() >= std::time::Duration::from_millis(400), "it waited the estimate ({:?})", began.elapsed());
-    let journal = alice.engine.journal(flow).await.unwrap();
+    let record = finished(&alice.engine, flow).await;
+    let took = began.elapsed();
+    (record, alice.engine.journal(flow).await.unwrap(), took)
+}
+
+#[tokio::test]
+async fn a_busy_notary_is_asked_again_after_the_wait_it_estimated() {
+    // The notary answers the first request `Overloaded` (as its queue would when full), then
+    // serves normally: the payer waits the estimate, journaled, and asks again.
+    let busy = treaty_notary::NotaryRefusal::Overloaded { reason: "the queue is full".into(), retry_after_ms: 400 };
+    let (record, journal, took) = pay_through_a_notary_answering_first(busy).await;
+    assert_eq!(result(&record)["signatures"], 2);
+    assert!(took >= std::time::Duration::from_millis(400), "it waited the estimate ({took:?})");
     assert!(
         journal.iter().any(|e| matches!(e, Entry::Progress(p) if p.contains("is busy (the queue is full); asking again in 400 ms"))),
         "{journal:?}"
     );
     assert!(journal.iter().any(|e| matches!(e, Entry::Slept(_))));
+}
+
+/// A refusal of a time window starting `early_ms` after the notary's time (past its tolerance).
+fn early(early_ms: i64) -> treaty_notary::NotaryRefusal {
+    let (notary_time, tolerance_micros) = (Timestamp(10_000_000_000), 1_000_000);
+    treaty_notary::NotaryRefusal::TimeWindowInvalid {
+        tx_id: SecureHash::sha256(b"any"),
+        window: TimeWindow::From(Timestamp(notary_time.micros() + tolerance_micros + early_ms * 1000)),
+        notary_time,
+        tolerance_micros,
+    }
+}
+
+#[tokio::test]
+async fn a_notary_whose_clock_is_short_of_the_window_is_asked_again_once_it_is_not() {
+    // The payer's clock is ahead of the notary's: its "from now" window has not begun by the
+    // notary's clock. It waits the shortfall the notary reported, and asks again.
+    let (record, journal, took) = pay_through_a_notary_answering_first(early(500)).await;
+    assert_eq!(result(&record)["signatures"], 2, "{record:?}");
+    assert!(took >= std::time::Duration::from_millis(500), "it waited the shortfall ({took:?})");
+    assert!(journal.iter().any(|e| matches!(e, Entry::Progress(p) if p.contains("clock is 500 ms short"))), "{journal:?}");
+    // A window far beyond the notary's clock is a refusal, not a reason to wait.
+    let (record, _, took) = pay_through_a_notary_answering_first(early(10 * 60 * 1000)).await;
+    assert_eq!(record.status, FlowStatus::Failed);
+    assert!(record.error.as_deref().unwrap_or_default().contains("outside the time window"), "{record:?}");
+    assert!(took < std::time::Duration::from_secs(30), "it did not wait ({took:?})");
 }
