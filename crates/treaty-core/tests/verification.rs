@@ -398,7 +398,7 @@ fn contract_upgrade_rules() {
     let mut upgraded = w.resolver.state(&input).unwrap();
     upgraded.contract = "test.TokenV2".into();
     let kind = TransactionKind::ContractUpgrade { upgraded_contract: "test.TokenV2".into(), upgraded_attachment: v2.id };
-    let good = TransactionBuilder::new(Some(w.notary.clone())).input(input).output(upgraded.clone()).attachment(v2.id).kind(kind.clone());
+    let good = good_upgrade(&w, input, &upgraded, &kind, v2.id);
     w.verify(&w.sign_all(good.clone().build(w.salt()).unwrap())).unwrap();
     // Without the upgraded attachment.
     let mut missing = good.clone();
@@ -409,6 +409,16 @@ fn contract_upgrade_rules() {
     stale.outputs[0].contract = TOKEN.into();
     let err = w.verify(&w.sign_all(stale.build(w.salt()).unwrap())).unwrap_err();
     assert!(matches!(&err, TransactionError::InvalidContractUpgrade(m) if m.contains("output 0 is governed by test.Token")), "{err}");
+    // A command in an upgrade needs its signers' signatures, as anywhere: the upgraded
+    // contract reads its signers as keys that signed (an issue "signed" by a bank, say).
+    let commanded =
+        good_upgrade(&w, input, &upgraded, &kind, v2.id).command(Command::new(&TokenCommand::Issue, vec![w.bob.owning_key.clone()]));
+    let err = w.verify(&w.sign_all(commanded.build(w.salt()).unwrap())).unwrap_err();
+    assert!(matches!(&err, TransactionError::SignaturesMissing { missing, .. } if missing == &vec![w.bob.owning_key.clone()]), "{err}");
+}
+
+fn good_upgrade(w: &World, input: StateRef, upgraded: &TransactionState, kind: &TransactionKind, v2: SecureHash) -> TransactionBuilder {
+    TransactionBuilder::new(Some(w.notary.clone())).input(input).output(upgraded.clone()).attachment(v2).kind(kind.clone())
 }
 
 #[test]

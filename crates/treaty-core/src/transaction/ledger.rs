@@ -326,14 +326,16 @@ impl LedgerTransaction {
         set.into_iter().collect()
     }
 
-    /// The keys that must sign: for a normal transaction every command's signers plus the
-    /// notary (when there are inputs, references or a time window); for a notary change or a
-    /// contract upgrade the participants of every input plus the notary.
+    /// The keys that must sign: every command's signers, whatever the kind; for a notary
+    /// change or a contract upgrade also the participants of every input; and the notary
+    /// (when there are inputs, references or a time window). A command's signers are always
+    /// required: a contract reads them as "these keys signed" (an upgraded contract run on an
+    /// upgrade's outputs included), so a command no one signed must not verify.
     pub fn required_signing_keys(&self) -> Vec<PublicKey> {
-        let mut keys: Vec<PublicKey> = match &self.kind {
-            TransactionKind::Normal => self.commands.iter().flat_map(|c| c.signers.iter().cloned()).collect(),
-            _ => self.inputs.iter().flat_map(|i| i.state.data.participants.iter().map(|p| p.owning_key().clone())).collect(),
-        };
+        let mut keys: Vec<PublicKey> = self.commands.iter().flat_map(|c| c.signers.iter().cloned()).collect();
+        if !matches!(self.kind, TransactionKind::Normal) {
+            keys.extend(self.inputs.iter().flat_map(|i| i.state.data.participants.iter().map(|p| p.owning_key().clone())));
+        }
         if let Some(n) = &self.notary
             && (!self.inputs.is_empty() || !self.references.is_empty() || self.time_window.is_some())
         {
