@@ -171,9 +171,16 @@ pub fn check(contract: &str, tx: &LedgerTransaction, bundle: &Bundle, params: &N
     for o in &outputs {
         satisfied(o, contract, bundle, params)?;
     }
+    // Whose code may replace an input's: its own constraint's, always — except that where the
+    // network reserves the contract's namespace to a key (every bundle defining it then carries
+    // the owner's signature, `check_namespaces`), an input migrating to a signature
+    // constraint need not match its old hash. Without a reservation anyone can sign a bundle
+    // defining any contract name: letting that code replace a hash-constrained state's own
+    // would hand the state to whoever signs it.
+    let owned = params.namespace_owner(contract).is_some();
     for i in &inputs {
-        // An input migrating to a signature constraint is not held to its old constraint.
-        let migrating = !outputs.is_empty()
+        let migrating = owned
+            && !outputs.is_empty()
             && outputs
                 .iter()
                 .all(|o| matches!(o, AttachmentConstraint::Signature(_)) && transition_allowed(i, o, contract, bundle).is_ok());

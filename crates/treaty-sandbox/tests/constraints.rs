@@ -66,29 +66,49 @@ fn always_accept_only_on_development_networks() {
 }
 
 #[test]
-fn hash_may_migrate_to_signature_when_the_code_is_signed() {
-    let mut f = Fixture::new();
+fn hash_may_migrate_to_signature_only_to_the_namespace_owners_code() {
+    // Where the network reserves the contract's namespace to k, a hash-constrained state moves
+    // to Signature(k) with k's signed code.
     let k = key(45);
+    let mut f = Fixture::new();
     let signed = f.upload(&contracts_bundle(&[TOKEN], &[&k]));
     let input = f.issue(5); // hash constraint on the unsigned attachment
+    // The network then reserves the namespace (its parameters change).
+    f.params.package_ownership.insert("test".into(), k.public());
     let to_sig = AttachmentConstraint::Signature(k.public());
-    // With the signed code, the state moves to the signature constraint.
     assert!(f.sandbox().run_contract(TOKEN, &f.move_ltx(input, 5, to_sig.clone(), signed)).is_ok());
     // With the old, unsigned code it cannot: the new constraint is not fulfilled.
     let err = constraint_err(f.sandbox().run_contract(TOKEN, &f.move_ltx(input, 5, to_sig, f.token_attachment)));
-    assert_eq!(err, ConstraintError::SignatureNotFulfilled { contract: TOKEN.into(), attachment: f.token_attachment });
+    assert!(matches!(err, ConstraintError::SignatureNotFulfilled { .. } | ConstraintError::NamespaceOwnership { .. }), "{err}");
+
+    // Without a reservation anyone may sign code defining the contract: signing it does not
+    // let it replace the state's own code (it would take the state from its owner).
+    let mut f = Fixture::new();
+    let thief = key(49);
+    let theirs = f.upload(&contracts_bundle(&[TOKEN], &[&thief]));
+    let input = f.issue(5);
+    let err =
+        constraint_err(f.sandbox().run_contract(TOKEN, &f.move_ltx(input, 5, AttachmentConstraint::Signature(thief.public()), theirs)));
+    assert!(matches!(err, ConstraintError::HashMismatch { .. }), "{err}");
 }
 
 #[test]
-fn whitelist_may_migrate_to_signature() {
+fn whitelist_may_migrate_to_signature_with_whitelisted_code() {
     let f0 = Fixture::new();
-    let mut params = NetworkParameters::default();
-    params.whitelisted_contracts.insert(TOKEN.into(), vec![f0.token_attachment]);
-    let mut f = Fixture::with_params(params);
     let k = key(46);
+    let signed_id = SecureHash::sha256(&contracts_bundle(&[TOKEN], &[&k]));
+    let mut params = NetworkParameters::default();
+    params.whitelisted_contracts.insert(TOKEN.into(), vec![f0.token_attachment, signed_id]);
+    let mut f = Fixture::with_params(params);
     let signed = f.upload(&contracts_bundle(&[TOKEN], &[&k]));
     let input = f.issue_with(5, AttachmentConstraint::WhitelistedByNetwork, f.token_attachment);
     assert!(f.sandbox().run_contract(TOKEN, &f.move_ltx(input, 5, AttachmentConstraint::Signature(k.public()), signed)).is_ok());
+    // Signed code the network has not whitelisted cannot take the state over.
+    let other = key(50);
+    let unlisted = f.upload(&contracts_bundle(&[TOKEN], &[&other]));
+    let err =
+        constraint_err(f.sandbox().run_contract(TOKEN, &f.move_ltx(input, 5, AttachmentConstraint::Signature(other.public()), unlisted)));
+    assert!(matches!(err, ConstraintError::NotWhitelisted { .. }), "{err}");
 }
 
 #[test]
