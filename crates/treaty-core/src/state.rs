@@ -56,6 +56,12 @@ impl fmt::Debug for StateRef {
 pub trait ContractState: Serialize + DeserializeOwned {
     /// A stable, globally unique type id, like `treaty.finance.Cash`.
     const TYPE_ID: &'static str;
+    /// The contract that governs states of this type (`TransactionState::contract`); the type
+    /// id unless the type says otherwise. A state is only what its own contract lets it be:
+    /// [`crate::LedgerTransaction::inputs_of`] and its kin refuse a state of this type governed
+    /// by any other contract, which could have issued it under rules of its own (a "Cash"
+    /// state made by a contract that checks nothing, say).
+    const CONTRACT: &'static str = Self::TYPE_ID;
     /// The schema version of this encoding.
     const SCHEMA_VERSION: u32 = 1;
     /// The parties for whom this state is relevant (who store it and must be told of it).
@@ -102,6 +108,16 @@ pub enum UnpackError {
         expected: u32,
         /// Version present.
         found: u32,
+    },
+    /// A state of the type, governed by another contract than the type's own.
+    #[error("a {type_id} state governed by {contract}, not by {expected}, the contract of {type_id} states")]
+    WrongContract {
+        /// The type.
+        type_id: &'static str,
+        /// The contract governing the state.
+        contract: String,
+        /// The type's own contract ([`ContractState::CONTRACT`]).
+        expected: &'static str,
     },
     /// The bytes do not decode.
     #[error("{type_id}: {error}")]

@@ -464,3 +464,33 @@ fn wire_level_rules_are_checked_on_decode() {
 
 use treaty_core::encoding;
 use treaty_core::transaction::GroupBytes;
+
+#[test]
+fn a_state_is_its_type_only_under_its_own_contract() {
+    let mut w = World::new();
+    // A contract that checks nothing, in an attachment of its own.
+    let junk = Attachment {
+        id: SecureHash::sha256(b"junk"),
+        contracts: vec!["evil.Junk".into()],
+        files: vec![],
+        signers: vec![],
+        content: token_attachment().content,
+    };
+    w.resolver.add_attachment(junk.clone());
+    w.contracts = w.contracts.clone().with("evil.Junk", |_| Ok(ContractVerdict::default()));
+    // Alice issues herself a million "tokens" under it, needing nobody: that verifies...
+    let mut forged = w.token(&w.alice.clone(), 1_000_000);
+    forged.contract = "evil.Junk".into();
+    forged.constraint = AttachmentConstraint::Hash(junk.id);
+    let issue = TransactionBuilder::new(Some(w.notary.clone())).output(forged).attachment(junk.id).build(w.salt()).unwrap();
+    w.verify(&w.sign_all(issue.clone())).unwrap();
+    w.resolver.add_transaction(&issue);
+    // ...but the token contract does not count them as tokens.
+    let spend = w.move_builder(StateRef { txhash: issue.id(), index: 0 }, 1_000_000).attachment(junk.id);
+    let err = w.verify(&w.sign_all(spend.build(w.salt()).unwrap())).unwrap_err();
+    assert!(
+        matches!(&err, TransactionError::ContractRejected { contract, message, .. }
+            if contract == TOKEN && message.contains("a test.Token state governed by evil.Junk, not by test.Token")),
+        "{err}"
+    );
+}

@@ -151,7 +151,7 @@ impl Vault {
     /// showing a state (the node's RPC): queries filter on the columns stored when the state
     /// was recorded, which a schema registered later does not change.
     pub fn columns(&self, state: &VaultState) -> Result<StateColumns, VaultError> {
-        self.registry().extract(&state.state_ref, &state.state.data)
+        self.registry().extract(&state.state_ref, &state.state)
     }
 
     /// The state at `state_ref`, if the vault holds it.

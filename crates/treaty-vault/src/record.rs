@@ -169,7 +169,7 @@ pub(crate) struct Derived {
 impl Derived {
     /// Derives the rows of a state through the registered schemas.
     pub fn of(registry: &Registry, state_ref: &StateRef, state: &TransactionState) -> Result<Derived, VaultError> {
-        let StateColumns { linear, fungible, values, scheduled } = registry.extract(state_ref, &state.data)?;
+        let StateColumns { linear, fungible, values, scheduled } = registry.extract(state_ref, state)?;
         let participants = state.data.participants.iter().map(|p| (key_text(p.owning_key()), p.name().map(|n| n.to_string()))).collect();
         // An encumbered state cannot be spent alone (its encumbrance must be consumed with it):
         // it is not money coin selection may take, nor part of the spendable balance.

@@ -17,7 +17,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use treaty_core::{AbstractParty, Amount, ContractState, Issued, StateData, StateRef, Timestamp, TokenType, UniqueIdentifier};
+use treaty_core::{
+    AbstractParty, Amount, ContractState, Issued, StateData, StateRef, Timestamp, TokenType, TransactionState, UniqueIdentifier,
+};
 
 use crate::error::VaultError;
 
@@ -167,6 +169,11 @@ pub struct StateColumns {
 pub trait StateSchema: Send + Sync + 'static {
     /// The type id ([`ContractState::TYPE_ID`]) of the states this schema reads.
     fn type_id(&self) -> &str;
+    /// The contract its states must be governed by ([`ContractState::CONTRACT`]): a state of
+    /// the type under another contract is not what the type means (any contract can make one,
+    /// under rules of its own), so the vault stores it without these columns — no fungible
+    /// shape, no balance, nothing coin selection could take.
+    fn contract(&self) -> &str;
     /// The app-defined columns it may fill.
     fn columns(&self) -> Vec<ColumnDef>;
     /// The columns of one state, or why they cannot be extracted.
@@ -245,6 +252,10 @@ impl<S: ContractState> TypedSchema<S> {
 impl<S: ContractState + 'static> StateSchema for TypedSchema<S> {
     fn type_id(&self) -> &str {
         S::TYPE_ID
+    }
+
+    fn contract(&self) -> &str {
+        S::CONTRACT
     }
 
     fn columns(&self) -> Vec<ColumnDef> {
@@ -366,8 +377,14 @@ impl Registry {
 
     /// The columns of a state about to be recorded, checked: declared names of the right type,
     /// each at most once, a quantity that fits the column.
-    pub fn extract(&self, state_ref: &StateRef, data: &StateData) -> Result<StateColumns, VaultError> {
+    /// A state governed by another contract than its type's gets no columns (see
+    /// [`StateSchema::contract`]).
+    pub fn extract(&self, state_ref: &StateRef, state: &TransactionState) -> Result<StateColumns, VaultError> {
+        let data = &state.data;
         let Some(schema) = self.schemas.get(&data.type_id) else { return Ok(StateColumns::default()) };
+        if schema.contract() != state.contract {
+            return Ok(StateColumns::default());
+        }
         let bad = |reason: String| VaultError::Extraction { state_ref: *state_ref, type_id: data.type_id.clone(), reason };
         let columns = schema.extract(data).map_err(bad)?;
         let declared: HashMap<String, ColumnType> = schema.columns().into_iter().map(|d| (d.name, d.ty)).collect();

@@ -197,6 +197,7 @@ struct Cash {
 
 impl ContractState for Cash {
     const TYPE_ID: &'static str = "test.Cash";
+    const CONTRACT: &'static str = "test.CashContract";
     fn participants(&self) -> Vec<AbstractParty> {
         vec![self.owner.clone()]
     }
@@ -213,6 +214,7 @@ struct Deal {
 
 impl ContractState for Deal {
     const TYPE_ID: &'static str = "test.Deal";
+    const CONTRACT: &'static str = "test.DealContract";
     fn participants(&self) -> Vec<AbstractParty> {
         self.parties.clone()
     }
@@ -227,6 +229,7 @@ struct Note {
 
 impl ContractState for Note {
     const TYPE_ID: &'static str = "test.Note";
+    const CONTRACT: &'static str = "test.NoteContract";
     fn participants(&self) -> Vec<AbstractParty> {
         self.parties.clone()
     }
@@ -240,6 +243,7 @@ struct Poison {
 
 impl ContractState for Poison {
     const TYPE_ID: &'static str = "test.Poison";
+    const CONTRACT: &'static str = "test.P";
     fn participants(&self) -> Vec<AbstractParty> {
         vec![self.owner.clone()]
     }
@@ -414,6 +418,8 @@ fn set(refs: &[StateRef]) -> BTreeSet<StateRef> {
 async fn relevancy(fx: &Fixture) {
     let w = World::new(fx).await;
     let composite = CompositeKey::any_of(vec![w.alice.owning_key.clone(), w.bob.owning_key.clone()]).expect("composite");
+    let mut forged = w.cash(&w.alice(), 1_000_000, "USD", &w.bank);
+    forged.contract = "evil.Junk".into();
     let tx1 = tx(
         &[],
         vec![
@@ -422,11 +428,16 @@ async fn relevancy(fx: &Fixture) {
             w.note(vec![w.bob.clone().into(), w.anon()]),                  // 2: ours through the confidential key
             w.note(vec![w.bob.clone().into()]),                            // 3: Bob's alone
             w.note(vec![AnonymousParty { owning_key: composite }.into()]), // 4: a composite key with our leaf
+            forged,                                                        // 5: ours, "cash" of another contract
         ],
     );
     let summary = w.apply(&[&tx1], t(10)).await;
-    assert_eq!(summary.produced, vec![at(&tx1, 0), at(&tx1, 2), at(&tx1, 4)]);
-    assert_eq!(w.vault.count(&Criteria::All).await.unwrap(), 3);
+    assert_eq!(summary.produced, vec![at(&tx1, 0), at(&tx1, 2), at(&tx1, 4), at(&tx1, 5)]);
+    assert_eq!(w.vault.count(&Criteria::All).await.unwrap(), 4);
+    // A state of a registered type under another contract than the type's is kept, but is not
+    // what the type means: no fungible shape, so no balance and nothing to select.
+    let balances = w.vault.balances(&Criteria::unconsumed()).await.unwrap();
+    assert_eq!(balances.iter().map(|b| b.quantity).sum::<u128>(), 100, "{balances:?}");
     assert!(w.vault.state(&at(&tx1, 1)).await.unwrap().is_none(), "Bob's cash is not ours");
     assert!(w.vault.state(&at(&tx1, 3)).await.unwrap().is_none());
 
@@ -438,7 +449,7 @@ async fn relevancy(fx: &Fixture) {
     // Participants are stored by key: Bob's key finds the note we share with him.
     assert_eq!(w.refs(&Criteria::participant(&w.bob.owning_key)).await, vec![at(&tx1, 2)]);
     assert_eq!(w.refs(&Criteria::participant(&w.alice_conf)).await, vec![at(&tx1, 2)]);
-    assert_eq!(w.sql_i64("SELECT COUNT(*) FROM treaty_vault_participants").await, 4);
+    assert_eq!(w.sql_i64("SELECT COUNT(*) FROM treaty_vault_participants").await, 5);
     assert_eq!(w.sql_i64("SELECT COUNT(*) FROM vault_state_participants WHERE name IS NULL").await, 2);
 }
 
@@ -1159,6 +1170,7 @@ struct Reminder {
 
 impl ContractState for Reminder {
     const TYPE_ID: &'static str = "test.Reminder";
+    const CONTRACT: &'static str = "test.ReminderContract";
     fn participants(&self) -> Vec<AbstractParty> {
         self.parties.clone()
     }

@@ -78,6 +78,7 @@ pub struct FungibleToken {
 
 impl ContractState for FungibleToken {
     const TYPE_ID: &'static str = "treaty.finance.FungibleToken";
+    const CONTRACT: &'static str = TOKENS;
     fn participants(&self) -> Vec<AbstractParty> {
         vec![self.holder.clone()]
     }
@@ -96,6 +97,7 @@ pub struct NonFungibleToken {
 
 impl ContractState for NonFungibleToken {
     const TYPE_ID: &'static str = "treaty.finance.NonFungibleToken";
+    const CONTRACT: &'static str = TOKENS;
     fn participants(&self) -> Vec<AbstractParty> {
         vec![self.holder.clone()]
     }
@@ -125,6 +127,7 @@ pub struct EvolvableTokenType {
 
 impl ContractState for EvolvableTokenType {
     const TYPE_ID: &'static str = "treaty.finance.EvolvableTokenType";
+    const CONTRACT: &'static str = TOKEN_TYPES;
     fn participants(&self) -> Vec<AbstractParty> {
         let mut all = vec![self.maintainer.clone()];
         all.extend(self.observers.iter().filter(|o| o.owning_key() != self.maintainer.owning_key()).cloned());

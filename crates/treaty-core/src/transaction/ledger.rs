@@ -363,19 +363,22 @@ impl LedgerTransaction {
 
     // --- helpers for contract code -----------------------------------------------------------
 
-    /// The inputs holding a `S`, decoded.
+    /// The inputs holding a `S`, decoded; an error if one is governed by another contract
+    /// than `S::CONTRACT` (see [`ContractState::CONTRACT`]).
     pub fn inputs_of<S: ContractState>(&self) -> Result<Vec<S>, UnpackError> {
-        self.inputs.iter().filter(|i| i.state.data.is::<S>()).map(|i| i.state.data.unpack()).collect()
+        self.inputs.iter().map(|i| &i.state).filter(|s| s.data.is::<S>()).map(own::<S>).collect()
     }
 
-    /// The outputs holding a `S`, decoded.
+    /// The outputs holding a `S`, decoded; an error if one is governed by another contract
+    /// than `S::CONTRACT`.
     pub fn outputs_of<S: ContractState>(&self) -> Result<Vec<S>, UnpackError> {
-        self.outputs.iter().filter(|o| o.data.is::<S>()).map(|o| o.data.unpack()).collect()
+        self.outputs.iter().filter(|o| o.data.is::<S>()).map(own::<S>).collect()
     }
 
-    /// The reference states holding a `S`, decoded.
+    /// The reference states holding a `S`, decoded; an error if one is governed by another
+    /// contract than `S::CONTRACT`.
     pub fn references_of<S: ContractState>(&self) -> Result<Vec<S>, UnpackError> {
-        self.references.iter().filter(|i| i.state.data.is::<S>()).map(|i| i.state.data.unpack()).collect()
+        self.references.iter().map(|i| &i.state).filter(|s| s.data.is::<S>()).map(own::<S>).collect()
     }
 
     /// The commands of type `C`, decoded, with their signers.
@@ -443,4 +446,12 @@ pub fn verify_transaction(
     stx.verify_required_signatures(&ltx.required_signing_keys(), &options.allowed_missing)?;
     ltx.verify_contracts(verifier)?;
     Ok(ltx)
+}
+
+/// `state` decoded as a `S`, if `S`'s own contract governs it.
+fn own<S: ContractState>(state: &TransactionState) -> Result<S, UnpackError> {
+    if state.contract != S::CONTRACT {
+        return Err(UnpackError::WrongContract { type_id: S::TYPE_ID, contract: state.contract.clone(), expected: S::CONTRACT });
+    }
+    state.data.unpack()
 }

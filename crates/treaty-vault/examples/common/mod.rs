@@ -19,6 +19,7 @@ pub struct Cash {
 
 impl ContractState for Cash {
     const TYPE_ID: &'static str = "example.Cash";
+    const CONTRACT: &'static str = "example.CashContract";
     fn participants(&self) -> Vec<AbstractParty> {
         vec![self.owner.clone()]
     }
