@@ -229,6 +229,11 @@ fn finance_and_newer_payment(r: &mut Registry, services: &NodeServices) {
         async move { forged_issue(&ctx, &s, args).await }
     });
     let s = services.clone();
+    r.flow("FakeNotaryPayment", 1, move |ctx: FlowContext, to: String| {
+        let s = s.clone();
+        async move { fake_notary_payment(&ctx, &s, &to).await }
+    });
+    let s = services.clone();
     r.flow("SneakyRedeem", 1, move |ctx: FlowContext, tx: String| {
         let s = s.clone();
         async move { sneaky_redeem(&ctx, &s, &tx).await }
@@ -264,6 +269,35 @@ async fn forged_issue(ctx: &FlowContext, s: &NodeServices, args: serde_json::Val
     let stx = SignedTransaction::new(wtx, vec![]);
     let stx = stx.clone().with_signature(treaty_flows::Keys::sign(&*s.keys, &stx.id(), &s.identity.owning_key)?);
     let done = finality(ctx, &s.ledger, &s.keys, &s.identity, stx, &[]).await?;
+    Ok(done.id().to_string())
+}
+
+/// Issues 10.00 USD of this node's to `to`, guarded by a "notary" named like the network's but
+/// holding this node's key (so this node could spend it twice), and sends it to `to` as a
+/// payment.
+async fn fake_notary_payment(ctx: &FlowContext, s: &NodeServices, to: &str) -> Result<String, FlowError> {
+    use treaty_core::*;
+    use treaty_finance_contracts::{CASH, Cash, CashCommand};
+    let fail = |e: String| FlowError::Exception(e);
+    let to: X500Name = to.parse().map_err(|e| fail(format!("{e}")))?;
+    let payee = s.view.borrow().node(&to).map(|n| n.legal_identity.clone()).ok_or_else(|| fail("payee not on the map".into()))?;
+    let fake = Party { name: s.parameters.notaries[0].identity.name.clone(), owning_key: s.identity.owning_key.clone() };
+    let (code, _) = s.ledger.import_attachment(&treaty_finance::cash_bundle()).await.map_err(|e| fail(e.to_string()))?;
+    let usd = Issued {
+        issuer: PartyAndReference { party: s.identity.clone().into(), reference: vec![0] },
+        product: Currency::new("USD").map_err(|e| fail(e.to_string()))?,
+    };
+    let cash = Cash { amount: Amount::new(1_000, usd), owner: payee.into() };
+    let wtx = TransactionBuilder::new(Some(fake.clone()))
+        .output(TransactionState::new(&cash, CASH, fake, AttachmentConstraint::Hash(code.id)))
+        .command(Command::new(&CashCommand::Issue, vec![s.identity.owning_key.clone()]))
+        .attachment(code.id)
+        .build(PrivacySalt([6; 32]))
+        .map_err(|e| fail(e.to_string()))?;
+    let stx = SignedTransaction::new(wtx, vec![]);
+    let stx = stx.clone().with_signature(treaty_flows::Keys::sign(&*s.keys, &stx.id(), &s.identity.owning_key)?);
+    let session = ctx.initiate_as(&to, treaty_finance::CASH_PAYMENT, treaty_finance::PAYMENT_SESSION_WELL_KNOWN).await?;
+    let done = finality(ctx, &s.ledger, &s.keys, &s.identity, stx, &[session]).await?;
     Ok(done.id().to_string())
 }
 
@@ -381,7 +415,7 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
 /// the payee's side `CashPayment`'s responder, and a wrong recipient refused before anything
 /// is issued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cash_issued_under_another_name_is_kept_and_filed_apart_from_that_partys_cash() {
+async fn cash_under_another_name_is_filed_apart_and_a_made_up_notary_is_refused() {
     let (_dir, _map, _notary, alice, bob) = cash_network("forged").await;
     ok(&run(&alice, treaty_finance::CASH_ISSUE, json!({"amount": "100.00 USD"})).await);
     // Bob issues cash under Alice's name in his own key, and pays some of it to Alice.
@@ -399,6 +433,13 @@ async fn cash_issued_under_another_name_is_kept_and_filed_apart_from_that_partys
     let short = run(&alice, treaty_finance::CASH_EXIT, json!({"amount": "0.01 USD"})).await;
     assert!(short.error.as_deref().unwrap_or_default().contains("insufficient balance"), "{short:?}");
     assert_eq!(usd(&alice).await.0, 2_000, "the other cash stays, as it is");
+
+    // Cash guarded by a "notary" of Bob's own making (the network notary's name, Bob's key) is
+    // refused by the payee: Bob could spend it twice.
+    let fake = run(&bob, "FakeNotaryPayment", json!(ALICE)).await;
+    assert_eq!(fake.status, FlowStatus::Failed, "{fake:?}");
+    assert!(fake.error.as_deref().unwrap_or_default().contains("that is not a notary of this network"), "{fake:?}");
+    assert_eq!(usd(&alice).await.0, 2_000, "Alice recorded none of it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

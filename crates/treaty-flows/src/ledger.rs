@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use treaty_core::{Attachment, ContractVerifier, Limits, SecureHash, SignedTransaction, X500Name};
+use treaty_core::{Attachment, ContractVerifier, Limits, Party, SecureHash, SignedTransaction, X500Name};
 
 use crate::error::FlowError;
 
@@ -39,6 +39,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// transactions with their back-chains, not tear-offs).
     fn is_validating_notary(&self, notary: &X500Name) -> bool;
 
+    /// Whether `notary` (name and key) is one of the network's notaries (the network
+    /// parameters' list). A transaction received now must name no other: states guarded by a
+    /// "notary" of someone's own making are states that party can double-spend.
+    fn is_network_notary(&self, notary: &Party) -> bool;
+
     /// The member nodes hosting `notary` when it is a cluster (the network parameters'
     /// [`treaty_core::NotaryInfo::members`]); empty for a notary that is a node of its own.
     fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
@@ -58,6 +63,8 @@ pub struct MemoryLedger {
     check: AttachmentCheck,
     max_message_size: usize,
     validating_notaries: Mutex<HashSet<X500Name>>,
+    /// The network's notaries, once set (until then any notary is taken as one).
+    network_notaries: Mutex<Option<Vec<Party>>>,
     notary_members: Mutex<HashMap<X500Name, Vec<X500Name>>>,
     /// Stored right after the next read of attachments (see [`MemoryLedger::store_after_next_read`]).
     after_next_read: Mutex<Option<Attachment>>,
@@ -79,6 +86,7 @@ impl MemoryLedger {
             check,
             max_message_size,
             validating_notaries: Mutex::default(),
+            network_notaries: Mutex::default(),
             notary_members: Mutex::default(),
             after_next_read: Mutex::default(),
         }
@@ -92,6 +100,12 @@ impl MemoryLedger {
     /// Marks `notary` as validating, as network parameters would.
     pub fn set_validating_notary(&self, notary: X500Name) {
         crate::context::lock(&self.validating_notaries).insert(notary);
+    }
+
+    /// Sets the network's notaries, as network parameters would (until then, any notary is
+    /// taken as one).
+    pub fn set_network_notaries(&self, notaries: Vec<Party>) {
+        *crate::context::lock(&self.network_notaries) = Some(notaries);
     }
 
     /// Records a transaction without checking it (test set-up).
@@ -194,6 +208,10 @@ impl Ledger for MemoryLedger {
 
     fn is_validating_notary(&self, notary: &X500Name) -> bool {
         crate::context::lock(&self.validating_notaries).contains(notary)
+    }
+
+    fn is_network_notary(&self, notary: &Party) -> bool {
+        crate::context::lock(&self.network_notaries).as_ref().is_none_or(|list| list.contains(notary))
     }
 
     fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {

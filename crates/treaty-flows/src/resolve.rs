@@ -334,6 +334,7 @@ async fn receive_verified<L: Ledger>(
     .await
     .map_err(|e| FlowError::Invalid(format!("verification task failed: {e}")))?
     .map_err(|e| invalid(&claimed, session, format!("{} {e}", e.code())))?;
+    network_notaries(&**ledger, &ledger_transaction).map_err(|why| invalid(&claimed, session, why))?;
     let count = chain.len();
     if options.record {
         chain.push(stx.clone());
@@ -423,6 +424,28 @@ enum Job {
     Attachments(Vec<Attachment>),
     /// Downloaded transactions whose dependencies are all in hand: verify them.
     Verify(Vec<SignedTransaction>),
+}
+
+/// Checks every notary `ltx` names — its own, its outputs', a notary change's new one — is one
+/// of the network's ([`Ledger::is_network_notary`]). For the transaction received, not its
+/// back-chain: a chain may name notaries the network has since retired, and nodes keep only
+/// the current parameters.
+fn network_notaries<L: Ledger>(ledger: &L, ltx: &LedgerTransaction) -> Result<(), String> {
+    let new = match &ltx.kind {
+        treaty_core::TransactionKind::NotaryChange { new_notary } => Some(new_notary),
+        _ => None,
+    };
+    let named = ltx.notary.iter().chain(ltx.outputs.iter().map(|o| &o.notary)).chain(new);
+    for notary in named {
+        if !ledger.is_network_notary(notary) {
+            return Err(format!(
+                "it names {} (key {}) as a notary, and that is not a notary of this network: states it guards could be spent twice",
+                notary.name,
+                notary.owning_key.short()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the verification pipeline found.

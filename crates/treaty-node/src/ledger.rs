@@ -281,6 +281,10 @@ impl Ledger for NodeLedger {
         self.params.notaries.iter().any(|n| n.validating && n.identity.name == *notary)
     }
 
+    fn is_network_notary(&self, notary: &treaty_core::Party) -> bool {
+        self.params.notaries.iter().any(|n| n.identity == *notary)
+    }
+
     fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
         self.params.notaries.iter().find(|n| n.identity.name == *notary).map(|n| n.members.clone()).unwrap_or_default()
     }
