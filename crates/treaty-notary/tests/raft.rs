@@ -250,7 +250,7 @@ mod processes {
                 std::fs::write(
                     &config,
                     format!(
-                        "id = {id}\nlisten = \"{}\"\nlog = \"replica.redb\"\nroot_cert = \"../root.der\"\ntls_chain = {}\ntls_key = \"tls.key\"\nsnapshot_after_entries = 200\nentries_kept_after_snapshot = 20\n\n{table}",
+                        "id = {id}\nlisten = \"{}\"\nlog = \"replica.redb\"\nroot_cert = \"../root.der\"\ntls_chain = {}\ntls_key = \"tls.key\"\nsnapshot_after_entries = 200\nentries_kept_after_snapshot = 20\nclients = [\"O=Load Client,L=London,C=GB\"]\n\n{table}",
                         addresses[id as usize - 1],
                         chain
                     ),
@@ -408,6 +408,13 @@ mod processes {
             let c = client(&identity, r).await.unwrap();
             c.commit(request(&format!("after-kill-{}", r.id), &[200_000 + r.id as u32], &[], bob()), NOW).await.unwrap();
         }
+        // Another member of the network, not a configured client, may read the status but not
+        // write to the log: a commit request carries no proof of its own.
+        let stranger = pki.identity(&"O=Stranger,L=Oslo,C=NO".parse().unwrap(), 91);
+        let c = client(&stranger, survivors[0]).await.unwrap();
+        assert!(c.status().await.is_ok());
+        let refused = c.commit(request("stranger", &[300_000], &[], bob()), NOW).await.unwrap_err();
+        assert!(refused.to_string().contains("only the cluster's replicas and its configured clients"), "{refused}");
 
         // The killed replica restarts and catches up.
         let victim_dir = replicas.iter().find(|r| r.id == victim).unwrap();

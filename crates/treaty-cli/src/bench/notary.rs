@@ -553,7 +553,7 @@ async fn start_notary(
         }
         Provider::Raft => {
             let exe = bins.replica.as_deref().context("no replica binary")?;
-            let replicas = start_replicas(exe, scratch, pki, processes).await?;
+            let replicas = start_replicas(exe, scratch, pki, processes, &cast.notary.name).await?;
             let mut t = String::from("[provider]\nkind = \"raft\"\n");
             for (id, address, name) in &replicas {
                 t.push_str(&format!(
@@ -589,7 +589,14 @@ async fn start_notary(
 
 /// Writes three replicas' configurations and starts them; returns (id, address, name) of each.
 /// A port taken between choosing it and binding it is chosen again (three attempts).
-async fn start_replicas(exe: &Path, scratch: &Path, pki: &mut BenchPki, processes: &mut Processes) -> Result<Vec<(u64, String, X500Name)>> {
+/// `client` is the notary server, the one party that may ask the replicas for commits.
+async fn start_replicas(
+    exe: &Path,
+    scratch: &Path,
+    pki: &mut BenchPki,
+    processes: &mut Processes,
+    client: &X500Name,
+) -> Result<Vec<(u64, String, X500Name)>> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -611,7 +618,14 @@ async fn start_replicas(exe: &Path, scratch: &Path, pki: &mut BenchPki, processe
             let _ = std::fs::remove_dir_all(&home);
             let tls = pki.write_tls(&home, name)?;
             let config = home.join("replica.toml");
-            std::fs::write(&config, format!("id = {id}\nlisten = {}\nlog = \"replica.redb\"\n{tls}{table}", quoted(address)))?;
+            std::fs::write(
+                &config,
+                format!(
+                    "id = {id}\nlisten = {}\nlog = \"replica.redb\"\nclients = [{}]\n{tls}{table}",
+                    quoted(address),
+                    quoted(&client.to_string())
+                ),
+            )?;
             if let Err(e) = processes.start(&format!("replica {id}"), exe, &config, &home.join("replica.log")).await {
                 failed = Some(e);
                 break;

@@ -34,8 +34,14 @@ pub type Handshake = NetFuture<'static, (BoxStream, Remote)>;
 pub enum Remote {
     /// Another replica of the cluster: it may send Raft messages and forward requests.
     Replica(ReplicaId),
-    /// Anyone else the network lets in: it may only ask for commits and status.
+    /// A configured client (a notary service using the cluster): it may ask for commits and
+    /// status.
     Client,
+    /// Any other member of the network: it may only ask for status. A commit request carries
+    /// no proof of its own (the notary service checks signatures and tear-offs before it asks),
+    /// so taking one from any member would let it consume anyone's states, or commit a
+    /// transaction outside its time window, by writing to the log directly.
+    Stranger,
 }
 
 /// How a replica reaches its peers and is reached by them and by clients.

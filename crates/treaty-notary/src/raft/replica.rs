@@ -216,9 +216,13 @@ impl Shared {
                     respond(&out2, Response::Forward(Forwarded::Answers(all)));
                 });
             }
-            Request::Commit(request, now) => {
+            Request::Commit(request, now) if !matches!(remote, Remote::Stranger) => {
                 tokio::spawn(async move { respond(&out2, Response::Commit(me.submit(request, now).await)) });
             }
+            Request::Commit(..) => respond(
+                out,
+                Response::Refused("only the cluster's replicas and its configured clients (notary services) may ask for commits".into()),
+            ),
             Request::Status => respond(out, Response::Status(self.status())),
             other => {
                 let kind = match other {

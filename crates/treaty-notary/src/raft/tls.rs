@@ -4,10 +4,11 @@
 //! Every connection is TLS 1.3 with certificates on both sides, checked against the network's
 //! root. A replica dialling a peer insists that it is the X.500 name configured for that peer;
 //! a replica accepting a connection learns the caller's name from its certificate: the name of
-//! a configured peer makes it a [`Remote::Replica`], any other member of the network a
-//! [`Remote::Client`] (which may ask for commits but never send Raft messages).
+//! a configured peer makes it a [`Remote::Replica`], a configured client (a notary service) a
+//! [`Remote::Client`] (which may ask for commits but never send Raft messages), and any other
+//! member of the network a [`Remote::Stranger`] (status only).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub struct TlsNetwork {
     acceptor: tokio_rustls::TlsAcceptor,
     listener: TcpListener,
     peers: Arc<BTreeMap<ReplicaId, TlsPeer>>,
+    clients: Arc<BTreeSet<X500Name>>,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -49,7 +51,15 @@ impl TlsNetwork {
     pub async fn bind(listen: &str, identity: TlsIdentity, peers: BTreeMap<ReplicaId, TlsPeer>) -> io::Result<TlsNetwork> {
         let acceptor = transport::acceptor(&identity).map_err(other)?;
         let listener = TcpListener::bind(listen).await?;
-        Ok(TlsNetwork { identity, acceptor, listener, peers: Arc::new(peers) })
+        Ok(TlsNetwork { identity, acceptor, listener, peers: Arc::new(peers), clients: Arc::default() })
+    }
+
+    /// Lets the parties named `clients` (notary services using the cluster) ask for commits;
+    /// other members of the network may only ask for status ([`Remote::Stranger`]). The
+    /// replicas themselves always may.
+    pub fn with_clients(mut self, clients: impl IntoIterator<Item = X500Name>) -> TlsNetwork {
+        self.clients = Arc::new(clients.into_iter().collect());
+        self
     }
 
     /// The address it listens on.
@@ -71,10 +81,14 @@ impl ReplicaNetwork for TlsNetwork {
     fn accept(&self) -> NetFuture<'_, Handshake> {
         Box::pin(async move {
             let (tcp, _) = self.listener.accept().await?;
-            let (acceptor, peers) = (self.acceptor.clone(), self.peers.clone());
+            let (acceptor, peers, clients) = (self.acceptor.clone(), self.peers.clone(), self.clients.clone());
             let handshake: Handshake = Box::pin(async move {
                 let (stream, name) = transport::accept(&acceptor, tcp).await.map_err(other)?;
-                let remote = peers.iter().find(|(_, p)| p.name == name).map_or(Remote::Client, |(id, _)| Remote::Replica(*id));
+                let remote = match peers.iter().find(|(_, p)| p.name == name) {
+                    Some((id, _)) => Remote::Replica(*id),
+                    None if clients.contains(&name) => Remote::Client,
+                    None => Remote::Stranger,
+                };
                 let stream: BoxStream = Box::new(stream);
                 Ok((stream, remote))
             });
@@ -105,6 +119,7 @@ pub struct ReplicaFilePeer {
 /// tls_chain = ["replica-1/tls.der", "replica-1/node-ca.der", "certs/doorman.der"]
 /// tls_key = "replica-1/tls.key"            # a treaty key file (mode 0600)
 /// # optional: snapshot_after_entries = 5000, entries_kept_after_snapshot = 1000
+/// clients = ["O=Notary,L=Zurich,C=CH"]      # who may ask for commits (notary services)
 ///
 /// [[replicas]]                              # every replica, this one included
 /// id = 1
@@ -136,6 +151,10 @@ pub struct ReplicaFile {
     pub entries_kept_after_snapshot: Option<u64>,
     /// Every replica of the cluster.
     pub replicas: Vec<ReplicaFilePeer>,
+    /// The X.500 names of the notary services that may ask for commits (the notary server
+    /// using the cluster). Other members of the network may only ask for status.
+    #[serde(default)]
+    pub clients: Vec<String>,
     /// The directory relative paths are relative to (set by [`ReplicaFile::load`]).
     #[serde(skip)]
     pub base: PathBuf,
@@ -178,7 +197,14 @@ impl ReplicaFile {
                 peers.insert(r.id, TlsPeer { address: r.address.clone(), name });
             }
         }
-        let network = TlsNetwork::bind(&self.listen, identity, peers).await.map_err(|e| bad(Path::new(&self.listen), e.to_string()))?;
+        let mut clients = Vec::new();
+        for c in &self.clients {
+            clients.push(c.parse::<X500Name>().map_err(|e| bad(&self.base, format!("client {c:?}: bad name: {e}")))?);
+        }
+        let network = TlsNetwork::bind(&self.listen, identity, peers)
+            .await
+            .map_err(|e| bad(Path::new(&self.listen), e.to_string()))?
+            .with_clients(clients);
         let addr = network.local_addr().map_err(|e| bad(Path::new(&self.listen), e.to_string()))?;
         let mut config = RaftConfig::new(self.id, members);
         if let Some(n) = self.snapshot_after_entries {
