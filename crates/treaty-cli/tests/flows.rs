@@ -808,6 +808,36 @@ async fn held(node: &RunningNode, type_id: &str) -> Vec<(treaty_core::StateRef, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_locks_under_two_notaries_falling_due_together_both_unlock() {
+    let dir = bootstrap_with("twolocks", &["--node", ALICE, "--node", BOB, "--notary", NOTARY, "--notary", NOTARY2]);
+    let _map = map(&dir).await;
+    let _notary = start(&dir, "notary").await;
+    let _backup = start(&dir, "backup-notary").await;
+    let alice = start_finance(&dir, "alice").await;
+    for other in [NOTARY, NOTARY2] {
+        knows(&alice, other).await;
+    }
+    ok(&run(&alice, "CashIssue", json!({ "amount": "100.00 USD", "notary": NOTARY })).await);
+    ok(&run(&alice, "CashIssue", json!({ "amount": "100.00 USD", "notary": NOTARY2 })).await);
+    // Two locks, one on each notary's cash, due at the same moment: their two unlock
+    // activities start together. Each unlocks its own notary's (one notary per transaction);
+    // neither may hold the other's and leave it locked for good.
+    let until =
+        treaty_core::Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64 + 4_000_000);
+    ok(&run(&alice, "CashLock", json!({ "amount": "100.00 USD", "until": until.to_string() })).await);
+    ok(&run(&alice, "CashLock", json!({ "amount": "100.00 USD", "until": until.to_string() })).await);
+    let locks = held(&alice, "treaty.finance.TimeLock").await;
+    assert_eq!(locks.iter().map(|(_, n)| n.clone()).collect::<std::collections::BTreeSet<_>>().len(), 2, "{locks:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while !held(&alice, "treaty.finance.TimeLock").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "still locked: {:?}", held(&alice, "treaty.finance.TimeLock").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(usd(&alice).await.0, 20_000);
+    let _ = dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notary_change_moves_states_with_their_encumbrances_and_later_spends_use_the_new_notary() {
     let dir = bootstrap_with("notarychange", &["--node", ALICE, "--node", BOB, "--notary", NOTARY, "--notary", NOTARY2]);
     let _map = map(&dir).await;

@@ -124,8 +124,9 @@ fn vault_error(e: VaultError) -> FlowError {
     FlowError::Invalid(format!("{} {e}", e.code()))
 }
 
-/// This node's locks due at `now` (at most [`MAX_LOCKS`]), each with the unconsumed cash it
-/// encumbers; each group soft-locked for this flow, skipping groups another flow holds.
+/// This node's locks due at `now` (at most [`MAX_LOCKS`]) guarded by one notary (the first
+/// found's), each with the unconsumed cash it encumbers; each group soft-locked for this flow,
+/// skipping groups another flow holds.
 async fn due(ctx: &FlowContext, s: &Services, now: Timestamp) -> Result<Vec<Due>, FlowError> {
     let criteria = Criteria::unconsumed()
         .and(Criteria::state_type(<TimeLock as treaty_core::ContractState>::TYPE_ID))
@@ -158,6 +159,12 @@ async fn due(ctx: &FlowContext, s: &Services, now: Timestamp) -> Result<Vec<Due>
         if cash.is_empty() {
             continue;
         }
+        // One notary per transaction: groups of other notaries are left unlocked for their own
+        // activities (which would otherwise find them locked by this flow, end, and never run
+        // again).
+        if out.first().is_some_and(|d: &Due| d.notary != v.state.notary) {
+            continue;
+        }
         let mut group: Vec<StateRef> = cash.iter().map(|(r, _)| *r).collect();
         group.push(v.state_ref);
         match s.vault.lock(lock_of(ctx), &group).await {
@@ -173,10 +180,12 @@ async fn due(ctx: &FlowContext, s: &Services, now: Timestamp) -> Result<Vec<Due>
 async fn unlock(ctx: &FlowContext, s: &Services) -> Result<Value, FlowError> {
     let now = Timestamp(ctx.now().await?);
     let found: Vec<Due> = ctx.side_effect("cash-unlock.due", |_| due(ctx, s, now)).await?;
-    // One notary per transaction: the first lock's; the rest wait for the next run.
+    // One notary per transaction (`due` takes only the first lock's); the others' own
+    // activities unlock them.
     let Some(notary) = found.first().map(|d| d.notary.clone()) else {
         return Ok(json!({ "unlocked": 0 }));
     };
+    // (A journal from before `due` kept to one notary may hold several: filtered still.)
     let group: Vec<Due> = found.into_iter().filter(|d| d.notary == notary).collect();
     let from = group.iter().map(|d| d.until).max().unwrap_or(now);
     let me: AbstractParty = s.me.clone().into();
