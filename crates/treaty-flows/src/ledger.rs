@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use treaty_core::{Attachment, ContractVerifier, Limits, Party, SecureHash, SignedTransaction, X500Name};
+use treaty_core::{AbstractParty, Attachment, ContractVerifier, Limits, Party, SecureHash, SignedTransaction, X500Name};
 
 use crate::error::FlowError;
 
@@ -40,9 +40,17 @@ pub trait Ledger: Send + Sync + 'static {
     fn is_validating_notary(&self, notary: &X500Name) -> bool;
 
     /// Whether `notary` (name and key) is one of the network's notaries (the network
-    /// parameters' list). A transaction received now must name no other: states guarded by a
-    /// "notary" of someone's own making are states that party can double-spend.
+    /// parameters' list). A state this node takes must be guarded by no other: one guarded by
+    /// a "notary" of someone's own making is a state that party can double-spend.
     fn is_network_notary(&self, notary: &Party) -> bool;
+
+    /// Whether this node holds `party`'s key (its identity or a confidential key, a leaf of a
+    /// composite one): whether a state naming it as a participant is this node's. None here by
+    /// default (a ledger without a vault).
+    fn is_ours(&self, party: &AbstractParty) -> bool {
+        let _ = party;
+        false
+    }
 
     /// The member nodes hosting `notary` when it is a cluster (the network parameters'
     /// [`treaty_core::NotaryInfo::members`]); empty for a notary that is a node of its own.

@@ -426,22 +426,20 @@ enum Job {
     Verify(Vec<SignedTransaction>),
 }
 
-/// Checks every notary `ltx` names — its own, its outputs', a notary change's new one — is one
-/// of the network's ([`Ledger::is_network_notary`]). For the transaction received, not its
-/// back-chain: a chain may name notaries the network has since retired, and nodes keep only
-/// the current parameters.
+/// Checks that every state of `ltx` this node will hold ([`Ledger::is_ours`]) is guarded by
+/// one of the network's notaries ([`Ledger::is_network_notary`]; a notary change's outputs are
+/// guarded by its new one). For the transaction received, not its back-chain: a chain may name
+/// notaries the network has since retired, and nodes keep only the current parameters. The old
+/// notary of a notary change is not checked either, so states can still be moved off a notary
+/// the network retired.
 fn network_notaries<L: Ledger>(ledger: &L, ltx: &LedgerTransaction) -> Result<(), String> {
-    let new = match &ltx.kind {
-        treaty_core::TransactionKind::NotaryChange { new_notary } => Some(new_notary),
-        _ => None,
-    };
-    let named = ltx.notary.iter().chain(ltx.outputs.iter().map(|o| &o.notary)).chain(new);
-    for notary in named {
-        if !ledger.is_network_notary(notary) {
+    for o in &ltx.outputs {
+        if o.data.participants.iter().any(|p| ledger.is_ours(p)) && !ledger.is_network_notary(&o.notary) {
             return Err(format!(
-                "it names {} (key {}) as a notary, and that is not a notary of this network: states it guards could be spent twice",
-                notary.name,
-                notary.owning_key.short()
+                "it gives this node a state guarded by {} (key {}), and that is not a notary of this network: its \
+                 issuer could spend it twice",
+                o.notary.name,
+                o.notary.owning_key.short()
             ));
         }
     }

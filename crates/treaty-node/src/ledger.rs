@@ -285,6 +285,12 @@ impl Ledger for NodeLedger {
         self.params.notaries.iter().any(|n| n.identity == *notary)
     }
 
+    fn is_ours(&self, party: &treaty_core::AbstractParty) -> bool {
+        let Some((_, ours)) = self.vault.get() else { return false };
+        let key = party.owning_key();
+        ours(key) || (matches!(key, treaty_core::PublicKey::Composite(_)) && key.leaf_keys().into_iter().any(|k| ours(&k)))
+    }
+
     fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
         self.params.notaries.iter().find(|n| n.identity.name == *notary).map(|n| n.members.clone()).unwrap_or_default()
     }

@@ -73,7 +73,7 @@ fn golden_fuel_for_a_fixed_transaction() {
     // A fixed transaction (fixed keys and salt) must burn exactly this much fuel. A change means
     // the contract module, the input encoding or the engine's metering changed: a protocol
     // change. Update the constant only deliberately, and say why in the commit.
-    const GOLDEN_FUEL: u64 = 93_394;
+    const GOLDEN_FUEL: u64 = 93_492; // 93,394 until 2026-11-24: +98 for checking each state's contract (inputs_of)
     let mut f = Fixture::new();
     let input = f.issue(100);
     let ltx = f.move_ltx(input, 100, f.hash_constraint(), f.token_attachment);
