@@ -411,9 +411,8 @@ async fn cash_is_issued_paid_openly_and_anonymously_and_exited_and_balances_add_
     assert!(error.contains("protocol version 3") && error.contains("versions 1 and 2"), "{error}");
 }
 
-/// `CashIssueAndPayment` (Corda's `CashIssueAndPaymentFlow`): both transactions in one flow,
-/// the payee's side `CashPayment`'s responder, and a wrong recipient refused before anything
-/// is issued.
+/// Cash a node issues under another party's name (in its own key) is kept apart from that
+/// party's, and cash guarded by a notary of its own making is refused by the payee.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cash_under_another_name_is_filed_apart_and_a_made_up_notary_is_refused() {
     let (_dir, _map, _notary, alice, bob) = cash_network("forged").await;
@@ -442,6 +441,9 @@ async fn cash_under_another_name_is_filed_apart_and_a_made_up_notary_is_refused(
     assert_eq!(usd(&alice).await.0, 2_000, "Alice recorded none of it");
 }
 
+/// `CashIssueAndPayment` (Corda's `CashIssueAndPaymentFlow`): both transactions in one flow,
+/// the payee's side `CashPayment`'s responder, and a wrong recipient refused before anything
+/// is issued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_and_payment_in_one_flow_pays_what_it_issues_and_checks_the_recipient_first() {
     let (_dir, _map, _notary, alice, bob) = cash_network("issue-and-pay").await;
@@ -663,7 +665,7 @@ const RATES: &str = "O=Rates,L=Frankfurt,C=DE";
 
 /// Asks the oracle to sign a made-up transaction carrying one fix, revealing what the
 /// arguments say: `{"pair": "USD/EUR", "rate": "0.92", "reveal_other": false, "window": true,
-/// "hide_signers": false, "other_needs_oracle": false}` (the other command, a cash move, is
+/// "hide_signers": false, "other_needs_oracle": false, "hide_kind": false}` (the other command, a cash move, is
 /// signed by the client, or by the oracle with `other_needs_oracle`).
 /// Returns `{"signed": true, "valid": <signature checks over the id>}` or `{"refused": "<why>"}`.
 fn ask_oracle_flow(r: &mut Registry, services: &NodeServices) {
@@ -713,7 +715,7 @@ fn ask_oracle_flow(r: &mut Registry, services: &NodeServices) {
                     ComponentGroup::TimeWindow => true,
                     _ => false,
                 },
-                |_| false,
+                |g| g == ComponentGroup::Kind && !args["hide_kind"].as_bool().unwrap_or(false),
             );
             let session = ctx.initiate_as(&oracle, treaty_finance::FX_ORACLE, 1).await?;
             Ok(match ctx.send_and_receive::<_, TransactionSignature>(&session, &treaty_finance::OracleRequest::Sign(ftx)).await {
@@ -789,6 +791,9 @@ async fn an_obligation_settles_in_another_currency_at_the_oracles_signed_rate_an
         // oracle's own coins): it must see every command's signers, and sign for fixes only.
         (json!({ "hide_signers": true }), "must reveal every command's signers"),
         (json!({ "other_needs_oracle": true }), "command 0 needs this oracle's key and is not an exchange-rate fix"),
+        // Nor may the transaction be a notary change or upgrade, whose inputs' participants
+        // sign whatever its commands say: the kind must be proven normal.
+        (json!({ "hide_kind": true }), "must prove the transaction's kind"),
     ];
     for (args, why) in cases {
         let answer = ask(args.clone()).await;

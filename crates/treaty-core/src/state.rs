@@ -276,13 +276,15 @@ pub enum StatePointer {
 
 impl StatePointer {
     /// Finds the pointed-to state among `candidates` (typically a transaction's reference
-    /// inputs): a static pointer by reference, a linear pointer by the linear id of `S`.
+    /// inputs): a static pointer by reference, a linear pointer by the linear id of `S` among
+    /// states governed by `S`'s own contract ([`ContractState::CONTRACT`]; one of another
+    /// contract's making is not an `S`).
     pub fn resolve<'a, S: LinearState>(&self, candidates: &'a [StateAndRef]) -> Option<&'a StateAndRef> {
         match self {
             StatePointer::Static(r) => candidates.iter().find(|c| c.r#ref == *r),
-            StatePointer::Linear(id) => {
-                candidates.iter().find(|c| c.state.data.is::<S>() && c.state.data.unpack::<S>().is_ok_and(|s| s.linear_id() == id))
-            }
+            StatePointer::Linear(id) => candidates.iter().find(|c| {
+                c.state.contract == S::CONTRACT && c.state.data.is::<S>() && c.state.data.unpack::<S>().is_ok_and(|s| s.linear_id() == id)
+            }),
         }
     }
 }

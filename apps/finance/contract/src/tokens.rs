@@ -351,6 +351,13 @@ mod tests {
         let w = world();
         let issue = w.tx(vec![], vec![w.fungible(10, &w.alice)], TokenCommand::Issue, &w.alice, None);
         refused(&issue, "must be a reference input");
+        // A "type" of another contract's making, with the same id, is no type.
+        let mut forged = issue.clone();
+        forged.references.push(StateAndRef {
+            state: w.state(&w.token_type("v2"), "evil.Junk"),
+            r#ref: StateRef { txhash: SecureHash::sha256(b"junk"), index: 0 },
+        });
+        refused(&forged, "must be a reference input");
         assert!(verify_tokens(&w.referencing(issue)).is_ok());
         let mv = w.tx(
             vec![(w.fungible(10, &w.alice), 0)],

@@ -230,8 +230,10 @@ async fn linear_state<S: treaty_core::ContractState>(s: &Services, id: uuid::Uui
     let criteria =
         treaty_vault::Criteria::unconsumed().and(treaty_vault::Criteria::state_type(S::TYPE_ID)).and(treaty_vault::Criteria::linear_id(id));
     let page =
-        s.vault.query(&criteria, &treaty_vault::Sort::recording_order(), &treaty_vault::PageSpec::first(1)).await.map_err(vault_error)?;
-    let Some(v) = page.states.into_iter().next() else { return Ok(None) };
+        s.vault.query(&criteria, &treaty_vault::Sort::recording_order(), &treaty_vault::PageSpec::first(16)).await.map_err(vault_error)?;
+    // Only a state its type's own contract governs is an `S` (any contract can make states of
+    // any type id, under rules of its own).
+    let Some(v) = page.states.into_iter().find(|v| v.state.contract == S::CONTRACT) else { return Ok(None) };
     let state: S = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
     Ok(Some((v.state_ref, state, v.state.notary)))
 }
@@ -282,7 +284,7 @@ async fn with_locks_released(
 /// name). Anyone can issue cash in their own key under another's name — the contract keeps
 /// such cash apart, as another token — and here it is filed apart too, under a name that says
 /// so, never with the named party's real cash.
-fn issuer_text(view: &treaty_netmap::NetworkView, issuer: &AbstractParty) -> String {
+pub(crate) fn issuer_text(view: &treaty_netmap::NetworkView, issuer: &AbstractParty) -> String {
     match issuer {
         AbstractParty::Party(p) => match view.node(&p.name) {
             Some(n) if n.legal_identity.owning_key != p.owning_key => {

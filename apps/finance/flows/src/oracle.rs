@@ -117,6 +117,16 @@ async fn check_and_sign(ctx: &FlowContext, s: &Services, ftx: &FilteredTransacti
     ftx.check_all_visible(ComponentGroup::Signers).map_err(|e| {
         refuse(format!("the tear-off must reveal every command's signers, so that no hidden command needs this oracle's key ({e})"))
     })?;
+    // A notary change or contract upgrade needs its inputs' participants' signatures too,
+    // whatever its commands: the oracle signs normal transactions only, shown by the kind
+    // group proven empty.
+    ftx.check_all_visible(ComponentGroup::Kind)
+        .map_err(|e| refuse(format!("the tear-off must prove the transaction's kind (normal: an empty kind group) ({e})")))?;
+    if !ftx.revealed::<treaty_core::TransactionKind>(ComponentGroup::Kind).map_err(|e| refuse(e.to_string()))?.is_empty() {
+        return Err(refuse(
+            "it is not a normal transaction (a notary change or contract upgrade); the oracle signs fixes in normal ones only".into(),
+        ));
+    }
     for (index, keys) in &signers {
         let fix = commands.iter().any(|(i, data)| i == index && data.is::<FxFix>());
         if !fix && keys.iter().any(|k| k.contains_leaf(me)) {
@@ -162,8 +172,8 @@ pub(crate) async fn open(ctx: &FlowContext, oracle: &X500Name) -> Result<Session
     ctx.initiate_as(oracle, FX_ORACLE, 1).await
 }
 
-/// Sends the oracle a tear-off of `wtx` revealing only its fixes, every command's signers and
-/// its time window, and returns the oracle's signature, checked.
+/// Sends the oracle a tear-off of `wtx` revealing only its fixes, every command's signers, its
+/// (empty) kind group and its time window, and returns the oracle's signature, checked.
 pub(crate) async fn ask_signature(
     ctx: &FlowContext,
     session: &Session,
@@ -180,7 +190,8 @@ pub(crate) async fn ask_signature(
             ComponentGroup::TimeWindow => true,
             _ => false,
         },
-        |_| false,
+        // The kind group, empty for a normal transaction, proven empty; and every signer.
+        |group| matches!(group, ComponentGroup::Kind | ComponentGroup::Signers),
     );
     let signature: TransactionSignature = ctx.send_and_receive(session, &OracleRequest::Sign(ftx)).await?;
     if signature.by != *oracle_key {

@@ -137,6 +137,11 @@ async fn due(ctx: &FlowContext, s: &Services, now: Timestamp) -> Result<Vec<Due>
         if out.len() == MAX_LOCKS {
             break;
         }
+        // A "time lock" of another contract's making is none: taking it into an unlock would
+        // make every unlock of this notary's fail.
+        if v.state.contract != TIME_LOCK {
+            continue;
+        }
         let l: TimeLock = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
         if l.until > now || l.owner.owning_key() != &s.me.owning_key {
             continue;

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use treaty_core::{
-    AttachmentConstraint, Command, Party, SecureHash, SignedTransaction, StateRef, TransactionBuilder, TransactionState, UniqueIdentifier,
-    X500Name,
+    AttachmentConstraint, Command, Party, PublicKey, SecureHash, SignedTransaction, StateRef, TransactionBuilder, TransactionState,
+    UniqueIdentifier, X500Name,
 };
 use treaty_finance_contracts::{
     EvolvableTokenType, FungibleToken, IssuedToken, NonFungibleToken, TOKEN_TYPES, TOKENS, TokenCommand, TokenKind, TokenTypeCommand,
@@ -105,9 +105,11 @@ struct RedeemArgs {
 /// type; the others by linear id) and the flows with their responders.
 pub(crate) fn register(registry: &mut Registry, s: &Services) {
     // A second registration (the same node started twice in one process) changes nothing.
-    let _ = s.vault.register(fungible(|t: &FungibleToken| FungibleColumns {
+    let view = s.view.clone();
+    let _ = s.vault.register(fungible(move |t: &FungibleToken| FungibleColumns {
         owner: t.holder.clone(),
-        issuer: t.token.issuer.to_string(),
+        // As for cash: a name under a key that is not the network map's is filed apart.
+        issuer: super::issuer_text(&view.borrow(), &t.token.issuer),
         token: t.token.kind.name(),
         quantity: t.quantity,
     }));
@@ -145,33 +147,37 @@ pub(crate) fn register(registry: &mut Registry, s: &Services) {
         let s = s6.clone();
         async move {
             let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("TokenRedeem responder without a session".into()))?;
-            let me = s.me.owning_key.clone();
-            let keys = s.keys.clone();
-            sign_transaction(&ctx, &session, &s.ledger, &s.keys, |ltx| {
-                let redeems = |c: &treaty_core::Command| c.data.unpack::<TokenCommand>().is_ok_and(|t| t == TokenCommand::Redeem);
-                if !ltx.commands.iter().any(redeems) {
-                    return Err("it is not a redemption".into());
-                }
-                // The signature covers the whole transaction: any other command that needs one
-                // of this node's keys (an issue of its cash, a move of its coins) would be
-                // signed with it. It signs for the redemption only.
-                if let Some((i, c)) = ltx.commands.iter().enumerate().find(|(_, c)| !redeems(c) && !keys.owned(&c.signers).is_empty()) {
-                    return Err(format!(
-                        "command {i} ({}) needs this node's signature, and it signs only for the redemption",
-                        c.data.type_id
-                    ));
-                }
-                let fungible: Vec<FungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
-                let unique: Vec<NonFungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
-                let ours =
-                    fungible.iter().map(|f| &f.token.issuer).chain(unique.iter().map(|n| &n.token.issuer)).all(|i| *i.owning_key() == me);
-                if ours { Ok(()) } else { Err("it redeems tokens this node did not issue".into()) }
-            })
-            .await?;
+            sign_transaction(&ctx, &session, &s.ledger, &s.keys, |ltx| redemption_to_sign(ltx, &*s.keys, &s.me.owning_key)).await?;
             receive_finality(&ctx, &session, &s.ledger).await.map(|_| ())
         }
     });
     super::finality_responders(registry, s, &[TOKEN_TYPE_CREATE, TOKEN_TYPE_UPDATE, TOKEN_ISSUE, TOKEN_MOVE]);
+}
+
+/// What the issuer checks before signing a redemption `ltx` with the keys of `keys` (its
+/// identity key `me` among them). The signature covers the whole transaction, so it must be a
+/// normal one (a notary change or contract upgrade needs its inputs' participants' signatures
+/// whatever its commands say), no command but the redemption may need one of its keys (an issue
+/// of its cash, a move of its coins would be signed with it), and it must redeem tokens this
+/// node issued, and only those.
+fn redemption_to_sign(ltx: &treaty_core::LedgerTransaction, keys: &impl Keys, me: &PublicKey) -> Result<(), String> {
+    let redeems = |c: &treaty_core::Command| c.data.unpack::<TokenCommand>().is_ok_and(|t| t == TokenCommand::Redeem);
+    if !ltx.commands.iter().any(redeems) {
+        return Err("it is not a redemption".into());
+    }
+    if !matches!(ltx.kind, treaty_core::TransactionKind::Normal) {
+        return Err("it is not a normal transaction (a notary change or contract upgrade)".into());
+    }
+    if let Some((i, c)) = ltx.commands.iter().enumerate().find(|(_, c)| !redeems(c) && !keys.owned(&c.signers).is_empty()) {
+        return Err(format!("command {i} ({}) needs this node's signature, and it signs only for the redemption", c.data.type_id));
+    }
+    let fungible: Vec<FungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
+    let unique: Vec<NonFungibleToken> = ltx.inputs_of().map_err(|e| e.to_string())?;
+    if fungible.is_empty() && unique.is_empty() {
+        return Err("it redeems no token".into());
+    }
+    let ours = fungible.iter().map(|f| &f.token.issuer).chain(unique.iter().map(|n| &n.token.issuer)).all(|i| i.owning_key() == me);
+    if ours { Ok(()) } else { Err("it redeems tokens this node did not issue".into()) }
 }
 
 fn party(s: &Services, flow: &str, field: &str, text: &str) -> Result<Party, FlowError> {
@@ -538,4 +544,65 @@ async fn redeem(ctx: &FlowContext, s: &Services, args: RedeemArgs) -> Result<Val
     let done = finality(ctx, &s.ledger, &s.keys, &s.me, stx, &sessions).await?;
     let redeemed: u64 = chosen.fungible.iter().map(|f| f.quantity).sum::<u64>().min(quantity.unwrap_or(0));
     Ok(json!({ "transaction": done.id().to_string(), "issuer": issuer.to_string(), "quantity": quantity.map(|_| redeemed), "id": args.id }))
+}
+
+#[cfg(test)]
+mod tests {
+    use treaty_core::{AbstractParty, KeyPair, LedgerTransaction, SignatureScheme, StateAndRef, TransactionKind, TransactionState};
+    use treaty_finance_contracts::{CashCommand, IssuedToken, TOKENS, TokenKind};
+    use treaty_flows::KeyPairs;
+
+    use super::*;
+
+    fn party(name: &str, seed: u8) -> (KeyPair, Party) {
+        let key = KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap();
+        let party = Party { name: name.parse().unwrap(), owning_key: key.public() };
+        (key, party)
+    }
+
+    /// Bob redeems 5 gold of Alice's issue with her; `extra` commands ride along.
+    fn redemption(alice: &Party, bob: &Party, notary: &Party, kind: TransactionKind, extra: Vec<Command>) -> LedgerTransaction {
+        let gold = FungibleToken {
+            token: IssuedToken { issuer: alice.clone().into(), kind: TokenKind::Fixed { id: "GOLD".into(), fraction_digits: 0 } },
+            quantity: 5,
+            holder: AbstractParty::from(bob.clone()),
+        };
+        let state = TransactionState::new(&gold, TOKENS, notary.clone(), AttachmentConstraint::AlwaysAccept);
+        let mut commands = vec![Command::new(&TokenCommand::Redeem, vec![alice.owning_key.clone(), bob.owning_key.clone()])];
+        commands.extend(extra);
+        LedgerTransaction {
+            id: SecureHash::sha256(b"redeem"),
+            inputs: vec![StateAndRef { state, r#ref: StateRef { txhash: SecureHash::sha256(b"earlier"), index: 0 } }],
+            outputs: vec![],
+            commands,
+            attachments: vec![],
+            notary: Some(notary.clone()),
+            time_window: None,
+            references: vec![],
+            network_parameters_hash: None,
+            summaries: vec![],
+            kind,
+        }
+    }
+
+    #[test]
+    fn an_issuer_signs_a_plain_redemption_of_its_tokens_and_nothing_more() {
+        let ((alice_key, alice), (_, bob), (_, notary)) =
+            (party("O=Alice,L=London,C=GB", 1), party("O=Bob,L=Paris,C=FR", 2), party("O=Notary,L=Zurich,C=CH", 3));
+        let keys = KeyPairs::new(vec![alice_key]);
+        let check = |ltx: &LedgerTransaction| redemption_to_sign(ltx, &keys, &alice.owning_key);
+        assert_eq!(check(&redemption(&alice, &bob, &notary, TransactionKind::Normal, vec![])), Ok(()));
+        // A cash issue in Alice's name hidden in it.
+        let issue = Command::new(&CashCommand::Issue, vec![alice.owning_key.clone()]);
+        let err = check(&redemption(&alice, &bob, &notary, TransactionKind::Normal, vec![issue])).unwrap_err();
+        assert!(err.contains("command 1 (treaty.finance.Cash.Command) needs this node's signature"), "{err}");
+        // An upgrade (its inputs' participants sign whatever its commands say).
+        let upgrade =
+            TransactionKind::ContractUpgrade { upgraded_contract: "evil.Junk".into(), upgraded_attachment: SecureHash::sha256(b"junk") };
+        let err = check(&redemption(&alice, &bob, &notary, upgrade, vec![])).unwrap_err();
+        assert!(err.contains("not a normal transaction"), "{err}");
+        // Tokens someone else issued.
+        let err = check(&redemption(&bob, &bob, &notary, TransactionKind::Normal, vec![])).unwrap_err();
+        assert!(err.contains("did not issue"), "{err}");
+    }
 }
