@@ -246,28 +246,39 @@ fn finance_and_newer_payment(r: &mut Registry, services: &NodeServices) {
     });
 }
 
+/// A transaction issuing `cash` in this node's key, guarded by `notary`, signed by this node.
+async fn signed_issue(
+    s: &NodeServices,
+    cash: &treaty_finance_contracts::Cash,
+    notary: treaty_core::Party,
+    salt: u8,
+) -> Result<treaty_core::SignedTransaction, FlowError> {
+    use treaty_core::*;
+    let fail = |e: String| FlowError::Exception(e);
+    let (code, _) = s.ledger.import_attachment(&treaty_finance::cash_bundle()).await.map_err(|e| fail(e.to_string()))?;
+    let wtx = TransactionBuilder::new(Some(notary.clone()))
+        .output(TransactionState::new(cash, treaty_finance_contracts::CASH, notary, AttachmentConstraint::Hash(code.id)))
+        .command(Command::new(&treaty_finance_contracts::CashCommand::Issue, vec![s.identity.owning_key.clone()]))
+        .attachment(code.id)
+        .build(PrivacySalt([salt; 32]))
+        .map_err(|e| fail(e.to_string()))?;
+    let stx = SignedTransaction::new(wtx, vec![]);
+    Ok(stx.clone().with_signature(treaty_flows::Keys::sign(&*s.keys, &stx.id(), &s.identity.owning_key)?))
+}
+
 /// Issues `{"amount": "50.00 USD", "as": "<X.500 name>"}` of cash to this node under another
 /// party's name but in this node's own key (which the cash contract allows: it is the issuer's
 /// key that signs). Returns the transaction id.
 async fn forged_issue(ctx: &FlowContext, s: &NodeServices, args: serde_json::Value) -> Result<String, FlowError> {
     use treaty_core::*;
-    use treaty_finance_contracts::{CASH, Cash, CashCommand};
+    use treaty_finance_contracts::Cash;
     let fail = |e: String| FlowError::Exception(e);
     let amount: Amount<Currency> = args["amount"].as_str().unwrap_or_default().parse().map_err(|e| fail(format!("{e}")))?;
     let name: X500Name = args["as"].as_str().unwrap_or_default().parse().map_err(|e| fail(format!("{e}")))?;
     let forged = Party { name, owning_key: s.identity.owning_key.clone() };
-    let (code, _) = s.ledger.import_attachment(&treaty_finance::cash_bundle()).await.map_err(|e| fail(e.to_string()))?;
-    let notary = s.parameters.notaries[0].identity.clone();
     let token = Issued { issuer: PartyAndReference { party: forged.into(), reference: vec![0] }, product: amount.token.clone() };
     let cash = Cash { amount: Amount::new(amount.quantity, token), owner: s.identity.clone().into() };
-    let wtx = TransactionBuilder::new(Some(notary.clone()))
-        .output(TransactionState::new(&cash, CASH, notary, AttachmentConstraint::Hash(code.id)))
-        .command(Command::new(&CashCommand::Issue, vec![s.identity.owning_key.clone()]))
-        .attachment(code.id)
-        .build(PrivacySalt([8; 32]))
-        .map_err(|e| fail(e.to_string()))?;
-    let stx = SignedTransaction::new(wtx, vec![]);
-    let stx = stx.clone().with_signature(treaty_flows::Keys::sign(&*s.keys, &stx.id(), &s.identity.owning_key)?);
+    let stx = signed_issue(s, &cash, s.parameters.notaries[0].identity.clone(), 8).await?;
     let done = finality(ctx, &s.ledger, &s.keys, &s.identity, stx, &[]).await?;
     Ok(done.id().to_string())
 }
@@ -277,25 +288,17 @@ async fn forged_issue(ctx: &FlowContext, s: &NodeServices, args: serde_json::Val
 /// payment.
 async fn fake_notary_payment(ctx: &FlowContext, s: &NodeServices, to: &str) -> Result<String, FlowError> {
     use treaty_core::*;
-    use treaty_finance_contracts::{CASH, Cash, CashCommand};
+    use treaty_finance_contracts::Cash;
     let fail = |e: String| FlowError::Exception(e);
     let to: X500Name = to.parse().map_err(|e| fail(format!("{e}")))?;
     let payee = s.view.borrow().node(&to).map(|n| n.legal_identity.clone()).ok_or_else(|| fail("payee not on the map".into()))?;
     let fake = Party { name: s.parameters.notaries[0].identity.name.clone(), owning_key: s.identity.owning_key.clone() };
-    let (code, _) = s.ledger.import_attachment(&treaty_finance::cash_bundle()).await.map_err(|e| fail(e.to_string()))?;
     let usd = Issued {
         issuer: PartyAndReference { party: s.identity.clone().into(), reference: vec![0] },
         product: Currency::new("USD").map_err(|e| fail(e.to_string()))?,
     };
     let cash = Cash { amount: Amount::new(1_000, usd), owner: payee.into() };
-    let wtx = TransactionBuilder::new(Some(fake.clone()))
-        .output(TransactionState::new(&cash, CASH, fake, AttachmentConstraint::Hash(code.id)))
-        .command(Command::new(&CashCommand::Issue, vec![s.identity.owning_key.clone()]))
-        .attachment(code.id)
-        .build(PrivacySalt([6; 32]))
-        .map_err(|e| fail(e.to_string()))?;
-    let stx = SignedTransaction::new(wtx, vec![]);
-    let stx = stx.clone().with_signature(treaty_flows::Keys::sign(&*s.keys, &stx.id(), &s.identity.owning_key)?);
+    let stx = signed_issue(s, &cash, fake, 6).await?;
     let session = ctx.initiate_as(&to, treaty_finance::CASH_PAYMENT, treaty_finance::PAYMENT_SESSION_WELL_KNOWN).await?;
     let done = finality(ctx, &s.ledger, &s.keys, &s.identity, stx, &[session]).await?;
     Ok(done.id().to_string())
