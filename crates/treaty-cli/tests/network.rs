@@ -324,7 +324,7 @@ fn a_redelivered_message_is_processed_once_and_an_oversized_frame_only_loses_its
     std::thread::sleep(Duration::from_millis(500));
     let pongs = rt.block_on(bob_db.messages().outbox(&name(ALICE), 10)).unwrap();
     assert_eq!(pongs.len(), 1, "a redelivered message was processed twice");
-    assert_eq!(&pongs[0].payload[..16], ping.id.0.as_bytes());
+    assert_eq!(&pongs[0].payload[..16], ping.id.received_from(&name(ALICE)).0.as_bytes());
     let inbox = rt.block_on(bob_db.messages().inbox(Some(PING))).unwrap();
     assert_eq!(inbox.len(), 1);
 }

@@ -377,6 +377,95 @@ async fn an_answer_lost_in_a_crash_is_given_after_the_restart() {
     assert!(db.messages.unprocessed(10).await.unwrap().is_empty());
 }
 
+/// `Relay` responders: told the next party's name, a responder asks it and answers one more
+/// than it said; told nothing, it answers 1.
+fn relays() -> Registry {
+    let mut r = Registry::new();
+    r.responder("Relay", |ctx: FlowContext| async move {
+        let session = ctx.initiating_session().ok_or_else(|| FlowError::Invalid("no session".into()))?;
+        let next: String = ctx.receive(&session).await?;
+        let answer = if next.is_empty() {
+            1u64
+        } else {
+            let onward = ctx.initiate(&name(&next)).await?;
+            ctx.send_and_receive::<_, u64>(&onward, &String::new()).await? + 1
+        };
+        ctx.send(&session, &answer).await
+    });
+    r
+}
+
+/// Mallory opens a `Relay` session with Bob under message id `init` (on session 9), Bob's
+/// responder asks Carol; returns Bob's responder's id and the id of its first message to Carol.
+/// Before any of it, if given, Mallory sends Carol a message of her own under `pre_empt`.
+async fn relay_through_bob(
+    init: treaty_net::messaging::MessageId,
+    pre_empt: Option<treaty_net::messaging::MessageId>,
+) -> (bool, Option<treaty_net::messaging::MessageId>) {
+    use treaty_flows::protocol::{Envelope, SessionMessage};
+    use treaty_net::messaging::Outgoing;
+    const MALLORY: &str = "O=Mallory,L=Rome,C=IT";
+    const CAROL: &str = "O=Carol,L=Madrid,C=ES";
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let (dm, db, dc) = (Disk::default(), Disk::default(), Disk::default());
+    let mallory = Node::start(&net, &dir, MALLORY, &dm, Registry::new(), EngineOptions::default()).await;
+    let bob = Node::start(&net, &dir, BOB, &db, relays(), EngineOptions::default()).await;
+    let _carol = Node::start(&net, &dir, CAROL, &dc, relays(), EngineOptions::default()).await;
+    let flow_message = |to: &str, message: SessionMessage| Outgoing {
+        destination: name(to),
+        session: 9,
+        topic: protocol::FLOW_TOPIC.into(),
+        payload: treaty_core::encoding::encode(&Envelope { to_initiator: false, message }),
+    };
+    if let Some(id) = pre_empt {
+        let decoy = SessionMessage::Data(treaty_core::encoding::encode(&0u64));
+        mallory.messenger.send_with_ids(vec![(id, flow_message(CAROL, decoy))]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !dm.messages.outbox(&name(CAROL), 10).await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "Carol never took Mallory's message");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let open = SessionMessage::Init { flow: "Relay".into(), version: 1, payload: Some(treaty_core::encoding::encode(&CAROL.to_string())) };
+    mallory.messenger.send_with_ids(vec![(init, flow_message(BOB, open))]).await.unwrap();
+    let responder = FlowId::responder_for(&init.received_from(&name(MALLORY)));
+    let completed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Some(r)) = bob.engine.get(responder).await
+                && r.status == FlowStatus::Completed
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok();
+    let to_carol = db.flows.journal(responder).await.unwrap().into_iter().find_map(|e| match e {
+        Entry::Sent { session, message } if session != 9 => Some(message),
+        _ => None,
+    });
+    (completed, to_carol)
+}
+
+/// A responder's flow id follows from the opening message, whose id its initiator chose, and
+/// the ids of the responder's messages follow from its flow id: Mallory can compute the id of
+/// the message Bob's responder will send Carol. Sending Carol a message of her own under that
+/// id first must not get Bob's dropped as a duplicate (it did until messages were filed under
+/// their sender, `MessageId::received_from`): Bob's responder still completes.
+#[tokio::test]
+async fn an_initiator_cannot_get_its_responders_message_to_a_third_node_dropped() {
+    let init = treaty_net::messaging::MessageId::random();
+    let (completed, to_carol) = relay_through_bob(init, None).await;
+    assert!(completed, "the relay did not complete unhindered");
+    let to_carol = to_carol.expect("Bob's responder journaled its message to Carol");
+    // The same opening message on a fresh network: the same ids, computed in advance.
+    let (completed, again) = relay_through_bob(init, Some(to_carol)).await;
+    assert_eq!(again, Some(to_carol), "the ids are not reproducible: the test proves nothing");
+    assert!(completed, "Mallory's message made Bob's to Carol a duplicate: Bob's responder never completed");
+}
+
 /// An opening message a responder flow took before (the node then ran code that did not
 /// answer it without a flow, and stopped before marking it processed) is that flow's: after
 /// the upgrade it is marked processed, not answered a second time.

@@ -169,6 +169,41 @@ async fn lost_acknowledgements_cause_redelivery_that_the_inbox_drops() {
     assert!(bob.messenger.stats().duplicates.load(Ordering::Relaxed) > 0, "no acknowledgement was lost: the test proved nothing");
 }
 
+/// Senders choose their messages' ids, so a receiver files each under its sender: a peer that
+/// sends first with an id another peer will use (it can compute a responder's ids, say) does
+/// not make that peer's message a duplicate to be dropped. Each is delivered once, and a
+/// resent copy from the same sender is still dropped.
+#[tokio::test]
+async fn an_id_another_sender_used_first_does_not_drop_a_message() {
+    let net = SimNetwork::new();
+    let dir = Directory::default();
+    let mallory = start(&net, &dir, "O=Mallory,L=Rome,C=IT", Default::default(), fast()).await;
+    let alice = start(&net, &dir, "O=Alice,L=London,C=GB", Default::default(), fast()).await;
+    let mut bob = start(&net, &dir, "O=Bob,L=Paris,C=FR", Default::default(), fast()).await;
+    let id = MessageId::random();
+    mallory.messenger.send_with_ids(vec![(id, msg(&bob.name, 1, 666))]).await.unwrap();
+    let first = receive(&mut bob, 1, Duration::from_secs(10)).await;
+    assert_eq!((first[0].sender.clone(), seq(&first[0])), (mallory.name.clone(), 666));
+    alice.messenger.send_with_ids(vec![(id, msg(&bob.name, 1, 7))]).await.unwrap();
+    let second = receive(&mut bob, 1, Duration::from_secs(10)).await;
+    assert_eq!((second[0].sender.clone(), seq(&second[0])), (alice.name.clone(), 7), "Alice's message was dropped");
+    assert_ne!(first[0].id, second[0].id, "two senders' messages filed under one id");
+    // The same sender's copy is a duplicate still.
+    let before = bob.messenger.stats().duplicates.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !alice.store.outbox(&bob.name, 10).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "Bob never acknowledged Alice's message");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    alice.messenger.send_with_ids(vec![(id, msg(&bob.name, 1, 8))]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bob.messenger.stats().duplicates.load(Ordering::Relaxed) == before {
+        assert!(tokio::time::Instant::now() < deadline, "Alice's resent copy was neither dropped nor delivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_quiet(&mut bob, Duration::from_millis(300)).await;
+}
+
 /// A link that brings one batch and then breaks: the acknowledgement cannot be sent (the
 /// sender died just after sending, say).
 struct BrokenAfterOneBatch(Option<Vec<u8>>);
@@ -194,7 +229,7 @@ async fn a_batch_whose_acknowledgement_cannot_be_sent_is_still_handed_over() {
     let frame = treaty_core::encoding::encode(&wire::Frame::Messages { version: wire::PROTOCOL_VERSION, messages: vec![message.clone()] });
     bob.messenger.serve_link(BrokenAfterOneBatch(Some(frame)), name("O=Alice,L=London,C=GB")).await;
     let got = receive(&mut bob, 1, Duration::from_secs(5)).await;
-    assert_eq!((got[0].id, got[0].payload.as_slice()), (message.id, b"hello".as_slice()));
+    assert_eq!((got[0].id, got[0].payload.as_slice()), (message.id.received_from(&name("O=Alice,L=London,C=GB")), b"hello".as_slice()));
     // The sender's second copy is dropped by the inbox, as before.
     let again = treaty_core::encoding::encode(&wire::Frame::Messages { version: wire::PROTOCOL_VERSION, messages: vec![message] });
     bob.messenger.serve_link(BrokenAfterOneBatch(Some(again)), name("O=Alice,L=London,C=GB")).await;

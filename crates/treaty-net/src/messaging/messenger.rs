@@ -14,7 +14,9 @@
 //! (a crash before it resends them, and the receiver drops the duplicates).
 //!
 //! Receiving: [`Messenger::serve_link`] reads batches from an accepted link, stores them in the
-//! inbox in one transaction (a message id seen before is dropped there), acknowledges the
+//! inbox in one transaction, each under its sender's id scoped to the sender
+//! ([`MessageId::received_from`]; an id seen before from that sender is dropped there),
+//! acknowledges the
 //! whole batch, and hands the new messages to the application in arrival order. The
 //! application calls [`Messenger::processed`] when it has acted on one; messages not yet
 //! processed are handed over again after a restart ([`Messenger::start`]).
@@ -347,7 +349,13 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
                 .into_iter()
                 .map(|(id, m)| {
                     ids.push(id);
-                    InboundMessage { id, sender: self.inner.me.clone(), session: m.session, topic: m.topic, payload: m.payload }
+                    InboundMessage {
+                        id: id.received_from(&self.inner.me),
+                        sender: self.inner.me.clone(),
+                        session: m.session,
+                        topic: m.topic,
+                        payload: m.payload,
+                    }
                 })
                 .collect();
             let started = self.inner.started.read().await;
@@ -515,7 +523,13 @@ impl<S: MessageStore, C: Connector> Messenger<S, C> {
             let count = messages.len() as u64;
             let inbound = messages
                 .into_iter()
-                .map(|m| InboundMessage { id: m.id, sender: peer.clone(), session: m.session, topic: m.topic, payload: m.payload })
+                .map(|m| InboundMessage {
+                    id: m.id.received_from(&peer),
+                    sender: peer.clone(),
+                    session: m.session,
+                    topic: m.topic,
+                    payload: m.payload,
+                })
                 .collect();
             let new = match inner.store.receive(inbound).await {
                 Ok(new) => new,

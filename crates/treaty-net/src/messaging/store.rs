@@ -47,6 +47,18 @@ impl MessageId {
     }
 }
 
+impl MessageId {
+    /// The id a receiver files message `self` from `sender` under ([`InboundMessage::id`]).
+    /// Senders choose their ids, and a peer can compute some of another's (a responder's are
+    /// derived from the opening message its initiator chose): filed under the sender's id
+    /// alone, a message sent first with such an id would make the other peer's a duplicate,
+    /// dropped. Scoped to the sender, two senders' ids never meet, while a copy resent by the
+    /// same sender is still the same id. [`MessageId::derived`] keeps the time-ordered prefix.
+    pub fn received_from(&self, sender: &X500Name) -> MessageId {
+        MessageId::derived(self, &format!("from {sender}"))
+    }
+}
+
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -73,7 +85,8 @@ pub struct OutboundMessage {
 /// A message received and stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboundMessage {
-    /// The sender's id for it.
+    /// The id it is filed under here: the sender's id scoped to the sender
+    /// ([`MessageId::received_from`]). The inbox de-duplicates by it.
     pub id: MessageId,
     /// Who sent it (from the TLS certificate of the connection it arrived on).
     pub sender: X500Name,
