@@ -3,7 +3,8 @@
 //! Treaty's network map: the HTTP service that publishes the network's signed node infos,
 //! network parameters and revocation list ([`server`]), the client nodes talk to it with
 //! ([`client`]), and the follower a node runs to keep an up-to-date, verified view of the
-//! network ([`follower`]).
+//! network ([`follower`]); processes that are not nodes (notary servers, Raft replicas) follow
+//! it for its revocation list only ([`revocations`]).
 //!
 //! Everything the map serves is signed — node infos by their nodes, the parameters, the
 //! revocation list and the map document itself by the network-map key — so the service runs
@@ -24,10 +25,12 @@ use treaty_net::signed::Signed;
 
 pub mod client;
 pub mod follower;
+pub mod revocations;
 pub mod server;
 
 pub use client::{Fetched, MapClient};
 pub use follower::{Backoff, MapFollower, NetworkView, publish_until_accepted, publish_until_accepted_with};
+pub use revocations::{FileMapCache, MapSection, follow_revocations};
 pub use server::{MapServer, revoke, run};
 
 /// The [`Signed`] kind of the [`NetworkMap`] document (signed by the network-map key).

@@ -41,7 +41,9 @@ use treaty_core::{
     Attachment, KeyPair, MapResolver, NetworkParameters, Party, PublicKey, SecureHash, SignedTransaction, Timestamp, VerifyOptions,
     X500Name, encoding, verify_transaction,
 };
+use treaty_net::pki::RevocationList;
 use treaty_net::transport::{self, TlsIdentity};
+use treaty_netmap::MapSection;
 use treaty_sandbox::Sandbox;
 use treaty_storage::Database;
 
@@ -298,6 +300,10 @@ pub struct ServerFile {
     pub attachments: Vec<PathBuf>,
     /// Its uniqueness provider.
     pub provider: ProviderFile,
+    /// The network map to follow for the revocation list (optional): a revoked party's
+    /// handshake and requests are refused. Without it nobody is revoked here.
+    #[serde(default)]
+    pub network_map: Option<MapSection>,
     /// The parties that may ask.
     #[serde(default)]
     pub parties: Vec<PartyFile>,
@@ -344,6 +350,16 @@ impl ServerFile {
             root: Arc::new(self.read(&self.root_cert)?),
             revoked: Arc::default(),
         })
+    }
+
+    /// Follows the configured map's revocation list into `tls.revoked` (waiting a little for
+    /// a first list), if a map is configured.
+    async fn follow_map(&self, tls: &TlsIdentity) -> Result<(), ServerError> {
+        if let Some(map) = &self.network_map {
+            let follower = map.follower(&self.base, tls.root.as_ref().clone()).map_err(|reason| self.bad(&self.base, reason))?;
+            treaty_netmap::follow_revocations(follower, tls.revoked.clone(), treaty_netmap::revocations::FIRST_LIST_WAIT).await;
+        }
+        Ok(())
     }
 
     fn parties(&self) -> Result<HashMap<X500Name, Party>, ServerError> {
@@ -397,6 +413,7 @@ impl ServerFile {
         let (identity, key) = self.identity()?;
         let tls = self.tls()?;
         let parties = self.parties()?;
+        self.follow_map(&tls).await?;
         let validator = if self.validating { Some(self.validator()?) } else { None };
         let mut rules = Rules::default();
         if let Some(max) = self.max_inputs {
@@ -426,7 +443,8 @@ impl ServerFile {
             max_request_bytes,
             max_inputs: u64::try_from(rules.max_inputs).unwrap_or(u64::MAX),
         };
-        let served = Arc::new(Served { service, parties, validator, max_request_bytes, status });
+        let revoked = tls.revoked.clone();
+        let served = Arc::new(Served { service, parties, revoked, validator, max_request_bytes, status });
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let connections = Arc::new(Mutex::new(JoinSet::new()));
         let accepting = tokio::spawn(accept_loop(listener, acceptor, served.clone(), in_flight.clone(), connections.clone()));
@@ -504,6 +522,9 @@ impl Validator {
 struct Served {
     service: NotaryService,
     parties: HashMap<X500Name, Party>,
+    /// The map's revocation list (empty without a map): checked at each request too, since a
+    /// connection opened before a revocation stays open.
+    revoked: Arc<std::sync::RwLock<RevocationList>>,
     validator: Option<Validator>,
     max_request_bytes: u64,
     status: ServerStatus,
@@ -517,6 +538,9 @@ fn now() -> Timestamp {
 
 impl Served {
     fn requester(&self, tx_id: SecureHash, peer: &X500Name) -> Result<&Party, NotaryRefusal> {
+        if self.revoked.read().unwrap_or_else(|p| p.into_inner()).names.contains(peer) {
+            return Err(NotaryRefusal::RequestSignatureInvalid { tx_id, requester: format!("{peer} (revoked on the network)") });
+        }
         self.parties
             .get(peer)
             .ok_or_else(|| NotaryRefusal::RequestSignatureInvalid { tx_id, requester: format!("{peer} (not a party this notary knows)") })

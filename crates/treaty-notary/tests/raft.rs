@@ -232,6 +232,11 @@ mod processes {
 
     /// Writes each replica's certificates, key and configuration under `dir`.
     fn write_cluster(dir: &Path, pki: &Pki) -> Vec<ReplicaDir> {
+        write_cluster_with(dir, pki, "")
+    }
+
+    /// [`write_cluster`] with `section` (TOML tables) at the end of every replica's file.
+    fn write_cluster_with(dir: &Path, pki: &Pki, section: &str) -> Vec<ReplicaDir> {
         let addresses: Vec<String> = (1..=3).map(|_| format!("127.0.0.1:{}", treaty_testkit::free_port())).collect();
         std::fs::write(dir.join("root.der"), &pki.root.cert).unwrap();
         let mut table = String::new();
@@ -250,7 +255,7 @@ mod processes {
                 std::fs::write(
                     &config,
                     format!(
-                        "id = {id}\nlisten = \"{}\"\nlog = \"replica.redb\"\nroot_cert = \"../root.der\"\ntls_chain = {}\ntls_key = \"tls.key\"\nsnapshot_after_entries = 200\nentries_kept_after_snapshot = 20\nclients = [\"O=Load Client,L=London,C=GB\"]\n\n{table}",
+                        "id = {id}\nlisten = \"{}\"\nlog = \"replica.redb\"\nroot_cert = \"../root.der\"\ntls_chain = {}\ntls_key = \"tls.key\"\nsnapshot_after_entries = 200\nentries_kept_after_snapshot = 20\nclients = [\"O=Load Client,L=London,C=GB\"]\n\n{table}{section}",
                         addresses[id as usize - 1],
                         chain
                     ),
@@ -259,6 +264,44 @@ mod processes {
                 ReplicaDir { id, config, log: home.join("replica.redb"), address: addresses[id as usize - 1].clone() }
             })
             .collect()
+    }
+
+    /// Replicas following the network map: once the map revokes their client, its new
+    /// connections are turned away, while other members of the network still read the status.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_the_map_revokes_is_turned_away_by_the_replicas() {
+        let dir = TempDir::new();
+        let pki = Pki::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let map_dir = dir.path().join("map");
+        let _map = serve_map(&map_dir, &pki, listener);
+        let replicas = write_cluster_with(dir.path(), &pki, &map_section(&url));
+        let children: Vec<Child> = replicas.iter().map(spawn).collect();
+        let client_name: X500Name = "O=Load Client,L=London,C=GB".parse().unwrap();
+        let identity = pki.identity(&client_name, 90);
+        let all: Vec<&ReplicaDir> = replicas.iter().collect();
+        let at = leader(&identity, &all).await;
+        let at = replicas.iter().find(|r| r.id == at).unwrap();
+        client(&identity, at).await.unwrap().commit(request("before", &[1], &[], alice()), NOW).await.unwrap();
+
+        treaty_netmap::revoke(&map_dir, &client_name).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for r in &replicas {
+            // Turned away: the handshake fails, or (TLS 1.3: the client's side of it ends
+            // first) the connection dies before an answer.
+            while let Ok(c) = client(&identity, r).await
+                && c.status().await.is_ok()
+            {
+                assert!(Instant::now() < deadline, "replica {} still serves the revoked client", r.id);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let other = pki.identity(&"O=Stranger,L=Oslo,C=NO".parse().unwrap(), 91);
+        assert!(client(&other, at).await.unwrap().status().await.is_ok(), "the replica serves nobody any more");
+        for child in children {
+            stop(child);
+        }
     }
 
     /// Starts a replica process and waits until it listens.

@@ -310,3 +310,58 @@ fn a_port_in_use_is_named() {
     assert!(out.stdout.is_empty(), "it never said it listens: {}", String::from_utf8_lossy(&out.stdout));
     assert!(err.contains("NOTARY-SERVER-LISTEN") && err.contains(&address) && err.contains("in use by another process"), "{err}");
 }
+
+/// Whether `name` is turned away: its handshake fails, or its first request gets no answer.
+async fn turned_away(server: &Server, name: &X500Name, seed: u8, wtx: &WireTransaction) -> bool {
+    let identity = server.pki.identity(name, seed);
+    match NotaryClient::connect(&server.address, &identity, &notary_name(), Duration::from_secs(5)).await {
+        Err(_) => true,
+        // TLS 1.3: the client's handshake ends before the server has checked its certificate.
+        Ok(client) => client.notarise(server.request(wtx, &server.alice_key)).await.is_err(),
+    }
+}
+
+/// With a `[network_map]` section the server follows the map's revocation list. Once Alice is
+/// revoked, her requests on a connection opened before are refused as revoked, and a new
+/// connection of hers is turned away; after a restart while the map is down the cached list
+/// still turns her away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_the_map_revokes_is_refused_also_after_a_restart_without_the_map() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let section = map_section(&url);
+    let (mut server, config) = configure("127.0.0.1:0", &section, &[]);
+    let map_dir = server.home.join("../map");
+    let stop_map = serve_map(&map_dir, &server.pki, listener);
+    server.spawn(&config);
+    let alice = server.client(&alice_name(), 40).await;
+    signature(alice.notarise(server.request(&spend(&server.notary, &[1], 1), &server.alice_key)).await);
+
+    treaty_netmap::revoke(&map_dir, &alice_name()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut salt = 2u8;
+    let refused = loop {
+        let answer = alice.notarise(server.request(&spend(&server.notary, &[u32::from(salt)], salt), &server.alice_key)).await;
+        match answer {
+            Ok(Err(refusal)) => break refusal,
+            Ok(Ok(_)) => {}
+            Err(e) => panic!("the open connection was dropped instead of the request refused: {e}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "Alice was never refused after her revocation");
+        salt += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(refused.code(), "NOTARY-REQUEST-SIGNATURE", "{refused}");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    let fresh = spend(&server.notary, &[200], 200);
+    assert!(turned_away(&server, &alice_name(), 40, &fresh).await, "a new connection of Alice's was served");
+
+    // Restarted while the map is down: the cached list is in force from the start.
+    drop(alice);
+    server.stop();
+    let _ = stop_map.send(());
+    server.spawn(&config);
+    assert!(turned_away(&server, &alice_name(), 40, &fresh).await, "after the restart Alice was served");
+    // The server is up and answers others (Mallory is no party of it, and is told so).
+    assert!(!turned_away(&server, &"O=Mallory,L=Paris,C=FR".parse().unwrap(), 50, &fresh).await, "the restarted server answers nobody");
+}

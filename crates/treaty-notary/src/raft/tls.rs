@@ -121,6 +121,11 @@ pub struct ReplicaFilePeer {
 /// # optional: snapshot_after_entries = 5000, entries_kept_after_snapshot = 1000
 /// clients = ["O=Notary,L=Zurich,C=CH"]      # who may ask for commits (notary services)
 ///
+/// [network_map]                             # optional: refuse whom the map revokes
+/// url = "http://127.0.0.1:10000"
+/// trusted_key = "ed25519:…"                 # the network-map key, as in node.toml
+/// # poll_seconds = 30, cache = "network-map.snapshot"
+///
 /// [[replicas]]                              # every replica, this one included
 /// id = 1
 /// address = "127.0.0.1:7101"
@@ -155,6 +160,10 @@ pub struct ReplicaFile {
     /// using the cluster). Other members of the network may only ask for status.
     #[serde(default)]
     pub clients: Vec<String>,
+    /// The network map to follow for the revocation list (optional): a revoked party's TLS
+    /// handshake is refused, whatever its role here. Without it nobody is revoked here.
+    #[serde(default)]
+    pub network_map: Option<treaty_netmap::MapSection>,
     /// The directory relative paths are relative to (set by [`ReplicaFile::load`]).
     #[serde(skip)]
     pub base: PathBuf,
@@ -188,6 +197,10 @@ impl ReplicaFile {
             root: Arc::new(read(&self.root_cert)?),
             revoked: Arc::new(RwLock::new(RevocationList::default())),
         };
+        if let Some(map) = &self.network_map {
+            let follower = map.follower(&self.base, identity.root.as_ref().clone()).map_err(|reason| bad(&self.base, reason))?;
+            treaty_netmap::follow_revocations(follower, identity.revoked.clone(), treaty_netmap::revocations::FIRST_LIST_WAIT).await;
+        }
         let mut peers = BTreeMap::new();
         let mut members = BTreeMap::new();
         for r in &self.replicas {

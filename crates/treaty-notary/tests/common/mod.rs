@@ -135,3 +135,35 @@ impl Pki {
         format!("[{}]", files.join(", "))
     }
 }
+
+/// The network-map key of [`serve_map`]'s maps.
+pub fn map_key() -> KeyPair {
+    key(77)
+}
+
+/// A `[network_map]` section following the map at `url`, polled every second.
+pub fn map_section(url: &str) -> String {
+    format!("[network_map]\nurl = \"{url}\"\ntrusted_key = \"{}\"\npoll_seconds = 1\n", map_key().public())
+}
+
+/// A network map for `pki`'s network (no revocations yet; `treaty_netmap::revoke(dir, name)`
+/// adds one), served from `dir` on `listener` until the returned sender is used or dropped.
+pub fn serve_map(dir: &Path, pki: &Pki, listener: tokio::net::TcpListener) -> tokio::sync::oneshot::Sender<()> {
+    use treaty_core::encoding;
+    use treaty_net::map::kinds;
+    use treaty_net::signed::Signed;
+    let map_key = map_key();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("root.der"), &pki.root.cert).unwrap();
+    treaty_net::keystore::write_key(&dir.join("network-map.key"), &map_key).unwrap();
+    let params = Signed::sign(kinds::NETWORK_PARAMETERS, &treaty_core::NetworkParameters::default(), &map_key);
+    std::fs::write(dir.join("network-parameters.signed"), encoding::encode(&params)).unwrap();
+    let revocations = Signed::sign(kinds::REVOCATION_LIST, &RevocationList::default(), &map_key);
+    std::fs::write(dir.join("revocations.signed"), encoding::encode(&revocations)).unwrap();
+    let map = treaty_netmap::MapServer::load(dir).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(map.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    stop
+}
