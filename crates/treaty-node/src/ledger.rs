@@ -287,8 +287,7 @@ impl Ledger for NodeLedger {
 
     fn is_ours(&self, party: &treaty_core::AbstractParty) -> bool {
         let Some((_, ours)) = self.vault.get() else { return false };
-        let key = party.owning_key();
-        ours(key) || (matches!(key, treaty_core::PublicKey::Composite(_)) && key.leaf_keys().into_iter().any(|k| ours(k)))
+        treaty_vault::is_ours(party, &**ours)
     }
 
     fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {

@@ -47,7 +47,7 @@ pub use criteria::{ColumnCondition, Criteria, FungibleCriteria, LockFilter, Stat
 pub use error::{Unavailable, VaultError};
 pub use locks::{IssuerFilter, LockId, Selection};
 pub use query::{Cursor, Direction, MAX_PAGE_SIZE, Page, PageSpec, Sort, SortColumn, StateStream};
-pub use record::{Status, VaultState};
+pub use record::{Status, VaultState, is_ours};
 pub use schedule::Scheduled;
 pub use schema::{
     ColumnDef, ColumnType, ColumnValue, FungibleColumns, ScheduledActivity, StateColumns, StateSchema, TypedSchema, fungible,

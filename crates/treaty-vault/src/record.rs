@@ -195,8 +195,9 @@ impl Derived {
 }
 
 /// Whether `party` is one of ours: its owning key, or for a composite key any of its leaves,
-/// satisfies `ours`.
-pub(crate) fn is_ours(party: &AbstractParty, ours: &dyn Fn(&PublicKey) -> bool) -> bool {
+/// satisfies `ours`. The vault's relevancy rule; a node's ledger asks it too (which outputs of
+/// a received transaction it will hold), so the two cannot drift apart.
+pub fn is_ours(party: &AbstractParty, ours: &dyn Fn(&PublicKey) -> bool) -> bool {
     let key = party.owning_key();
     ours(key) || (matches!(key, PublicKey::Composite(_)) && key.leaf_keys().into_iter().any(ours))
 }
