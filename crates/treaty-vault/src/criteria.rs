@@ -169,9 +169,18 @@ impl Criteria {
         Criteria::Status(StatusFilter::Consumed)
     }
 
-    /// States of this type id.
+    /// States of this type id (whatever contract governs them: a query of what is there).
     pub fn state_type(type_id: &str) -> Criteria {
         Criteria::StateTypes(vec![type_id.to_string()])
+    }
+
+    /// States that are `S`: of its type id *and* governed by its own contract
+    /// ([`treaty_core::ContractState::CONTRACT`]). Any contract can make states of any type id,
+    /// under rules of its own, so code that acts on an `S` it finds (a linear state to evolve,
+    /// a lock to open) asks for this. Filtered in the query, so such lookalikes cannot crowd a
+    /// page of results either.
+    pub fn of_type<S: treaty_core::ContractState>() -> Criteria {
+        Criteria::state_type(S::TYPE_ID).and(Criteria::Contracts(vec![S::CONTRACT.to_string()]))
     }
 
     /// States in which the party with this key participates.

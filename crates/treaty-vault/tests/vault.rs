@@ -438,6 +438,9 @@ async fn relevancy(fx: &Fixture) {
     // what the type means: no fungible shape, so no balance and nothing to select.
     let balances = w.vault.balances(&Criteria::unconsumed()).await.unwrap();
     assert_eq!(balances.iter().map(|b| b.quantity).sum::<u128>(), 100, "{balances:?}");
+    // Its type id is Cash's, but it is no `Cash`.
+    assert_eq!(w.refs(&Criteria::state_type(Cash::TYPE_ID)).await, vec![at(&tx1, 0), at(&tx1, 5)]);
+    assert_eq!(w.refs(&Criteria::of_type::<Cash>()).await, vec![at(&tx1, 0)]);
     assert!(w.vault.state(&at(&tx1, 1)).await.unwrap().is_none(), "Bob's cash is not ours");
     assert!(w.vault.state(&at(&tx1, 3)).await.unwrap().is_none());
 

@@ -120,7 +120,7 @@ fn held(s: &Services, currency: Option<&str>, issuer: Option<&str>) -> Criteria 
     if let Some(i) = issuer {
         fungible = fungible.issuer(i);
     }
-    Criteria::unconsumed().and(Criteria::state_type(<Cash as treaty_core::ContractState>::TYPE_ID)).and(Criteria::Fungible(fungible))
+    Criteria::unconsumed().and(Criteria::of_type::<Cash>()).and(Criteria::Fungible(fungible))
 }
 
 fn vault_error(e: VaultError) -> FlowError {
@@ -467,7 +467,7 @@ impl Task {
     /// the task before the node restarted — from the coins they hold locked.
     async fn find_running(&mut self, s: &Services, flows: &FlowEngine) -> Result<(), String> {
         let locked = Criteria::unconsumed()
-            .and(Criteria::state_type(<Cash as treaty_core::ContractState>::TYPE_ID))
+            .and(Criteria::of_type::<Cash>())
             .and(Criteria::Lock(LockFilter::Locked))
             .and(Criteria::Fungible(FungibleCriteria { owners: Some(vec![s.me.owning_key.clone()]), ..Default::default() }));
         let mut stream = s.vault.stream(locked, Sort::recording_order(), 1000).map_err(|e| e.to_string())?;

@@ -227,13 +227,13 @@ fn lock_of(ctx: &FlowContext) -> LockId {
 /// The unconsumed state of type `S` with linear id `id` in this node's vault, decoded: its ref,
 /// the state and its notary. What a linear pointer resolves to.
 async fn linear_state<S: treaty_core::ContractState>(s: &Services, id: uuid::Uuid) -> Result<Option<(StateRef, S, Party)>, FlowError> {
-    let criteria =
-        treaty_vault::Criteria::unconsumed().and(treaty_vault::Criteria::state_type(S::TYPE_ID)).and(treaty_vault::Criteria::linear_id(id));
-    let page =
-        s.vault.query(&criteria, &treaty_vault::Sort::recording_order(), &treaty_vault::PageSpec::first(16)).await.map_err(vault_error)?;
     // Only a state its type's own contract governs is an `S` (any contract can make states of
     // any type id, under rules of its own).
-    let Some(v) = page.states.into_iter().find(|v| v.state.contract == S::CONTRACT) else { return Ok(None) };
+    let criteria =
+        treaty_vault::Criteria::unconsumed().and(treaty_vault::Criteria::of_type::<S>()).and(treaty_vault::Criteria::linear_id(id));
+    let page =
+        s.vault.query(&criteria, &treaty_vault::Sort::recording_order(), &treaty_vault::PageSpec::first(1)).await.map_err(vault_error)?;
+    let Some(v) = page.states.into_iter().next() else { return Ok(None) };
     let state: S = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
     Ok(Some((v.state_ref, state, v.state.notary)))
 }

@@ -129,18 +129,15 @@ fn vault_error(e: VaultError) -> FlowError {
 /// skipping groups another flow holds.
 async fn due(ctx: &FlowContext, s: &Services, now: Timestamp) -> Result<Vec<Due>, FlowError> {
     let criteria = Criteria::unconsumed()
-        .and(Criteria::state_type(<TimeLock as treaty_core::ContractState>::TYPE_ID))
+        // A "time lock" of another contract's making is none: taking it into an unlock would
+        // make every unlock of this notary's fail.
+        .and(Criteria::of_type::<TimeLock>())
         .and(Criteria::participant(&s.me.owning_key));
     let page = s.vault.query(&criteria, &Sort::recording_order(), &PageSpec::first(MAX_PAGE_SIZE)).await.map_err(vault_error)?;
     let mut out = Vec::new();
     for v in page.states {
         if out.len() == MAX_LOCKS {
             break;
-        }
-        // A "time lock" of another contract's making is none: taking it into an unlock would
-        // make every unlock of this notary's fail.
-        if v.state.contract != TIME_LOCK {
-            continue;
         }
         let l: TimeLock = v.state.data.unpack().map_err(|e| FlowError::Invalid(format!("vault state {}: {e}", v.state_ref)))?;
         if l.until > now || l.owner.owning_key() != &s.me.owning_key {
