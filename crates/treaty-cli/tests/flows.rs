@@ -977,5 +977,7 @@ async fn tokens_of_fixed_and_evolvable_types_move_and_reference_the_latest_type_
     let by_bob = run(&bob, "TokenTypeUpdate", json!({ "id": type_id, "data": {} })).await;
     assert!(by_bob.error.as_deref().unwrap_or_default().contains("maintained by"), "{by_bob:?}");
     let unclear = run(&alice, "TokenMove", json!({ "token": "GOLD-GRAM", "recipient": BOB })).await;
-    assert!(unclear.error.as_deref().unwrap_or_default().contains("give \"token\" and a positive \"quantity\""), "{unclear:?}");
+    assert!(unclear.error.as_deref().unwrap_or_default().contains("quantity: needed with \"token\""), "{unclear:?}");
+    let nothing = run(&alice, "TokenMove", json!({ "token": "GOLD-GRAM", "quantity": 0, "recipient": BOB })).await;
+    assert!(nothing.error.as_deref().unwrap_or_default().contains("quantity: must be more than zero"), "{nothing:?}");
 }

@@ -193,6 +193,27 @@ fn uuid_of(flow: &str, field: &str, text: &str) -> Result<uuid::Uuid, FlowError>
     uuid::Uuid::parse_str(text).map_err(|e| bad(flow, field, format!("{text:?} is not an id (a UUID): {e}")))
 }
 
+/// What a move or a redemption takes: a quantity of a fungible token (`Ok`), or one
+/// non-fungible token by id (`Err`). A mistake names the field that is wrong.
+fn target(
+    flow: &str,
+    token: &Option<String>,
+    quantity: Option<u64>,
+    id: &Option<String>,
+) -> Result<Result<(String, u64), uuid::Uuid>, FlowError> {
+    match (token, quantity, id) {
+        (Some(_), _, Some(_)) => {
+            Err(bad(flow, "id", "give a fungible token's \"token\" and \"quantity\", or a non-fungible one's \"id\", not both"))
+        }
+        (Some(_), Some(0), None) => Err(bad(flow, "quantity", "must be more than zero")),
+        (Some(t), Some(q), None) => Ok(Ok((t.clone(), q))),
+        (Some(_), None, None) => Err(bad(flow, "quantity", "needed with \"token\" (in the token's smallest unit)")),
+        (None, Some(_), _) => Err(bad(flow, "token", "needed with \"quantity\"")),
+        (None, None, Some(id)) => Ok(Err(uuid_of(flow, "id", id)?)),
+        (None, None, None) => Err(bad(flow, "token", "give \"token\" and a positive \"quantity\", or the \"id\" of a non-fungible token")),
+    }
+}
+
 /// The latest version of the token type `id` in this node's vault: what a linear pointer to it
 /// resolves to.
 async fn latest_type(s: &Services, id: uuid::Uuid) -> Result<Option<(StateRef, EvolvableTokenType, Party)>, FlowError> {
@@ -338,11 +359,7 @@ async fn move_tokens(ctx: &FlowContext, s: &Services, args: MoveArgs) -> Result<
     if recipient.name == s.me.name {
         return Err(bad(TOKEN_MOVE, "recipient", "a node cannot move tokens to itself"));
     }
-    let what = match (&args.token, args.quantity, &args.id) {
-        (Some(t), Some(q), None) if q > 0 => Ok((t.clone(), q)),
-        (None, None, Some(id)) => Err(uuid_of(TOKEN_MOVE, "id", id)?),
-        _ => return Err(bad(TOKEN_MOVE, "token", "give \"token\" and a positive \"quantity\", or the \"id\" of a non-fungible token")),
-    };
+    let what = target(TOKEN_MOVE, &args.token, args.quantity, &args.id)?;
     let session = ctx.initiate(&recipient.name).await?;
     let lock = lock_of(ctx);
     let to: treaty_core::AbstractParty = recipient.clone().into();
@@ -441,11 +458,7 @@ struct Redeemed {
 }
 
 async fn redeem(ctx: &FlowContext, s: &Services, args: RedeemArgs) -> Result<Value, FlowError> {
-    let what = match (&args.token, args.quantity, &args.id) {
-        (Some(t), Some(q), None) if q > 0 => Ok((t.clone(), q)),
-        (None, None, Some(id)) => Err(uuid_of(TOKEN_REDEEM, "id", id)?),
-        _ => return Err(bad(TOKEN_REDEEM, "token", "give \"token\" and a positive \"quantity\", or the \"id\" of a non-fungible token")),
-    };
+    let what = target(TOKEN_REDEEM, &args.token, args.quantity, &args.id)?;
     let issuers = match &args.issuer {
         Some(i) => IssuerFilter::OneOf(vec![treaty_core::AbstractParty::from(party(s, TOKEN_REDEEM, "issuer", i)?).to_string()]),
         None => IssuerFilter::Any,
@@ -553,6 +566,28 @@ mod tests {
     use treaty_flows::KeyPairs;
 
     use super::*;
+
+    #[test]
+    fn a_move_or_redemption_names_the_argument_that_is_wrong() {
+        let field = |token: Option<&str>, quantity: Option<u64>, id: Option<&str>| match target(
+            TOKEN_MOVE,
+            &token.map(String::from),
+            quantity,
+            &id.map(String::from),
+        ) {
+            Err(FlowError::InvalidArguments { reason, .. }) => reason.split(':').next().unwrap_or_default().to_string(),
+            other => panic!("expected an argument error, got {other:?}"),
+        };
+        let id = "6f1c2b9e-3d4a-4c5b-8e6f-7a8b9c0d1e2f";
+        assert_eq!(field(Some("GOLD"), Some(0), None), "quantity");
+        assert_eq!(field(Some("GOLD"), None, None), "quantity");
+        assert_eq!(field(None, Some(5), None), "token");
+        assert_eq!(field(Some("GOLD"), Some(5), Some(id)), "id");
+        assert_eq!(field(None, None, Some("not-a-uuid")), "id");
+        assert_eq!(field(None, None, None), "token");
+        assert_eq!(target(TOKEN_MOVE, &Some("GOLD".into()), Some(5), &None).unwrap().unwrap(), ("GOLD".to_string(), 5));
+        assert_eq!(target(TOKEN_MOVE, &None, None, &Some(id.into())).unwrap().unwrap_err().to_string(), id);
+    }
 
     fn party(name: &str, seed: u8) -> (KeyPair, Party) {
         let key = KeyPair::from_seed(SignatureScheme::Ed25519, [seed; 32]).unwrap();
