@@ -308,6 +308,8 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
             }),
             // Off by default; docs/finance.md, "Keeping coins in shape".
             coins: None,
+            // Off by default; docs/metrics.md.
+            metrics: None,
         };
         write(&dir.join("node.toml"), config.to_toml().as_bytes())?;
         // RPC over TLS with a certificate from the node CA, for the RPC address.

@@ -411,6 +411,74 @@ fn node_run_reports_config_errors_naming_file_and_key() {
     assert!(err.contains("node.toml") && err.contains("database.url"), "{err}");
 }
 
+/// `GET path` from a node's metrics endpoint: the status code and the body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint answers");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name` (with its labels) in a metrics text, if there.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// With `[metrics] listen` a node serves its counters as Prometheus text: after an Echo flow
+/// Alice counts one flow started and completed and her messages acknowledged, Bob one
+/// responder and messages received; other paths are 404. A metrics address already in use
+/// stops the node with an error naming the key.
+#[test]
+fn a_node_serves_metrics_that_count_what_it_did() {
+    let net = Net::new("metrics", &[ALICE, BOB]);
+    let ports = [(ALICE, treaty_testkit::free_port()), (BOB, treaty_testkit::free_port())];
+    for (who, port) in ports {
+        let config = net.node_dir(who).join("node.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    }
+    let _map = net.map();
+    let _alice = net.node(ALICE);
+    let bob = net.node(BOB);
+    net.await_known(ALICE, BOB, false);
+    let (status, before) = http_get(ports[0].1, "/metrics");
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(sample(&before, "treaty_flows_started_total"), Some(0.0), "{before}");
+    assert!(before.contains("treaty_node_info{name=\"O=Alice, L=London, C=GB\""), "{before}");
+    assert!(sample(&before, "treaty_resident_memory_bytes").is_some_and(|b| b > 1e6), "{before}");
+
+    let args = format!(r#"{{"to": "{BOB}", "message": "counted"}}"#);
+    let (code, _, err) =
+        run(&["flow", "start", "--node", net.node_dir(ALICE).to_str().unwrap(), "Echo", "--args", &args, "--wait", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, alice) = http_get(ports[0].1, "/metrics");
+    assert_eq!(sample(&alice, "treaty_flows_started_total"), Some(1.0), "{alice}");
+    assert_eq!(sample(&alice, "treaty_flows_ended_total{status=\"completed\"}"), Some(1.0), "{alice}");
+    assert_eq!(sample(&alice, "treaty_flows_ended_total{status=\"failed\"}"), Some(0.0), "{alice}");
+    assert!(sample(&alice, "treaty_messages_acknowledged_total").is_some_and(|n| n >= 1.0), "{alice}");
+    eventually("Bob counts the responder", || {
+        let (_, bob) = http_get(ports[1].1, "/metrics");
+        sample(&bob, "treaty_flows_responders_total") == Some(1.0)
+            && sample(&bob, "treaty_messages_received_total").is_some_and(|n| n >= 1.0)
+    });
+    let (status, body) = http_get(ports[0].1, "/stats");
+    assert_eq!(status, 404, "{body}");
+
+    // Bob, restarted with Alice's metrics address (taken: Alice runs), stops naming the key.
+    bob.stop();
+    let config = net.node_dir(BOB).join("node.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(&format!("127.0.0.1:{}\"", ports[1].1), &format!("127.0.0.1:{}\"", ports[0].1));
+    std::fs::write(&config, text).unwrap();
+    let (code, _, err) = run(&["node", "run", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("metrics.listen"), "{err}");
+}
+
 /// A fresh PostgreSQL database on the test server (scripts/pg.sh), dropped at the end; `None`
 /// (test skipped, said so) when no server is configured and none is required.
 struct PgDatabase {

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -484,6 +484,25 @@ pub(crate) struct Shared {
     /// Answers being given without a flow ([`Registry::answering`]), by the message they
     /// answer: stopped by [`FlowEngine::shutdown`], as flows are.
     answering: Mutex<HashMap<MessageId, AbortHandle>>,
+    stats: EngineStats,
+}
+
+/// Counts of what the engine has done since the node started ([`FlowEngine::stats`]), for
+/// monitoring: they only grow.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Flows started by clients (RPC, the scheduler, applications), not counting a start a
+    /// client id matched to an existing flow.
+    pub started: AtomicU64,
+    /// Responder flows started by a counterparty's opening message.
+    pub responders: AtomicU64,
+    /// Flows that ended completed.
+    pub completed: AtomicU64,
+    /// Flows that ended failed (their error went to their counterparties).
+    pub failed: AtomicU64,
+    /// Times a flow was hospitalized (a transient failure after its retries, or a code change):
+    /// it waits for an operator's retry.
+    pub hospitalized: AtomicU64,
 }
 
 impl Shared {
@@ -613,8 +632,21 @@ impl FlowEngine {
             alarm_task: OnceLock::new(),
             processed: Mutex::new((Vec::new(), false)),
             answering: Mutex::new(HashMap::new()),
+            stats: EngineStats::default(),
         };
         FlowEngine { shared: Arc::new(shared) }
+    }
+
+    /// What the engine has done since it was created.
+    pub fn stats(&self) -> &EngineStats {
+        &self.shared.stats
+    }
+
+    /// Flows in memory now (running, or waiting and not parked yet), and flows parked (their
+    /// state in the store until a message or their wake time brings them back).
+    pub fn flow_counts(&self) -> (usize, usize) {
+        let t = lock(&self.shared.table);
+        (t.runs.len(), t.parked.len())
     }
 
     /// Progress steps of every flow as they are reported: flow, journal index, step.
@@ -779,6 +811,7 @@ impl FlowEngine {
         match self.shared.store.create(record.clone()).await? {
             Created::Existing(id) => Ok(id),
             Created::New => {
+                self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
                 let id = record.id;
                 self.install(record, Vec::new(), def, None, false);
                 self.shared.changed(id);
@@ -1049,6 +1082,12 @@ impl FlowEngine {
         let updated_at = crate::now_micros();
         let ended = FlowRecord { status, result: result.clone(), error: error.clone(), updated_at, ..run.record.clone() };
         self.shared.store.end(run.id, End { journal_from, journal: &journal, status, result, error, parked, updated_at }).await?;
+        match status {
+            FlowStatus::Completed => &self.shared.stats.completed,
+            FlowStatus::Failed => &self.shared.stats.failed,
+            _ => &self.shared.stats.hospitalized,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         crate::context::failpoint();
         {
             // Its waiters (woken by `forget`) take the record from here rather than reading it
@@ -1256,7 +1295,9 @@ impl FlowEngine {
         // Inserted unless its record exists (no read first: one pooled read per responder
         // fewer, and a redelivered opening message is rare).
         match self.shared.store.create(record.clone()).await {
-            Ok(Created::New) => {}
+            Ok(Created::New) => {
+                self.shared.stats.responders.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Created::Existing(_)) => {
                 // Started before and ended, parked or held: the opening message has done its
                 // work (a responder journals its opening payload before it can be parked),

@@ -22,7 +22,7 @@ pub mod sql;
 pub mod store;
 
 pub use context::{FlowContext, Session};
-pub use engine::{AnswerFn, CounterpartyCheck, EngineOptions, FlowDef, FlowEngine, FlowFn, FlowProgress, Registry, Transport};
+pub use engine::{AnswerFn, CounterpartyCheck, EngineOptions, EngineStats, FlowDef, FlowEngine, FlowFn, FlowProgress, Registry, Transport};
 pub use error::FlowError;
 pub use finality::{
     CLUSTER_MEMBER_MAX_WAIT, CLUSTER_MEMBER_WAIT, NOTARY_PROTOCOL, NotaryRequest, finality, notarise, notary_answer, notary_responder,

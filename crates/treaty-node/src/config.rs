@@ -35,6 +35,9 @@
 //! max_inputs = 50                   # states one merge takes at most (default 50, 2 to 200)
 //! split_below = 4                   # fewer states than this of one token: split the largest
 //! split_into = 8                    # into this many (default 8, 2 to 100)
+//!
+//! [metrics]                         # optional: Prometheus text at http://LISTEN/metrics
+//! listen = "127.0.0.1:40109"
 //! ```
 //!
 //! `[coins]` is off unless present, and needs `merge_above`, `split_below` or both. The node
@@ -74,6 +77,9 @@ pub struct NodeConfig {
     /// Background merging and splitting of the node's fungible states; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coins: Option<CoinsConfig>,
+    /// The monitoring endpoint; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Listen>,
 }
 
 /// The most states one merge takes (`[coins] max_inputs`, and the `CashMerge` flow's
@@ -399,6 +405,8 @@ pub struct LoadedConfig {
     pub poll_interval: Duration,
     /// Its part in a notary cluster, if a member.
     pub cluster: Option<ClusterMember>,
+    /// Where the metrics are served (plain HTTP, `GET /metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -466,6 +474,16 @@ impl NodeConfig {
         if p2p == rpc {
             return Err(invalid("rpc.listen", format!("{rpc} is also the p2p address")));
         }
+        let metrics = match &raw.metrics {
+            Some(m) => {
+                let at = addr("metrics.listen", &m.listen)?;
+                if at.port() != 0 && (at == p2p || at == rpc) {
+                    return Err(invalid("metrics.listen", format!("{at} is also the p2p or RPC address")));
+                }
+                Some(at)
+            }
+            None => None,
+        };
         if !raw.network_map.url.starts_with("http://") {
             return Err(invalid(
                 "network_map.url",
@@ -493,7 +511,7 @@ impl NodeConfig {
         }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let rpc_tls = raw.rpc.tls;
-        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, rpc_tls, network_map_key, poll_interval, cluster })
+        Ok(LoadedConfig { raw, dir, legal_name, p2p, rpc, rpc_tls, network_map_key, poll_interval, cluster, metrics })
     }
 
     /// The file's text.

@@ -9,6 +9,7 @@ pub mod criteria_json;
 pub mod identities;
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
 pub mod node;
 pub mod rpc;
 pub mod rpc_tls;

@@ -232,6 +232,12 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         TcpListener::bind(config.p2p).await.map_err(|error| NodeError::Listen { key: "p2p.listen", address: config.p2p, error })?;
     let rpc_listener =
         TcpListener::bind(config.rpc).await.map_err(|error| NodeError::Listen { key: "rpc.listen", address: config.rpc, error })?;
+    let metrics_listener = match config.metrics {
+        Some(address) => {
+            Some(TcpListener::bind(address).await.map_err(|error| NodeError::Listen { key: "metrics.listen", address, error })?)
+        }
+        None => None,
+    };
     let rpc_tls = if config.rpc_tls {
         if crate::rpc_tls::ensure_certificate(&config.dir, &config.legal_name, config.rpc)? {
             tracing::info!("issued the RPC certificate {} from the node CA", config.dir.join(crate::rpc_tls::CERTIFICATE).display());
@@ -332,6 +338,18 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         vault.clone(),
     );
     let rpc = crate::rpc::serve(rpc_listener, rpc_tls, service, crate::rpc::RpcUsers::new(&config.raw.rpc.users));
+    if let Some(listener) = metrics_listener {
+        if let Ok(at) = listener.local_addr() {
+            tracing::info!("metrics at http://{at}/metrics");
+        }
+        let sources = crate::metrics::Sources {
+            name: config.legal_name.to_string(),
+            started: began,
+            flows: flows.clone(),
+            messenger: messenger.clone(),
+        };
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::new(sources))));
+    }
 
     let info = NodeInfo {
         addresses: vec![config.raw.p2p.listen.clone()],
