@@ -31,7 +31,19 @@ pub struct RpcUsers {
     users: HashMap<String, RpcUser>,
     by_certificate: HashMap<SecureHash, String>,
     verified: Mutex<HashSet<SecureHash>>,
+    /// Held while a password is checked against its Argon2id hash: one check at a time.
+    checking: Mutex<()>,
+    /// Sign-ins waiting for `checking`.
+    waiting: std::sync::atomic::AtomicUsize,
 }
+
+/// Sign-ins that may wait for a password check at once; beyond, they are refused at once
+/// (`UNAVAILABLE`, retry). A password not seen before costs an Argon2id check (19 MiB, tens of
+/// milliseconds of CPU) and anyone who reaches the port can ask for one with any password:
+/// unchecked, a few dozen a second took every core of a small node (found in review,
+/// 2026-11-24). One at a time, with a short queue, such callers get at most one core's worth,
+/// and clients whose password was checked once are never queued again.
+pub const MAX_WAITING_SIGN_INS: usize = 16;
 
 /// An authenticated caller (put in the request's extensions by the interceptor).
 #[derive(Clone, Debug)]
@@ -50,6 +62,8 @@ impl RpcUsers {
             users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             by_certificate,
             verified: Mutex::new(HashSet::new()),
+            checking: Mutex::new(()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -82,16 +96,45 @@ impl RpcUsers {
             return Err(Status::unauthenticated(format!("RPC user {name:?} signs in with a client certificate only")));
         };
         let key = SecureHash::sha256(&[name.as_bytes(), &[0], password.as_bytes(), &[0], password_hash.as_bytes()].concat());
-        let known = self.verified.lock().map(|v| v.contains(&key)).unwrap_or(false);
-        if !known {
-            let hash = argon2::PasswordHash::new(password_hash).map_err(|_| refused())?;
-            argon2::password_hash::PasswordVerifier::verify_password(&argon2::Argon2::default(), password.as_bytes(), &hash)
-                .map_err(|_| refused())?;
-            if let Ok(mut v) = self.verified.lock() {
-                v.insert(key);
-            }
+        if !self.is_verified(&key) {
+            let check = || self.check_password(&key, password_hash, &password).map_err(|e| e.unwrap_or_else(refused));
+            // Interceptors are synchronous: on the node's multi-thread runtime the check (and
+            // the wait for its turn) runs with this worker's other tasks handed to another.
+            let multi_thread =
+                tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if multi_thread { tokio::task::block_in_place(check)? } else { check()? }
         }
         Ok(Caller { name, permissions: user.permissions.clone() })
+    }
+
+    fn is_verified(&self, key: &SecureHash) -> bool {
+        self.verified.lock().map(|v| v.contains(key)).unwrap_or(false)
+    }
+
+    /// Checks `password` against `password_hash`, one check at a time ([`MAX_WAITING_SIGN_INS`]).
+    /// `Err(None)`: the password is wrong.
+    fn check_password(&self, key: &SecureHash, password_hash: &str, password: &str) -> Result<(), Option<Status>> {
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING_SIGN_INS {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Some(Status::unavailable(format!(
+                "{MAX_WAITING_SIGN_INS} sign-ins are waiting for their password check already; retry shortly"
+            ))));
+        }
+        let turn = self.checking.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Checked while this one waited (the same client's other calls, say).
+        if self.is_verified(key) {
+            return Ok(());
+        }
+        let hash = argon2::PasswordHash::new(password_hash).map_err(|_| None)?;
+        argon2::password_hash::PasswordVerifier::verify_password(&argon2::Argon2::default(), password.as_bytes(), &hash)
+            .map_err(|_| None)?;
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(*key);
+        }
+        drop(turn);
+        Ok(())
     }
 }
 
@@ -349,17 +392,24 @@ impl pb::node_server::Node for RpcService {
         let journal = engine.journal(id).await.map_err(status)?;
         let seen = journal.len();
         let (tx, rx) = mpsc::channel(1024);
-        for entry in journal {
-            if let treaty_flows::Entry::Progress(step) = entry {
-                let _ = tx.send(Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Progress(step)) })).await;
-            }
-        }
         tokio::spawn(async move {
+            // Sent from here: a flow with more steps than the channel holds would otherwise
+            // block this call before the client had the stream to read them from.
+            for entry in journal {
+                if let treaty_flows::Entry::Progress(step) = entry
+                    && tx.send(Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Progress(step)) })).await.is_err()
+                {
+                    return;
+                }
+            }
             let wait = engine.wait(id);
             tokio::pin!(wait);
             loop {
                 tokio::select! {
                     biased;
+                    // The client went away: stop watching now, not when the flow ends (a
+                    // parked flow may wait for days, and each watch polls the engine).
+                    _ = tx.closed() => return,
                     step = progress.recv() => match step {
                         Ok(step) => {
                             if !send_step(&tx, seen, step).await {
@@ -582,5 +632,60 @@ impl pb::node_server::Node for RpcService {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(rpc_vault::track(self.vault.clone(), criteria, tx));
         Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> RpcUsers {
+        let hash = crate::config::hash_password("secret").unwrap();
+        RpcUsers::new(&[RpcUser {
+            name: "ops".into(),
+            password_hash: Some(hash),
+            certificate_sha256: None,
+            permissions: vec!["ALL".into()],
+        }])
+    }
+
+    fn credentials(user: &str, password: &str) -> tonic::metadata::MetadataMap {
+        let mut m = tonic::metadata::MetadataMap::new();
+        m.insert("treaty-user", user.parse().unwrap());
+        m.insert("treaty-password", password.parse().unwrap());
+        m
+    }
+
+    /// Password checks run one at a time with a short queue: with a check in progress, a
+    /// client whose password was checked before signs in at once, guesses wait their turn
+    /// (and are refused as wrong), and a guess beyond the queue is refused at once.
+    #[test]
+    fn password_checks_queue_one_at_a_time_and_refuse_beyond_the_queue() {
+        let users = Arc::new(users());
+        assert!(users.authenticate(&credentials("ops", "secret"), None).is_ok());
+        assert_eq!(users.authenticate(&credentials("ops", "wrong"), None).unwrap_err().code(), tonic::Code::Unauthenticated);
+
+        let turn = users.checking.lock().unwrap();
+        assert!(users.authenticate(&credentials("ops", "secret"), None).is_ok(), "a checked password waited for its turn");
+        let guesses: Vec<_> = (0..MAX_WAITING_SIGN_INS)
+            .map(|i| {
+                let users = users.clone();
+                std::thread::spawn(move || {
+                    users.authenticate(&credentials("ops", &format!("guess {i}")), None).map(|_| ()).map_err(|s| s.code())
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while users.waiting.load(std::sync::atomic::Ordering::SeqCst) < MAX_WAITING_SIGN_INS {
+            assert!(std::time::Instant::now() < deadline, "the guesses never queued");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let refused = users.authenticate(&credentials("ops", "one more"), None).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        drop(turn);
+        for g in guesses {
+            assert_eq!(g.join().unwrap(), Err(tonic::Code::Unauthenticated));
+        }
+        assert_eq!(users.waiting.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }
