@@ -114,31 +114,67 @@ fn file(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Res
     Ok(caller.data().files.get(&name).cloned())
 }
 
+/// Fuel every host call burns, whatever it does.
+pub const HOST_CALL_FUEL: u64 = 10;
+
+/// Burns the fuel of a host call that moves `bytes` bytes: [`HOST_CALL_FUEL`] plus one per
+/// byte, as a guest loop copying them would at least. Fuel counts wasm instructions only, so an
+/// uncharged call copying 64 MiB cost its caller four instructions: a contract looping on one
+/// could keep a node's verifier busy for days on one transaction (found in review, 2026-11-24).
+/// Charged before the work, so a call the budget cannot pay for does nothing.
+fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> wasmtime::Result<()> {
+    let cost = HOST_CALL_FUEL.saturating_add(bytes as u64);
+    let left = caller.get_fuel()?;
+    if left < cost {
+        caller.set_fuel(0)?;
+        return Err(Trap::OutOfFuel.into());
+    }
+    caller.set_fuel(left - cost)
+}
+
 /// The linker holding the host ABI.
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, SandboxError> {
     let mut l = Linker::new(engine);
     let wrap = |r: wasmtime::Result<&mut Linker<HostState>>| r.map(|_| ()).map_err(|e| SandboxError::Engine(e.to_string()));
-    wrap(l.func_wrap("treaty", "input_len", |c: Caller<'_, HostState>| c.data().input.len() as i32))?;
+    wrap(l.func_wrap("treaty", "input_len", |mut c: Caller<'_, HostState>| {
+        charge(&mut c, 0)?;
+        Ok(c.data().input.len() as i32)
+    }))?;
     wrap(l.func_wrap("treaty", "input_read", |mut c: Caller<'_, HostState>, dst: i32| {
         let input = c.data().input.clone();
+        charge(&mut c, input.len())?;
         write_guest(&mut c, dst, &input)
     }))?;
     wrap(l.func_wrap("treaty", "file_len", |mut c: Caller<'_, HostState>, p: i32, n: i32| {
+        charge(&mut c, n.max(0) as usize)?;
         Ok(file(&mut c, p, n)?.map(|f| f.len() as i32).unwrap_or(-1))
     }))?;
-    wrap(l.func_wrap("treaty", "file_read", |mut c: Caller<'_, HostState>, p: i32, n: i32, dst: i32| match file(&mut c, p, n)? {
-        Some(f) => {
-            write_guest(&mut c, dst, &f)?;
-            Ok(f.len() as i32)
+    wrap(l.func_wrap("treaty", "file_read", |mut c: Caller<'_, HostState>, p: i32, n: i32, dst: i32| {
+        charge(&mut c, n.max(0) as usize)?;
+        match file(&mut c, p, n)? {
+            Some(f) => {
+                charge(&mut c, f.len())?;
+                write_guest(&mut c, dst, &f)?;
+                Ok(f.len() as i32)
+            }
+            None => Ok(-1),
         }
-        None => Ok(-1),
     }))?;
     wrap(l.func_wrap("treaty", "fail", |mut c: Caller<'_, HostState>, p: i32, n: i32| {
-        let msg = read_guest(&mut c, p, n.min(4096))?;
+        let n = n.min(4096);
+        charge(&mut c, n.max(0) as usize)?;
+        if c.data().failure.is_some() {
+            return Err(wasmtime::Error::msg("fail called twice"));
+        }
+        let msg = read_guest(&mut c, p, n)?;
         c.data_mut().failure = Some(String::from_utf8_lossy(&msg).into_owned());
         Ok(())
     }))?;
     wrap(l.func_wrap("treaty", "finish", |mut c: Caller<'_, HostState>, p: i32, n: i32| {
+        charge(&mut c, n as u32 as usize)?;
+        if c.data().output.is_some() {
+            return Err(wasmtime::Error::msg("finish called twice: a contract gives one verdict"));
+        }
         let out = read_guest(&mut c, p, n)?;
         c.data_mut().output = Some(out);
         Ok(())
