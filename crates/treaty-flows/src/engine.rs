@@ -809,7 +809,18 @@ impl FlowEngine {
             updated_at: now,
         };
         match self.shared.store.create(record.clone()).await? {
-            Created::Existing(id) => Ok(id),
+            // The same client's retry gets its flow; a start of another flow under the same
+            // client id (another client's, or a mistake) is refused rather than answered with
+            // a flow the caller did not ask for.
+            Created::Existing(id) => match self.shared.store.get(id).await? {
+                Some(existing) if existing.name != name => Err(FlowError::ClientIdTaken {
+                    client_id: record.client_id.unwrap_or_default(),
+                    id: id.to_string(),
+                    existing: existing.name,
+                    requested: name.to_string(),
+                }),
+                _ => Ok(id),
+            },
             Created::New => {
                 self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
                 let id = record.id;

@@ -99,6 +99,19 @@ pub enum FlowError {
     /// The node is draining: no new flows.
     #[error("the node is draining for an upgrade and starts no new flows")]
     Draining,
+    /// A client id already names a flow of another name: starting this one under it would
+    /// silently hand back that flow.
+    #[error("client id {client_id:?} already names flow {id} ({existing}), not a {requested}: use another client id")]
+    ClientIdTaken {
+        /// The client id.
+        client_id: String,
+        /// The flow it names.
+        id: String,
+        /// That flow's name.
+        existing: String,
+        /// The flow asked for.
+        requested: String,
+    },
     /// Killed by the operator.
     #[error("killed by the operator")]
     Killed,

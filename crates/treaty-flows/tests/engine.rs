@@ -540,6 +540,13 @@ async fn the_same_client_id_returns_the_same_flow() {
     assert_eq!(a, b);
     assert_eq!(result(&finished(&alice.engine, a).await)["total"], 0);
     assert_eq!(alice.engine.list().await.unwrap().len(), 1);
+    // Another flow under that client id is refused, not answered with the Ping.
+    let other = alice.engine.start("LastWord", json!(BOB), Some("order-42".into())).await.unwrap_err();
+    assert!(
+        matches!(&other, FlowError::ClientIdTaken { existing, requested, .. } if existing == "Ping" && requested == "LastWord"),
+        "{other}"
+    );
+    assert_eq!(alice.engine.list().await.unwrap().len(), 1);
 }
 
 #[tokio::test]

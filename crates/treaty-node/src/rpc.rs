@@ -257,6 +257,7 @@ fn status(e: FlowError) -> Status {
         FlowError::UnknownFlow { .. } => Status::not_found(e.to_string()),
         FlowError::InvalidArguments { .. } | FlowError::Invalid(_) => Status::invalid_argument(e.to_string()),
         FlowError::Draining => Status::failed_precondition(e.to_string()),
+        FlowError::ClientIdTaken { .. } => Status::already_exists(e.to_string()),
         FlowError::Store(s) if s.transient => Status::unavailable(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
