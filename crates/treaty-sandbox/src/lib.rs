@@ -18,8 +18,8 @@ mod error;
 pub mod host;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 
 use serde::Serialize;
 use treaty_core::{Attachment, ContractRejection, ContractVerdict, ContractVerifier, LedgerTransaction, NetworkParameters, SecureHash};
@@ -31,10 +31,36 @@ pub use error::SandboxError;
 pub use host::RunOutcome;
 pub use store::{AttachmentStore, MemoryAttachmentStore, check_attachment};
 
-/// A bundle checked and (if it has a module) compiled.
+/// A bundle whose content matched its id, parsed and checked against its attachment's
+/// claims; its module is compiled on first use as a contract's code.
 struct Loaded {
     bundle: Bundle,
-    module: Option<host::LoadedModule>,
+    module: OnceLock<Result<Option<Arc<host::LoadedModule>>, SandboxError>>,
+}
+
+/// Attachments whose outcome the sandbox keeps (parsed bundles, compiled modules, and refusals
+/// of content that matched its id); beyond, the oldest is dropped. A network runs a few
+/// contract versions; without a bound, every bundle anyone sent stayed in memory, compiled.
+pub const MAX_CACHED_ATTACHMENTS: usize = 128;
+
+/// The outcomes kept, by attachment id, and their order of arrival.
+#[derive(Default)]
+struct Cache {
+    by_id: HashMap<SecureHash, Result<Arc<Loaded>, SandboxError>>,
+    order: VecDeque<SecureHash>,
+}
+
+impl Cache {
+    fn insert(&mut self, id: SecureHash, outcome: Result<Arc<Loaded>, SandboxError>) {
+        if self.by_id.insert(id, outcome).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > MAX_CACHED_ATTACHMENTS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
 }
 
 /// The contract sandbox for one set of network parameters.
@@ -42,9 +68,9 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<host::HostState>,
     params: NetworkParameters,
-    cache: RwLock<HashMap<SecureHash, Arc<Loaded>>>,
-    /// Held while a bundle is checked and compiled, so concurrent first uses of a contract
-    /// compile it once (the others wait and find it cached) instead of each paying for it.
+    cache: RwLock<Cache>,
+    /// Held while a bundle is checked or a module compiled, so concurrent first uses of a
+    /// contract compile it once (the others wait and find it cached) instead of each paying.
     compiling: Mutex<()>,
     compilations: std::sync::atomic::AtomicU64,
     slots: Slots,
@@ -93,7 +119,7 @@ impl Sandbox {
             engine,
             linker,
             params,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(Cache::default()),
             compiling: Mutex::new(()),
             compilations: Default::default(),
             slots,
@@ -105,32 +131,41 @@ impl Sandbox {
         &self.params
     }
 
-    /// How many attachments are checked and compiled in the cache.
+    /// How many attachments' outcomes are in the cache (at most [`MAX_CACHED_ATTACHMENTS`]).
     pub fn cached(&self) -> usize {
-        self.cache.read().map(|c| c.len()).unwrap_or(0)
+        self.cache.read().map(|c| c.by_id.len()).unwrap_or(0)
     }
 
-    /// How many bundles this sandbox has checked and compiled (each at most once).
+    /// How many modules this sandbox has compiled (each at most once while cached).
     pub fn compilations(&self) -> u64 {
         self.compilations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The bundle of attachment `a`, parsed and checked against `a`'s claims: cached once its
+    /// content matched its id, refusals included (the id names the bytes, so they would be
+    /// refused again). A hash mismatch is not cached: a wrong attachment claiming this id must
+    /// not keep the right one out.
     fn load(&self, a: &Attachment) -> Result<Arc<Loaded>, SandboxError> {
-        let cached = || self.cache.read().ok().and_then(|c| c.get(&a.id).cloned());
-        if let Some(l) = cached() {
-            return Ok(l);
+        let cached = || self.cache.read().ok().and_then(|c| c.by_id.get(&a.id).cloned());
+        if let Some(outcome) = cached() {
+            return outcome;
         }
-        // Failures are not cached: a wrong attachment claiming this id must not keep the
-        // right one out.
-        let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = cached() {
-            return Ok(l);
-        }
-        self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let actual = SecureHash::sha256(&a.content);
         if actual != a.id {
             return Err(SandboxError::AttachmentHashMismatch { id: a.id, actual });
         }
+        let _checking = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outcome) = cached() {
+            return outcome;
+        }
+        let outcome = self.parse(a);
+        if let Ok(mut c) = self.cache.write() {
+            c.insert(a.id, outcome.clone());
+        }
+        outcome
+    }
+
+    fn parse(&self, a: &Attachment) -> Result<Arc<Loaded>, SandboxError> {
         let bundle = bundle::parse(&a.content, &self.params.sandbox).map_err(|error| SandboxError::Bundle { id: a.id, error })?;
         let same = |x: &[String], y: &[String]| {
             let (mut x, mut y) = (x.to_vec(), y.to_vec());
@@ -141,15 +176,26 @@ impl Sandbox {
         if !same(&bundle.manifest.contracts, &a.contracts) || !same(&bundle.manifest.data_files, &a.files) {
             return Err(SandboxError::ManifestMismatch(a.id));
         }
-        let module = match &bundle.module {
-            Some(bytes) => Some(host::load(&self.engine, &self.linker, bytes, &self.params.sandbox)?),
-            None => None,
-        };
-        let loaded = Arc::new(Loaded { bundle, module });
-        if let Ok(mut c) = self.cache.write() {
-            c.insert(a.id, loaded.clone());
+        Ok(Arc::new(Loaded { bundle, module: OnceLock::new() }))
+    }
+
+    /// The compiled module of `loaded`, compiling it on first use (once; a module that does
+    /// not compile is refused the same way every time without compiling again).
+    fn module(&self, loaded: &Loaded) -> Result<Option<Arc<host::LoadedModule>>, SandboxError> {
+        if let Some(outcome) = loaded.module.get() {
+            return outcome.clone();
         }
-        Ok(loaded)
+        let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        loaded
+            .module
+            .get_or_init(|| match &loaded.bundle.module {
+                Some(bytes) => {
+                    self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    host::load(&self.engine, &self.linker, bytes, &self.params.sandbox).map(|m| Some(Arc::new(m)))
+                }
+                None => Ok(None),
+            })
+            .clone()
     }
 
     /// Checks and compiles a module on its own (no bundle), e.g. to vet an upload early.
@@ -166,8 +212,9 @@ impl Sandbox {
             .find(|a| a.contracts.iter().any(|c| c == contract))
             .ok_or_else(|| SandboxError::NoCode(contract.to_string()))?;
         let loaded = self.load(attachment)?;
-        let module = loaded.module.as_ref().ok_or_else(|| SandboxError::NoCode(contract.to_string()))?;
+        // The constraints first: code the transaction's states do not allow is never compiled.
         constraints::check(contract, tx, &loaded.bundle, &self.params)?;
+        let module = self.module(&loaded)?.ok_or_else(|| SandboxError::NoCode(contract.to_string()))?;
         let mut files: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
         for a in &tx.attachments {
             let l = if a.id == attachment.id { loaded.clone() } else { self.load(a)? };
@@ -175,7 +222,7 @@ impl Sandbox {
         }
         let input = treaty_core::encoding::encode(&InputRef { contract, tx });
         let _slot = self.slots.acquire();
-        host::run(&self.engine, module, Arc::new(input), Arc::new(files), &self.params.sandbox)
+        host::run(&self.engine, &module, Arc::new(input), Arc::new(files), &self.params.sandbox)
     }
 }
 

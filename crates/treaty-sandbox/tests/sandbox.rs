@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use treaty_core::*;
-use treaty_sandbox::{SandboxError, bundle};
+use treaty_sandbox::{AttachmentStore, SandboxError, bundle};
 
 #[test]
 fn a_token_payment_verifies_in_the_sandbox() {
@@ -97,6 +97,41 @@ fn modules_are_compiled_once_and_cached_by_attachment() {
     }
     assert_eq!(sandbox.cached(), 1);
     assert_eq!(sandbox.compilations(), 1, "21 runs of one attachment compile it once");
+}
+
+/// What the sandbox keeps is bounded, refusals included: a module that does not load is
+/// compiled once however often it is sent, code the constraints do not allow is never
+/// compiled, and many attachments keep at most `MAX_CACHED_ATTACHMENTS` outcomes.
+#[test]
+fn refusals_are_kept_code_not_allowed_is_not_compiled_and_the_cache_is_bounded() {
+    let mut f = Fixture::new();
+    let sandbox = f.sandbox();
+    let importing = wat::parse_str(
+        r#"(module (import "env" "clock" (func (result i64))) (memory (export "memory") 1) (func (export "treaty_verify")))"#,
+    )
+    .unwrap();
+    let bad = f.upload(&treaty_sandbox::bundle::pack(&manifest(&["test.Clock"], &[]), Some(&importing), &Default::default(), &[]));
+    let ltx = f.ltx_for("test.Clock", &[bad], 1);
+    for _ in 0..3 {
+        assert!(matches!(sandbox.run_contract("test.Clock", &ltx).unwrap_err(), SandboxError::ForbiddenImport { .. }));
+    }
+    assert_eq!(sandbox.compilations(), 1, "a refused module was compiled again");
+
+    // A state pinned to another attachment's hash: refused by the constraint, not compiled.
+    let rival = f.upload(&contracts_bundle(&[TOKEN], &[&key(9)]));
+    let input = f.issue(5);
+    let mut ltx = f.move_ltx(input, 5, f.hash_constraint(), f.token_attachment);
+    let token = ltx.attachments.iter().position(|a| a.id == f.token_attachment).unwrap();
+    ltx.attachments[token] = f.store.get(&rival).unwrap();
+    assert!(matches!(sandbox.run_contract(TOKEN, &ltx).unwrap_err(), SandboxError::Constraint(_)));
+    assert_eq!(sandbox.compilations(), 1, "code the constraint refuses was compiled");
+
+    let code = f.upload(&contracts_bundle(&["test.DataFile"], &[]));
+    for i in 0..(treaty_sandbox::MAX_CACHED_ATTACHMENTS as u32 + 10) {
+        let data = f.upload(&data_bundle(&[("limits.txt", format!("max={i}").as_bytes())]));
+        let _ = sandbox.run_contract("test.DataFile", &f.ltx_for("test.DataFile", &[code, data], 1));
+    }
+    assert_eq!(sandbox.cached(), treaty_sandbox::MAX_CACHED_ATTACHMENTS);
 }
 
 #[test]
