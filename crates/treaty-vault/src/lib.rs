@@ -46,7 +46,7 @@ pub use apply::ApplySummary;
 pub use criteria::{ColumnCondition, Criteria, FungibleCriteria, LockFilter, StatusFilter, TimeRange};
 pub use error::{Unavailable, VaultError};
 pub use locks::{IssuerFilter, LockId, Selection};
-pub use query::{Cursor, Direction, MAX_PAGE_SIZE, Page, PageSpec, Sort, SortColumn, StateStream};
+pub use query::{Cursor, Direction, MAX_PAGE_SIZE, MAX_SORT_KEYS, Page, PageSpec, Sort, SortColumn, StateStream};
 pub use record::{Status, VaultState, is_ours};
 pub use schedule::Scheduled;
 pub use schema::{

@@ -129,11 +129,24 @@ impl Sort {
                 [] => return Err(bad("an empty sort key".into())),
                 _ => return Err(bad(format!("{:?} is not `column [asc|desc]`", part.trim()))),
             };
-            sort.keys.push((SortColumn::named(name), dir));
+            let column = SortColumn::named(name);
+            if sort.keys.iter().any(|(c, _)| *c == column) {
+                return Err(bad(format!("{name} is sorted on twice")));
+            }
+            if sort.keys.len() == MAX_SORT_KEYS {
+                return Err(bad(format!("more than {MAX_SORT_KEYS} sort keys")));
+            }
+            sort.keys.push((column, dir));
         }
         Ok(sort)
     }
 }
+
+/// The most keys a sort parsed from text may have. Each key after the first multiplies the
+/// condition a cursor's next page is read with (one term per key per key before it): a client
+/// sending hundreds of alternating keys made every page a quadratic expression over every row
+/// scanned (found in review, 2026-11-24). Eight is more than any index serves.
+pub const MAX_SORT_KEYS: usize = 8;
 
 /// Where a page ends: pass it to get the next page. Opaque text (safe in URLs and JSON).
 #[derive(Clone, PartialEq, Eq, Hash)]

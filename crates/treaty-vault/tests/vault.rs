@@ -1243,6 +1243,14 @@ async fn bad_input_is_named(fx: &Fixture) {
     assert!(matches!(&err, VaultError::UnknownSortColumn { name, .. } if name == "colour"), "{err}");
     assert!(err.to_string().contains("recorded_at") && err.to_string().contains("trade_ref"), "lists the known columns: {err}");
     assert!(matches!(Sort::parse("quantity sideways"), Err(VaultError::InvalidSort { .. })));
+    // A column twice, or more keys than any index serves: each key multiplies the condition
+    // every next page is read with.
+    let twice = Sort::parse("recorded_at asc, quantity, recorded_at desc").unwrap_err();
+    assert!(twice.to_string().contains("recorded_at is sorted on twice"), "{twice}");
+    let keys: Vec<String> = (0..=treaty_vault::MAX_SORT_KEYS).map(|i| format!("col{i}")).collect();
+    let many = Sort::parse(&keys.join(", ")).unwrap_err();
+    assert!(many.to_string().contains("more than 8 sort keys"), "{many}");
+    assert_eq!(Sort::parse(&keys[..treaty_vault::MAX_SORT_KEYS].join(", ")).unwrap().keys().len(), treaty_vault::MAX_SORT_KEYS);
 
     let err = w.vault.query(&Criteria::column_eq("colour", "red"), &order, &PageSpec::first(10)).await.unwrap_err();
     assert!(matches!(&err, VaultError::UnknownColumn { name, .. } if name == "colour"), "{err}");
