@@ -153,6 +153,10 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// further uploads wait their turn.
 const CONCURRENT_UPLOADS: usize = 4;
 
+/// How long an upload may go without a chunk before it is dropped (and its slot freed): four
+/// clients that opened uploads and sent nothing held every slot for ever (found in review).
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(30);
+
 /// Serves [`pb::node_server::Node`] for one node.
 pub struct RpcService {
     name: String,
@@ -325,7 +329,16 @@ impl RpcService {
         };
         let mut bytes = Vec::new();
         let mut announced = None;
-        while let Some(chunk) = chunks.message().await? {
+        loop {
+            // An upload holds one of few slots: a client that stops sending gives it up.
+            let next = tokio::time::timeout(UPLOAD_IDLE, chunks.message()).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "attachment refused: nothing arrived for {} s after {} bytes; the upload was dropped",
+                    UPLOAD_IDLE.as_secs(),
+                    bytes.len()
+                ))
+            })?;
+            let Some(chunk) = next? else { break };
             if announced.is_none() {
                 announced = Some(chunk.total_size);
                 if chunk.total_size > limit {
