@@ -153,6 +153,9 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// further uploads wait their turn.
 const CONCURRENT_UPLOADS: usize = 4;
 
+/// Events a flow watch buffers for its client.
+const WATCH_BUFFER: usize = 1024;
+
 /// How long an upload may go without a chunk before it is dropped (and its slot freed): four
 /// clients that opened uploads and sent nothing held every slot for ever (found in review).
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(30);
@@ -405,14 +408,22 @@ impl pb::node_server::Node for RpcService {
         let mut progress = engine.progress_of(id);
         let journal = engine.journal(id).await.map_err(status)?;
         let seen = journal.len();
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let mut steps = journal.into_iter().filter_map(|e| match e {
+            treaty_flows::Entry::Progress(step) => Some(Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Progress(step)) })),
+            _ => None,
+        });
+        // The steps so far go in now, so they leave with the response's headers in one write
+        // (sent from the task, each was a write of its own: 1.5 more per flow in the issue
+        // benchmark); the channel is empty, so as many as it holds fit without waiting.
+        for step in steps.by_ref().take(WATCH_BUFFER) {
+            let _ = tx.try_send(step);
+        }
         tokio::spawn(async move {
-            // Sent from here: a flow with more steps than the channel holds would otherwise
-            // block this call before the client had the stream to read them from.
-            for entry in journal {
-                if let treaty_flows::Entry::Progress(step) = entry
-                    && tx.send(Ok(pb::FlowEvent { event: Some(pb::flow_event::Event::Progress(step)) })).await.is_err()
-                {
+            // A longer history is sent from here: waiting for room before returning the
+            // stream would block this call before the client could read anything.
+            for step in steps {
+                if tx.send(step).await.is_err() {
                     return;
                 }
             }
