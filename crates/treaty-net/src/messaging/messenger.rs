@@ -16,10 +16,9 @@
 //! Receiving: [`Messenger::serve_link`] reads batches from an accepted link, stores them in the
 //! inbox in one transaction, each under its sender's id scoped to the sender
 //! ([`MessageId::received_from`]; an id seen before from that sender is dropped there),
-//! acknowledges the
-//! whole batch, and hands the new messages to the application in arrival order. The
-//! application calls [`Messenger::processed`] when it has acted on one; messages not yet
-//! processed are handed over again after a restart ([`Messenger::start`]).
+//! acknowledges the whole batch, and hands the new messages to the application in arrival
+//! order. The application calls [`Messenger::processed`] when it has acted on one; messages not
+//! yet processed are handed over again after a restart ([`Messenger::start`]).
 //!
 //! Order: one sender per destination sends in outbox order and waits for each batch's
 //! acknowledgement, and the receiver stores a batch in order, so messages of a session arrive
