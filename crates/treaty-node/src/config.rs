@@ -436,10 +436,16 @@ impl NodeConfig {
             ));
         }
         let mut fingerprints = std::collections::BTreeMap::new();
+        let mut names = std::collections::BTreeSet::new();
         for (i, user) in raw.rpc.users.iter().enumerate() {
             let key = "rpc.users";
             if user.name.is_empty() {
                 return Err(invalid(key, format!("user {} has an empty name", i + 1)));
+            }
+            // One entry per name: with two, the last one's permissions went with the first
+            // one's certificate.
+            if !names.insert(user.name.as_str()) {
+                return Err(invalid(key, format!("user {:?} is listed twice", user.name)));
             }
             if user.password_hash.is_none() && user.certificate_sha256.is_none() {
                 return Err(invalid(key, format!("user {:?} has neither password_hash nor certificate_sha256", user.name)));
@@ -591,6 +597,12 @@ mod tests {
         let e = err(&user(&format!("certificate_sha256 = \"{fp}\""))
             .replace("listen = \"127.0.0.1:40102\"", "listen = \"127.0.0.1:40102\"\ntls = false"));
         assert!(e.contains("needs rpc.tls = true"), "{e}");
+        let twice = user(&format!(
+            "certificate_sha256 = \"{fp}\"\n[[rpc.users]]\nname = \"ops\"\npermissions = [\"ALL\"]\ncertificate_sha256 = \"{}\"",
+            "CD:".repeat(31) + "CD"
+        ));
+        let e = err(&twice);
+        assert!(e.contains("key `rpc.users`") && e.contains("user \"ops\" is listed twice"), "{e}");
     }
 
     #[test]
