@@ -387,6 +387,10 @@ fn decode<L: Ledger>(claimed: &SecureHash, bytes: &[u8], session: &Session, ledg
     Ok(stx)
 }
 
+/// Transactions in one verification group past which the pipeline verifies them on the CPU
+/// pool in parallel.
+const PARALLEL_VERIFY: usize = 4;
+
 /// Decodes a batch and checks every id (in parallel: computing an id hashes the transaction).
 async fn decode_all<L: Ledger>(
     batch: Batch,
@@ -474,10 +478,14 @@ fn verifier<L: Ledger>(ledger: Arc<L>) -> (mpsc::UnboundedSender<Job>, tokio::ta
                             verify_transaction(stx, &resolver, verifier, &VerifyOptions::default()).err().map(|e| (stx.id(), e))
                         };
                         // The first alone: it compiles the contract code, once, before the
-                        // rest run in parallel and find it cached.
+                        // rest run in parallel and find it cached. A few run in place: handing
+                        // them to the CPU pool costs more than it saves (see
+                        // `treaty_core::transaction::PARALLEL_SIGNATURES`).
                         let mut failed: Vec<_> = group.first().and_then(check).into_iter().collect();
-                        if group.len() > 1 {
+                        if group.len() > PARALLEL_VERIFY {
                             failed.extend(group[1..].par_iter().filter_map(check).collect::<Vec<_>>());
+                        } else {
+                            failed.extend(group.iter().skip(1).filter_map(check));
                         }
                         (resolver, failed)
                     })

@@ -11,5 +11,5 @@ pub use components::{Command, CommandData, CommandType, ComponentGroup, GROUP_SL
 pub use error::TransactionError;
 pub use filtered::{FilteredGroup, FilteredTransaction, FilteredTransactionError};
 pub use ledger::{Attachment, LedgerResolver, LedgerTransaction, MapResolver, VerifyOptions, notary_change_outputs, verify_transaction};
-pub use signed::SignedTransaction;
+pub use signed::{PARALLEL_SIGNATURES, SignedTransaction};
 pub use wire::{GroupBytes, Limits, TransactionBuilder, TransactionComponents, WireTransaction};
