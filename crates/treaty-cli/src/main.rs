@@ -304,6 +304,12 @@ enum BenchCommand {
         /// Flows in flight at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Rounds run one at a time before the clock starts, not counted in the figures: they
+        /// pay a fresh network's one-time costs (each node compiling the cash contract, the
+        /// payee fetching it, connections opening), which the report gives apart as
+        /// `warmup_seconds`. 0 times those costs with the rest.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
         /// Run the nodes inside the benchmark's process and start flows on their engines
         /// directly, rather than as `treaty node run` processes driven over RPC.
         #[arg(long)]
@@ -480,8 +486,8 @@ fn main() -> ExitCode {
         Command::Bench { command: BenchCommand::Messaging { count, batch, payload, json } } => {
             bench::messaging(count, batch, payload, json)
         }
-        Command::Bench { command: BenchCommand::Flows { scenario, count, concurrency, in_process, json } } => {
-            bench::flows(&scenario, count, concurrency, in_process, json)
+        Command::Bench { command: BenchCommand::Flows { scenario, count, concurrency, warmup, in_process, json } } => {
+            bench::flows(&scenario, count, concurrency, warmup, in_process, json)
         }
         Command::Bench { command: BenchCommand::Resolve { length, json } } => bench::resolve(length, json),
         Command::Bench {

@@ -18,6 +18,10 @@ fn issue_and_pay_rounds_run_over_node_processes() {
         (report["flows_per_sec"].as_f64().unwrap(), report["latency_ms_p50"].as_f64().unwrap(), report["latency_ms_p99"].as_f64().unwrap());
     assert!(rate > 0.0 && p50 > 0.0 && p50 <= p99, "{report}");
     assert!(report["baseline"]["ed25519_sign_verify_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    // One warm-up round ran first, timed apart: it compiled the cash contract on Alice and on
+    // Bob, which alone takes longer than 10 ms.
+    assert_eq!(report["warmup_flows"], 1, "{report}");
+    assert!(report["warmup_seconds"].as_f64().unwrap() > 0.01, "{report}");
     // The nodes were stopped: none still runs from the benchmark's scratch directory.
     let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let left: Vec<String> =
@@ -27,10 +31,13 @@ fn issue_and_pay_rounds_run_over_node_processes() {
 
 #[test]
 fn the_in_process_mode_says_so() {
-    let (code, out, err) = run(&["bench", "flows", "--scenario", "issue", "--count", "10", "--concurrency", "2", "--in-process", "--json"]);
+    let (code, out, err) =
+        run(&["bench", "flows", "--scenario", "issue", "--count", "10", "--concurrency", "2", "--warmup", "0", "--in-process", "--json"]);
     assert_eq!(code, 0, "{err}\n{out}");
     let report = json(&out);
     assert_eq!((report["nodes"].as_str(), report["flows"].as_u64()), (Some("in-process"), Some(10)), "{report}");
+    // No warm-up asked for: none ran.
+    assert_eq!((report["warmup_flows"].as_u64(), report["warmup_seconds"].as_f64().map(|s| s < 0.01)), (Some(0), Some(true)), "{report}");
 }
 
 #[test]

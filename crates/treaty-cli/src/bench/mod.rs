@@ -245,12 +245,17 @@ struct FlowsReport {
     flows_per_sec: f64,
     latency_ms_p50: f64,
     latency_ms_p99: f64,
+    /// Rounds run one at a time before the clock started, and how long they took: a fresh
+    /// network's one-time costs, outside every other figure.
+    warmup_flows: usize,
+    warmup_seconds: f64,
     baseline: Baseline,
 }
 
-/// `treaty bench flows --scenario pingpong`: Echo flows from Alice to Bob (a session, a
-/// message each way, both sides' journals and statuses in SQLite), `concurrency` at a time.
-pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool, json: bool) -> Result<()> {
+/// `treaty bench flows`: `count` rounds of `scenario` (pingpong: Echo flows from Alice to Bob,
+/// a session, a message each way, both sides' journals and statuses in SQLite; issue; pay),
+/// `concurrency` at a time, after `warmup` rounds run one at a time and timed apart.
+pub fn flows(scenario: &str, count: usize, concurrency: usize, warmup: usize, in_process: bool, json: bool) -> Result<()> {
     let scenario: &'static str = match scenario {
         "pingpong" => "pingpong",
         "issue" => "issue",
@@ -276,26 +281,38 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool,
         })
     };
     let result: Result<FlowsReport> = runtime()?.block_on(async {
-        let (latencies, seconds, sqlite) = if in_process {
+        let (latencies, seconds, warmup_seconds, sqlite) = if in_process {
             // The nodes share this process's cache of signatures known to verify, so Bob would
             // find Alice's signatures in it: off, every node checks what it receives, as node
             // processes do (and what a node checks of its own signatures is checked too).
             treaty_core::crypto::set_signature_cache(false);
             let (map_task, nodes) = local_network(&scratch).await?;
             let sqlite = baseline_sqlite(&scratch).await?;
+            let warm = Instant::now();
+            let warmed = in_process_rounds(&nodes[0].flows, warmup, 1, round.clone()).await;
+            let warmup_seconds = warm.elapsed().as_secs_f64();
             let began = Instant::now();
-            let latencies = in_process_rounds(&nodes[0].flows, count, concurrency, round).await;
+            let latencies = match warmed {
+                Ok(_) => in_process_rounds(&nodes[0].flows, count, concurrency, round).await,
+                Err(e) => Err(e.context("a warm-up round failed")),
+            };
             let seconds = began.elapsed().as_secs_f64();
             stop(map_task, nodes);
-            (latencies?, seconds, sqlite)
+            (latencies?, seconds, warmup_seconds, sqlite)
         } else {
             let network = procs::start(&scratch).await?;
+            let warm = Instant::now();
+            let warmed = procs::drive(network.dir(0), warmup, 1, round.clone()).await;
+            let warmup_seconds = warm.elapsed().as_secs_f64();
             let began = Instant::now();
-            let latencies = procs::drive(network.dir(0), count, concurrency, round).await;
+            let latencies = match warmed {
+                Ok(_) => procs::drive(network.dir(0), count, concurrency, round).await,
+                Err(e) => Err(e.context("a warm-up round failed")),
+            };
             let seconds = began.elapsed().as_secs_f64();
             network.stop().await;
             // Measured with the nodes gone, so they take nothing from it.
-            (latencies?, seconds, baseline_sqlite(&scratch).await?)
+            (latencies?, seconds, warmup_seconds, baseline_sqlite(&scratch).await?)
         };
         let mut latencies = latencies;
         latencies.sort_by(f64::total_cmp);
@@ -309,6 +326,8 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool,
             flows_per_sec: count as f64 / seconds,
             latency_ms_p50: pct(0.5),
             latency_ms_p99: pct(0.99),
+            warmup_flows: warmup,
+            warmup_seconds,
             baseline: Baseline { ed25519_sign_verify_per_sec: baseline_ed25519()?, sqlite_commits_per_sec: sqlite },
         })
     });
@@ -321,8 +340,15 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, in_process: bool,
     };
     let how = if in_process { "nodes in this process, flows started on the engine" } else { "node processes, flows started over RPC" };
     let line = format!(
-        "{} {what} ({} at a time; {how}): {:.2} s, {:.0}/s, latency p50 {:.1} ms, p99 {:.1} ms",
-        report.flows, report.concurrency, report.seconds, report.flows_per_sec, report.latency_ms_p50, report.latency_ms_p99
+        "{} {what} ({} at a time; {how}): {:.2} s, {:.0}/s, latency p50 {:.1} ms, p99 {:.1} ms (after {} warm-up round(s) in {:.2} s)",
+        report.flows,
+        report.concurrency,
+        report.seconds,
+        report.flows_per_sec,
+        report.latency_ms_p50,
+        report.latency_ms_p99,
+        report.warmup_flows,
+        report.warmup_seconds
     );
     emit(json, &report, &report.baseline, &line)
 }
