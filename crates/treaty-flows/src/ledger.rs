@@ -44,6 +44,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// a "notary" of someone's own making is a state that party can double-spend.
     fn is_network_notary(&self, notary: &Party) -> bool;
 
+    /// The attachments this node's flows are downloading (one registry per node), so flows
+    /// needing the same one at once download it once.
+    fn attachment_fetches(&self) -> &crate::fetches::AttachmentFetches;
+
     /// Whether this node holds `party`'s key (its identity or a confidential key, a leaf of a
     /// composite one): whether a state naming it as a participant is this node's. None here by
     /// default (a ledger without a vault).
@@ -76,6 +80,7 @@ pub struct MemoryLedger {
     notary_members: Mutex<HashMap<X500Name, Vec<X500Name>>>,
     /// Stored right after the next read of attachments (see [`MemoryLedger::store_after_next_read`]).
     after_next_read: Mutex<Option<Attachment>>,
+    fetches: crate::fetches::AttachmentFetches,
 }
 
 impl MemoryLedger {
@@ -97,6 +102,7 @@ impl MemoryLedger {
             network_notaries: Mutex::default(),
             notary_members: Mutex::default(),
             after_next_read: Mutex::default(),
+            fetches: Default::default(),
         }
     }
 
@@ -224,5 +230,9 @@ impl Ledger for MemoryLedger {
 
     fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
         crate::context::lock(&self.notary_members).get(notary).cloned().unwrap_or_default()
+    }
+
+    fn attachment_fetches(&self) -> &crate::fetches::AttachmentFetches {
+        &self.fetches
     }
 }

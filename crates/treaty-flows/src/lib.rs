@@ -10,6 +10,7 @@
 mod context;
 mod engine;
 mod error;
+pub mod fetches;
 pub mod finality;
 pub mod identities;
 pub mod journal;

@@ -339,7 +339,7 @@ async fn receive_verified<L: Ledger>(
     if options.record {
         chain.push(stx.clone());
     }
-    ledger.record(&downloaded.attachments, &chain).await?;
+    ledger.record(&[], &chain).await?;
     if done_when_recorded {
         ctx.send(session, &Request::Done).await?;
     }
@@ -414,8 +414,6 @@ async fn decode_all<L: Ledger>(
 struct Downloaded {
     /// New transactions, dependencies first.
     transactions: Vec<SignedTransaction>,
-    /// New attachments, checked.
-    attachments: Vec<Attachment>,
     /// The verification pipeline's result.
     verdicts: tokio::task::JoinHandle<Result<Verdicts, FlowError>>,
 }
@@ -568,7 +566,6 @@ async fn resolve<L: Ledger>(
     // Dependencies recorded here handed to the pipeline.
     let mut local_sent: HashSet<SecureHash> = HashSet::new();
     let mut attachments_seen: HashSet<SecureHash> = HashSet::new();
-    let mut downloaded_attachments: Vec<Attachment> = Vec::new();
     let mut undispatched: Vec<SecureHash> = Vec::new();
 
     let top_deps = dependencies(top);
@@ -612,10 +609,8 @@ async fn resolve<L: Ledger>(
             .collect();
         attachment_ids.sort();
         if !attachment_ids.is_empty() {
-            let (fetched, stored) =
-                fetch_attachments(ctx, session, ledger, &format!("resolve.attachments.{round}"), attachment_ids).await?;
-            send_job(Job::Attachments(fetched.iter().cloned().chain(stored).collect()))?;
-            downloaded_attachments.extend(fetched);
+            let attachments = fetch_attachments(ctx, session, ledger, &format!("resolve.attachments.{round}"), attachment_ids).await?;
+            send_job(Job::Attachments(attachments))?;
         }
         let mut known: Vec<SecureHash> = w.local.iter().filter(|d| !local_sent.contains(*d)).copied().collect();
         if !known.is_empty() {
@@ -679,7 +674,7 @@ async fn resolve<L: Ledger>(
         send_job(Job::Verify(undispatched.iter().filter_map(|id| w.have.get(id).cloned()).collect()))?;
     }
     drop(jobs);
-    Ok(Downloaded { transactions: dependency_order(w.have), attachments: downloaded_attachments, verdicts })
+    Ok(Downloaded { transactions: dependency_order(w.have), verdicts })
 }
 
 /// Those of `ids` the ledger has not recorded (a journaled question). "All recorded" is
@@ -733,8 +728,8 @@ fn dependency_order(mut txs: HashMap<SecureHash, SignedTransaction>) -> Vec<Sign
     out
 }
 
-/// Of the attachments `ids`, downloads those the ledger lacks (checked); returns them and the
-/// stored ones.
+/// Of the attachments `ids`, downloads those the ledger lacks (checked) and stores them;
+/// returns them all.
 ///
 /// Which are missing is decided once (journaled, so a replay asks for the same ones), and the
 /// stored ones are read after that decision: another flow may record one of them meanwhile
@@ -742,29 +737,54 @@ fn dependency_order(mut txs: HashMap<SecureHash, SignedTransaction>) -> Vec<Sign
 /// before and as stored after was in neither list — its transaction then failed to verify
 /// with `TX-UNRESOLVED-ATTACHMENT`. Attachments are never deleted, so one stored when the
 /// decision was made is still stored.
+///
+/// An attachment another flow on this node is downloading is waited for rather than asked
+/// for again ([`crate::fetches`]), and one downloaded is stored at once, before the
+/// transaction that needs it is verified, so that those waiting find it. That stores nothing
+/// a counterparty could not make this node store anyway: an attachment is content checked
+/// against its id and its format, it has no effect on the ledger until a transaction that
+/// verifies uses it, and the flow's journal kept its bytes before too.
 async fn fetch_attachments<L: Ledger>(
     ctx: &FlowContext,
     session: &Session,
     ledger: &Arc<L>,
     key: &str,
     ids: Vec<SecureHash>,
-) -> Result<(Vec<Attachment>, Vec<Attachment>), FlowError> {
+) -> Result<Vec<Attachment>, FlowError> {
     let all = ids.clone();
+    let mut claim = None;
     let effect = || {
-        let ledger = ledger.clone();
+        let (ledger, claim) = (ledger.clone(), &mut claim);
         async move {
             let stored = ledger.attachments(&ids).await?;
-            Ok(ids.into_iter().zip(stored).filter(|(_, a)| a.is_none()).map(|(id, _)| id).collect::<Vec<_>>())
+            let mut missing: Vec<SecureHash> = ids.into_iter().zip(stored).filter(|(_, a)| a.is_none()).map(|(id, _)| id).collect();
+            if missing.is_empty() {
+                return Ok(missing);
+            }
+            let others = ledger.attachment_fetches().others(&missing);
+            if !others.is_empty() {
+                let waited = async {
+                    for other in others {
+                        other.await;
+                    }
+                };
+                // Past the wait, what is still missing is asked for here.
+                let _ = tokio::time::timeout(crate::fetches::WAIT_FOR_OTHERS, waited).await;
+                let now = ledger.attachments(&missing).await?;
+                missing = missing.into_iter().zip(now).filter(|(_, a)| a.is_none()).map(|(id, _)| id).collect();
+            }
+            // What another flow began downloading since is downloaded here too: rare, and harmless.
+            *claim = Some(ledger.attachment_fetches().claim(&missing));
+            Ok(missing)
         }
     };
     // "None missing" is final (attachments are never deleted): it costs no write of its own.
     let mut missing: VecDeque<SecureHash> = ctx.side_effect_settled(key, effect, Vec::is_empty).await?.into();
     let present: Vec<SecureHash> = all.into_iter().filter(|id| !missing.contains(id)).collect();
-    let mut stored = Vec::with_capacity(present.len());
+    let mut out = Vec::with_capacity(present.len() + missing.len());
     for (id, a) in present.iter().zip(ledger.attachments(&present).await?) {
-        stored.push(a.ok_or_else(|| FlowError::Invalid(format!("attachment {id} was stored here but is gone")))?);
+        out.push(a.ok_or_else(|| FlowError::Invalid(format!("attachment {id} was stored here but is gone")))?);
     }
-    let mut got = Vec::new();
     while !missing.is_empty() {
         let want: Vec<SecureHash> = missing.iter().copied().collect();
         ctx.send(session, &Request::Attachments(want)).await?;
@@ -772,6 +792,7 @@ async fn fetch_attachments<L: Ledger>(
         if batch.items.is_empty() {
             return Err(FlowError::Exception(format!("{} sent none of the {} attachments asked for", session.party, missing.len())));
         }
+        let mut got = Vec::with_capacity(batch.items.len());
         for (claimed, bytes) in batch.items {
             let Some(pos) = missing.iter().position(|m| *m == claimed) else {
                 return Err(FlowError::Exception(format!("{} sent attachment {claimed}, which was not asked for", session.party)));
@@ -789,6 +810,11 @@ async fn fetch_attachments<L: Ledger>(
                 .map_err(|e| FlowError::Exception(format!("attachment {claimed} from {}: {e}", session.party)))?;
             got.push(a);
         }
+        // Stored before the claim ends (with this function), so flows waiting for it find it.
+        // Idempotent: a replay stores the same bytes again.
+        ledger.record(&got, &[]).await?;
+        out.extend(got);
     }
-    Ok((got, stored))
+    drop(claim);
+    Ok(out)
 }

@@ -189,6 +189,34 @@ async fn an_attachment_another_flow_records_meanwhile_is_not_lost() {
 }
 
 #[tokio::test]
+async fn concurrent_flows_needing_the_same_attachment_download_it_once() {
+    // A payee's first payments from a payer arrive in a burst, each needing the contract it
+    // has never seen: each flow used to ask for it (128 downloads of 255 KB at 128 in flight).
+    let p = pair().await;
+    let chains: Vec<TokenChain> = (0..8).map(|seed| token_chain(1, 20 + seed).unwrap()).collect();
+    for c in &chains {
+        seed(&p.alice_ledger, c);
+    }
+    let mut ids = Vec::new();
+    for c in &chains {
+        ids.push(p.alice.engine.start("Share", json!({ "to": BOB, "tx": c.tip().id() }), None).await.unwrap());
+    }
+    let mut asked = 0;
+    for id in ids {
+        let r = finished(&p.alice.engine, id).await;
+        assert_eq!(r.status, FlowStatus::Completed, "{r:?}");
+        // What Alice's side received: Bob's requests (for the attachment, then Done) and his answer.
+        let journal = p.alice.engine.journal(id).await.unwrap();
+        asked += journal.iter().filter(|e| matches!(e, Entry::Received { .. })).count() - 2;
+    }
+    assert_eq!(asked, 1, "the attachment was asked for {asked} times");
+    assert!(p.bob_ledger.attachment_fetches().is_empty(), "every claim was released");
+    for c in &chains {
+        assert!(p.bob_ledger.get(&c.tip().id()).is_some());
+    }
+}
+
+#[tokio::test]
 async fn only_what_the_receiver_lacks_is_downloaded() {
     let p = pair().await;
     let chain = token_chain(300, 2).unwrap();

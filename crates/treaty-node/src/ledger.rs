@@ -30,6 +30,7 @@ pub struct NodeLedger {
     attachments: Mutex<HashMap<SecureHash, Attachment>>,
     recent: Mutex<Recent>,
     vault: OnceLock<(Vault, Ours)>,
+    fetches: treaty_flows::fetches::AttachmentFetches,
 }
 
 /// The last [`Recent::CAPACITY`] transactions recorded in small batches, decoded, by id. What
@@ -81,6 +82,7 @@ impl NodeLedger {
             attachments: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent::default()),
             vault: OnceLock::new(),
+            fetches: Default::default(),
         }
     }
 
@@ -292,6 +294,10 @@ impl Ledger for NodeLedger {
 
     fn notary_members(&self, notary: &X500Name) -> Vec<X500Name> {
         self.params.notaries.iter().find(|n| n.identity.name == *notary).map(|n| n.members.clone()).unwrap_or_default()
+    }
+
+    fn attachment_fetches(&self) -> &treaty_flows::fetches::AttachmentFetches {
+        &self.fetches
     }
 }
 
