@@ -294,7 +294,12 @@ pub fn bootstrap(req: &Request) -> Result<Created> {
         let config = NodeConfig {
             legal_name: m.name.to_string(),
             p2p: Listen { listen: p2p.clone() },
-            rpc: RpcConfig { listen: rpc.clone(), tls: true, users: vec![admin] },
+            rpc: RpcConfig {
+                listen: rpc.clone(),
+                tls: true,
+                users: vec![admin],
+                max_connections: treaty_node::config::DEFAULT_RPC_MAX_CONNECTIONS,
+            },
             network_map: NetworkMapConfig { url: map_url.clone(), trusted_key: map.key.public().to_string(), poll_seconds: Some(2) },
             database: DatabaseConfig { url: "sqlite://node.db".into() },
             notary: m.notary.as_ref().map(|(s, v)| match raft_ports[i] {

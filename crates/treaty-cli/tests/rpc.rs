@@ -129,6 +129,32 @@ fn plain_text_rpc_on_loopback_refuses_oversized_and_cut_short_uploads_mid_stream
     assert_eq!(json(&out)["flows"], serde_json::json!([]));
 }
 
+/// A node serves at most `rpc.max_connections` client connections at once, TLS handshakes
+/// included: one more is closed at once (not left open until the 10 s handshake timeout), and
+/// a place given back is taken again.
+#[test]
+fn rpc_connections_past_the_limit_are_closed_at_once_and_freed_places_are_reused() {
+    use std::io::Read;
+    let net = Net::new("rpclimit", &[ALICE]);
+    net.edit_config(ALICE, |t| t.replace("max_connections = 256\n", "max_connections = 2\n"));
+    let _alice = net.start(ALICE);
+    let rpc = net.config(ALICE)["rpc"]["listen"].as_str().unwrap().to_string();
+    // Two connections that never begin their TLS handshake hold both places.
+    let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(&rpc).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = std::net::TcpStream::connect(&rpc).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let began = std::time::Instant::now();
+    let read = third.read(&mut [0u8; 16]);
+    let closed = matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+    assert!(closed && began.elapsed() < Duration::from_secs(3), "the third connection was not closed at once: {read:?}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = run(&["flow", "list", "--node", &net.node(ALICE), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["flows"], serde_json::json!([]));
+}
+
 #[test]
 fn a_drained_shutdown_waits_for_running_flows_and_the_process_exits_cleanly() {
     let net = Net::new("shutdown", &[ALICE, BOB]);

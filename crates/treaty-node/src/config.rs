@@ -9,6 +9,7 @@
 //! [rpc]
 //! listen = "127.0.0.1:40102"
 //! tls = true                        # default; false (plain HTTP/2) only on a loopback address
+//! max_connections = 256             # default: client connections served at once
 //!
 //! [network_map]
 //! url = "http://127.0.0.1:40100"
@@ -199,6 +200,20 @@ pub struct RpcConfig {
     /// The users; with none, every call is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<RpcUser>,
+    /// Most client connections open at once, those still in their TLS handshake included;
+    /// past it a new connection is closed at once (and logged). Default
+    /// [`DEFAULT_RPC_MAX_CONNECTIONS`].
+    #[serde(default = "default_rpc_max_connections")]
+    pub max_connections: usize,
+}
+
+/// The RPC connections a node serves at once unless `rpc.max_connections` says otherwise:
+/// well under the usual limit of 1,024 open files, so a flood of connections is turned away
+/// before it takes the descriptors the node's own database and peers need.
+pub const DEFAULT_RPC_MAX_CONNECTIONS: usize = 256;
+
+fn default_rpc_max_connections() -> usize {
+    DEFAULT_RPC_MAX_CONNECTIONS
 }
 
 fn yes() -> bool {
@@ -435,6 +450,9 @@ impl NodeConfig {
                 ),
             ));
         }
+        if raw.rpc.max_connections == 0 {
+            return Err(invalid("rpc.max_connections", "must be at least 1".into()));
+        }
         let mut fingerprints = std::collections::BTreeMap::new();
         let mut names = std::collections::BTreeSet::new();
         for (i, user) in raw.rpc.users.iter().enumerate() {
@@ -580,6 +598,16 @@ mod tests {
         assert!(!NodeConfig::parse(&plain, Path::new("/nodes/alice/node.toml")).unwrap().rpc_tls);
         let e = err(&text("listen = \"127.0.0.1:40102\"", "listen = \"0.0.0.0:40102\"\ntls = false"));
         assert!(e.contains("key `rpc.tls`") && e.contains("only on a loopback address"), "{e}");
+    }
+
+    #[test]
+    fn rpc_connections_are_bounded_by_default_and_the_bound_is_checked() {
+        let c = NodeConfig::parse(&text("", ""), Path::new("/nodes/alice/node.toml")).unwrap();
+        assert_eq!(c.raw.rpc.max_connections, DEFAULT_RPC_MAX_CONNECTIONS);
+        let set = |n: &str| text("listen = \"127.0.0.1:40102\"", &format!("listen = \"127.0.0.1:40102\"\nmax_connections = {n}"));
+        assert_eq!(NodeConfig::parse(&set("8"), Path::new("/n/node.toml")).unwrap().raw.rpc.max_connections, 8);
+        let e = err(&set("0"));
+        assert!(e.contains("key `rpc.max_connections`") && e.contains("at least 1"), "{e}");
     }
 
     #[test]

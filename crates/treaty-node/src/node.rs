@@ -337,7 +337,8 @@ pub async fn start_with(config: &LoadedConfig, apps: impl FnOnce(&mut Registry, 
         ledger.clone(),
         vault.clone(),
     );
-    let rpc = crate::rpc::serve(rpc_listener, rpc_tls, service, crate::rpc::RpcUsers::new(&config.raw.rpc.users));
+    let rpc =
+        crate::rpc::serve(rpc_listener, rpc_tls, config.raw.rpc.max_connections, service, crate::rpc::RpcUsers::new(&config.raw.rpc.users));
     if let Some(listener) = metrics_listener {
         if let Ok(at) = listener.local_addr() {
             tracing::info!("metrics at http://{at}/metrics");

@@ -228,14 +228,24 @@ impl RpcServer {
     }
 }
 
+/// HTTP/2 streams (calls in progress, flow watches included) one client connection may have
+/// open at once; a client past it waits for one to end (tonic's default is no limit).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// Serves `service` on `listener` (TLS when given an acceptor), each call authenticated
-/// against `users`.
-pub fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, service: RpcService, users: RpcUsers) -> RpcServer {
+/// against `users`, at most `max_connections` connections at once.
+pub fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
+    service: RpcService,
+    users: RpcUsers,
+) -> RpcServer {
     let stop_requested = service.stop.subscribe();
     let (stop_serving, mut serving) = watch::channel(false);
     let users = Arc::new(users);
     let task = tokio::spawn(async move {
-        let incoming = crate::rpc_tls::incoming(listener, tls);
+        let incoming = crate::rpc_tls::incoming(listener, tls, max_connections);
         let node = pb::node_server::NodeServer::with_interceptor(service, move |mut request: Request<()>| {
             let caller = users.authenticate(request.metadata(), request.extensions().get::<RpcPeer>())?;
             request.extensions_mut().insert(caller);
@@ -244,7 +254,8 @@ pub fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, serv
         let stop = async move {
             let _ = serving.wait_for(|s| *s).await;
         };
-        if let Err(e) = tonic::transport::Server::builder().add_service(node).serve_with_incoming_shutdown(incoming, stop).await {
+        let mut server = tonic::transport::Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+        if let Err(e) = server.add_service(node).serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!("client RPC stopped: {e}");
         }
     });

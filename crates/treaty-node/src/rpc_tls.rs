@@ -242,6 +242,8 @@ enum Io {
 pub struct RpcConnection {
     io: Io,
     peer: RpcPeer,
+    /// Its place among the connections served at once, given back when it closes.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl tonic::transport::server::Connected for RpcConnection {
@@ -295,12 +297,18 @@ impl AsyncWrite for RpcConnection {
 
 /// Accepts connections on `listener`, with TLS when given an acceptor. Handshakes run
 /// concurrently (each bounded by a timeout), so a slow client does not hold up others; failed
-/// ones are logged and dropped. The stream ends when its receiver is dropped.
+/// ones are logged and dropped. At most `max_connections` are open at once, handshakes
+/// included: past that, a new connection is closed at once, and logged (once a second at
+/// most), so a flood of connections cannot take the file descriptors the node needs. The
+/// stream ends when its receiver is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<RpcConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut last_refusal_logged: Option<std::time::Instant> = None;
     tokio::spawn(async move {
         loop {
             let (tcp, address) = tokio::select! {
@@ -315,10 +323,21 @@ pub fn incoming(
                 },
                 () = tx.closed() => return,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Dropping the socket closes it: the client sees the connection end.
+                drop(tcp);
+                if last_refusal_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_refusal_logged = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        "client RPC: refused a connection from {address}: {max_connections} are open already (rpc.max_connections)"
+                    );
+                }
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = tls.clone() else {
                 let peer = RpcPeer { address: Some(address), certificate_sha256: None };
-                if tx.send(Ok(RpcConnection { io: Io::Plain(tcp), peer })).await.is_err() {
+                if tx.send(Ok(RpcConnection { io: Io::Plain(tcp), peer, _slot: slot })).await.is_err() {
                     return;
                 }
                 continue;
@@ -330,7 +349,7 @@ pub fn incoming(
                         let certificate_sha256 =
                             stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| SecureHash::sha256(c.as_ref()));
                         let peer = RpcPeer { address: Some(address), certificate_sha256 };
-                        let _ = tx.send(Ok(RpcConnection { io: Io::Tls(Box::new(stream)), peer })).await;
+                        let _ = tx.send(Ok(RpcConnection { io: Io::Tls(Box::new(stream)), peer, _slot: slot })).await;
                     }
                     Ok(Err(e)) => tracing::info!("client RPC: TLS handshake with {address} failed: {e}"),
                     Err(_) => tracing::info!("client RPC: {address} did not complete the TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
