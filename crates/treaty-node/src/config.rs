@@ -212,6 +212,9 @@ pub struct RpcConfig {
 /// before it takes the descriptors the node's own database and peers need.
 pub const DEFAULT_RPC_MAX_CONNECTIONS: usize = 256;
 
+/// The most `rpc.max_connections` may be: far more than one process has file descriptors for.
+pub const MAX_RPC_CONNECTIONS: usize = 1_000_000;
+
 fn default_rpc_max_connections() -> usize {
     DEFAULT_RPC_MAX_CONNECTIONS
 }
@@ -450,8 +453,11 @@ impl NodeConfig {
                 ),
             ));
         }
-        if raw.rpc.max_connections == 0 {
-            return Err(invalid("rpc.max_connections", "must be at least 1".into()));
+        if !(1..=MAX_RPC_CONNECTIONS).contains(&raw.rpc.max_connections) {
+            return Err(invalid(
+                "rpc.max_connections",
+                format!("must be from 1 to {MAX_RPC_CONNECTIONS}, not {}", raw.rpc.max_connections),
+            ));
         }
         let mut fingerprints = std::collections::BTreeMap::new();
         let mut names = std::collections::BTreeSet::new();
@@ -607,7 +613,9 @@ mod tests {
         let set = |n: &str| text("listen = \"127.0.0.1:40102\"", &format!("listen = \"127.0.0.1:40102\"\nmax_connections = {n}"));
         assert_eq!(NodeConfig::parse(&set("8"), Path::new("/n/node.toml")).unwrap().raw.rpc.max_connections, 8);
         let e = err(&set("0"));
-        assert!(e.contains("key `rpc.max_connections`") && e.contains("at least 1"), "{e}");
+        assert!(e.contains("key `rpc.max_connections`") && e.contains("must be from 1 to 1000000, not 0"), "{e}");
+        let e = err(&set("9223372036854775807"));
+        assert!(e.contains("key `rpc.max_connections`") && e.contains("not 9223372036854775807"), "{e}");
     }
 
     #[test]
