@@ -288,31 +288,19 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, warmup: usize, in
             treaty_core::crypto::set_signature_cache(false);
             let (map_task, nodes) = local_network(&scratch).await?;
             let sqlite = baseline_sqlite(&scratch).await?;
-            let warm = Instant::now();
-            let warmed = in_process_rounds(&nodes[0].flows, warmup, 1, round.clone()).await;
-            let warmup_seconds = warm.elapsed().as_secs_f64();
-            let began = Instant::now();
-            let latencies = match warmed {
-                Ok(_) => in_process_rounds(&nodes[0].flows, count, concurrency, round).await,
-                Err(e) => Err(e.context("a warm-up round failed")),
-            };
-            let seconds = began.elapsed().as_secs_f64();
+            let engine = &nodes[0].flows;
+            let timed = warm_then_time(warmup, count, concurrency, round, |n, c, r| in_process_rounds(engine, n, c, r)).await;
             stop(map_task, nodes);
-            (latencies?, seconds, warmup_seconds, sqlite)
+            let (latencies, seconds, warmup_seconds) = timed?;
+            (latencies, seconds, warmup_seconds, sqlite)
         } else {
             let network = procs::start(&scratch).await?;
-            let warm = Instant::now();
-            let warmed = procs::drive(network.dir(0), warmup, 1, round.clone()).await;
-            let warmup_seconds = warm.elapsed().as_secs_f64();
-            let began = Instant::now();
-            let latencies = match warmed {
-                Ok(_) => procs::drive(network.dir(0), count, concurrency, round).await,
-                Err(e) => Err(e.context("a warm-up round failed")),
-            };
-            let seconds = began.elapsed().as_secs_f64();
+            let alice = network.dir(0);
+            let timed = warm_then_time(warmup, count, concurrency, round, |n, c, r| procs::drive(alice, n, c, r)).await;
             network.stop().await;
+            let (latencies, seconds, warmup_seconds) = timed?;
             // Measured with the nodes gone, so they take nothing from it.
-            (latencies?, seconds, warmup_seconds, baseline_sqlite(&scratch).await?)
+            (latencies, seconds, warmup_seconds, baseline_sqlite(&scratch).await?)
         };
         let mut latencies = latencies;
         latencies.sort_by(f64::total_cmp);
@@ -351,6 +339,22 @@ pub fn flows(scenario: &str, count: usize, concurrency: usize, warmup: usize, in
         report.warmup_seconds
     );
     emit(json, &report, &report.baseline, &line)
+}
+
+/// Runs `warmup` rounds one at a time, then `count` rounds `concurrency` at a time, each with
+/// `drive` (rounds, concurrency, round): the timed rounds' latencies, their seconds and the
+/// warm-up's seconds.
+async fn warm_then_time<D, F>(warmup: usize, count: usize, concurrency: usize, round: Round, drive: D) -> Result<(Vec<f64>, f64, f64)>
+where
+    D: Fn(usize, usize, Round) -> F,
+    F: Future<Output = Result<Vec<f64>>>,
+{
+    let warm = Instant::now();
+    drive(warmup, 1, round.clone()).await.context("a warm-up round failed")?;
+    let warmup_seconds = warm.elapsed().as_secs_f64();
+    let began = Instant::now();
+    let latencies = drive(count, concurrency, round).await?;
+    Ok((latencies, began.elapsed().as_secs_f64(), warmup_seconds))
 }
 
 /// The rounds on Alice's flow engine in this process: each flow started and waited for
